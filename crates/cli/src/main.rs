@@ -1,0 +1,56 @@
+//! `syscall-sentry`: finds processes that hide their system calls on Windows
+//! (direct and indirect syscalls), from the NT Kernel Logger's SysCallEnter
+//! events and their call stacks.
+//!
+//! Each subcommand lives in its own module under `cmd/`.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+#[derive(Parser)]
+#[command(name = "syscall-sentry", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Analyse .etl files (recorded by syscall-sentry, xperf or WPR): alerts for direct and indirect syscalls.
+    Analyze(cmd::analyze::Args),
+    /// Watch this Windows host live on the NT Kernel Logger (Administrator).
+    Live(cmd::live::Args),
+    /// Record the same kernel session into an .etl file (Windows, Administrator).
+    Record(cmd::live::RecordArgs),
+    /// Stop a kernel trace session left running (Windows, Administrator).
+    Stop(cmd::live::StopArgs),
+    /// Write a synthetic .etl trace of a labelled syscall scenario, with its ground truth.
+    Synth(cmd::synth::Args),
+    /// Summarise an .etl file: buffers, records, header kinds, event counts, time range.
+    Stats(cmd::stats::Args),
+    /// Print decoded events of an .etl file as JSON lines.
+    Dump(cmd::dump::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Analyze(a) => cmd::analyze::run(a),
+        Command::Live(a) => cmd::live::run(a),
+        Command::Record(a) => cmd::live::record(a),
+        Command::Stop(a) => cmd::live::stop(a),
+        Command::Synth(a) => cmd::synth::run(a),
+        Command::Stats(a) => cmd::stats::run(a),
+        Command::Dump(a) => cmd::dump::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("syscall-sentry: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
