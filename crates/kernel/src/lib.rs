@@ -8,16 +8,168 @@
 
 #![forbid(unsafe_code)]
 
-use sentry_raw::RawEvent;
+use sentry_raw::{KernelClass, RawEvent};
 
+mod eventtrace;
+mod image;
+mod perfinfo;
+mod process;
+mod reader;
+mod stackwalk;
+mod thread;
 mod types;
 pub use types::*;
 
+use reader::Reader;
+
 /// Decodes a kernel event syscall-sentry understands.
 ///
-/// `Ok(None)`: not a kernel event of interest (other groups, provider events).
-/// `Err`: an event of interest whose payload does not fit its layout.
+/// `Ok(None)`: not a kernel event of interest (other groups, other opcodes,
+/// provider events).
+/// `Err`: an event of interest whose payload does not fit its layout (or
+/// whose version predates the documented layouts, or whose pointer size is
+/// neither 4 nor 8).
 pub fn decode<'a>(ev: &RawEvent<'a>) -> Result<Option<KernelEvent<'a>>, DecodeError> {
-    let _ = ev;
-    Ok(None)
+    let Some(class) = ev.kernel_class() else {
+        return Ok(None);
+    };
+    let opcode = ev.id.opcode();
+    let Some(what) = event_name(class, opcode) else {
+        return Ok(None);
+    };
+    let err = |reason: String| DecodeError {
+        offset: ev.offset,
+        what,
+        reason,
+    };
+    if class == KernelClass::EventTrace {
+        return eventtrace::header(ev.payload).map(Some).map_err(err);
+    }
+    if ev.pointer_size != 4 && ev.pointer_size != 8 {
+        return Err(err(format!(
+            "pointer size {} (expected 4 or 8)",
+            ev.pointer_size
+        )));
+    }
+    let r = &mut Reader::new(ev.payload, ev.pointer_size);
+    let v = ev.version;
+    let decoded = match class {
+        KernelClass::PerfInfo => match opcode {
+            perfinfo::SYSCALL_ENTER => perfinfo::sys_call_enter(r),
+            _ => perfinfo::sys_call_exit(r),
+        },
+        KernelClass::StackWalk => match opcode {
+            stackwalk::STACK => stackwalk::stack(r),
+            stackwalk::KEY_CREATE => stackwalk::key_definition(r, StackKeyOp::Create),
+            stackwalk::KEY_DELETE => stackwalk::key_definition(r, StackKeyOp::Delete),
+            stackwalk::KEY_RUNDOWN => stackwalk::key_definition(r, StackKeyOp::Rundown),
+            stackwalk::KEY_KERNEL => stackwalk::key_reference(r, StackPart::Kernel),
+            _ => stackwalk::key_reference(r, StackPart::User),
+        },
+        KernelClass::Process => process::process(r, lifecycle(opcode), v),
+        KernelClass::Thread => thread::thread(r, lifecycle(opcode), v),
+        KernelClass::Image => image::image(r, lifecycle(opcode), v),
+        KernelClass::EventTrace | KernelClass::Other(_) => return Ok(None),
+    };
+    decoded
+        .map(Some)
+        .map_err(|reason| err(format!("version {v}: {reason}")))
 }
+
+/// Lifecycle of a Process/Thread/Image opcode already known to be of
+/// interest (see [`event_name`]).
+fn lifecycle(opcode: u8) -> Lifecycle {
+    match opcode {
+        1 | 10 => Lifecycle::Start,
+        2 => Lifecycle::End,
+        3 => Lifecycle::DcStart,
+        4 => Lifecycle::DcEnd,
+        _ => Lifecycle::Defunct,
+    }
+}
+
+/// The name of a (class, opcode) this crate decodes, `None` for the rest.
+/// This is the single list of events of interest.
+pub fn event_name(class: KernelClass, opcode: u8) -> Option<&'static str> {
+    Some(match (class, opcode) {
+        (KernelClass::EventTrace, eventtrace::HEADER) => "EventTrace/Header",
+        (KernelClass::PerfInfo, perfinfo::SYSCALL_ENTER) => "PerfInfo/SysCallEnter",
+        (KernelClass::PerfInfo, perfinfo::SYSCALL_EXIT) => "PerfInfo/SysCallExit",
+        (KernelClass::StackWalk, stackwalk::STACK) => "StackWalk/Stack",
+        (KernelClass::StackWalk, stackwalk::KEY_CREATE) => "StackWalk/KeyCreate",
+        (KernelClass::StackWalk, stackwalk::KEY_DELETE) => "StackWalk/KeyDelete",
+        (KernelClass::StackWalk, stackwalk::KEY_RUNDOWN) => "StackWalk/KeyRundown",
+        (KernelClass::StackWalk, stackwalk::KEY_KERNEL) => "StackWalk/StackKeyKernel",
+        (KernelClass::StackWalk, stackwalk::KEY_USER) => "StackWalk/StackKeyUser",
+        (KernelClass::Process, 1) => "Process/Start",
+        (KernelClass::Process, 2) => "Process/End",
+        (KernelClass::Process, 3) => "Process/DCStart",
+        (KernelClass::Process, 4) => "Process/DCEnd",
+        (KernelClass::Process, 39) => "Process/Defunct",
+        (KernelClass::Thread, 1) => "Thread/Start",
+        (KernelClass::Thread, 2) => "Thread/End",
+        (KernelClass::Thread, 3) => "Thread/DCStart",
+        (KernelClass::Thread, 4) => "Thread/DCEnd",
+        (KernelClass::Image, 10) => "Image/Load",
+        (KernelClass::Image, 2) => "Image/UnLoad",
+        (KernelClass::Image, 3) => "Image/DCStart",
+        (KernelClass::Image, 4) => "Image/DCEnd",
+        _ => return None,
+    })
+}
+
+impl KernelEvent<'_> {
+    /// `Class/Event` name, as Microsoft's docs and TraceEvent spell them
+    /// (e.g. `Process/DCStart`, `StackWalk/Stack`, `Image/Load`).
+    pub fn name(&self) -> &'static str {
+        const PROCESS: [&str; 5] = [
+            "Process/Start",
+            "Process/End",
+            "Process/DCStart",
+            "Process/DCEnd",
+            "Process/Defunct",
+        ];
+        const THREAD: [&str; 5] = [
+            "Thread/Start",
+            "Thread/End",
+            "Thread/DCStart",
+            "Thread/DCEnd",
+            "Thread/Defunct",
+        ];
+        const IMAGE: [&str; 5] = [
+            "Image/Load",
+            "Image/UnLoad",
+            "Image/DCStart",
+            "Image/DCEnd",
+            "Image/Defunct",
+        ];
+        let by_op = |names: [&'static str; 5], op: Lifecycle| match op {
+            Lifecycle::Start => names[0],
+            Lifecycle::End => names[1],
+            Lifecycle::DcStart => names[2],
+            Lifecycle::DcEnd => names[3],
+            Lifecycle::Defunct => names[4],
+        };
+        match self {
+            KernelEvent::SysCallEnter(_) => "PerfInfo/SysCallEnter",
+            KernelEvent::SysCallExit(_) => "PerfInfo/SysCallExit",
+            KernelEvent::StackWalk(_) => "StackWalk/Stack",
+            KernelEvent::StackKeyDefinition(d) => match d.op {
+                StackKeyOp::Create => "StackWalk/KeyCreate",
+                StackKeyOp::Delete => "StackWalk/KeyDelete",
+                StackKeyOp::Rundown => "StackWalk/KeyRundown",
+            },
+            KernelEvent::StackKeyReference(r) => match r.part {
+                StackPart::Kernel => "StackWalk/StackKeyKernel",
+                StackPart::User => "StackWalk/StackKeyUser",
+            },
+            KernelEvent::Process(p) => by_op(PROCESS, p.op),
+            KernelEvent::Thread(t) => by_op(THREAD, t.op),
+            KernelEvent::Image(i) => by_op(IMAGE, i.op),
+            KernelEvent::EventTraceHeader(_) => "EventTrace/Header",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
