@@ -1,0 +1,526 @@
+//! The `EVENT_TRACE_PROPERTIES` block that `StartTraceW` and `ControlTraceW`
+//! take, built as plain bytes so that its layout is tested on any platform.
+//!
+//! Layout: [EVENT_TRACE_PROPERTIES](https://learn.microsoft.com/windows/win32/api/evntrace/ns-evntrace-event_trace_properties)
+//! starting with a [WNODE_HEADER](https://learn.microsoft.com/windows/win32/etw/wnode-header),
+//! followed in the same allocation by the session name and the log file name
+//! (UTF-16, NUL-terminated) at `LoggerNameOffset` / `LogFileNameOffset`;
+//! `Wnode.BufferSize` is the size of the whole allocation. The offsets below
+//! are those of the 64-bit structure (120 bytes); the Windows build asserts
+//! they equal the `windows` crate's definition.
+
+use sentry_raw::{guids, Guid};
+
+/// `sizeof(EVENT_TRACE_PROPERTIES)` on 64-bit Windows.
+pub const PROPERTIES_SIZE: usize = 120;
+
+/// Byte offsets of the fields syscall-sentry sets or reads (64-bit layout).
+pub mod offsets {
+    pub const WNODE_BUFFER_SIZE: usize = 0;
+    pub const WNODE_GUID: usize = 24;
+    pub const WNODE_CLIENT_CONTEXT: usize = 40;
+    pub const WNODE_FLAGS: usize = 44;
+    pub const BUFFER_SIZE: usize = 48;
+    pub const MINIMUM_BUFFERS: usize = 52;
+    pub const MAXIMUM_BUFFERS: usize = 56;
+    pub const MAXIMUM_FILE_SIZE: usize = 60;
+    pub const LOG_FILE_MODE: usize = 64;
+    pub const FLUSH_TIMER: usize = 68;
+    pub const ENABLE_FLAGS: usize = 72;
+    pub const NUMBER_OF_BUFFERS: usize = 80;
+    pub const FREE_BUFFERS: usize = 84;
+    pub const EVENTS_LOST: usize = 88;
+    pub const BUFFERS_WRITTEN: usize = 92;
+    pub const LOG_BUFFERS_LOST: usize = 96;
+    pub const REAL_TIME_BUFFERS_LOST: usize = 100;
+    pub const LOGGER_THREAD_ID: usize = 104;
+    pub const LOG_FILE_NAME_OFFSET: usize = 112;
+    pub const LOGGER_NAME_OFFSET: usize = 116;
+}
+
+/// `WNODE_FLAG_TRACED_GUID`: the block describes a trace session.
+pub const WNODE_FLAG_TRACED_GUID: u32 = 0x0002_0000;
+/// `EVENT_TRACE_FILE_MODE_SEQUENTIAL`.
+pub const EVENT_TRACE_FILE_MODE_SEQUENTIAL: u32 = 0x0000_0001;
+/// `EVENT_TRACE_REAL_TIME_MODE`.
+pub const EVENT_TRACE_REAL_TIME_MODE: u32 = 0x0000_0100;
+/// `EVENT_TRACE_SYSTEM_LOGGER_MODE` (Windows 8+): a private session that may
+/// receive kernel events.
+pub const EVENT_TRACE_SYSTEM_LOGGER_MODE: u32 = 0x0200_0000;
+
+/// `EVENT_TRACE_FLAG_PROCESS`.
+pub const EVENT_TRACE_FLAG_PROCESS: u32 = 0x0000_0001;
+/// `EVENT_TRACE_FLAG_THREAD`.
+pub const EVENT_TRACE_FLAG_THREAD: u32 = 0x0000_0002;
+/// `EVENT_TRACE_FLAG_IMAGE_LOAD`.
+pub const EVENT_TRACE_FLAG_IMAGE_LOAD: u32 = 0x0000_0004;
+/// `EVENT_TRACE_FLAG_SYSTEMCALL`.
+pub const EVENT_TRACE_FLAG_SYSTEMCALL: u32 = 0x0000_0080;
+/// What syscall-sentry asks the kernel for.
+pub const SENTRY_ENABLE_FLAGS: u32 = EVENT_TRACE_FLAG_SYSTEMCALL
+    | EVENT_TRACE_FLAG_PROCESS
+    | EVENT_TRACE_FLAG_THREAD
+    | EVENT_TRACE_FLAG_IMAGE_LOAD;
+
+/// `WNODE_HEADER.ClientContext` 1: timestamps are raw QueryPerformanceCounter
+/// ticks, the clock the StackWalk `EventTimeStamp` pairing relies on.
+pub const CLIENT_CONTEXT_QPC: u32 = 1;
+
+/// The name the kernel reserves for the one global kernel session.
+pub const KERNEL_LOGGER_NAME: &str = "NT Kernel Logger";
+/// The default name of a private system-logger session.
+pub const PRIVATE_LOGGER_NAME: &str = "syscall-sentry";
+/// Session GUID of syscall-sentry's private system-logger session (any unique
+/// GUID works; this one is fixed so `stop` and `--force` find it).
+pub const PRIVATE_SESSION_GUID: Guid = Guid::from_u128(0x5e7c_a11e_5e17_4c0d_9a1b_73c5_a11f_0001);
+
+/// Room reserved for each name, in UTF-16 units including the NUL, so that
+/// `ControlTraceW(QUERY)` can write back names up to this length.
+pub const NAME_ROOM_CHARS: usize = 1024;
+
+/// Which session to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionKind {
+    /// The global "NT Kernel Logger" (control GUID `SystemTraceControlGuid`).
+    KernelLogger,
+    /// A private session in `EVENT_TRACE_SYSTEM_LOGGER_MODE` under its own
+    /// name; kernel flags are set with `TraceSetInformation`.
+    Private { name: String },
+}
+
+impl SessionKind {
+    pub fn name(&self) -> &str {
+        match self {
+            SessionKind::KernelLogger => KERNEL_LOGGER_NAME,
+            SessionKind::Private { name } => name,
+        }
+    }
+
+    /// The GUID that goes into `Wnode.Guid`.
+    pub fn guid(&self) -> Guid {
+        match self {
+            SessionKind::KernelLogger => guids::SYSTEM_TRACE_CONTROL,
+            SessionKind::Private { .. } => PRIVATE_SESSION_GUID,
+        }
+    }
+}
+
+/// Where events go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// Delivered to a real-time consumer (`live`).
+    RealTime,
+    /// Written to a sequential `.etl` file (`record`); the path as passed to
+    /// Windows (absolute is best).
+    File(String),
+}
+
+/// Buffer settings, in the units ETW takes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Buffers {
+    /// Buffer size in KB.
+    pub buffer_kb: u32,
+    pub minimum: u32,
+    pub maximum: u32,
+    /// Seconds between forced flushes (real-time latency bound).
+    pub flush_timer_s: u32,
+}
+
+impl Default for Buffers {
+    fn default() -> Self {
+        Buffers {
+            buffer_kb: 64,
+            minimum: 20,
+            maximum: 128,
+            flush_timer_s: 1,
+        }
+    }
+}
+
+/// Everything `StartTraceW` needs to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSpec {
+    pub kind: SessionKind,
+    pub destination: Destination,
+    pub buffers: Buffers,
+}
+
+impl SessionSpec {
+    pub fn log_file_mode(&self) -> u32 {
+        let dest = match self.destination {
+            Destination::RealTime => EVENT_TRACE_REAL_TIME_MODE,
+            Destination::File(_) => EVENT_TRACE_FILE_MODE_SEQUENTIAL,
+        };
+        match self.kind {
+            SessionKind::KernelLogger => dest,
+            SessionKind::Private { .. } => dest | EVENT_TRACE_SYSTEM_LOGGER_MODE,
+        }
+    }
+
+    /// `EnableFlags` in the block: the kernel logger takes them there; a
+    /// private system logger ignores them and gets them through
+    /// `TraceSetInformation(TraceSystemTraceEnableFlagsInfo)` instead.
+    pub fn enable_flags(&self) -> u32 {
+        match self.kind {
+            SessionKind::KernelLogger => SENTRY_ENABLE_FLAGS,
+            SessionKind::Private { .. } => 0,
+        }
+    }
+}
+
+/// A built block: the bytes to hand to Windows and where the names are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PropertiesBlock {
+    pub bytes: Vec<u8>,
+    pub logger_name_offset: usize,
+    /// 0 when there is no log file (real-time session, query, stop).
+    pub log_file_name_offset: usize,
+}
+
+fn put_u32(b: &mut [u8], at: usize, v: u32) {
+    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+fn get_u32(b: &[u8], at: usize) -> u32 {
+    b.get(at..at + 4)
+        .and_then(|s| s.try_into().ok())
+        .map(u32::from_le_bytes)
+        .unwrap_or(0)
+}
+
+fn utf16z(s: &str) -> Vec<u16> {
+    s.encode_utf16().chain(std::iter::once(0)).collect()
+}
+
+fn put_utf16(b: &mut [u8], at: usize, units: &[u16]) {
+    for (i, u) in units.iter().enumerate() {
+        b[at + 2 * i..at + 2 * i + 2].copy_from_slice(&u.to_le_bytes());
+    }
+}
+
+fn round_up8(n: usize) -> usize {
+    n.div_ceil(8) * 8
+}
+
+impl PropertiesBlock {
+    /// The block for `StartTraceW`.
+    pub fn for_start(spec: &SessionSpec) -> PropertiesBlock {
+        let file = match &spec.destination {
+            Destination::File(p) => Some(p.as_str()),
+            Destination::RealTime => None,
+        };
+        let mut block = Self::layout(spec.kind.name(), file);
+        let b = &mut block.bytes;
+        b[offsets::WNODE_GUID..offsets::WNODE_GUID + 16]
+            .copy_from_slice(&spec.kind.guid().to_le_bytes());
+        put_u32(b, offsets::WNODE_CLIENT_CONTEXT, CLIENT_CONTEXT_QPC);
+        put_u32(b, offsets::WNODE_FLAGS, WNODE_FLAG_TRACED_GUID);
+        put_u32(b, offsets::BUFFER_SIZE, spec.buffers.buffer_kb);
+        put_u32(b, offsets::MINIMUM_BUFFERS, spec.buffers.minimum);
+        put_u32(b, offsets::MAXIMUM_BUFFERS, spec.buffers.maximum);
+        put_u32(b, offsets::LOG_FILE_MODE, spec.log_file_mode());
+        put_u32(b, offsets::FLUSH_TIMER, spec.buffers.flush_timer_s);
+        put_u32(b, offsets::ENABLE_FLAGS, spec.enable_flags());
+        block
+    }
+
+    /// The block for `ControlTraceW` (query, stop): zeroed, with the size
+    /// and name room set so Windows can write the session's names back.
+    pub fn for_control(session_name: &str) -> PropertiesBlock {
+        let mut block = Self::layout(session_name, None);
+        // Room for a log file name written back by a query.
+        let extra = NAME_ROOM_CHARS * 2;
+        let at = block.bytes.len();
+        block.bytes.resize(at + extra, 0);
+        put_u32(&mut block.bytes, offsets::LOG_FILE_NAME_OFFSET, at as u32);
+        block.log_file_name_offset = at;
+        let total = block.bytes.len() as u32;
+        put_u32(&mut block.bytes, offsets::WNODE_BUFFER_SIZE, total);
+        block
+    }
+
+    /// Structure, then the session name, then (optionally) the log file name;
+    /// each name region is 8-byte aligned and at least `NAME_ROOM_CHARS` long.
+    fn layout(session_name: &str, log_file: Option<&str>) -> PropertiesBlock {
+        let name = utf16z(session_name);
+        let name_room = round_up8(name.len().max(NAME_ROOM_CHARS) * 2);
+        let logger_name_offset = PROPERTIES_SIZE;
+        let mut total = logger_name_offset + name_room;
+        let file = log_file.map(utf16z);
+        let log_file_name_offset = match &file {
+            Some(f) => {
+                let at = total;
+                total += round_up8(f.len().max(NAME_ROOM_CHARS) * 2);
+                at
+            }
+            None => 0,
+        };
+        let mut bytes = vec![0u8; total];
+        put_u32(&mut bytes, offsets::WNODE_BUFFER_SIZE, total as u32);
+        put_u32(
+            &mut bytes,
+            offsets::LOGGER_NAME_OFFSET,
+            logger_name_offset as u32,
+        );
+        put_u32(
+            &mut bytes,
+            offsets::LOG_FILE_NAME_OFFSET,
+            log_file_name_offset as u32,
+        );
+        put_utf16(&mut bytes, logger_name_offset, &name);
+        if let Some(f) = &file {
+            put_utf16(&mut bytes, log_file_name_offset, f);
+        }
+        PropertiesBlock {
+            bytes,
+            logger_name_offset,
+            log_file_name_offset,
+        }
+    }
+
+    /// The UTF-16 string at `offset` up to its NUL (lossy).
+    pub fn string_at(bytes: &[u8], offset: usize) -> String {
+        if offset == 0 || offset >= bytes.len() {
+            return String::new();
+        }
+        let units: Vec<u16> = bytes[offset..]
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .take_while(|&u| u != 0)
+            .collect();
+        String::from_utf16_lossy(&units)
+    }
+}
+
+/// The counters `ControlTraceW(EVENT_TRACE_CONTROL_QUERY)` writes back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SessionCounters {
+    pub number_of_buffers: u32,
+    pub free_buffers: u32,
+    pub events_lost: u32,
+    pub buffers_written: u32,
+    pub log_buffers_lost: u32,
+    pub real_time_buffers_lost: u32,
+    pub log_file_mode: u32,
+    pub enable_flags: u32,
+}
+
+impl SessionCounters {
+    /// Reads the counters from a queried block.
+    pub fn read(bytes: &[u8]) -> SessionCounters {
+        SessionCounters {
+            number_of_buffers: get_u32(bytes, offsets::NUMBER_OF_BUFFERS),
+            free_buffers: get_u32(bytes, offsets::FREE_BUFFERS),
+            events_lost: get_u32(bytes, offsets::EVENTS_LOST),
+            buffers_written: get_u32(bytes, offsets::BUFFERS_WRITTEN),
+            log_buffers_lost: get_u32(bytes, offsets::LOG_BUFFERS_LOST),
+            real_time_buffers_lost: get_u32(bytes, offsets::REAL_TIME_BUFFERS_LOST),
+            log_file_mode: get_u32(bytes, offsets::LOG_FILE_MODE),
+            enable_flags: get_u32(bytes, offsets::ENABLE_FLAGS),
+        }
+    }
+}
+
+/// A [CLASSIC_EVENT_ID](https://learn.microsoft.com/windows/win32/api/evntrace/ns-evntrace-classic_event_id):
+/// which kernel event gets a stack walk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClassicEventId {
+    pub guid: Guid,
+    pub event_type: u8,
+}
+
+/// `sizeof(CLASSIC_EVENT_ID)`: GUID, `Type`, 7 reserved bytes.
+pub const CLASSIC_EVENT_ID_SIZE: usize = 24;
+
+/// PerfInfo [SysCallEnter](https://learn.microsoft.com/windows/win32/etw/syscallenter)
+/// is event type 51 (decimal) of the PerfInfo class.
+pub const SYSCALL_ENTER: ClassicEventId = ClassicEventId {
+    guid: guids::PERF_INFO,
+    event_type: 51,
+};
+/// [Image Load](https://learn.microsoft.com/windows/win32/etw/image-load), type 10.
+pub const IMAGE_LOAD: ClassicEventId = ClassicEventId {
+    guid: guids::IMAGE_LOAD,
+    event_type: 10,
+};
+/// [Process Start](https://learn.microsoft.com/windows/win32/etw/process-typegroup1), type 1.
+pub const PROCESS_START: ClassicEventId = ClassicEventId {
+    guid: guids::PROCESS,
+    event_type: 1,
+};
+
+/// Which events get stacks: SysCallEnter always, image loads and process
+/// starts on request.
+pub fn stack_events(image_load: bool, process_start: bool) -> Vec<ClassicEventId> {
+    let mut v = vec![SYSCALL_ENTER];
+    if image_load {
+        v.push(IMAGE_LOAD);
+    }
+    if process_start {
+        v.push(PROCESS_START);
+    }
+    v
+}
+
+/// The `TraceSetInformation(TraceStackTracingInfo)` buffer: an array of
+/// `CLASSIC_EVENT_ID`.
+pub fn stack_tracing_bytes(ids: &[ClassicEventId]) -> Vec<u8> {
+    let mut out = vec![0u8; ids.len() * CLASSIC_EVENT_ID_SIZE];
+    for (i, id) in ids.iter().enumerate() {
+        let at = i * CLASSIC_EVENT_ID_SIZE;
+        out[at..at + 16].copy_from_slice(&id.guid.to_le_bytes());
+        out[at + 16] = id.event_type;
+    }
+    out
+}
+
+/// The `TraceSetInformation(TraceSystemTraceEnableFlagsInfo)` buffer: a
+/// `PERFINFO_GROUPMASK` (eight 32-bit masks) whose first mask holds the
+/// `EVENT_TRACE_FLAG_*` bits.
+pub fn group_mask_bytes(enable_flags: u32) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out[..4].copy_from_slice(&enable_flags.to_le_bytes());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(kind: SessionKind, destination: Destination) -> SessionSpec {
+        SessionSpec {
+            kind,
+            destination,
+            buffers: Buffers::default(),
+        }
+    }
+
+    #[test]
+    fn kernel_logger_real_time_block() {
+        let b = PropertiesBlock::for_start(&spec(SessionKind::KernelLogger, Destination::RealTime));
+        let bytes = &b.bytes;
+        // The name follows the 120-byte structure; the block is one allocation.
+        assert_eq!(b.logger_name_offset, 120);
+        assert_eq!(get_u32(bytes, 116), 120);
+        assert_eq!(get_u32(bytes, 112), 0, "no log file in real-time mode");
+        assert_eq!(get_u32(bytes, 0) as usize, bytes.len());
+        assert_eq!(bytes.len() % 8, 0);
+        assert!(bytes.len() >= 120 + NAME_ROOM_CHARS * 2);
+        assert_eq!(PropertiesBlock::string_at(bytes, 120), "NT Kernel Logger");
+        // SystemTraceControlGuid, bytes in Windows' mixed-endian order.
+        assert_eq!(
+            &bytes[24..40],
+            &[
+                0xad, 0x4a, 0x81, 0x9e, 0x04, 0x32, 0xd2, 0x11, 0x9a, 0x82, 0x00, 0x60, 0x08, 0xa8,
+                0x69, 0x39
+            ]
+        );
+        assert_eq!(get_u32(bytes, 40), 1, "ClientContext = QPC");
+        assert_eq!(get_u32(bytes, 44), 0x0002_0000, "WNODE_FLAG_TRACED_GUID");
+        assert_eq!(get_u32(bytes, 48), 64);
+        assert_eq!(get_u32(bytes, 52), 20);
+        assert_eq!(get_u32(bytes, 56), 128);
+        assert_eq!(get_u32(bytes, 64), 0x100, "EVENT_TRACE_REAL_TIME_MODE");
+        assert_eq!(get_u32(bytes, 68), 1);
+        assert_eq!(
+            get_u32(bytes, 72),
+            0x87,
+            "SYSCALL|PROCESS|THREAD|IMAGE_LOAD"
+        );
+    }
+
+    #[test]
+    fn record_block_places_file_name_after_session_name() {
+        let path = r"C:\traces\trace.etl";
+        let b = PropertiesBlock::for_start(&spec(
+            SessionKind::KernelLogger,
+            Destination::File(path.into()),
+        ));
+        let bytes = &b.bytes;
+        assert_eq!(get_u32(bytes, 64), 0x1, "EVENT_TRACE_FILE_MODE_SEQUENTIAL");
+        let lf = get_u32(bytes, 112) as usize;
+        assert_eq!(lf, b.log_file_name_offset);
+        assert_eq!(lf % 8, 0);
+        assert!(lf >= 120 + "NT Kernel Logger".len() * 2 + 2);
+        assert_eq!(PropertiesBlock::string_at(bytes, lf), path);
+        assert_eq!(get_u32(bytes, 0) as usize, bytes.len());
+        assert!(bytes.len() >= lf + (path.len() + 1) * 2);
+    }
+
+    #[test]
+    fn private_session_uses_system_logger_mode_and_own_guid() {
+        let b = PropertiesBlock::for_start(&spec(
+            SessionKind::Private {
+                name: "sentry-test".into(),
+            },
+            Destination::RealTime,
+        ));
+        assert_eq!(get_u32(&b.bytes, 64), 0x0200_0100);
+        assert_eq!(
+            get_u32(&b.bytes, 72),
+            0,
+            "flags go through TraceSetInformation"
+        );
+        assert_eq!(Guid::read(&b.bytes[24..]).unwrap(), PRIVATE_SESSION_GUID);
+        assert_eq!(PropertiesBlock::string_at(&b.bytes, 120), "sentry-test");
+        assert_eq!(group_mask_bytes(SENTRY_ENABLE_FLAGS)[..4], [0x87, 0, 0, 0]);
+    }
+
+    #[test]
+    fn long_names_get_room() {
+        let long = "x".repeat(3000);
+        let b = PropertiesBlock::for_start(&spec(
+            SessionKind::KernelLogger,
+            Destination::File(long.clone()),
+        ));
+        assert_eq!(
+            PropertiesBlock::string_at(&b.bytes, b.log_file_name_offset),
+            long
+        );
+        assert_eq!(get_u32(&b.bytes, 0) as usize, b.bytes.len());
+    }
+
+    #[test]
+    fn control_block_has_room_for_both_names() {
+        let b = PropertiesBlock::for_control("NT Kernel Logger");
+        assert_eq!(get_u32(&b.bytes, 0) as usize, b.bytes.len());
+        assert_eq!(get_u32(&b.bytes, 116), 120);
+        let lf = get_u32(&b.bytes, 112) as usize;
+        assert!(lf >= 120 + NAME_ROOM_CHARS * 2);
+        assert_eq!(b.bytes.len(), lf + NAME_ROOM_CHARS * 2);
+        assert_eq!(get_u32(&b.bytes, 44), 0);
+    }
+
+    #[test]
+    fn counters_read_from_documented_offsets() {
+        let mut b = vec![0u8; 120];
+        put_u32(&mut b, 88, 7);
+        put_u32(&mut b, 100, 3);
+        put_u32(&mut b, 92, 11);
+        let c = SessionCounters::read(&b);
+        assert_eq!(
+            (c.events_lost, c.real_time_buffers_lost, c.buffers_written),
+            (7, 3, 11)
+        );
+        // Short blocks read as zero rather than panic.
+        assert_eq!(SessionCounters::read(&b[..10]), SessionCounters::default());
+    }
+
+    #[test]
+    fn stack_tracing_is_perfinfo_type_51() {
+        let bytes = stack_tracing_bytes(&stack_events(true, false));
+        assert_eq!(bytes.len(), 48);
+        // ce1dbfb4-137e-4da6-87b0-3f59aa102cbc, then Type 51 (0x33, not 0x51).
+        assert_eq!(
+            &bytes[..16],
+            &[
+                0xb4, 0xbf, 0x1d, 0xce, 0x7e, 0x13, 0xa6, 0x4d, 0x87, 0xb0, 0x3f, 0x59, 0xaa, 0x10,
+                0x2c, 0xbc
+            ]
+        );
+        assert_eq!(bytes[16], 51);
+        assert_eq!(&bytes[17..24], &[0; 7]);
+        assert_eq!(Guid::read(&bytes[24..]).unwrap(), guids::IMAGE_LOAD);
+        assert_eq!(bytes[40], 10);
+    }
+}
