@@ -1,1 +1,654 @@
-//! (being built)
+//! The syscall provenance engine: rebuilds process/module state from kernel
+//! events, pairs each PerfInfo SysCallEnter with its StackWalk, and decides a
+//! verdict per syscall by the rules of `docs/verdicts.md`.
+//!
+//! # API (push-based: `analyze` and `live` drive it the same way)
+//!
+//! ```ignore
+//! use sentry_engine::{Engine, EngineConfig, report::{Report, ReportConfig}};
+//! let mut engine = Engine::new(EngineConfig::default());
+//! // Optional: engine.set_clock(clock) when the logfile header is known out
+//! // of band (live sessions). Otherwise the engine picks the clock up from
+//! // the EventTrace header event (group 0, opcode 0) in the stream.
+//! let mut report = Report::new(ReportConfig::default(), Box::new(std::io::stdout()));
+//! for raw in events {                 // sentry_raw::RawEvent, in time order
+//!     engine.process(&raw, &mut report);  // decodes with sentry_kernel::decode
+//! }
+//! let stats = engine.finish(&mut report);  // flushes pending syscalls
+//! report.finish(&engine, &stats)?;         // alerts, summary, statistics
+//! ```
+//!
+//! * Verdicts come out through a [`VerdictSink`] ([`report::Report`] is one;
+//!   tests use closures wrapped in [`FnSink`]). A [`SyscallVerdict`] borrows the
+//!   engine's state: format what you need inside the call.
+//! * The engine never panics on hostile input; decode errors are counted in
+//!   [`EngineStats`] with file offsets.
+//! * Memory is bounded: the pending set holds at most `max_pending` entries
+//!   (oldest evicted, counted) and ended processes are dropped once the
+//!   correlation window has passed.
+//! * Service identity (rule 5): with `system_dlls`, by export names; else
+//!   from a [`ServiceTable`]. `analyze` runs a first pass with
+//!   [`Learning::Only`], takes [`Engine::into_services`], and hands the table
+//!   to the classifying pass; `live` uses [`Learning::Online`].
+//! * [`Pairing::AnyEvent`] pairs StackWalk events with every kind of parent
+//!   (used on real traces, which carry no SysCallEnter); pairs come out
+//!   through [`VerdictSink::stack_pair`].
+//! * Output formatting (JSON lines, ECS, summary table, statistics) is in
+//!   [`report`], shared by `analyze` and `live`.
+
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use sentry_kernel::KernelEvent;
+use sentry_raw::{Clock, EventId, KernelClass, LogfileHeader, RawEvent};
+
+pub mod allowlist;
+pub mod classify;
+pub mod correlate;
+mod fxhash;
+pub mod report;
+pub mod state;
+pub mod sysdlls;
+
+pub use allowlist::{Allowlist, DEFAULT_ALLOWLIST};
+pub use classify::{Outcome, Reason, ServiceTable, Verdict};
+pub use correlate::{CorrelatorStats, Finish, Parent, ParentHook};
+pub use state::{Module, ModuleKind, ModuleMap, ProcessInfo, StateStats};
+pub use sysdlls::{SystemDll, SystemDlls};
+
+use classify::Context;
+use correlate::Correlator;
+use state::State;
+
+/// Which events are parents of StackWalk events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Pairing {
+    /// Only PerfInfo SysCallEnter (opcode 51): the detector.
+    #[default]
+    SysCallEnter,
+    /// Every non-StackWalk event (correlator checks on real traces).
+    AnyEvent,
+}
+
+/// How the service identity of return sites is obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Learning {
+    /// Use [`EngineConfig::services`] as given (analyze's second pass).
+    #[default]
+    Fixed,
+    /// Learn while classifying (live).
+    Online,
+    /// Learn only: no verdicts are emitted (analyze's first pass).
+    Only,
+}
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// How long (trace time) a syscall waits for its stack parts.
+    pub window_ms: u64,
+    /// Hard cap on pending entries.
+    pub max_pending: usize,
+    pub pairing: Pairing,
+    pub learning: Learning,
+    /// Learned service identity (from a first pass).
+    pub services: ServiceTable,
+    pub system_dlls: Option<Arc<SystemDlls>>,
+    pub allowlist: Allowlist,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            window_ms: 500,
+            max_pending: 1 << 16,
+            pairing: Pairing::SysCallEnter,
+            learning: Learning::Fixed,
+            services: ServiceTable::new(),
+            system_dlls: None,
+            allowlist: Allowlist::default(),
+        }
+    }
+}
+
+/// Describes addresses as `module+0xoffset`, or `module!Export+0xoffset`
+/// inside a supplied system DLL, or a bare hex address when unbacked.
+#[derive(Clone, Copy)]
+pub struct Resolver<'a> {
+    pub modules: Option<&'a ModuleMap>,
+    pub kernel: &'a ModuleMap,
+    pub kernel_boundary: u64,
+    pub system_dlls: Option<&'a SystemDlls>,
+}
+
+impl<'a> Resolver<'a> {
+    pub fn module_of(&self, addr: u64) -> Option<&'a Module> {
+        if addr >= self.kernel_boundary {
+            self.kernel.find(addr)
+        } else {
+            self.modules?.find(addr)
+        }
+    }
+
+    pub fn describe(&self, addr: u64) -> String {
+        let Some(m) = self.module_of(addr) else {
+            return format!("{addr:#x}");
+        };
+        let off = addr - m.base;
+        if let (Some(i), Some(sys)) = (m.system_dll, self.system_dlls) {
+            if let Some((name, d)) = sys
+                .dlls
+                .get(i)
+                .and_then(|d| d.export_near(u32::try_from(off).ok()?))
+            {
+                return format!("{}!{}+{:#x}", m.name, name, d);
+            }
+        }
+        format!("{}+{:#x}", m.name, off)
+    }
+}
+
+/// One syscall and its verdict, borrowing the engine's state.
+pub struct SyscallVerdict<'a> {
+    /// Raw SysCallEnter timestamp.
+    pub timestamp: u64,
+    pub processor: u16,
+    /// `SysCallAddress`: the kernel service routine.
+    pub service_address: u64,
+    pub pid: Option<u32>,
+    pub tid: Option<u32>,
+    /// Final verdict (an allowlisted alert is `Normal`).
+    pub verdict: Verdict,
+    pub reason: Option<Reason>,
+    /// Set when the allowlist suppressed an alert: (verdict, reason, entry index).
+    pub suppressed: Option<(Verdict, Option<Reason>, usize)>,
+    /// Kernel part then user part, innermost first (empty if no stack).
+    pub stack: &'a [u64],
+    pub outcome: Outcome<'a>,
+    pub process: Option<&'a ProcessInfo>,
+    pub finish: Finish,
+    pub resolver: Resolver<'a>,
+}
+
+impl SyscallVerdict<'_> {
+    /// The first user frame `U`.
+    pub fn first_user_frame(&self) -> Option<u64> {
+        self.outcome.user_index.map(|i| self.stack[i])
+    }
+
+    /// The caller frame `C`.
+    pub fn caller_frame(&self) -> Option<u64> {
+        self.outcome
+            .user_index
+            .and_then(|i| self.stack.get(i + 1).copied())
+    }
+}
+
+/// A stack paired with a non-syscall parent ([`Pairing::AnyEvent`]).
+pub struct StackPair<'a> {
+    pub timestamp: u64,
+    pub parent: ParentHook,
+    pub pid: u32,
+    pub tid: u32,
+    pub stack: &'a [u64],
+    /// StackWalk events merged into this stack.
+    pub fragments: u32,
+    pub process: Option<&'a ProcessInfo>,
+    pub resolver: Resolver<'a>,
+}
+
+/// Receives verdicts.
+pub trait VerdictSink {
+    fn verdict(&mut self, v: &SyscallVerdict<'_>);
+    /// Only in [`Pairing::AnyEvent`] mode.
+    fn stack_pair(&mut self, _p: &StackPair<'_>) {}
+}
+
+/// Adapts a closure to a [`VerdictSink`].
+pub struct FnSink<F>(pub F);
+
+impl<F: FnMut(&SyscallVerdict<'_>)> VerdictSink for FnSink<F> {
+    fn verdict(&mut self, v: &SyscallVerdict<'_>) {
+        (self.0)(v)
+    }
+}
+
+/// A sink that drops everything (learning pass).
+pub struct NullSink;
+
+impl VerdictSink for NullSink {
+    fn verdict(&mut self, _v: &SyscallVerdict<'_>) {}
+}
+
+/// Counts per verdict.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct VerdictCounts {
+    pub normal: u64,
+    pub direct: u64,
+    pub indirect: u64,
+    pub kernel_origin: u64,
+    pub no_stack: u64,
+    pub truncated: u64,
+}
+
+impl VerdictCounts {
+    pub fn add(&mut self, v: Verdict) {
+        *self.get_mut(v) += 1;
+    }
+
+    pub fn get(&self, v: Verdict) -> u64 {
+        match v {
+            Verdict::Normal => self.normal,
+            Verdict::Direct => self.direct,
+            Verdict::Indirect => self.indirect,
+            Verdict::KernelOrigin => self.kernel_origin,
+            Verdict::NoStack => self.no_stack,
+            Verdict::Truncated => self.truncated,
+        }
+    }
+
+    fn get_mut(&mut self, v: Verdict) -> &mut u64 {
+        match v {
+            Verdict::Normal => &mut self.normal,
+            Verdict::Direct => &mut self.direct,
+            Verdict::Indirect => &mut self.indirect,
+            Verdict::KernelOrigin => &mut self.kernel_origin,
+            Verdict::NoStack => &mut self.no_stack,
+            Verdict::Truncated => &mut self.truncated,
+        }
+    }
+
+    pub fn alerts(&self) -> u64 {
+        self.direct + self.indirect
+    }
+}
+
+/// A decode error kept for the statistics.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DecodeErrorSample {
+    pub offset: u64,
+    pub message: String,
+}
+
+/// Engine statistics, returned by [`Engine::finish`] (and readable any time
+/// through [`Engine::stats`]).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct EngineStats {
+    pub events: u64,
+    pub kernel_events_decoded: u64,
+    pub decode_errors: u64,
+    /// The first decode errors, with file offsets.
+    pub decode_error_samples: Vec<DecodeErrorSample>,
+    pub syscalls: u64,
+    pub verdicts: VerdictCounts,
+    pub suppressed: u64,
+    pub correlator: CorrelatorStats,
+    pub state: StateStats,
+    /// Generalised pairing: matched stacks by parent hook.
+    pub parent_hooks: BTreeMap<String, u64>,
+    /// `EventsLost` / `BuffersLost` from the logfile header.
+    pub events_lost: Option<u32>,
+    pub buffers_lost: Option<u32>,
+    pub first_timestamp: Option<u64>,
+    pub last_timestamp: Option<u64>,
+    pub pending_now: u64,
+    pub learned_return_sites: u64,
+}
+
+const MAX_ERROR_SAMPLES: usize = 32;
+
+/// The engine. See the crate documentation.
+pub struct Engine {
+    pairing: Pairing,
+    learning: Learning,
+    window_ms: u64,
+    state: State,
+    corr: Correlator,
+    services: ServiceTable,
+    system_dlls: Option<Arc<SystemDlls>>,
+    allowlist: Allowlist,
+    clock: Option<Clock>,
+    header: Option<LogfileHeader>,
+    kernel_boundary: u64,
+    pointer_size: u8,
+    stack_buf: Vec<u64>,
+    now: u64,
+    stats: EngineStats,
+    parent_hooks: BTreeMap<ParentHook, u64>,
+}
+
+impl Engine {
+    pub fn new(cfg: EngineConfig) -> Engine {
+        let mut state = State::new();
+        if let Some(sys) = &cfg.system_dlls {
+            state.set_system_dlls(Arc::clone(sys));
+        }
+        let mut e = Engine {
+            pairing: cfg.pairing,
+            learning: cfg.learning,
+            window_ms: cfg.window_ms,
+            state,
+            corr: Correlator::new(0, cfg.max_pending),
+            services: cfg.services,
+            system_dlls: cfg.system_dlls,
+            allowlist: cfg.allowlist,
+            clock: None,
+            header: None,
+            kernel_boundary: 0xFFFF_8000_0000_0000,
+            pointer_size: 8,
+            stack_buf: Vec::with_capacity(256),
+            now: 0,
+            stats: EngineStats::default(),
+            parent_hooks: BTreeMap::new(),
+        };
+        e.update_window();
+        e
+    }
+
+    fn ticks_per_second(&self) -> u64 {
+        self.clock.map_or(10_000_000, |c| c.ticks_per_second.max(1))
+    }
+
+    fn update_window(&mut self) {
+        let t = (u128::from(self.window_ms) * u128::from(self.ticks_per_second()) / 1000)
+            .min(u128::from(u64::MAX / 4)) as u64;
+        self.corr.set_window_ticks(t);
+    }
+
+    /// Sets the clock (ticks/s for the window, UTC conversion for reports).
+    pub fn set_clock(&mut self, clock: Clock) {
+        self.clock = Some(clock);
+        self.update_window();
+    }
+
+    /// Sets the logfile header (live sessions get it out of band).
+    pub fn set_header(&mut self, header: LogfileHeader, header_event_raw: u64) {
+        self.apply_header(header, header_event_raw);
+    }
+
+    fn apply_header(&mut self, h: LogfileHeader, raw: u64) {
+        if self.clock.is_none() {
+            self.clock = Some(Clock::new(&h, raw));
+            self.update_window();
+        }
+        self.set_pointer_size(h.pointer_size as u8);
+        self.stats.events_lost = Some(h.events_lost);
+        self.stats.buffers_lost = Some(h.buffers_lost);
+        self.header = Some(h);
+    }
+
+    fn set_pointer_size(&mut self, ps: u8) {
+        if ps != self.pointer_size && (ps == 4 || ps == 8) {
+            self.pointer_size = ps;
+            self.kernel_boundary = if ps == 4 {
+                0x8000_0000
+            } else {
+                0xFFFF_8000_0000_0000
+            };
+            self.corr.set_kernel_boundary(self.kernel_boundary);
+        }
+    }
+
+    pub fn clock(&self) -> Option<&Clock> {
+        self.clock.as_ref()
+    }
+
+    pub fn header(&self) -> Option<&LogfileHeader> {
+        self.header.as_ref()
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    pub fn services(&self) -> &ServiceTable {
+        &self.services
+    }
+
+    /// The learned service table (after a [`Learning::Only`] pass).
+    pub fn into_services(self) -> ServiceTable {
+        self.services
+    }
+
+    pub fn allowlist(&self) -> &Allowlist {
+        &self.allowlist
+    }
+
+    pub fn system_dlls(&self) -> Option<&SystemDlls> {
+        self.system_dlls.as_deref()
+    }
+
+    pub fn kernel_boundary(&self) -> u64 {
+        self.kernel_boundary
+    }
+
+    /// Pending entries in the correlator now.
+    pub fn pending(&self) -> usize {
+        self.corr.pending()
+    }
+
+    /// Statistics so far.
+    pub fn stats(&self) -> EngineStats {
+        let mut s = self.stats.clone();
+        s.correlator = self.corr.stats.clone();
+        s.state = self.state.stats.clone();
+        s.pending_now = self.corr.pending() as u64;
+        s.learned_return_sites = self.services.len() as u64;
+        s.parent_hooks = self
+            .parent_hooks
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect();
+        s
+    }
+
+    /// Feeds one event (in time order).
+    pub fn process(&mut self, ev: &RawEvent<'_>, sink: &mut dyn VerdictSink) {
+        self.stats.events += 1;
+        if self.stats.first_timestamp.is_none() && ev.timestamp != 0 {
+            self.stats.first_timestamp = Some(ev.timestamp);
+        }
+        if ev.pointer_size != self.pointer_size {
+            self.set_pointer_size(ev.pointer_size);
+        }
+        if ev.timestamp > self.now {
+            self.now = ev.timestamp;
+            self.stats.last_timestamp = Some(ev.timestamp);
+            self.corr.expire(self.now);
+            let linger = self.corr.window_ticks().saturating_mul(2);
+            self.state.expire(self.now.saturating_sub(linger));
+        }
+        if self.pairing == Pairing::AnyEvent {
+            let hook = match ev.id {
+                EventId::Kernel { group, .. } if group == KernelClass::GROUP_STACKWALK => None,
+                EventId::Kernel { group, opcode } => Some(ParentHook::Kernel(
+                    u16::from(group) << 8 | u16::from(opcode),
+                )),
+                EventId::Classic { .. } => Some(ParentHook::Classic),
+                EventId::Manifest { .. } => Some(ParentHook::Manifest),
+            };
+            if let Some(h) = hook {
+                self.corr
+                    .add_parent(ev.timestamp, ev.processor, Parent::Other(h));
+            }
+        }
+        match sentry_kernel::decode(ev) {
+            Ok(Some(k)) => {
+                self.stats.kernel_events_decoded += 1;
+                self.on_kernel_event(ev, k);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                self.stats.decode_errors += 1;
+                if self.stats.decode_error_samples.len() < MAX_ERROR_SAMPLES {
+                    self.stats.decode_error_samples.push(DecodeErrorSample {
+                        offset: e.offset,
+                        message: e.to_string(),
+                    });
+                }
+            }
+        }
+        self.drain(sink);
+    }
+
+    /// Applies one decoded kernel event (exposed for tests and for callers
+    /// that decode themselves); call [`Engine::drain`] afterwards.
+    pub fn on_kernel_event(&mut self, ev: &RawEvent<'_>, k: KernelEvent<'_>) {
+        match k {
+            KernelEvent::SysCallEnter(s) => {
+                self.stats.syscalls += 1;
+                if self.pairing == Pairing::SysCallEnter {
+                    self.corr.add_parent(
+                        ev.timestamp,
+                        ev.processor,
+                        Parent::SysCall {
+                            address: s.sys_call_address,
+                        },
+                    );
+                }
+            }
+            KernelEvent::SysCallExit(_) => {}
+            KernelEvent::StackWalk(sw) => {
+                self.corr.add_stack(
+                    sw.event_timestamp,
+                    ev.processor,
+                    sw.stack_process,
+                    sw.stack_thread,
+                    &sw.frames,
+                );
+            }
+            KernelEvent::StackKeyDefinition(d) => self.corr.define_key(&d),
+            KernelEvent::StackKeyReference(r) => self.corr.add_key_reference(&r, ev.processor),
+            KernelEvent::Process(p) => {
+                let linger = self.corr.window_ticks().saturating_mul(2);
+                self.state.on_process(&p, ev.timestamp, linger);
+            }
+            KernelEvent::Thread(t) => self.state.on_thread(&t),
+            KernelEvent::Image(i) => self.state.on_image(&i),
+            KernelEvent::EventTraceHeader(h) => self.apply_header(*h, ev.timestamp),
+        }
+    }
+
+    /// Emits every finalised entry.
+    pub fn drain(&mut self, sink: &mut dyn VerdictSink) {
+        while let Some((slot, finish)) = self.corr.pop_ready() {
+            self.emit(slot, finish, sink);
+            self.corr.release(slot);
+        }
+    }
+
+    fn emit(&mut self, slot: u32, finish: Finish, sink: &mut dyn VerdictSink) {
+        let e = self.corr.entry(slot);
+        let Some(parent) = e.parent else {
+            return;
+        };
+        self.stack_buf.clear();
+        self.stack_buf.extend_from_slice(&e.kernel);
+        self.stack_buf.extend_from_slice(&e.user);
+        let has_stack = e.has_stack();
+        let (pid, tid) = (e.pid, e.tid);
+        let process = if has_stack {
+            self.state.process(pid)
+        } else {
+            None
+        };
+        let resolver = Resolver {
+            modules: process.map(|p| &p.modules),
+            kernel: self.state.kernel_modules(),
+            kernel_boundary: self.kernel_boundary,
+            system_dlls: self.system_dlls.as_deref(),
+        };
+        let address = match parent {
+            Parent::SysCall { address } => address,
+            Parent::Other(hook) => {
+                if has_stack {
+                    *self.parent_hooks.entry(hook).or_insert(0) += u64::from(e.fragments);
+                    sink.stack_pair(&StackPair {
+                        timestamp: e.ts,
+                        parent: hook,
+                        pid,
+                        tid,
+                        stack: &self.stack_buf,
+                        fragments: e.fragments,
+                        process,
+                        resolver,
+                    });
+                }
+                return;
+            }
+        };
+        let stack = has_stack.then_some(self.stack_buf.as_slice());
+        if self.learning != Learning::Fixed {
+            if let Some(s) = stack {
+                classify::learn_from(
+                    process,
+                    s,
+                    self.kernel_boundary,
+                    self.system_dlls.as_deref(),
+                    address,
+                    &mut self.services,
+                );
+            }
+            if self.learning == Learning::Only {
+                return;
+            }
+        }
+        let ctx = Context {
+            process,
+            kernel: self.state.kernel_modules(),
+            kernel_boundary: self.kernel_boundary,
+            system_dlls: self.system_dlls.as_deref(),
+            services: &self.services,
+        };
+        let outcome = classify::classify(&ctx, stack, address);
+        let mut verdict = outcome.verdict;
+        let mut reason = outcome.reason;
+        let mut suppressed = None;
+        if verdict.is_alert() && !self.allowlist.is_empty() {
+            let u = outcome.user_index.map_or(0, |i| self.stack_buf[i]);
+            let facts = allowlist::AlertFacts {
+                process: process.map_or("", |p| p.image_file_name.as_str()),
+                module: outcome.user_module.map(|m| &*m.name),
+                offset: outcome.user_module.map_or(u, |m| u - m.base),
+                caller_module: outcome.caller_module.map(|m| &*m.name),
+                verdict,
+                reason,
+            };
+            if let Some(i) = self.allowlist.check(&facts) {
+                suppressed = Some((verdict, reason, i));
+                verdict = Verdict::Normal;
+                reason = None;
+                self.stats.suppressed += 1;
+            }
+        }
+        self.stats.verdicts.add(verdict);
+        let v = SyscallVerdict {
+            timestamp: e.ts,
+            processor: e.parent_processor,
+            service_address: address,
+            pid: has_stack.then_some(pid),
+            tid: has_stack.then_some(tid),
+            verdict,
+            reason,
+            suppressed,
+            stack: stack.unwrap_or(&[]),
+            outcome,
+            process,
+            finish,
+            resolver,
+        };
+        sink.verdict(&v);
+    }
+
+    /// Flushes every pending entry and returns the statistics.
+    pub fn finish(&mut self, sink: &mut dyn VerdictSink) -> EngineStats {
+        self.corr.flush();
+        self.drain(sink);
+        self.stats()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,353 @@
+//! The verdict rules of docs/verdicts.md, applied to one syscall's stack.
+//!
+//! Nothing here allocates: the outcome refers to modules in the state and
+//! names in the supplied system DLLs.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::fxhash::FxBuildHasher;
+use crate::state::{Module, ModuleKind, ModuleMap, ProcessInfo};
+use crate::sysdlls::SystemDlls;
+
+/// What the engine decides for one syscall (docs/verdicts.md, "Verdict strings").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Verdict {
+    Normal,
+    Direct,
+    Indirect,
+    KernelOrigin,
+    NoStack,
+    Truncated,
+}
+
+impl Verdict {
+    pub const ALL: [Verdict; 6] = [
+        Verdict::Normal,
+        Verdict::Direct,
+        Verdict::Indirect,
+        Verdict::KernelOrigin,
+        Verdict::NoStack,
+        Verdict::Truncated,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Normal => "normal",
+            Verdict::Direct => "direct",
+            Verdict::Indirect => "indirect",
+            Verdict::KernelOrigin => "kernel_origin",
+            Verdict::NoStack => "no_stack",
+            Verdict::Truncated => "truncated",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Verdict> {
+        Verdict::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// Direct and indirect syscalls are alerts; the rest is context.
+    pub fn is_alert(self) -> bool {
+        matches!(self, Verdict::Direct | Verdict::Indirect)
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Why a syscall is `direct` or `indirect`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    Image,
+    Unbacked,
+    HeavensGate,
+    NotReturnSite,
+    StubMismatch,
+    UnbackedCaller,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 6] = [
+        Reason::Image,
+        Reason::Unbacked,
+        Reason::HeavensGate,
+        Reason::NotReturnSite,
+        Reason::StubMismatch,
+        Reason::UnbackedCaller,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Image => "image",
+            Reason::Unbacked => "unbacked",
+            Reason::HeavensGate => "heavens_gate",
+            Reason::NotReturnSite => "not_return_site",
+            Reason::StubMismatch => "stub_mismatch",
+            Reason::UnbackedCaller => "unbacked_caller",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+/// Service identity learned from the trace: for each syscall return site
+/// (stub module kind + offset), how often each `SysCallAddress` was seen.
+/// The service of a site is the most frequent address (ties: the lowest).
+#[derive(Debug, Clone, Default)]
+pub struct ServiceTable {
+    sites: HashMap<(ModuleKind, u64), Vec<(u64, u64)>, FxBuildHasher>,
+}
+
+impl ServiceTable {
+    pub fn new() -> ServiceTable {
+        ServiceTable::default()
+    }
+
+    /// Counts one observation of `service` at return site `offset` of a stub module.
+    pub fn record(&mut self, kind: ModuleKind, offset: u64, service: u64) {
+        let v = self.sites.entry((kind, offset)).or_default();
+        if let Some(e) = v.iter_mut().find(|e| e.0 == service) {
+            e.1 += 1;
+        } else {
+            v.push((service, 1));
+        }
+    }
+
+    /// The learned service of a return site.
+    pub fn service_of(&self, kind: ModuleKind, offset: u64) -> Option<u64> {
+        let v = self.sites.get(&(kind, offset))?;
+        v.iter()
+            .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
+            .map(|e| e.0)
+    }
+
+    pub fn len(&self) -> usize {
+        self.sites.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sites.is_empty()
+    }
+}
+
+/// Everything the rules need besides the stack.
+pub struct Context<'a> {
+    pub process: Option<&'a ProcessInfo>,
+    pub kernel: &'a ModuleMap,
+    pub kernel_boundary: u64,
+    pub system_dlls: Option<&'a SystemDlls>,
+    pub services: &'a ServiceTable,
+}
+
+/// The rules' result with the evidence they looked at.
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome<'a> {
+    pub verdict: Verdict,
+    pub reason: Option<Reason>,
+    /// Index of the first user frame `U` in the stack.
+    pub user_index: Option<usize>,
+    pub user_module: Option<&'a Module>,
+    pub caller_module: Option<&'a Module>,
+    /// `U` is a syscall return site of a stub module.
+    pub at_return_site: bool,
+    /// The stub's name (from `--system-dlls`).
+    pub stub_name: Option<&'a Arc<str>>,
+    /// The service routine's name at `SysCallAddress` (from `--system-dlls`).
+    pub service_name: Option<&'a Arc<str>>,
+    /// The service the stub belongs to, when learned from the trace.
+    pub stub_service: Option<u64>,
+}
+
+impl Outcome<'_> {
+    fn new(verdict: Verdict) -> Self {
+        Outcome {
+            verdict,
+            reason: None,
+            user_index: None,
+            user_module: None,
+            caller_module: None,
+            at_return_site: false,
+            stub_name: None,
+            service_name: None,
+            stub_service: None,
+        }
+    }
+}
+
+/// `Nt` and `Zw` name the same service.
+fn same_service_name(a: &str, b: &str) -> bool {
+    let strip = |s: &'_ str| -> (bool, String) {
+        if let Some(r) = s.strip_prefix("Zw").or_else(|| s.strip_prefix("Nt")) {
+            (true, r.to_string())
+        } else {
+            (false, s.to_string())
+        }
+    };
+    let (pa, ra) = strip(a);
+    let (pb, rb) = strip(b);
+    if pa && pb {
+        ra == rb
+    } else {
+        a == b
+    }
+}
+
+/// Whether `U` (at `offset` in stub module `m`) is a return site, with the stub name if known.
+fn return_site<'a>(ctx: &Context<'a>, m: &'a Module, offset: u64) -> (bool, Option<&'a Arc<str>>) {
+    if let (Some(i), Some(sys)) = (m.system_dll, ctx.system_dlls) {
+        if let Some(d) = sys.dlls.get(i) {
+            let name = u32::try_from(offset)
+                .ok()
+                .and_then(|o| d.return_sites.get(&o));
+            return (name.is_some(), name);
+        }
+    }
+    (offset % 0x20 == 0x14, None)
+}
+
+/// Finds `U` and, if `learn` is given, records the service seen at its
+/// return site. Used by the learning pass and by online learning.
+pub fn learn_from(
+    process: Option<&ProcessInfo>,
+    stack: &[u64],
+    kernel_boundary: u64,
+    system_dlls: Option<&SystemDlls>,
+    service_address: u64,
+    table: &mut ServiceTable,
+) {
+    let Some(u) = stack.iter().copied().find(|&a| a < kernel_boundary) else {
+        return;
+    };
+    let Some(m) = process.and_then(|p| p.modules.find(u)) else {
+        return;
+    };
+    if !m.kind.is_stub_module() {
+        return;
+    }
+    let offset = u - m.base;
+    let empty = ServiceTable::new();
+    let kernel = ModuleMap::default();
+    let ctx = Context {
+        process,
+        kernel: &kernel,
+        kernel_boundary,
+        system_dlls,
+        services: &empty,
+    };
+    if return_site(&ctx, m, offset).0 {
+        table.record(m.kind, offset, service_address);
+    }
+}
+
+/// Applies the rules in order. `stack` is `None` when no StackWalk paired.
+pub fn classify<'a>(ctx: &Context<'a>, stack: Option<&[u64]>, service_address: u64) -> Outcome<'a> {
+    // Rule 1.
+    let Some(stack) = stack else {
+        return Outcome::new(Verdict::NoStack);
+    };
+    // Rule 2.
+    let Some(ui) = stack.iter().position(|&a| a < ctx.kernel_boundary) else {
+        return Outcome::new(Verdict::KernelOrigin);
+    };
+    let u = stack[ui];
+    let modules = ctx.process.map(|p| &p.modules);
+    let um = modules.and_then(|m| m.find(u));
+    let mut out = Outcome::new(Verdict::Normal);
+    out.user_index = Some(ui);
+    out.user_module = um;
+    let caller = stack.get(ui + 1).copied();
+    out.caller_module = caller.and_then(|c| {
+        if c >= ctx.kernel_boundary {
+            ctx.kernel.find(c)
+        } else {
+            modules.and_then(|m| m.find(c))
+        }
+    });
+    // Rule 3.
+    let m = match um {
+        Some(m) if m.kind.is_stub_module() => m,
+        _ => {
+            out.verdict = Verdict::Direct;
+            out.reason = Some(if ctx.process.is_some_and(|p| p.wow64) {
+                Reason::HeavensGate
+            } else if um.is_some() {
+                Reason::Image
+            } else {
+                Reason::Unbacked
+            });
+            return out;
+        }
+    };
+    let offset = u - m.base;
+    // Rule 4.
+    let (site, stub_name) = return_site(ctx, m, offset);
+    out.at_return_site = site;
+    out.stub_name = stub_name;
+    if !site {
+        out.verdict = Verdict::Indirect;
+        out.reason = Some(Reason::NotReturnSite);
+        return out;
+    }
+    // Rule 5: by names when both are known from the supplied DLLs, else by
+    // the service learned for this return site.
+    out.service_name = service_name(ctx, service_address);
+    let mismatch = match (stub_name, out.service_name) {
+        (Some(a), Some(b)) => !same_service_name(a, b),
+        _ => {
+            out.stub_service = ctx.services.service_of(m.kind, offset);
+            out.stub_service.is_some_and(|s| s != service_address)
+        }
+    };
+    if mismatch {
+        out.verdict = Verdict::Indirect;
+        out.reason = Some(Reason::StubMismatch);
+        return out;
+    }
+    // Rule 6.
+    let Some(c) = caller else {
+        out.verdict = Verdict::Truncated;
+        return out;
+    };
+    // Rule 7. Only a user-mode caller can be unbacked memory.
+    if c < ctx.kernel_boundary && out.caller_module.is_none() {
+        out.verdict = Verdict::Indirect;
+        out.reason = Some(Reason::UnbackedCaller);
+        return out;
+    }
+    out
+}
+
+/// The service routine's export name at `SysCallAddress`, when the kernel
+/// module holding it was matched to a supplied image.
+fn service_name<'a>(ctx: &Context<'a>, addr: u64) -> Option<&'a Arc<str>> {
+    let sys = ctx.system_dlls?;
+    let m = ctx.kernel.find(addr)?;
+    let d = sys.dlls.get(m.system_dll?)?;
+    d.export_at(u32::try_from(addr - m.base).ok()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn learned_service_is_most_frequent_then_lowest() {
+        let mut t = ServiceTable::new();
+        t.record(ModuleKind::Ntdll, 0x14, 0x300);
+        t.record(ModuleKind::Ntdll, 0x14, 0x200);
+        assert_eq!(t.service_of(ModuleKind::Ntdll, 0x14), Some(0x200));
+        t.record(ModuleKind::Ntdll, 0x14, 0x300);
+        assert_eq!(t.service_of(ModuleKind::Ntdll, 0x14), Some(0x300));
+        assert_eq!(t.service_of(ModuleKind::Win32u, 0x14), None);
+    }
+
+    #[test]
+    fn nt_and_zw_are_one_service() {
+        assert!(same_service_name("ZwClose", "NtClose"));
+        assert!(same_service_name("NtClose", "NtClose"));
+        assert!(!same_service_name("NtClose", "NtOpenFile"));
+    }
+}

@@ -1,0 +1,553 @@
+//! Output: alerts as JSON lines (own layout or ECS), one line per syscall
+//! (`--per-syscall`), the per-process summary table and statistics.
+//!
+//! Alerts are deduplicated by (process, call site, verdict, reason) with a
+//! count and first/last time; evidence strings are built only when a key is
+//! first seen, so the hot path formats nothing. ECS field reference:
+//! [Elastic Common Schema](https://www.elastic.co/guide/en/ecs/current/ecs-field-reference.html).
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+
+use sentry_raw::{filetime_to_rfc3339, Clock, LogfileHeader};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::classify::{Reason, Verdict};
+use crate::fxhash::FxBuildHasher;
+use crate::{Engine, EngineStats, SyscallVerdict, VerdictSink};
+
+/// Alert line layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    #[default]
+    Json,
+    Ecs,
+}
+
+/// Which syscalls are reported.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub pid: Option<u32>,
+    /// Glob on the process image name.
+    pub process: Option<String>,
+    /// Raw timestamp bounds (inclusive).
+    pub since: Option<u64>,
+    pub until: Option<u64>,
+}
+
+impl Filter {
+    fn accepts(&self, v: &SyscallVerdict<'_>) -> bool {
+        if self.since.is_some_and(|s| v.timestamp < s)
+            || self.until.is_some_and(|u| v.timestamp > u)
+        {
+            return false;
+        }
+        if let Some(p) = self.pid {
+            if v.pid != Some(p) {
+                return false;
+            }
+        }
+        if let Some(g) = &self.process {
+            let name = v.process.map_or("", |p| p.image_file_name.as_str());
+            if v.pid.is_none() || !crate::allowlist::glob(g, name) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Report settings.
+#[derive(Debug, Clone, Default)]
+pub struct ReportConfig {
+    pub format: Format,
+    /// One JSON line per syscall instead of deduplicated alerts.
+    pub per_syscall: bool,
+    pub filter: Filter,
+    /// Print an alert as soon as its key is first seen (live), besides the
+    /// aggregated lines at the end.
+    pub immediate: bool,
+    /// Frames of the stack kept as evidence in an alert.
+    pub max_stack_frames: usize,
+}
+
+/// Dedup key of an alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct AlertKey {
+    pid: Option<u32>,
+    call_site: u64,
+    verdict: Verdict,
+    reason: Option<Reason>,
+}
+
+/// An aggregated alert.
+#[derive(Debug, Clone, Serialize)]
+pub struct Alert {
+    pub verdict: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+    pub pid: Option<u32>,
+    pub process: String,
+    pub command_line: String,
+    pub user_sid: String,
+    pub parent_pid: Option<u32>,
+    pub wow64: bool,
+    /// First thread seen.
+    pub tid: Option<u32>,
+    /// U as module+0xoffset (or a hex address when unbacked).
+    pub call_site: String,
+    pub module: Option<String>,
+    pub caller: Option<String>,
+    pub caller_module: Option<String>,
+    pub service_address: String,
+    pub service: Option<String>,
+    pub stub: Option<String>,
+    pub stub_service_address: Option<String>,
+    pub count: u64,
+    pub first_timestamp: u64,
+    pub last_timestamp: u64,
+    pub first_seen: Option<String>,
+    pub last_seen: Option<String>,
+    pub stack: Vec<String>,
+    pub technique: &'static str,
+}
+
+#[derive(Debug, Default)]
+struct ProcSummary {
+    pid: Option<u32>,
+    name: String,
+    syscalls: u64,
+    counts: [u64; 6],
+    suppressed: u64,
+    sites: HashMap<u64, (u64, String), FxBuildHasher>,
+    other_sites: u64,
+}
+
+const MAX_SITES_PER_PROCESS: usize = 4096;
+const MAX_ALERT_KEYS: usize = 100_000;
+
+/// A [`VerdictSink`] that writes the reports.
+pub struct Report {
+    cfg: ReportConfig,
+    out: Box<dyn Write>,
+    clock: Option<Clock>,
+    alerts: HashMap<AlertKey, Alert, FxBuildHasher>,
+    alert_order: Vec<AlertKey>,
+    alerts_dropped: u64,
+    procs: HashMap<Option<u32>, ProcSummary, FxBuildHasher>,
+    reported: u64,
+    line: Vec<u8>,
+    io_error: Option<io::Error>,
+}
+
+/// MITRE ATT&CK technique for both verdicts: T1106 Native API.
+pub const TECHNIQUE_ID: &str = "T1106";
+pub const TECHNIQUE_NAME: &str = "Native API";
+
+impl Report {
+    pub fn new(mut cfg: ReportConfig, out: Box<dyn Write>) -> Report {
+        if cfg.max_stack_frames == 0 {
+            cfg.max_stack_frames = 32;
+        }
+        Report {
+            cfg,
+            out,
+            clock: None,
+            alerts: HashMap::default(),
+            alert_order: Vec::new(),
+            alerts_dropped: 0,
+            procs: HashMap::default(),
+            reported: 0,
+            line: Vec::with_capacity(512),
+            io_error: None,
+        }
+    }
+
+    /// The clock for UTC times (else raw timestamps only).
+    pub fn set_clock(&mut self, c: Option<Clock>) {
+        self.clock = c;
+    }
+
+    /// Alerts (unsuppressed direct/indirect keys) so far.
+    pub fn alert_count(&self) -> usize {
+        self.alerts.len()
+    }
+
+    /// Syscalls that passed the filter.
+    pub fn reported(&self) -> u64 {
+        self.reported
+    }
+
+    fn time(&self, raw: u64) -> Option<String> {
+        self.clock.map(|c| filetime_to_rfc3339(c.to_filetime(raw)))
+    }
+
+    fn write_line(&mut self, v: &Value) {
+        self.line.clear();
+        if serde_json::to_writer(&mut self.line, v).is_ok() {
+            self.line.push(b'\n');
+            if let Err(e) = self.out.write_all(&self.line) {
+                self.io_error.get_or_insert(e);
+            }
+        }
+    }
+
+    fn per_syscall_line(&mut self, v: &SyscallVerdict<'_>) {
+        let r = &v.resolver;
+        let mut o = json!({
+            "timestamp": v.timestamp,
+            "time": self.time(v.timestamp),
+            "processor": v.processor,
+            "pid": v.pid,
+            "tid": v.tid,
+            "process": v.process.map(|p| p.image_file_name.as_str()),
+            "service_address": format!("{:#x}", v.service_address),
+            "service": v.outcome.service_name.map(|s| s.to_string()),
+            "verdict": v.verdict.as_str(),
+            "reason": v.reason.map(Reason::as_str),
+            "call_site": v.first_user_frame().map(|a| r.describe(a)),
+            "caller": v.caller_frame().map(|a| r.describe(a)),
+        });
+        if let Some((sv, sr, i)) = v.suppressed {
+            o["suppressed"] = json!(true);
+            o["suppressed_verdict"] = json!(sv.as_str());
+            o["suppressed_reason"] = json!(sr.map(Reason::as_str));
+            o["allow_entry"] = json!(i);
+        }
+        self.write_line(&o);
+    }
+
+    fn new_alert(&self, v: &SyscallVerdict<'_>) -> Alert {
+        let r = &v.resolver;
+        let p = v.process;
+        let technique = match (v.verdict, v.reason) {
+            (Verdict::Direct, Some(Reason::HeavensGate)) => "heavens-gate",
+            (Verdict::Direct, _) => "direct-syscall",
+            (Verdict::Indirect, _) => "indirect-syscall",
+            _ => "",
+        };
+        Alert {
+            verdict: v.verdict.as_str(),
+            reason: v.reason.map(Reason::as_str),
+            pid: v.pid,
+            process: p.map(|p| p.image_file_name.clone()).unwrap_or_default(),
+            command_line: p.map(|p| p.command_line.clone()).unwrap_or_default(),
+            user_sid: p.map(|p| p.user_sid.clone()).unwrap_or_default(),
+            parent_pid: p.map(|p| p.parent_id),
+            wow64: p.is_some_and(|p| p.wow64),
+            tid: v.tid,
+            call_site: v
+                .first_user_frame()
+                .map(|a| r.describe(a))
+                .unwrap_or_default(),
+            module: v.outcome.user_module.map(|m| m.name.to_string()),
+            caller: v.caller_frame().map(|a| r.describe(a)),
+            caller_module: v.outcome.caller_module.map(|m| m.name.to_string()),
+            service_address: format!("{:#x}", v.service_address),
+            service: v.outcome.service_name.map(|s| s.to_string()).or_else(|| {
+                r.kernel
+                    .find(v.service_address)
+                    .map(|_| r.describe(v.service_address))
+            }),
+            stub: v.outcome.stub_name.map(|s| s.to_string()),
+            stub_service_address: v.outcome.stub_service.map(|a| format!("{a:#x}")),
+            count: 0,
+            first_timestamp: v.timestamp,
+            last_timestamp: v.timestamp,
+            first_seen: None,
+            last_seen: None,
+            stack: v
+                .stack
+                .iter()
+                .take(self.cfg.max_stack_frames)
+                .map(|&a| r.describe(a))
+                .collect(),
+            technique,
+        }
+    }
+
+    fn alert_value(&self, a: &Alert, header: Option<&LogfileHeader>) -> Value {
+        let mut a = a.clone();
+        a.first_seen = self.time(a.first_timestamp);
+        a.last_seen = self.time(a.last_timestamp);
+        match self.cfg.format {
+            Format::Json => {
+                let mut v = serde_json::to_value(&a).unwrap_or(Value::Null);
+                v["type"] = json!("alert");
+                v
+            }
+            Format::Ecs => ecs(&a, header),
+        }
+    }
+
+    fn summarise(&mut self, v: &SyscallVerdict<'_>) {
+        let s = self.procs.entry(v.pid).or_insert_with(|| ProcSummary {
+            pid: v.pid,
+            name: v
+                .process
+                .map(|p| p.image_file_name.clone())
+                .unwrap_or_default(),
+            ..ProcSummary::default()
+        });
+        if s.name.is_empty() {
+            if let Some(p) = v.process {
+                s.name.clone_from(&p.image_file_name);
+            }
+        }
+        s.syscalls += 1;
+        s.counts[v.verdict.index()] += 1;
+        if v.suppressed.is_some() {
+            s.suppressed += 1;
+        }
+        if let Some(u) = v.first_user_frame() {
+            if let Some(e) = s.sites.get_mut(&u) {
+                e.0 += 1;
+            } else if s.sites.len() < MAX_SITES_PER_PROCESS {
+                s.sites.insert(u, (1, v.resolver.describe(u)));
+            } else {
+                s.other_sites += 1;
+            }
+        }
+    }
+
+    /// Writes the deduplicated alerts (unless `per_syscall`).
+    pub fn write_alerts(&mut self, header: Option<&LogfileHeader>) {
+        if self.cfg.per_syscall {
+            return;
+        }
+        let keys = std::mem::take(&mut self.alert_order);
+        for k in &keys {
+            if let Some(a) = self.alerts.get(k) {
+                let v = self.alert_value(a, header);
+                self.write_line(&v);
+            }
+        }
+        self.alert_order = keys;
+    }
+
+    /// The per-process summary table.
+    pub fn summary_table(&self) -> String {
+        let mut rows: Vec<&ProcSummary> = self.procs.values().collect();
+        rows.sort_by(|a, b| {
+            let al = |s: &ProcSummary| s.counts[1] + s.counts[2];
+            al(b)
+                .cmp(&al(a))
+                .then(b.syscalls.cmp(&a.syscalls))
+                .then(a.pid.cmp(&b.pid))
+        });
+        let mut t = String::new();
+        t.push_str(&format!(
+            "{:>7} {:<24} {:>10} {:>10} {:>7} {:>8} {:>7} {:>8} {:>6} {:>6}  top call sites\n",
+            "pid",
+            "process",
+            "syscalls",
+            "normal",
+            "direct",
+            "indirect",
+            "kernel",
+            "no_stack",
+            "trunc",
+            "suppr"
+        ));
+        for s in rows {
+            let mut sites: Vec<&(u64, String)> = s.sites.values().collect();
+            sites.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+            let top: Vec<String> = sites
+                .iter()
+                .take(3)
+                .map(|(n, d)| format!("{d} ({n})"))
+                .collect();
+            let c = &s.counts;
+            t.push_str(&format!(
+                "{:>7} {:<24} {:>10} {:>10} {:>7} {:>8} {:>7} {:>8} {:>6} {:>6}  {}\n",
+                s.pid.map_or("-".to_string(), |p| p.to_string()),
+                if s.pid.is_none() {
+                    "(no stack)"
+                } else {
+                    &s.name
+                },
+                s.syscalls,
+                c[Verdict::Normal.index()],
+                c[Verdict::Direct.index()],
+                c[Verdict::Indirect.index()],
+                c[Verdict::KernelOrigin.index()],
+                c[Verdict::NoStack.index()],
+                c[Verdict::Truncated.index()],
+                s.suppressed,
+                top.join(", ")
+            ));
+        }
+        t
+    }
+
+    /// Flushes the output; returns the first write error.
+    pub fn flush(&mut self) -> io::Result<()> {
+        if let Some(e) = self.io_error.take() {
+            return Err(e);
+        }
+        self.out.flush()
+    }
+
+    /// End of input: writes the alerts, flushes.
+    pub fn finish(&mut self, engine: &Engine) -> io::Result<()> {
+        self.clock = engine.clock().copied().or(self.clock);
+        self.write_alerts(engine.header());
+        self.flush()
+    }
+
+    /// Alert keys dropped because the dedup table was full.
+    pub fn alerts_dropped(&self) -> u64 {
+        self.alerts_dropped
+    }
+}
+
+impl VerdictSink for Report {
+    fn verdict(&mut self, v: &SyscallVerdict<'_>) {
+        if !self.cfg.filter.accepts(v) {
+            return;
+        }
+        self.reported += 1;
+        self.summarise(v);
+        if self.cfg.per_syscall {
+            self.per_syscall_line(v);
+        }
+        if !v.verdict.is_alert() {
+            return;
+        }
+        let key = AlertKey {
+            pid: v.pid,
+            call_site: v.first_user_frame().unwrap_or(0),
+            verdict: v.verdict,
+            reason: v.reason,
+        };
+        if let Some(a) = self.alerts.get_mut(&key) {
+            a.count += 1;
+            a.first_timestamp = a.first_timestamp.min(v.timestamp);
+            a.last_timestamp = a.last_timestamp.max(v.timestamp);
+            return;
+        }
+        if self.alerts.len() >= MAX_ALERT_KEYS {
+            self.alerts_dropped += 1;
+            return;
+        }
+        let mut a = self.new_alert(v);
+        a.count = 1;
+        if self.cfg.immediate && !self.cfg.per_syscall {
+            let val = self.alert_value(&a, None);
+            self.write_line(&val);
+        }
+        self.alerts.insert(key, a);
+        self.alert_order.push(key);
+    }
+}
+
+/// The ECS document of an alert.
+fn ecs(a: &Alert, header: Option<&LogfileHeader>) -> Value {
+    let action = a.technique;
+    let rule = match a.reason {
+        Some(r) => format!("{}_syscall.{}", a.verdict, r),
+        None => format!("{}_syscall", a.verdict),
+    };
+    let mut os = json!({"family": "windows", "type": "windows", "platform": "windows"});
+    if let Some(h) = header {
+        os["version"] = json!(h.os_version_string());
+        os["kernel"] = json!(format!("{}", h.provider_version));
+    }
+    json!({
+        "@timestamp": a.first_seen,
+        "event": {
+            "kind": "alert",
+            "category": ["process"],
+            "type": ["info"],
+            "action": action,
+            "module": "syscall_sentry",
+            "dataset": "syscall_sentry.alert",
+            "provider": "syscall-sentry",
+            "start": a.first_seen,
+            "end": a.last_seen,
+            "severity": if a.verdict == "direct" { 73 } else { 47 },
+        },
+        "process": {
+            "pid": a.pid,
+            "name": a.process,
+            "command_line": a.command_line,
+            "parent": {"pid": a.parent_pid},
+            "thread": {"id": a.tid},
+        },
+        "user": {"id": a.user_sid},
+        "rule": {
+            "name": rule,
+            "category": "syscall provenance",
+            "ruleset": "syscall-sentry verdicts",
+        },
+        "threat": {
+            "framework": "MITRE ATT&CK",
+            "technique": {
+                "id": [TECHNIQUE_ID],
+                "name": [TECHNIQUE_NAME],
+                "reference": ["https://attack.mitre.org/techniques/T1106/"],
+            },
+            "tactic": {"id": ["TA0002"], "name": ["Execution"]},
+        },
+        "host": {"os": os},
+        "syscall_sentry": {
+            "verdict": a.verdict,
+            "reason": a.reason,
+            "count": a.count,
+            "call_site": a.call_site,
+            "module": a.module,
+            "caller": a.caller,
+            "caller_module": a.caller_module,
+            "service_address": a.service_address,
+            "service": a.service,
+            "stub": a.stub,
+            "stub_service_address": a.stub_service_address,
+            "wow64": a.wow64,
+            "first_timestamp": a.first_timestamp,
+            "last_timestamp": a.last_timestamp,
+            "stack": a.stack,
+        },
+    })
+}
+
+/// Human-readable statistics (for stderr or the summary file).
+pub fn stats_text(s: &EngineStats, wall_seconds: f64, alerts: usize) -> String {
+    let mut t = String::new();
+    let rate = if wall_seconds > 0.0 {
+        s.events as f64 / wall_seconds
+    } else {
+        0.0
+    };
+    t.push_str(&format!(
+        "events: {} ({:.0}/s, {:.2} s), kernel events decoded: {}, decode errors: {}\n",
+        s.events, rate, wall_seconds, s.kernel_events_decoded, s.decode_errors
+    ));
+    for e in &s.decode_error_samples {
+        t.push_str(&format!(
+            "  decode error at {:#x}: {}\n",
+            e.offset, e.message
+        ));
+    }
+    t.push_str(&format!(
+        "events lost (logfile header): {}, buffers lost: {}\n",
+        s.events_lost.map_or("unknown".into(), |v| v.to_string()),
+        s.buffers_lost.map_or("unknown".into(), |v| v.to_string())
+    ));
+    let v = &s.verdicts;
+    t.push_str(&format!(
+        "syscalls: {}, normal {}, direct {}, indirect {}, kernel_origin {}, no_stack {}, truncated {}, suppressed {}; alerts (deduplicated): {}\n",
+        s.syscalls, v.normal, v.direct, v.indirect, v.kernel_origin, v.no_stack, v.truncated, s.suppressed, alerts
+    ));
+    let c = &s.correlator;
+    t.push_str(&format!(
+        "correlator: matched {}, syscall without stack {}, stack without syscall {}, expired {}, fragments stitched {}, evicted {}, peak pending {}, keys resolved {}, keys unresolved {}\n",
+        c.matched, c.syscall_without_stack, c.stack_without_syscall, c.expired, c.fragments_stitched, c.evicted, c.peak_pending, c.keys_resolved, c.keys_unresolved
+    ));
+    let st = &s.state;
+    t.push_str(&format!(
+        "state: processes seen {}, live {}, dropped {}, images loaded {}, unloaded {}, kernel modules {}, learned return sites {}\n",
+        st.processes_seen, st.live_processes, st.processes_dropped, st.images_loaded, st.images_unloaded, st.kernel_modules, s.learned_return_sites
+    ));
+    t
+}

@@ -1,0 +1,452 @@
+//! Process, thread and module state rebuilt from kernel events in time order.
+//!
+//! Layouts of the events: [Process_TypeGroup1](https://learn.microsoft.com/windows/win32/etw/process-typegroup1),
+//! [Thread_TypeGroup1](https://learn.microsoft.com/windows/win32/etw/thread-typegroup1),
+//! [Image_Load](https://learn.microsoft.com/windows/win32/etw/image-load).
+//! Module lookups are `O(log n)` over a `BTreeMap` keyed by image base.
+//! Ended processes are kept until the correlation window has passed (a
+//! syscall still pending may belong to them), then dropped: memory follows
+//! the live process set, not the trace length.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use sentry_kernel::{Image, Lifecycle, Process, Thread};
+
+use crate::fxhash::FxBuildHasher;
+use crate::sysdlls::SystemDlls;
+
+/// What a module is, for the verdict rules (docs/verdicts.md, "Address spaces").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ModuleKind {
+    /// The native (64-bit on x64) `ntdll.dll` in `\Windows\System32\`: a stub module.
+    Ntdll,
+    /// The native `win32u.dll`: a stub module.
+    Win32u,
+    /// The 32-bit `ntdll.dll` in `\Windows\SysWOW64\`: marks a WoW64 process; not a stub module.
+    NtdllWow64,
+    /// Anything else.
+    Other,
+}
+
+impl ModuleKind {
+    /// Ntdll and win32u are the modules whose stubs legitimately hold `syscall`.
+    pub fn is_stub_module(self) -> bool {
+        matches!(self, ModuleKind::Ntdll | ModuleKind::Win32u)
+    }
+
+    /// Classifies an NT path (case-insensitive), e.g.
+    /// `\Device\HarddiskVolume3\Windows\System32\ntdll.dll`.
+    pub fn from_path(path: &str) -> ModuleKind {
+        let lower = path.to_ascii_lowercase();
+        let lower = lower.replace('/', "\\");
+        let in_dir = |dir: &str, file: &str| {
+            lower.ends_with(&format!("\\{dir}\\{file}")) || lower == format!("{dir}\\{file}")
+        };
+        if in_dir("system32", "ntdll.dll") {
+            ModuleKind::Ntdll
+        } else if in_dir("system32", "win32u.dll") {
+            ModuleKind::Win32u
+        } else if in_dir("syswow64", "ntdll.dll") {
+            ModuleKind::NtdllWow64
+        } else {
+            ModuleKind::Other
+        }
+    }
+}
+
+/// A loaded image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Module {
+    pub base: u64,
+    pub size: u64,
+    /// File name part of the path, as logged (e.g. `ntdll.dll`).
+    pub name: Arc<str>,
+    /// The NT path as logged.
+    pub path: Arc<str>,
+    pub kind: ModuleKind,
+    pub time_date_stamp: u32,
+    /// Index into the supplied system DLLs (`--system-dlls`) this module was
+    /// matched to by name, image size and TimeDateStamp.
+    pub system_dll: Option<usize>,
+}
+
+impl Module {
+    pub fn contains(&self, addr: u64) -> bool {
+        addr >= self.base && addr - self.base < self.size
+    }
+}
+
+/// The modules of one address space.
+#[derive(Debug, Default, Clone)]
+pub struct ModuleMap {
+    by_base: BTreeMap<u64, Module>,
+}
+
+impl ModuleMap {
+    /// The module containing `addr`, if any.
+    #[inline]
+    pub fn find(&self, addr: u64) -> Option<&Module> {
+        let (_, m) = self.by_base.range(..=addr).next_back()?;
+        m.contains(addr).then_some(m)
+    }
+
+    /// Adds (or replaces) the module at `m.base`.
+    pub fn insert(&mut self, m: Module) {
+        self.by_base.insert(m.base, m);
+    }
+
+    pub fn remove(&mut self, base: u64) -> Option<Module> {
+        self.by_base.remove(&base)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_base.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_base.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Module> {
+        self.by_base.values()
+    }
+}
+
+/// What is known about one process.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub parent_id: u32,
+    pub session_id: u32,
+    pub user_sid: String,
+    pub image_file_name: String,
+    pub command_line: String,
+    /// A SysWOW64 ntdll is (or was) loaded: 32-bit code runs in this process.
+    pub wow64: bool,
+    pub modules: ModuleMap,
+    /// Raw timestamp of the End/Defunct event, if seen.
+    pub ended_at: Option<u64>,
+    /// Bumped when the pid is reused by a new process.
+    pub generation: u32,
+}
+
+/// Counters of the state tracker.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StateStats {
+    pub processes_seen: u64,
+    pub processes_dropped: u64,
+    pub images_loaded: u64,
+    pub images_unloaded: u64,
+    pub live_processes: u64,
+    pub kernel_modules: u64,
+}
+
+/// Processes, threads and module maps.
+#[derive(Debug, Default)]
+pub struct State {
+    processes: HashMap<u32, ProcessInfo, FxBuildHasher>,
+    threads: HashMap<u32, u32, FxBuildHasher>,
+    kernel: ModuleMap,
+    /// (drop after raw timestamp, pid, generation)
+    ended: VecDeque<(u64, u32, u32)>,
+    next_generation: u32,
+    pub stats: StateStats,
+    /// Matches images to `--system-dlls` (name, size, TimeDateStamp).
+    system_dlls: Option<Arc<SystemDlls>>,
+}
+
+impl State {
+    pub fn new() -> State {
+        State::default()
+    }
+
+    /// The supplied system DLLs images are matched to.
+    pub fn set_system_dlls(&mut self, s: Arc<SystemDlls>) {
+        self.system_dlls = Some(s);
+    }
+
+    pub fn process(&self, pid: u32) -> Option<&ProcessInfo> {
+        self.processes.get(&pid)
+    }
+
+    pub fn processes(&self) -> impl Iterator<Item = &ProcessInfo> {
+        self.processes.values()
+    }
+
+    /// The kernel module map (images loaded by pid 0: ntoskrnl, drivers).
+    pub fn kernel_modules(&self) -> &ModuleMap {
+        &self.kernel
+    }
+
+    /// The process a thread belongs to, if its start/rundown was seen.
+    pub fn thread_process(&self, tid: u32) -> Option<u32> {
+        self.threads.get(&tid).copied()
+    }
+
+    fn entry(&mut self, pid: u32) -> &mut ProcessInfo {
+        let generation = &mut self.next_generation;
+        let stats = &mut self.stats;
+        self.processes.entry(pid).or_insert_with(|| {
+            *generation += 1;
+            stats.processes_seen += 1;
+            ProcessInfo {
+                pid,
+                generation: *generation,
+                ..ProcessInfo::default()
+            }
+        })
+    }
+
+    /// Process start/end/rundown. `linger` is how long (raw ticks) an ended
+    /// process is kept for pending work.
+    pub fn on_process(&mut self, p: &Process, ts: u64, linger: u64) {
+        match p.op {
+            Lifecycle::Start => {
+                // A new process with this pid: forget the old one.
+                if self.processes.remove(&p.process_id).is_some() {
+                    self.stats.processes_dropped += 1;
+                }
+                let info = self.entry(p.process_id);
+                fill(info, p);
+            }
+            Lifecycle::DcStart | Lifecycle::DcEnd => {
+                let info = self.entry(p.process_id);
+                if info.image_file_name.is_empty() || p.op == Lifecycle::DcStart {
+                    fill(info, p);
+                }
+            }
+            Lifecycle::End | Lifecycle::Defunct => {
+                let info = self.entry(p.process_id);
+                if info.image_file_name.is_empty() {
+                    fill(info, p);
+                }
+                if info.ended_at.is_none() {
+                    info.ended_at = Some(ts);
+                    let g = info.generation;
+                    self.ended
+                        .push_back((ts.saturating_add(linger), p.process_id, g));
+                }
+            }
+        }
+        self.stats.live_processes = self.processes.len() as u64;
+    }
+
+    pub fn on_thread(&mut self, t: &Thread) {
+        match t.op {
+            Lifecycle::Start | Lifecycle::DcStart => {
+                self.threads.insert(t.thread_id, t.process_id);
+            }
+            Lifecycle::End | Lifecycle::Defunct => {
+                self.threads.remove(&t.thread_id);
+            }
+            Lifecycle::DcEnd => {}
+        }
+    }
+
+    pub fn on_image(&mut self, i: &Image) {
+        let kernel = i.process_id == 0;
+        match i.op {
+            Lifecycle::Start | Lifecycle::DcStart => {
+                if i.image_size == 0 {
+                    return;
+                }
+                let path: Arc<str> = Arc::from(i.file_name.as_str());
+                let name_str = i
+                    .file_name
+                    .rsplit(['\\', '/'])
+                    .next()
+                    .unwrap_or(&i.file_name);
+                let name: Arc<str> = Arc::from(name_str);
+                let kind = if kernel {
+                    ModuleKind::Other
+                } else {
+                    ModuleKind::from_path(&i.file_name)
+                };
+                let system_dll = self
+                    .system_dlls
+                    .as_ref()
+                    .and_then(|s| s.find(name_str, i.image_size, i.time_date_stamp));
+                let m = Module {
+                    base: i.image_base,
+                    size: i.image_size,
+                    name,
+                    path,
+                    kind,
+                    time_date_stamp: i.time_date_stamp,
+                    system_dll,
+                };
+                self.stats.images_loaded += 1;
+                if kernel {
+                    self.kernel.insert(m);
+                    self.stats.kernel_modules = self.kernel.len() as u64;
+                } else {
+                    let info = self.entry(i.process_id);
+                    if kind == ModuleKind::NtdllWow64 {
+                        info.wow64 = true;
+                    }
+                    info.modules.insert(m);
+                }
+            }
+            Lifecycle::End => {
+                self.stats.images_unloaded += 1;
+                if kernel {
+                    self.kernel.remove(i.image_base);
+                } else if let Some(info) = self.processes.get_mut(&i.process_id) {
+                    info.modules.remove(i.image_base);
+                }
+            }
+            // End-of-trace rundown: the image is still loaded.
+            Lifecycle::DcEnd | Lifecycle::Defunct => {}
+        }
+    }
+
+    /// Drops processes whose end is older than their linger time.
+    pub fn expire(&mut self, now: u64) {
+        while let Some(&(deadline, pid, generation)) = self.ended.front() {
+            if deadline > now {
+                break;
+            }
+            self.ended.pop_front();
+            if self
+                .processes
+                .get(&pid)
+                .is_some_and(|p| p.generation == generation)
+            {
+                self.processes.remove(&pid);
+                self.threads.retain(|_, p| *p != pid);
+                self.stats.processes_dropped += 1;
+            }
+        }
+        self.stats.live_processes = self.processes.len() as u64;
+    }
+}
+
+fn fill(info: &mut ProcessInfo, p: &Process) {
+    info.parent_id = p.parent_id;
+    info.session_id = p.session_id;
+    if !p.user_sid.is_empty() {
+        info.user_sid.clone_from(&p.user_sid);
+    }
+    if !p.image_file_name.is_empty() {
+        info.image_file_name.clone_from(&p.image_file_name);
+    }
+    if !p.command_line.is_empty() {
+        info.command_line.clone_from(&p.command_line);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(op: Lifecycle, pid: u32, base: u64, size: u64, path: &str) -> Image {
+        Image {
+            op,
+            image_base: base,
+            image_size: size,
+            process_id: pid,
+            image_checksum: 0,
+            time_date_stamp: 0,
+            default_base: 0,
+            file_name: path.to_string(),
+        }
+    }
+
+    #[test]
+    fn module_kinds_follow_the_path() {
+        use ModuleKind::*;
+        let k = ModuleKind::from_path;
+        assert_eq!(
+            k(r"\Device\HarddiskVolume3\Windows\System32\ntdll.dll"),
+            Ntdll
+        );
+        assert_eq!(k(r"\SystemRoot\System32\NTDLL.DLL"), Ntdll);
+        assert_eq!(k(r"C:\Windows\System32\win32u.dll"), Win32u);
+        assert_eq!(
+            k(r"\Device\HarddiskVolume3\Windows\SysWOW64\ntdll.dll"),
+            NtdllWow64
+        );
+        assert_eq!(k(r"C:\Windows\SysWOW64\win32u.dll"), Other);
+        assert_eq!(k(r"C:\Users\x\ntdll.dll"), Other);
+        assert_eq!(k(r"C:\Windows\System32\kernel32.dll"), Other);
+    }
+
+    #[test]
+    fn lookups_respect_bounds_and_unloads() {
+        let mut s = State::new();
+        let p = r"\Windows\System32\ntdll.dll";
+        s.on_image(&image(Lifecycle::DcStart, 10, 0x7ff0_0000, 0x1000, p));
+        s.on_image(&image(
+            Lifecycle::Start,
+            10,
+            0x1000_0000,
+            0x2000,
+            r"\a\b.dll",
+        ));
+        let m = &s.process(10).unwrap().modules;
+        assert_eq!(m.find(0x7ff0_0000).unwrap().kind, ModuleKind::Ntdll);
+        assert_eq!(&*m.find(0x7ff0_0fff).unwrap().name, "ntdll.dll");
+        assert!(m.find(0x7ff0_1000).is_none());
+        assert!(m.find(0x0fff_ffff).is_none());
+        assert_eq!(&*m.find(0x1000_1fff).unwrap().name, "b.dll");
+        s.on_image(&image(Lifecycle::End, 10, 0x1000_0000, 0x2000, r"\a\b.dll"));
+        assert!(s.process(10).unwrap().modules.find(0x1000_0010).is_none());
+        s.on_image(&image(
+            Lifecycle::Start,
+            10,
+            0x7700_0000,
+            0x1000,
+            r"\Windows\SysWOW64\ntdll.dll",
+        ));
+        assert!(s.process(10).unwrap().wow64);
+        s.on_image(&image(
+            Lifecycle::DcStart,
+            0,
+            0xffff_f800_0000_0000,
+            0x10_0000,
+            r"\SystemRoot\system32\ntoskrnl.exe",
+        ));
+        assert_eq!(
+            &*s.kernel_modules().find(0xffff_f800_0000_1234).unwrap().name,
+            "ntoskrnl.exe"
+        );
+    }
+
+    #[test]
+    fn ended_processes_are_dropped_after_linger_unless_reused() {
+        let mut s = State::new();
+        let mut p = Process {
+            op: Lifecycle::Start,
+            unique_process_key: 0,
+            process_id: 7,
+            parent_id: 1,
+            session_id: 1,
+            exit_status: 0,
+            directory_table_base: 0,
+            flags: None,
+            user_sid: String::new(),
+            image_file_name: "a.exe".into(),
+            command_line: "a".into(),
+            package_full_name: String::new(),
+            application_id: String::new(),
+        };
+        s.on_process(&p, 100, 50);
+        p.op = Lifecycle::End;
+        s.on_process(&p, 200, 50);
+        s.expire(249);
+        assert!(s.process(7).is_some());
+        s.expire(250);
+        assert!(s.process(7).is_none());
+        // Reuse: the old end must not drop the new process.
+        p.op = Lifecycle::Start;
+        s.on_process(&p, 300, 50);
+        p.op = Lifecycle::End;
+        s.on_process(&p, 310, 50);
+        p.op = Lifecycle::Start;
+        p.image_file_name = "b.exe".into();
+        s.on_process(&p, 320, 50);
+        s.expire(1000);
+        assert_eq!(s.process(7).unwrap().image_file_name, "b.exe");
+    }
+}

@@ -1,0 +1,374 @@
+//! Engine tests on hand-built kernel events: one test per rule of
+//! docs/verdicts.md, in rule order.
+
+use super::*;
+use sentry_kernel::{Frames, Image, Lifecycle, SysCallEnter};
+use sentry_raw::HeaderKind;
+
+const NTDLL: u64 = 0x7FFB_0000_0000;
+const WIN32U: u64 = 0x7FFA_0000_0000;
+const K32: u64 = 0x7FF9_0000_0000;
+const APP: u64 = 0x7FF6_0000_0000;
+const SHELL: u64 = 0x0000_0200_0000;
+const NTOS: u64 = 0xFFFF_F800_0000_0000;
+const SVC_A: u64 = NTOS + 0x1000;
+const SVC_B: u64 = NTOS + 0x2000;
+const PID: u32 = 1234;
+
+fn raw(ts: u64, processor: u16) -> RawEvent<'static> {
+    RawEvent {
+        header: HeaderKind::PerfInfo64,
+        id: EventId::Kernel {
+            group: 0x0f,
+            opcode: 51,
+        },
+        version: 2,
+        pid: None,
+        tid: None,
+        processor,
+        timestamp: ts,
+        pointer_size: 8,
+        payload: &[],
+        extended: Default::default(),
+        offset: 0,
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Got {
+    ts: u64,
+    pid: Option<u32>,
+    tid: Option<u32>,
+    verdict: Verdict,
+    reason: Option<Reason>,
+    call_site: Option<String>,
+}
+
+struct Harness {
+    engine: Engine,
+    got: Vec<Got>,
+}
+
+impl Harness {
+    fn new(cfg: EngineConfig) -> Harness {
+        let mut h = Harness {
+            engine: Engine::new(cfg),
+            got: Vec::new(),
+        };
+        h.image(
+            PID,
+            NTDLL,
+            0x20_0000,
+            r"\Device\HarddiskVolume3\Windows\System32\ntdll.dll",
+        );
+        h.image(
+            PID,
+            WIN32U,
+            0x4_0000,
+            r"\Device\HarddiskVolume3\Windows\System32\win32u.dll",
+        );
+        h.image(
+            PID,
+            K32,
+            0x10_0000,
+            r"\Device\HarddiskVolume3\Windows\System32\KernelBase.dll",
+        );
+        h.image(PID, APP, 0x1_0000, r"\Device\HarddiskVolume3\app\app.exe");
+        h.image(0, NTOS, 0x100_0000, r"\SystemRoot\system32\ntoskrnl.exe");
+        h
+    }
+
+    fn image(&mut self, pid: u32, base: u64, size: u64, path: &str) {
+        let i = Image {
+            op: Lifecycle::DcStart,
+            image_base: base,
+            image_size: size,
+            process_id: pid,
+            image_checksum: 0,
+            time_date_stamp: 0,
+            default_base: 0,
+            file_name: path.into(),
+        };
+        self.engine
+            .on_kernel_event(&raw(1, 0), KernelEvent::Image(i));
+    }
+
+    fn syscall(&mut self, ts: u64, cpu: u16, svc: u64) {
+        self.engine.on_kernel_event(
+            &raw(ts, cpu),
+            KernelEvent::SysCallEnter(SysCallEnter {
+                sys_call_address: svc,
+            }),
+        );
+        self.drain();
+    }
+
+    fn stack(&mut self, ts: u64, cpu: u16, pid: u32, tid: u32, frames: &[u64]) {
+        let bytes: Vec<u8> = frames.iter().flat_map(|f| f.to_le_bytes()).collect();
+        self.engine.on_kernel_event(
+            &raw(ts + 1, cpu),
+            KernelEvent::StackWalk(sentry_kernel::StackWalk {
+                event_timestamp: ts,
+                stack_process: pid,
+                stack_thread: tid,
+                frames: Frames::new(&bytes, 8),
+            }),
+        );
+        self.drain();
+    }
+
+    fn drain(&mut self) {
+        let got = &mut self.got;
+        self.engine.drain(&mut FnSink(|v: &SyscallVerdict<'_>| {
+            got.push(Got {
+                ts: v.timestamp,
+                pid: v.pid,
+                tid: v.tid,
+                verdict: v.verdict,
+                reason: v.reason,
+                call_site: v.first_user_frame().map(|a| v.resolver.describe(a)),
+            })
+        }));
+    }
+
+    fn finish(&mut self) -> EngineStats {
+        let got = &mut self.got;
+        self.engine.finish(&mut FnSink(|v: &SyscallVerdict<'_>| {
+            got.push(Got {
+                ts: v.timestamp,
+                pid: v.pid,
+                tid: v.tid,
+                verdict: v.verdict,
+                reason: v.reason,
+                call_site: v.first_user_frame().map(|a| v.resolver.describe(a)),
+            })
+        }))
+    }
+
+    /// One syscall with a full stack; returns its verdict.
+    fn one(&mut self, ts: u64, svc: u64, frames: &[u64]) -> (Verdict, Option<Reason>) {
+        self.syscall(ts, 0, svc);
+        self.stack(ts, 0, PID, 77, frames);
+        let g = self.got.last().expect("verdict emitted at once");
+        assert_eq!(g.ts, ts);
+        (g.verdict, g.reason)
+    }
+}
+
+fn kframes() -> [u64; 2] {
+    [NTOS + 0x500, NTOS + 0x600]
+}
+
+fn stack_of(user: &[u64]) -> Vec<u64> {
+    let mut v = kframes().to_vec();
+    v.extend_from_slice(user);
+    v
+}
+
+#[test]
+fn rule1_no_stack_within_window() {
+    let mut h = Harness::new(EngineConfig::default());
+    h.syscall(100, 0, SVC_A);
+    let s = h.finish();
+    assert_eq!(h.got.len(), 1);
+    assert_eq!(h.got[0].verdict, Verdict::NoStack);
+    assert_eq!(h.got[0].pid, None);
+    assert_eq!(s.correlator.syscall_without_stack, 1);
+}
+
+#[test]
+fn rule2_kernel_only_stack_is_kernel_origin() {
+    let mut h = Harness::new(EngineConfig::default());
+    h.syscall(100, 0, SVC_A);
+    h.stack(100, 0, 4, 8, &kframes());
+    assert_eq!(h.got[0].verdict, Verdict::KernelOrigin);
+    assert_eq!(h.got[0].pid, Some(4));
+}
+
+#[test]
+fn rule3_direct_from_image_unbacked_and_heavens_gate() {
+    let mut h = Harness::new(EngineConfig::default());
+    assert_eq!(
+        h.one(100, SVC_A, &stack_of(&[APP + 0x1234, K32 + 0x10])),
+        (Verdict::Direct, Some(Reason::Image))
+    );
+    assert_eq!(h.got[0].call_site.as_deref(), Some("app.exe+0x1234"));
+    assert_eq!(
+        h.one(200, SVC_A, &stack_of(&[SHELL + 0x10, APP + 0x10])),
+        (Verdict::Direct, Some(Reason::Unbacked))
+    );
+    h.image(
+        PID,
+        0x7700_0000,
+        0x1_0000,
+        r"\Device\HarddiskVolume3\Windows\SysWOW64\ntdll.dll",
+    );
+    assert_eq!(
+        h.one(300, SVC_A, &stack_of(&[0x7700_1000, 0x7700_2000])),
+        (Verdict::Direct, Some(Reason::HeavensGate))
+    );
+    // A normal WoW64 syscall still goes through the 64-bit ntdll.
+    assert_eq!(
+        h.one(400, SVC_A, &stack_of(&[NTDLL + 0x1014, 0x7700_2000])),
+        (Verdict::Normal, None)
+    );
+}
+
+#[test]
+fn rule4_indirect_not_return_site() {
+    let mut h = Harness::new(EngineConfig::default());
+    assert_eq!(
+        h.one(100, SVC_A, &stack_of(&[NTDLL + 0x1010, K32 + 0x10])),
+        (Verdict::Indirect, Some(Reason::NotReturnSite))
+    );
+}
+
+#[test]
+fn rule5_stub_mismatch_by_learned_service() {
+    let mut services = ServiceTable::new();
+    services.record(ModuleKind::Ntdll, 0x1014, SVC_A);
+    services.record(ModuleKind::Ntdll, 0x1014, SVC_A);
+    services.record(ModuleKind::Ntdll, 0x1014, SVC_B);
+    let mut h = Harness::new(EngineConfig {
+        services,
+        ..EngineConfig::default()
+    });
+    assert_eq!(
+        h.one(100, SVC_B, &stack_of(&[NTDLL + 0x1014, K32 + 0x10])),
+        (Verdict::Indirect, Some(Reason::StubMismatch))
+    );
+    assert_eq!(
+        h.one(200, SVC_A, &stack_of(&[NTDLL + 0x1014, K32 + 0x10])),
+        (Verdict::Normal, None)
+    );
+    // win32u is a separate table: the same offset there is unknown.
+    assert_eq!(
+        h.one(300, SVC_B, &stack_of(&[WIN32U + 0x1014, K32 + 0x10])),
+        (Verdict::Normal, None)
+    );
+}
+
+#[test]
+fn rule6_truncated_and_rule7_unbacked_caller() {
+    let mut h = Harness::new(EngineConfig::default());
+    assert_eq!(
+        h.one(100, SVC_A, &stack_of(&[NTDLL + 0x1014])),
+        (Verdict::Truncated, None)
+    );
+    assert_eq!(
+        h.one(200, SVC_A, &stack_of(&[NTDLL + 0x1014, SHELL + 0x40, APP])),
+        (Verdict::Indirect, Some(Reason::UnbackedCaller))
+    );
+    // JIT host: backed caller, unbacked frames further out are fine.
+    assert_eq!(
+        h.one(300, SVC_A, &stack_of(&[NTDLL + 0x1014, K32 + 0x40, SHELL])),
+        (Verdict::Normal, None)
+    );
+}
+
+#[test]
+fn online_learning_flags_a_recycled_stub() {
+    let mut h = Harness::new(EngineConfig {
+        learning: Learning::Online,
+        ..EngineConfig::default()
+    });
+    for i in 0..5 {
+        h.one(
+            100 + i * 10,
+            SVC_A,
+            &stack_of(&[NTDLL + 0x1014, K32 + 0x40]),
+        );
+    }
+    assert_eq!(
+        h.one(1000, SVC_B, &stack_of(&[NTDLL + 0x1014, K32 + 0x40])),
+        (Verdict::Indirect, Some(Reason::StubMismatch))
+    );
+}
+
+#[test]
+fn allowlist_suppresses_and_counts() {
+    let allowlist =
+        Allowlist::parse("[[allow]]\nprocess = \"app.exe\"\ncall_site = \"app.exe+0x1234\"\n")
+            .unwrap();
+    let mut h = Harness::new(EngineConfig {
+        allowlist,
+        ..EngineConfig::default()
+    });
+    h.engine.on_kernel_event(
+        &raw(2, 0),
+        KernelEvent::Process(sentry_kernel::Process {
+            op: Lifecycle::DcStart,
+            unique_process_key: 0,
+            process_id: PID,
+            parent_id: 1,
+            session_id: 1,
+            exit_status: 0,
+            directory_table_base: 0,
+            flags: None,
+            user_sid: "S-1-5-18".into(),
+            image_file_name: "app.exe".into(),
+            command_line: "app.exe -x".into(),
+            package_full_name: String::new(),
+            application_id: String::new(),
+        }),
+    );
+    assert_eq!(
+        h.one(100, SVC_A, &stack_of(&[APP + 0x1234, K32])),
+        (Verdict::Normal, None)
+    );
+    assert_eq!(
+        h.one(200, SVC_A, &stack_of(&[APP + 0x1238, K32])),
+        (Verdict::Direct, Some(Reason::Image))
+    );
+    let s = h.finish();
+    assert_eq!(s.suppressed, 1);
+    assert_eq!(h.engine.allowlist().hits, vec![1]);
+}
+
+#[test]
+fn split_stack_on_two_processors_is_one_syscall() {
+    let mut h = Harness::new(EngineConfig::default());
+    h.syscall(100, 3, SVC_A);
+    h.stack(100, 3, PID, 2460, &kframes());
+    assert!(h.got.is_empty());
+    h.stack(100, 0, PID, 2460, &[SHELL, APP]);
+    assert_eq!(h.got.len(), 1);
+    assert_eq!(h.got[0].verdict, Verdict::Direct);
+    assert_eq!(h.got[0].tid, Some(2460));
+    let s = h.finish();
+    assert_eq!(s.correlator.fragments_stitched, 1);
+    assert_eq!(s.correlator.stack_without_syscall, 0);
+}
+
+#[test]
+fn kernel_part_alone_waits_for_window_then_is_kernel_origin() {
+    let mut h = Harness::new(EngineConfig {
+        window_ms: 1,
+        ..EngineConfig::default()
+    });
+    h.syscall(100, 0, SVC_A);
+    h.stack(100, 0, PID, 7, &kframes());
+    assert!(h.got.is_empty());
+    // 1 ms at the default 10 MHz clock is 10,000 ticks.
+    let mut e = raw(100 + 10_001, 0);
+    e.id = EventId::Kernel {
+        group: 0x0b,
+        opcode: 1,
+    };
+    h.engine.process(&e, &mut NullSink);
+    let got = &mut h.got;
+    h.engine.drain(&mut FnSink(|v: &SyscallVerdict<'_>| {
+        got.push(Got {
+            ts: v.timestamp,
+            pid: v.pid,
+            tid: v.tid,
+            verdict: v.verdict,
+            reason: v.reason,
+            call_site: None,
+        })
+    }));
+    // Emitted through the NullSink during process(): check the counters.
+    let s = h.finish();
+    assert_eq!(s.verdicts.kernel_origin, 1);
+    assert_eq!(s.correlator.expired, 1);
+}
