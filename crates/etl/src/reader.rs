@@ -1,0 +1,611 @@
+//! The file, its buffer index, and the two event orders.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::fs::File;
+use std::ops::ControlFlow;
+use std::path::Path;
+
+use sentry_raw::{Clock, EventId, ExtendedData, LogfileHeader, RawEvent};
+
+use crate::buffer::{BufferHeader, BUFFER_HEADER_SIZE, MAX_BUFFER_SIZE};
+use crate::error::{Diagnostics, ErrorKind, EtlError};
+use crate::record::{self, EventMeta, Record};
+use crate::source::Source;
+use crate::xpress;
+
+const HDR: u64 = BUFFER_HEADER_SIZE as u64;
+
+/// One buffer of the file, as found by the index pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BufferInfo {
+    /// File offset of the buffer header.
+    pub offset: u64,
+    pub header: BufferHeader,
+    /// Bytes of the buffer present in the file (less than `buffer_size`
+    /// only for a buffer cut by the end of the file).
+    pub available: u32,
+}
+
+/// The order events are delivered in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Order {
+    /// As `ProcessTrace` delivers them: by timestamp across processors
+    /// (a k-way merge of the per-processor buffer streams); ties keep file
+    /// order. Memory: one buffer per processor.
+    #[default]
+    Time,
+    /// Buffer by buffer in file order, records in buffer order. Faster, one
+    /// buffer of memory; timestamps interleave across processors.
+    File,
+}
+
+/// An open `.etl` file: its logfile header, clock and buffer index.
+///
+/// Opening reads only the buffer headers (72 bytes each) and the first
+/// buffer; events are read by an [`EventReader`], one buffer at a time.
+pub struct EtlFile {
+    source: Source,
+    len: u64,
+    header: LogfileHeader,
+    clock: Clock,
+    buffers: Vec<BufferInfo>,
+    index_diagnostics: Diagnostics,
+}
+
+impl std::fmt::Debug for EtlFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtlFile")
+            .field("len", &self.len)
+            .field("buffers", &self.buffers.len())
+            .field("header", &self.header)
+            .finish()
+    }
+}
+
+impl EtlFile {
+    /// Opens a file: indexes its buffers and reads the logfile header.
+    ///
+    /// Errors only when the file cannot be read or its first record is not
+    /// a `TRACE_LOGFILE_HEADER`; damage further on is recorded in
+    /// [`EtlFile::diagnostics`] and the readers' diagnostics.
+    pub fn open(path: impl AsRef<Path>) -> Result<EtlFile, EtlError> {
+        let file = File::open(path.as_ref()).map_err(|e| io_error(0, &e))?;
+        let len = file.metadata().map_err(|e| io_error(0, &e))?.len();
+        EtlFile::from_source(Source::File(file), len)
+    }
+
+    /// The same over bytes in memory (tests, fuzzing, a writer's output).
+    pub fn from_bytes(bytes: impl Into<Vec<u8>>) -> Result<EtlFile, EtlError> {
+        let bytes = bytes.into();
+        let len = bytes.len() as u64;
+        EtlFile::from_source(Source::Memory(bytes), len)
+    }
+
+    fn from_source(source: Source, len: u64) -> Result<EtlFile, EtlError> {
+        let mut ix = Indexer::default();
+        ix.step(&source, len)?;
+        let Some(first) = ix.buffers.first() else {
+            return Err(ix.diag.errors.first().cloned().unwrap_or_else(|| {
+                EtlError::new(0, ErrorKind::NoLogfileHeader("no buffer".into()))
+            }));
+        };
+        let (header, raw) = first_logfile_header(&source, first)?;
+        if u64::from(header.buffer_size) >= HDR && header.buffer_size <= MAX_BUFFER_SIZE {
+            ix.resync = Some(u64::from(header.buffer_size));
+        }
+        while ix.step(&source, len)? {}
+        let clock = Clock::new(&header, raw);
+        Ok(EtlFile {
+            source,
+            len,
+            header,
+            clock,
+            buffers: ix.buffers,
+            index_diagnostics: ix.diag,
+        })
+    }
+
+    /// The `TRACE_LOGFILE_HEADER` of the first record.
+    pub fn header(&self) -> &LogfileHeader {
+        &self.header
+    }
+
+    /// Raw timestamp to FILETIME conversion for this file.
+    pub fn clock(&self) -> Clock {
+        self.clock
+    }
+
+    /// Size of the file in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True for an empty file (never, for a file that opened).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The buffers found, in file order.
+    pub fn buffers(&self) -> &[BufferInfo] {
+        &self.buffers
+    }
+
+    /// What the index pass found wrong (buffer-level problems).
+    pub fn diagnostics(&self) -> &Diagnostics {
+        &self.index_diagnostics
+    }
+
+    /// A reader over the events in the given order.
+    pub fn events(&self, order: Order) -> EventReader<'_> {
+        EventReader::new(self, order)
+    }
+
+    /// Calls `f` for every event in `order` until it returns `Break`;
+    /// returns what was skipped.
+    pub fn for_each_event<F>(&self, order: Order, mut f: F) -> Diagnostics
+    where
+        F: FnMut(&RawEvent<'_>) -> ControlFlow<()>,
+    {
+        let mut r = self.events(order);
+        while let Some(ev) = r.next_event() {
+            if f(&ev).is_break() {
+                break;
+            }
+        }
+        r.into_diagnostics()
+    }
+
+    /// Reads buffer `idx`'s records region (decompressed) into `data`,
+    /// returning its length. `Err` carries what went wrong and how many
+    /// bytes of (partial) records are usable anyway.
+    fn load(
+        &self,
+        idx: usize,
+        data: &mut Vec<u8>,
+        scratch: &mut Vec<u8>,
+    ) -> Result<usize, (EtlError, usize)> {
+        load_buffer(&self.source, &self.buffers[idx], data, scratch)
+    }
+}
+
+/// The index pass: walks buffer headers only.
+#[derive(Default)]
+struct Indexer {
+    off: u64,
+    /// A uniform size to step over a corrupt buffer header with, once the
+    /// logfile header says what it is and as long as no buffer was
+    /// compressed (compressed buffers have sizes of their own).
+    resync: Option<u64>,
+    any_compressed: bool,
+    buffers: Vec<BufferInfo>,
+    diag: Diagnostics,
+}
+
+impl Indexer {
+    /// Indexes the buffer at `off`; `Ok(false)` at the end of what can be read.
+    fn step(&mut self, source: &Source, len: u64) -> Result<bool, EtlError> {
+        let off = self.off;
+        if off >= len {
+            return Ok(false);
+        }
+        let avail = len - off;
+        if avail < HDR {
+            self.diag.error(EtlError::new(
+                off,
+                ErrorKind::TruncatedBufferHeader { available: avail },
+            ));
+            return Ok(false);
+        }
+        let mut hdr = [0u8; BUFFER_HEADER_SIZE];
+        source
+            .read_exact_at(&mut hdr, off)
+            .map_err(|e| io_error(off, &e))?;
+        let h = BufferHeader::parse(&hdr);
+        if u64::from(h.buffer_size) < HDR || h.buffer_size > MAX_BUFFER_SIZE {
+            self.diag.error(EtlError::new(
+                off,
+                ErrorKind::BadBufferSize {
+                    size: h.buffer_size,
+                },
+            ));
+            self.diag.skipped_buffers += 1;
+            return Ok(match self.resync.filter(|_| !self.any_compressed) {
+                Some(step) => {
+                    self.off = (off / step + 1) * step;
+                    true
+                }
+                None => false,
+            });
+        }
+        self.diag.buffers += 1;
+        if h.is_compressed() {
+            self.diag.compressed_buffers += 1;
+            self.any_compressed = true;
+        }
+        let available = u64::from(h.buffer_size).min(avail) as u32;
+        if available < h.buffer_size {
+            self.diag.error(EtlError::new(
+                off,
+                ErrorKind::TruncatedBuffer {
+                    size: h.buffer_size,
+                    available: avail,
+                },
+            ));
+        }
+        self.buffers.push(BufferInfo {
+            offset: off,
+            header: h,
+            available,
+        });
+        self.off = off + u64::from(h.buffer_size);
+        Ok(true)
+    }
+}
+
+fn io_error(offset: u64, e: &std::io::Error) -> EtlError {
+    EtlError::new(offset, ErrorKind::Io(e.to_string()))
+}
+
+/// The logfile header and the raw timestamp of its record.
+fn first_logfile_header(
+    source: &Source,
+    info: &BufferInfo,
+) -> Result<(LogfileHeader, u64), EtlError> {
+    let mut data = Vec::new();
+    let mut scratch = Vec::new();
+    let len = load_buffer(source, info, &mut data, &mut scratch).map_err(|(e, _)| e)?;
+    let base = info.offset + HDR;
+    let no = |why: String| EtlError::in_buffer(base, info.offset, ErrorKind::NoLogfileHeader(why));
+    let parsed = record::parse(&data[..len])
+        .map_err(|k| no(k.to_string()))?
+        .ok_or_else(|| no("the first buffer has no records".into()))?;
+    let Record::Event(m) = parsed.record else {
+        return Err(no("the first record is not an event".into()));
+    };
+    if m.id
+        != (EventId::Kernel {
+            group: 0,
+            opcode: 0,
+        })
+    {
+        return Err(no(format!("the first record is {:?}", m.id)));
+    }
+    let payload = &data[m.payload_start as usize..parsed.size as usize];
+    let lh = LogfileHeader::parse(payload).map_err(|e| no(e.to_string()))?;
+    Ok((lh, m.timestamp))
+}
+
+/// See [`EtlFile::load`].
+fn load_buffer(
+    source: &Source,
+    info: &BufferInfo,
+    data: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+) -> Result<usize, (EtlError, usize)> {
+    let h = &info.header;
+    let base = info.offset + HDR;
+    let err = |kind| EtlError::in_buffer(base, info.offset, kind);
+    let io = |e: std::io::Error| (err(ErrorKind::Io(e.to_string())), 0);
+    let stored = (info.available as usize).saturating_sub(BUFFER_HEADER_SIZE);
+    if h.is_compressed() {
+        let filled = h.filled_bytes;
+        if filled > MAX_BUFFER_SIZE {
+            return Err((
+                err(ErrorKind::BadFilledBytes {
+                    filled,
+                    size: h.buffer_size,
+                }),
+                0,
+            ));
+        }
+        let want = (filled as usize).saturating_sub(BUFFER_HEADER_SIZE);
+        scratch.resize(stored, 0);
+        source.read_exact_at(scratch, base).map_err(io)?;
+        match xpress::decompress(scratch, data, want) {
+            Ok(()) => Ok(data.len()),
+            Err(e) => {
+                let got = data.len();
+                Err((err(ErrorKind::Decompress(e)), got))
+            }
+        }
+    } else {
+        let filled = h.filled_bytes;
+        let (end, bad) = if filled == 0 {
+            // No filled count: read to the end marker.
+            (h.buffer_size, None)
+        } else if filled < HDR as u32 || filled > h.buffer_size {
+            (
+                h.buffer_size,
+                Some(err(ErrorKind::BadFilledBytes {
+                    filled,
+                    size: h.buffer_size,
+                })),
+            )
+        } else {
+            (filled, None)
+        };
+        let n = (end as usize - BUFFER_HEADER_SIZE).min(stored);
+        if data.len() < n {
+            data.resize(n, 0);
+        }
+        source.read_exact_at(&mut data[..n], base).map_err(io)?;
+        match bad {
+            Some(e) => Err((e, n)),
+            None => Ok(n),
+        }
+    }
+}
+
+/// One stream of buffers (all of them, or one processor's) and the position
+/// of the next event in it.
+struct Cursor {
+    list: Vec<u32>,
+    next: usize,
+    data: Vec<u8>,
+    len: usize,
+    /// Index (in the file's buffer list) of the loaded buffer.
+    buf: u32,
+    buf_offset: u64,
+    processor: u16,
+    pos: usize,
+    /// The loaded buffer's data is a partial decompression: a bad record at
+    /// its end is expected and not reported again.
+    partial: bool,
+    current: Option<(EventMeta, u32)>,
+    done: bool,
+}
+
+impl Cursor {
+    fn new(list: Vec<u32>) -> Cursor {
+        Cursor {
+            list,
+            next: 0,
+            data: Vec::new(),
+            len: 0,
+            buf: 0,
+            buf_offset: 0,
+            processor: 0,
+            pos: 0,
+            partial: false,
+            current: None,
+            done: false,
+        }
+    }
+
+    /// Loads buffers until one with records is in `data`, or none are left.
+    fn load_next(&mut self, file: &EtlFile, diag: &mut Diagnostics, scratch: &mut Vec<u8>) -> bool {
+        while let Some(&idx) = self.list.get(self.next) {
+            self.next += 1;
+            let info = &file.buffers[idx as usize];
+            self.buf = idx;
+            self.buf_offset = info.offset;
+            self.processor = info.header.processor;
+            self.pos = 0;
+            self.partial = false;
+            match file.load(idx as usize, &mut self.data, scratch) {
+                Ok(n) => self.len = n,
+                Err((e, n)) => {
+                    diag.error(e);
+                    self.len = n;
+                    self.partial = true;
+                    if n == 0 {
+                        diag.skipped_buffers += 1;
+                        continue;
+                    }
+                }
+            }
+            return true;
+        }
+        self.done = true;
+        self.len = 0;
+        false
+    }
+
+    /// Makes `current` the next event at or after `pos`, loading buffers
+    /// as needed; `None` at the end of the stream.
+    fn fill(&mut self, file: &EtlFile, diag: &mut Diagnostics, scratch: &mut Vec<u8>) {
+        if self.current.is_some() || self.done {
+            return;
+        }
+        if self.list.is_empty() {
+            self.done = true;
+            return;
+        }
+        if self.next == 0 && !self.load_next(file, diag, scratch) {
+            return;
+        }
+        loop {
+            let rest = self.data.get(self.pos..self.len).unwrap_or(&[]);
+            match record::parse(rest) {
+                Ok(Some(p)) => {
+                    diag.records += 1;
+                    match p.record {
+                        Record::Event(m) => {
+                            self.current = Some((m, p.size));
+                            return;
+                        }
+                        Record::Message => diag.message_records += 1,
+                        Record::Other(t) => *diag.other_records.entry(t).or_insert(0) += 1,
+                    }
+                    self.pos += p.aligned_size();
+                }
+                Ok(None) => {
+                    if !self.load_next(file, diag, scratch) {
+                        return;
+                    }
+                }
+                Err(kind) => {
+                    if !self.partial {
+                        diag.error(EtlError::in_buffer(
+                            self.buf_offset + HDR + self.pos as u64,
+                            self.buf_offset,
+                            kind,
+                        ));
+                    }
+                    diag.abandoned_buffer_tails += 1;
+                    diag.abandoned_bytes += rest.len() as u64;
+                    if !self.load_next(file, diag, scratch) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn advance(&mut self, file: &EtlFile, diag: &mut Diagnostics, scratch: &mut Vec<u8>) {
+        if let Some((_, size)) = self.current.take() {
+            self.pos += (size as usize + 7) & !7;
+        }
+        self.fill(file, diag, scratch);
+    }
+
+    fn key(&self) -> Option<(u64, u32, u32)> {
+        self.current
+            .as_ref()
+            .map(|(m, _)| (m.timestamp, self.buf, self.pos as u32))
+    }
+
+    fn event(&self) -> Option<RawEvent<'_>> {
+        let (m, size) = self.current.as_ref()?;
+        let rec = &self.data[self.pos..self.pos + *size as usize];
+        Some(RawEvent {
+            header: m.header,
+            id: m.id,
+            version: m.version,
+            pid: m.pid,
+            tid: m.tid,
+            processor: self.processor,
+            timestamp: m.timestamp,
+            pointer_size: m.pointer_size,
+            payload: &rec[m.payload_start as usize..],
+            extended: ExtendedData(&rec[m.extended_start as usize..m.extended_end as usize]),
+            offset: self.buf_offset + HDR + self.pos as u64,
+        })
+    }
+}
+
+enum Mode {
+    File {
+        cursor: Cursor,
+        started: bool,
+    },
+    Time {
+        cursors: Vec<Cursor>,
+        heap: BinaryHeap<Reverse<(u64, u32, u32, u32)>>,
+        last: Option<usize>,
+    },
+}
+
+/// Reads events one at a time. A lending iterator: each event borrows the
+/// reader's buffer until the next call.
+///
+/// ```no_run
+/// # use sentry_etl::{EtlFile, Order};
+/// let file = EtlFile::open("trace.etl")?;
+/// let mut events = file.events(Order::Time);
+/// while let Some(ev) = events.next_event() {
+///     println!("{} {:?}", ev.timestamp, ev.id);
+/// }
+/// eprintln!("{} errors", events.diagnostics().error_count);
+/// # Ok::<(), sentry_etl::EtlError>(())
+/// ```
+pub struct EventReader<'f> {
+    file: &'f EtlFile,
+    diag: Diagnostics,
+    scratch: Vec<u8>,
+    mode: Mode,
+}
+
+impl<'f> EventReader<'f> {
+    fn new(file: &'f EtlFile, order: Order) -> EventReader<'f> {
+        let mut diag = file.index_diagnostics.clone();
+        let mut scratch = Vec::new();
+        let mode = match order {
+            Order::File => Mode::File {
+                cursor: Cursor::new((0..file.buffers.len() as u32).collect()),
+                started: false,
+            },
+            Order::Time => {
+                let mut per_cpu: BTreeMap<u16, Vec<u32>> = BTreeMap::new();
+                for (i, b) in file.buffers.iter().enumerate() {
+                    per_cpu
+                        .entry(b.header.processor)
+                        .or_default()
+                        .push(i as u32);
+                }
+                let mut cursors: Vec<Cursor> = per_cpu.into_values().map(Cursor::new).collect();
+                let mut heap = BinaryHeap::with_capacity(cursors.len());
+                for (i, c) in cursors.iter_mut().enumerate() {
+                    c.fill(file, &mut diag, &mut scratch);
+                    if let Some((t, b, p)) = c.key() {
+                        heap.push(Reverse((t, b, p, i as u32)));
+                    }
+                }
+                Mode::Time {
+                    cursors,
+                    heap,
+                    last: None,
+                }
+            }
+        };
+        EventReader {
+            file,
+            diag,
+            scratch,
+            mode,
+        }
+    }
+
+    /// The next event, or `None` at the end of the file.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next_event(&mut self) -> Option<RawEvent<'_>> {
+        let file = self.file;
+        match &mut self.mode {
+            Mode::File { cursor, started } => {
+                if *started {
+                    cursor.advance(file, &mut self.diag, &mut self.scratch);
+                } else {
+                    *started = true;
+                    cursor.fill(file, &mut self.diag, &mut self.scratch);
+                }
+                let ev = cursor.event();
+                if ev.is_some() {
+                    self.diag.events += 1;
+                }
+                ev
+            }
+            Mode::Time {
+                cursors,
+                heap,
+                last,
+            } => {
+                if let Some(i) = last.take() {
+                    let c = &mut cursors[i];
+                    c.advance(file, &mut self.diag, &mut self.scratch);
+                    if let Some((t, b, p)) = c.key() {
+                        heap.push(Reverse((t, b, p, i as u32)));
+                    }
+                }
+                let Reverse((_, _, _, i)) = heap.pop()?;
+                *last = Some(i as usize);
+                self.diag.events += 1;
+                cursors[i as usize].event()
+            }
+        }
+    }
+
+    /// What was skipped so far (including the file's index diagnostics).
+    pub fn diagnostics(&self) -> &Diagnostics {
+        &self.diag
+    }
+
+    pub fn into_diagnostics(self) -> Diagnostics {
+        self.diag
+    }
+
+    /// The file being read.
+    pub fn file(&self) -> &'f EtlFile {
+        self.file
+    }
+}

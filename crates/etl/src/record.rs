@@ -1,0 +1,354 @@
+//! Trace record headers inside a buffer.
+//!
+//! Every record starts with a 32-bit marker: bit 31 (`TRACE_HEADER_FLAG`) is
+//! set; bit 30 (`TRACE_HEADER_EVENT_TRACE`) is set for all kinds but WPP
+//! messages (`TRACE_MESSAGE`, bit 28); bits 16–23 are the header type. Records
+//! are 8-byte aligned; a marker of `0xFFFFFFFF` ends a buffer early.
+//!
+//! Layouts (offsets of thread id, process id, timestamp, payload):
+//! - `SYSTEM_TRACE_HEADER` (types 1/2, 0x20 bytes) and its compact form
+//!   (3/4, 0x18 bytes): version u16, type, flags, size u16 @4, hook id u16 @6
+//!   (opcode, group), tid @8, pid @0xC, timestamp @0x10.
+//!   [Geoff Chappell](https://www.geoffchappell.com/studies/windows/km/ntoskrnl/api/etw/tracelog/system_trace_header.htm)
+//! - `PERFINFO_TRACE_HEADER` (0x10/0x11, 0x10 bytes): size @4, hook @6,
+//!   timestamp @8, no thread or process.
+//!   [Geoff Chappell](https://www.geoffchappell.com/studies/windows/km/ntoskrnl/api/etw/tracelog/perfinfo_trace_header.htm)
+//!
+//!   For these three kinds the version's high bits announce extra items
+//!   between header and payload, included in the size:
+//!   `TRACE_HEADER_PEBS_INDEX_FLAG` (0x8000) an 8-byte PEBS index, and
+//!   `TRACE_HEADER_PMC_COUNTERS_MASK` (0x0700) that many 8-byte PMC counters.
+//! - [`EVENT_TRACE_HEADER`](https://learn.microsoft.com/windows/win32/api/evntrace/ns-evntrace-event_trace_header)
+//!   (`FULL_HEADER`, 0x0A/0x14, 0x30 bytes): size u16 @0, class type
+//!   (opcode) @4, level @5, version u16 @6, tid @8, pid @0xC, timestamp
+//!   @0x10, class GUID @0x18.
+//! - [`EVENT_INSTANCE_HEADER`](https://learn.microsoft.com/windows/win32/api/evntrace/ns-evntrace-event_instance_header)
+//!   with a GUID (`INSTANCE`, 0x0B/0x15, 0x48 bytes): as above plus instance
+//!   ids and parent GUID.
+//! - [`EVENT_HEADER`](https://learn.microsoft.com/windows/win32/api/evntcons/ns-evntcons-event_header)
+//!   (0x12/0x13, 0x50 bytes): size @0, flags @4, tid @8, pid @0xC,
+//!   timestamp @0x10, provider @0x18, [`EVENT_DESCRIPTOR`](https://learn.microsoft.com/windows/win32/api/evntprov/ns-evntprov-event_descriptor)
+//!   @0x28. With `EVENT_HEADER_FLAG_EXTENDED_INFO` (0x01) extended data
+//!   items follow the header: each `Size` u16 (whole item, 8-aligned),
+//!   `ExtType` u16, a u16 whose bit 0 says another item follows, `DataSize`
+//!   u16, then the data. The user data follows the last item.
+
+use sentry_raw::{EventId, Guid, HeaderKind};
+
+use crate::error::ErrorKind;
+
+pub const TYPE_SYSTEM32: u8 = 0x01;
+pub const TYPE_SYSTEM64: u8 = 0x02;
+pub const TYPE_COMPACT32: u8 = 0x03;
+pub const TYPE_COMPACT64: u8 = 0x04;
+pub const TYPE_FULL_HEADER32: u8 = 0x0A;
+pub const TYPE_INSTANCE32: u8 = 0x0B;
+pub const TYPE_TIMED: u8 = 0x0C;
+pub const TYPE_ERROR: u8 = 0x0D;
+pub const TYPE_WNODE_HEADER: u8 = 0x0E;
+pub const TYPE_MESSAGE: u8 = 0x0F;
+pub const TYPE_PERFINFO32: u8 = 0x10;
+pub const TYPE_PERFINFO64: u8 = 0x11;
+pub const TYPE_EVENT_HEADER32: u8 = 0x12;
+pub const TYPE_EVENT_HEADER64: u8 = 0x13;
+pub const TYPE_FULL_HEADER64: u8 = 0x14;
+pub const TYPE_INSTANCE64: u8 = 0x15;
+
+/// `TRACE_HEADER_FLAG`: set in every record marker.
+const MARKER_TRACE_HEADER: u32 = 0x8000_0000;
+/// `TRACE_HEADER_EVENT_TRACE`: set for all but WPP messages.
+const MARKER_EVENT_TRACE: u32 = 0x4000_0000;
+/// `TRACE_MESSAGE`.
+const MARKER_MESSAGE: u32 = 0x1000_0000;
+
+const PEBS_INDEX_FLAG: u16 = 0x8000;
+const PMC_COUNTERS_MASK: u16 = 0x0700;
+
+/// `EVENT_HEADER_FLAG_EXTENDED_INFO`.
+const EH_FLAG_EXTENDED_INFO: u16 = 0x0001;
+
+/// The end-of-data marker.
+pub const END_MARKER: u32 = 0xFFFF_FFFF;
+
+/// A record whose header was read; ranges are relative to the record start.
+#[derive(Debug, Clone, Copy)]
+pub struct EventMeta {
+    pub header: HeaderKind,
+    pub id: EventId,
+    pub version: u8,
+    pub pid: Option<u32>,
+    pub tid: Option<u32>,
+    pub timestamp: u64,
+    pub pointer_size: u8,
+    pub payload_start: u32,
+    pub extended_start: u32,
+    pub extended_end: u32,
+}
+
+/// What a record is.
+#[derive(Debug, Clone, Copy)]
+pub enum Record {
+    Event(EventMeta),
+    /// A WPP message, skipped.
+    Message,
+    /// Another header type (timed, error, WNODE, unknown), skipped.
+    Other(u8),
+}
+
+/// A parsed record and its declared (unaligned) size.
+#[derive(Debug, Clone, Copy)]
+pub struct Parsed {
+    pub size: u32,
+    pub record: Record,
+}
+
+impl Parsed {
+    /// Bytes to the next record (8-byte aligned).
+    pub fn aligned_size(&self) -> usize {
+        (self.size as usize + 7) & !7
+    }
+}
+
+#[inline]
+fn u16_at(b: &[u8], o: usize) -> u16 {
+    u16::from_le_bytes([b[o], b[o + 1]])
+}
+#[inline]
+fn u32_at(b: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
+}
+#[inline]
+fn u64_at(b: &[u8], o: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[o..o + 8]);
+    u64::from_le_bytes(a)
+}
+#[inline]
+fn guid_at(b: &[u8], o: usize) -> Guid {
+    let mut a = [0u8; 16];
+    a.copy_from_slice(&b[o..o + 16]);
+    Guid::from_le_bytes(a)
+}
+
+/// `Ok(None)`: the end of the buffer's records (end marker, or fewer than
+/// four bytes left). `rest` starts at the record and ends at the buffer's
+/// filled bytes.
+pub fn parse(rest: &[u8]) -> Result<Option<Parsed>, ErrorKind> {
+    if rest.len() < 4 {
+        return Ok(None);
+    }
+    let marker = u32_at(rest, 0);
+    if marker == END_MARKER {
+        return Ok(None);
+    }
+    if marker & MARKER_TRACE_HEADER == 0 {
+        return Err(ErrorKind::BadMarker { marker });
+    }
+    let room = rest.len().min(u32::MAX as usize) as u32;
+    let bad_size = |size: u32, header: u32| ErrorKind::BadRecordSize { size, header, room };
+
+    if marker & MARKER_EVENT_TRACE == 0 {
+        if marker & MARKER_MESSAGE != 0 {
+            // MESSAGE_TRACE_HEADER: size in the low 16 bits of the marker.
+            let size = marker & 0xFFFF;
+            if size < 8 || size > room {
+                return Err(bad_size(size, 8));
+            }
+            return Ok(Some(Parsed {
+                size,
+                record: Record::Message,
+            }));
+        }
+        return Err(ErrorKind::BadMarker { marker });
+    }
+
+    let htype = (marker >> 16) as u8;
+    match htype {
+        TYPE_SYSTEM32 | TYPE_SYSTEM64 | TYPE_COMPACT32 | TYPE_COMPACT64 | TYPE_PERFINFO32
+        | TYPE_PERFINFO64 => {
+            if rest.len() < 8 {
+                return Err(bad_size(0, 8));
+            }
+            let size = u32::from(u16_at(rest, 4));
+            let (header, fixed) = match htype {
+                TYPE_SYSTEM32 => (HeaderKind::System32, 0x20),
+                TYPE_SYSTEM64 => (HeaderKind::System64, 0x20),
+                TYPE_COMPACT32 => (HeaderKind::Compact32, 0x18),
+                TYPE_COMPACT64 => (HeaderKind::Compact64, 0x18),
+                TYPE_PERFINFO32 => (HeaderKind::PerfInfo32, 0x10),
+                _ => (HeaderKind::PerfInfo64, 0x10),
+            };
+            let version = marker as u16;
+            let mut hsize: u32 = fixed;
+            if version & PEBS_INDEX_FLAG != 0 {
+                hsize += 8;
+            }
+            hsize += 8 * u32::from((version & PMC_COUNTERS_MASK) >> 8);
+            if size < hsize || size > room {
+                return Err(bad_size(size, hsize));
+            }
+            let opcode = rest[6];
+            let group = rest[7];
+            let perfinfo = fixed == 0x10;
+            let (pid, tid, timestamp) = if perfinfo {
+                (None, None, u64_at(rest, 8))
+            } else {
+                (
+                    sentry_raw::id_or_none(u32_at(rest, 0xC)),
+                    sentry_raw::id_or_none(u32_at(rest, 8)),
+                    u64_at(rest, 0x10),
+                )
+            };
+            Ok(Some(Parsed {
+                size,
+                record: Record::Event(EventMeta {
+                    header,
+                    id: EventId::Kernel { group, opcode },
+                    version: version as u8,
+                    pid,
+                    tid,
+                    timestamp,
+                    pointer_size: pointer_size_of(htype),
+                    payload_start: hsize,
+                    extended_start: hsize,
+                    extended_end: hsize,
+                }),
+            }))
+        }
+        TYPE_FULL_HEADER32 | TYPE_FULL_HEADER64 | TYPE_INSTANCE32 | TYPE_INSTANCE64 => {
+            let size = marker & 0xFFFF;
+            let (header, hsize) = match htype {
+                TYPE_FULL_HEADER32 => (HeaderKind::FullHeader32, 0x30),
+                TYPE_FULL_HEADER64 => (HeaderKind::FullHeader64, 0x30),
+                TYPE_INSTANCE32 => (HeaderKind::Instance32, 0x48),
+                _ => (HeaderKind::Instance64, 0x48),
+            };
+            if size < hsize || size > room {
+                return Err(bad_size(size, hsize));
+            }
+            Ok(Some(Parsed {
+                size,
+                record: Record::Event(EventMeta {
+                    header,
+                    id: EventId::Classic {
+                        guid: guid_at(rest, 0x18),
+                        opcode: rest[4],
+                    },
+                    version: rest[6],
+                    pid: sentry_raw::id_or_none(u32_at(rest, 0xC)),
+                    tid: sentry_raw::id_or_none(u32_at(rest, 8)),
+                    timestamp: u64_at(rest, 0x10),
+                    pointer_size: pointer_size_of(htype),
+                    payload_start: hsize,
+                    extended_start: hsize,
+                    extended_end: hsize,
+                }),
+            }))
+        }
+        TYPE_EVENT_HEADER32 | TYPE_EVENT_HEADER64 => {
+            let size = marker & 0xFFFF;
+            let hsize = 0x50;
+            if size < hsize || size > room {
+                return Err(bad_size(size, hsize));
+            }
+            let rec = &rest[..size as usize];
+            let flags = u16_at(rec, 4);
+            let mut payload_start = hsize;
+            if flags & EH_FLAG_EXTENDED_INFO != 0 {
+                payload_start = extended_end(rec, hsize as usize)? as u32;
+            }
+            Ok(Some(Parsed {
+                size,
+                record: Record::Event(EventMeta {
+                    header: if htype == TYPE_EVENT_HEADER32 {
+                        HeaderKind::EventHeader32
+                    } else {
+                        HeaderKind::EventHeader64
+                    },
+                    id: EventId::Manifest {
+                        provider: guid_at(rec, 0x18),
+                        id: u16_at(rec, 0x28),
+                        version: rec[0x2A],
+                        channel: rec[0x2B],
+                        level: rec[0x2C],
+                        opcode: rec[0x2D],
+                        task: u16_at(rec, 0x2E),
+                        keyword: u64_at(rec, 0x30),
+                    },
+                    version: rec[0x2A],
+                    pid: sentry_raw::id_or_none(u32_at(rec, 0xC)),
+                    tid: sentry_raw::id_or_none(u32_at(rec, 8)),
+                    timestamp: u64_at(rec, 0x10),
+                    pointer_size: pointer_size_of(htype),
+                    payload_start,
+                    extended_start: hsize,
+                    extended_end: payload_start,
+                }),
+            }))
+        }
+        other => {
+            // TIMED, ERROR, WNODE_HEADER and unknown types: the size is the
+            // low 16 bits of the marker, as for the other non-system kinds.
+            let size = marker & 0xFFFF;
+            if size < 8 || size > room {
+                return Err(bad_size(size, 8));
+            }
+            Ok(Some(Parsed {
+                size,
+                record: Record::Other(other),
+            }))
+        }
+    }
+}
+
+/// Walks the extended data items starting at `start`; returns where the
+/// user data starts.
+fn extended_end(rec: &[u8], start: usize) -> Result<usize, ErrorKind> {
+    let mut p = start;
+    loop {
+        if p + 8 > rec.len() {
+            return Err(ErrorKind::BadExtendedData);
+        }
+        let size = u16_at(rec, p) as usize;
+        let more = u16_at(rec, p + 4) & 1 != 0;
+        let data_size = u16_at(rec, p + 6) as usize;
+        if size < 8 || data_size > size - 8 || p + size > rec.len() {
+            return Err(ErrorKind::BadExtendedData);
+        }
+        p += size;
+        if !more {
+            return Ok(p);
+        }
+    }
+}
+
+fn pointer_size_of(htype: u8) -> u8 {
+    match htype {
+        TYPE_SYSTEM32 | TYPE_COMPACT32 | TYPE_PERFINFO32 | TYPE_FULL_HEADER32 | TYPE_INSTANCE32
+        | TYPE_EVENT_HEADER32 => 4,
+        _ => 8,
+    }
+}
+
+/// The golden-file name of a header type byte (for skipped kinds too).
+pub fn header_type_name(htype: u8) -> &'static str {
+    match htype {
+        TYPE_SYSTEM32 => "SYSTEM32",
+        TYPE_SYSTEM64 => "SYSTEM64",
+        TYPE_COMPACT32 => "COMPACT32",
+        TYPE_COMPACT64 => "COMPACT64",
+        TYPE_FULL_HEADER32 => "FULL_HEADER32",
+        TYPE_INSTANCE32 => "INSTANCE32",
+        TYPE_TIMED => "TIMED",
+        TYPE_ERROR => "ERROR",
+        TYPE_WNODE_HEADER => "WNODE_HEADER",
+        TYPE_MESSAGE => "MESSAGE",
+        TYPE_PERFINFO32 => "PERFINFO32",
+        TYPE_PERFINFO64 => "PERFINFO64",
+        TYPE_EVENT_HEADER32 => "EVENT_HEADER32",
+        TYPE_EVENT_HEADER64 => "EVENT_HEADER64",
+        TYPE_FULL_HEADER64 => "FULL_HEADER64",
+        TYPE_INSTANCE64 => "INSTANCE64",
+        _ => "UNKNOWN",
+    }
+}
