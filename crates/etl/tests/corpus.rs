@@ -204,3 +204,37 @@ fn clock_agrees_with_dissect_etl() {
         );
     }
 }
+
+#[test]
+fn extended_data_items_are_exposed() {
+    use std::collections::BTreeMap;
+    // Counts by ExtType, from a separate Python walk of the documented
+    // layout (linkage bit 0 of the third u16).
+    let expected: &[(&str, &[(u16, u64)])] = &[
+        ("win7-x64-kernel-stacks.etl", &[(6, 93), (12, 46)]),
+        ("win8-wow64-compressed-stackcache.etl", &[(1, 3), (6, 1070)]),
+        ("win8-x64-compressed-stackcache.etl", &[(1, 3), (6, 655)]),
+        ("truncated-last-buffer.etl", &[(11, 1), (12, 1)]),
+        ("win11-user-session.etl", &[]),
+    ];
+    for (name, want) in expected {
+        let file = EtlFile::open(common::corpus_dir().join(name)).unwrap();
+        let mut got: BTreeMap<u16, u64> = BTreeMap::new();
+        let mut frames = 0usize;
+        file.for_each_event(Order::File, |ev| {
+            for item in ev.extended.items() {
+                *got.entry(item.ext_type).or_insert(0) += 1;
+                if let Some((_, f)) = item.stack_trace() {
+                    let n = f.count();
+                    assert!(n > 0, "{name}: empty stack at {:#x}", ev.offset);
+                    assert_eq!(item.data.len(), 8 + 8 * n);
+                    frames += n;
+                }
+            }
+            std::ops::ControlFlow::Continue(())
+        });
+        let want: BTreeMap<u16, u64> = want.iter().copied().collect();
+        assert_eq!(got, want, "{name}");
+        assert_eq!(frames > 0, want.contains_key(&6), "{name}");
+    }
+}

@@ -219,6 +219,93 @@ pub mod guids {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ExtendedData<'a>(pub &'a [u8]);
 
+/// `EVENT_HEADER_EXTENDED_DATA_ITEM.ExtType` values, from
+/// [evntcons.h](https://learn.microsoft.com/windows/win32/api/evntcons/ns-evntcons-event_header_extended_data_item).
+pub mod ext_type {
+    pub const RELATED_ACTIVITY_ID: u16 = 1;
+    pub const SID: u16 = 2;
+    pub const TS_ID: u16 = 3;
+    pub const INSTANCE_INFO: u16 = 4;
+    pub const STACK_TRACE32: u16 = 5;
+    pub const STACK_TRACE64: u16 = 6;
+    pub const PEBS_INDEX: u16 = 7;
+    pub const PMC_COUNTERS: u16 = 8;
+    pub const PSM_KEY: u16 = 9;
+    pub const EVENT_KEY: u16 = 10;
+    pub const EVENT_SCHEMA_TL: u16 = 11;
+    pub const PROV_TRAITS: u16 = 12;
+    pub const PROCESS_START_KEY: u16 = 13;
+}
+
+/// One extended data item: its `ExtType` and its `DataSize` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExtendedItem<'a> {
+    pub ext_type: u16,
+    pub data: &'a [u8],
+}
+
+impl<'a> ExtendedItem<'a> {
+    /// For `STACK_TRACE32`/`STACK_TRACE64` items
+    /// ([EVENT_EXTENDED_ITEM_STACK_TRACE64](https://learn.microsoft.com/windows/win32/api/evntcons/ns-evntcons-event_extended_item_stack_trace64)):
+    /// the `MatchId` and the return addresses, innermost first.
+    pub fn stack_trace(&self) -> Option<(u64, impl Iterator<Item = u64> + 'a)> {
+        let width = match self.ext_type {
+            ext_type::STACK_TRACE32 => 4,
+            ext_type::STACK_TRACE64 => 8,
+            _ => return None,
+        };
+        let match_id = u64::from_le_bytes(self.data.get(..8)?.try_into().ok()?);
+        let frames = self.data[8..].chunks_exact(width).map(move |c| {
+            let mut a = [0u8; 8];
+            a[..width].copy_from_slice(c);
+            u64::from_le_bytes(a)
+        });
+        Some((match_id, frames))
+    }
+}
+
+impl<'a> ExtendedData<'a> {
+    /// The items, in order. Layout per item: u16 item size (8-byte header
+    /// plus data padded to 8), u16 `ExtType`, u16 whose bit 0 (`Linkage`)
+    /// says another item follows, u16 `DataSize`, then the data. Iteration
+    /// stops at the last linked item or at the first item that does not fit.
+    pub fn items(&self) -> ExtendedItems<'a> {
+        ExtendedItems { rest: self.0 }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Iterator over [`ExtendedItem`]s; see [`ExtendedData::items`].
+#[derive(Debug, Clone)]
+pub struct ExtendedItems<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for ExtendedItems<'a> {
+    type Item = ExtendedItem<'a>;
+
+    fn next(&mut self) -> Option<ExtendedItem<'a>> {
+        let b = self.rest;
+        let h = b.get(..8)?;
+        let size = u16::from_le_bytes([h[0], h[1]]) as usize;
+        let ext_type = u16::from_le_bytes([h[2], h[3]]);
+        let more = u16::from_le_bytes([h[4], h[5]]) & 1 != 0;
+        let data_size = u16::from_le_bytes([h[6], h[7]]) as usize;
+        if size < 8 || data_size > size - 8 || size > b.len() {
+            self.rest = &[];
+            return None;
+        }
+        self.rest = if more { &b[size..] } else { &[] };
+        Some(ExtendedItem {
+            ext_type,
+            data: &b[8..8 + data_size],
+        })
+    }
+}
+
 /// One trace event, borrowed from a buffer.
 ///
 /// `pid`/`tid` are `None` where the header carries none (PERFINFO headers) or
@@ -260,6 +347,40 @@ pub fn id_or_none(v: u32) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extended_items_follow_linkage() {
+        // STACK_TRACE64 (match id 7, two frames) linked to a TS_ID item,
+        // then bytes that must not be read as a third item.
+        let mut b = Vec::new();
+        b.extend_from_slice(&32u16.to_le_bytes());
+        b.extend_from_slice(&ext_type::STACK_TRACE64.to_le_bytes());
+        b.extend_from_slice(&1u16.to_le_bytes());
+        b.extend_from_slice(&24u16.to_le_bytes());
+        b.extend_from_slice(&7u64.to_le_bytes());
+        b.extend_from_slice(&0xfffff800_00001000u64.to_le_bytes());
+        b.extend_from_slice(&0x7ff6_0000_2000u64.to_le_bytes());
+        b.extend_from_slice(&16u16.to_le_bytes());
+        b.extend_from_slice(&ext_type::TS_ID.to_le_bytes());
+        b.extend_from_slice(&0u16.to_le_bytes());
+        b.extend_from_slice(&4u16.to_le_bytes());
+        b.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0]);
+        b.extend_from_slice(&[0xff; 16]);
+        let items: Vec<_> = ExtendedData(&b).items().collect();
+        assert_eq!(items.len(), 2);
+        assert_eq!(items[1].ext_type, ext_type::TS_ID);
+        assert_eq!(items[1].data, &[1, 0, 0, 0]);
+        let (id, frames) = items[0].stack_trace().unwrap();
+        assert_eq!(id, 7);
+        assert_eq!(
+            frames.collect::<Vec<_>>(),
+            vec![0xfffff800_00001000, 0x7ff6_0000_2000]
+        );
+        assert!(items[1].stack_trace().is_none());
+        // A size past the end stops iteration instead of panicking.
+        b[0] = 0xf0;
+        assert_eq!(ExtendedData(&b).items().count(), 0);
+    }
 
     #[test]
     fn image_load_hook_is_image_class() {
