@@ -1,1 +1,1591 @@
-//! (being built)
+//! Labelled syscall scenarios written as genuine NT Kernel Logger `.etl`
+//! traces, with their ground truth (`docs/verdicts.md`).
+//!
+//! A trace has the rundown of a running Windows 10 machine (Process,
+//! Thread and Image DCStart for System, smss, csrss, services, svchost,
+//! explorer..., kernel images for pid 0), then a stream of syscalls: each a
+//! PerfInfo SysCallEnter (PERFINFO header: no pid/tid) with the service
+//! routine address, StackWalk events carrying pid/tid and the stack
+//! (innermost first: kernel frames, the Nt stub return site, its caller,
+//! ... down to `RtlUserThreadStart`), and a SysCallExit. Benign traffic
+//! always dominates so that an engine can learn each stub's service from
+//! the trace. Memory is constant in the number of syscalls: events are
+//! written as they are made and the truth file is streamed.
+//!
+//! Interpretations of the verdict rules made here (see also the report):
+//! - The truth verdict is computed from the true layout, i.e. what the
+//!   engine decides with `--system-dlls`; [`Summary::learnable`] checks the
+//!   trace also teaches the same stub→service map without them (each
+//!   return site's most frequent `SysCallAddress` is its own service).
+//! - Degraded deliveries apply to benign syscalls only; their `technique`
+//!   names the delivery (`split-stack`, `stack-before-event`,
+//!   `missing-stack`, `truncated-stack`). A lost syscall (its SysCallEnter,
+//!   StackWalk and SysCallExit dropped) is absent from the truth and counts
+//!   3 in `events_lost`.
+//! - `reason` is `null` unless the verdict is `direct` or `indirect`; a
+//!   `direct`/`image` entry also names the module (`"module"`).
+
+#![forbid(unsafe_code)]
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io::{self, Seek, Write};
+
+use sentry_etl_writer::payload::{self, ImagePayload, ProcessPayload, ThreadPayload};
+use sentry_etl_writer::{EtlWriter, HeaderClass, Record, TraceConfig, WriteStats};
+
+pub mod pe;
+mod rng;
+pub mod world;
+
+pub use rng::Rng;
+use world::{Layout, ModKind, Module, ProcKind, Process, Service, Thread, SERVICES};
+
+/// The scenarios `synth --scenario` knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    Benign,
+    DirectImage,
+    DirectUnbacked,
+    IndirectJumper,
+    IndirectRandomized,
+    HeavensGate,
+    Degraded,
+    Mixed,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 8] = [
+        Scenario::Benign,
+        Scenario::DirectImage,
+        Scenario::DirectUnbacked,
+        Scenario::IndirectJumper,
+        Scenario::IndirectRandomized,
+        Scenario::HeavensGate,
+        Scenario::Degraded,
+        Scenario::Mixed,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Benign => "benign",
+            Scenario::DirectImage => "direct-image",
+            Scenario::DirectUnbacked => "direct-unbacked",
+            Scenario::IndirectJumper => "indirect-jumper",
+            Scenario::IndirectRandomized => "indirect-randomized",
+            Scenario::HeavensGate => "heavens-gate",
+            Scenario::Degraded => "degraded",
+            Scenario::Mixed => "mixed",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Scenario> {
+        Scenario::ALL.into_iter().find(|x| x.name() == s)
+    }
+}
+
+/// Options of one generated trace.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub scenario: Scenario,
+    pub seed: u64,
+    /// SysCallEnter events generated (including lost ones).
+    pub syscalls: u64,
+    pub pointer_size: u8,
+    pub processors: u16,
+    pub compress: bool,
+    pub stack_cache: bool,
+}
+
+impl Options {
+    pub fn new(scenario: Scenario) -> Options {
+        Options {
+            scenario,
+            seed: 1,
+            syscalls: 2000,
+            pointer_size: 8,
+            processors: 8,
+            compress: false,
+            stack_cache: false,
+        }
+    }
+}
+
+/// What one generation produced.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// Truth entries per verdict string.
+    pub counts: BTreeMap<&'static str, u64>,
+    /// Truth entries per technique.
+    pub techniques: BTreeMap<&'static str, u64>,
+    pub truth_syscalls: u64,
+    pub events_lost: u32,
+    pub stats: WriteStats,
+    /// Return sites whose most frequent `SysCallAddress` in the trace is not
+    /// their own service (must be empty for the truth to be learnable).
+    pub unlearnable_sites: Vec<u64>,
+    pub layout: Layout,
+}
+
+impl Summary {
+    pub fn learnable(&self) -> bool {
+        self.unlearnable_sites.is_empty()
+    }
+}
+
+/// Why generation failed.
+#[derive(Debug)]
+pub enum SynthError {
+    Io(io::Error),
+    Write(sentry_etl_writer::WriteError),
+    Unsupported(String),
+}
+
+impl std::fmt::Display for SynthError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SynthError::Io(e) => write!(f, "{e}"),
+            SynthError::Write(e) => write!(f, "{e}"),
+            SynthError::Unsupported(s) => f.write_str(s),
+        }
+    }
+}
+
+impl std::error::Error for SynthError {}
+
+impl From<io::Error> for SynthError {
+    fn from(e: io::Error) -> Self {
+        SynthError::Io(e)
+    }
+}
+
+impl From<sentry_etl_writer::WriteError> for SynthError {
+    fn from(e: sentry_etl_writer::WriteError) -> Self {
+        SynthError::Write(e)
+    }
+}
+
+/// How a syscall's process reached the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tech {
+    Ntdll,
+    Win32u,
+    Jit,
+    Wow64,
+    Wow64Win32u,
+    KernelThread,
+    Sw2Image,
+    ShellcodeDirect,
+    Jumper,
+    Randomized,
+    StubGadget,
+    HeavensGate,
+}
+
+/// How the syscall's stack reaches the trace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    Single,
+    Split,
+    Before,
+    Missing,
+    Truncated,
+    Lost,
+}
+
+const BENIGN: [(Tech, u32); 6] = [
+    (Tech::Ntdll, 600),
+    (Tech::Win32u, 150),
+    (Tech::Jit, 80),
+    (Tech::Wow64, 100),
+    (Tech::Wow64Win32u, 30),
+    (Tech::KernelThread, 40),
+];
+
+/// Attack techniques and deliveries per scenario, in per-mille of syscalls.
+type Plan = (Vec<(Tech, u32)>, Vec<(Delivery, u32)>);
+
+fn plan(s: Scenario) -> Plan {
+    use Delivery as D;
+    use Tech as T;
+    match s {
+        Scenario::Benign => (vec![], vec![]),
+        Scenario::DirectImage => (vec![(T::Sw2Image, 50)], vec![]),
+        Scenario::DirectUnbacked => (vec![(T::ShellcodeDirect, 50)], vec![]),
+        Scenario::IndirectJumper => (vec![(T::Jumper, 50)], vec![]),
+        Scenario::IndirectRandomized => (vec![(T::Randomized, 40), (T::StubGadget, 10)], vec![]),
+        Scenario::HeavensGate => (vec![(T::HeavensGate, 50)], vec![]),
+        Scenario::Degraded => (
+            vec![],
+            vec![
+                (D::Missing, 30),
+                (D::Before, 40),
+                (D::Split, 60),
+                (D::Truncated, 30),
+                (D::Lost, 10),
+            ],
+        ),
+        Scenario::Mixed => (
+            vec![
+                (T::Sw2Image, 8),
+                (T::ShellcodeDirect, 8),
+                (T::Jumper, 10),
+                (T::Randomized, 8),
+                (T::StubGadget, 3),
+                (T::HeavensGate, 8),
+            ],
+            vec![
+                (D::Missing, 10),
+                (D::Before, 15),
+                (D::Split, 25),
+                (D::Truncated, 10),
+                (D::Lost, 5),
+            ],
+        ),
+    }
+}
+
+/// Services attack code calls.
+const ATTACK_SERVICES: [&str; 10] = [
+    "NtAllocateVirtualMemory",
+    "NtProtectVirtualMemory",
+    "NtWriteVirtualMemory",
+    "NtCreateThreadEx",
+    "NtOpenProcess",
+    "NtQueueApcThread",
+    "NtMapViewOfSection",
+    "NtReadVirtualMemory",
+    "NtResumeThread",
+    "NtCreateSection",
+];
+
+/// Stubs a randomized jumper borrows: frequently used by benign code, so
+/// their learned service stays right.
+const BORROWED_STUBS: [&str; 5] = [
+    "NtClose",
+    "NtWaitForSingleObject",
+    "NtReadFile",
+    "NtQueryValueKey",
+    "NtAllocateVirtualMemory",
+];
+
+/// One syscall's labelled content.
+struct Call {
+    service: usize,
+    kernel: Vec<u64>,
+    user: Vec<u64>,
+    verdict: &'static str,
+    reason: Option<&'static str>,
+    technique: &'static str,
+    module: Option<String>,
+}
+
+/// Bounded FIFO stack cache (Windows 8+ stack caching): frames -> key.
+struct StackCache {
+    map: HashMap<Vec<u64>, u64>,
+    order: VecDeque<(u64, Vec<u64>)>,
+    next_key: u64,
+    capacity: usize,
+}
+
+const MAX_FRAMES: usize = 192;
+
+struct Gen<W: Write + Seek, T: Write> {
+    o: Options,
+    l: Layout,
+    w: EtlWriter<W>,
+    truth: Option<T>,
+    rng: Rng,
+    clock: u64,
+    procs: Vec<Process>,
+    next_pid: u32,
+    next_tid: u32,
+    buf: Vec<u8>,
+    cache: Option<StackCache>,
+    counts: BTreeMap<&'static str, u64>,
+    techniques: BTreeMap<&'static str, u64>,
+    truth_n: u64,
+    sites: HashMap<u64, HashMap<u64, u64>>,
+    site_service: HashMap<u64, u64>,
+    benign_w: Vec<u32>,
+    attack: Vec<(Tech, u32)>,
+    delivery: Vec<(Delivery, u32)>,
+    ntdll_services: Vec<usize>,
+    ntdll_w: Vec<u32>,
+    w32k_services: Vec<usize>,
+    w32k_w: Vec<u32>,
+    jumper_variant: usize,
+}
+
+/// Writes the trace to `etl` and the truth JSON to `truth` (if any).
+pub fn generate<W: Write + Seek, T: Write>(
+    o: &Options,
+    etl: W,
+    truth: Option<T>,
+) -> Result<(W, Summary), SynthError> {
+    if o.pointer_size != 4 && o.pointer_size != 8 {
+        return Err(SynthError::Unsupported(
+            "pointer size must be 4 or 8".into(),
+        ));
+    }
+    if o.scenario == Scenario::HeavensGate && o.pointer_size == 4 {
+        return Err(SynthError::Unsupported(
+            "heavens-gate needs a 64-bit trace (WoW64): use --pointer-size 8".into(),
+        ));
+    }
+    if o.processors == 0 || o.processors > 64 {
+        return Err(SynthError::Unsupported("processors must be 1..=64".into()));
+    }
+    let mut cfg = TraceConfig::windows10(o.pointer_size, o.processors);
+    cfg.compress = o.compress;
+    cfg.log_file_name = format!("C:\\trace\\{}.etl", o.scenario.name());
+    let w = EtlWriter::new(etl, cfg.clone())?;
+    let l = Layout::new(o.pointer_size);
+    let (mut attack, delivery) = plan(o.scenario);
+    let wow = o.pointer_size == 8;
+    if !wow {
+        attack.retain(|(t, _)| *t != Tech::HeavensGate);
+    }
+    let benign_w = BENIGN
+        .iter()
+        .map(|&(t, w)| {
+            if !wow && matches!(t, Tech::Wow64 | Tech::Wow64Win32u) {
+                0
+            } else {
+                w
+            }
+        })
+        .collect();
+    let (ntdll_services, w32k_services): (Vec<usize>, Vec<usize>) =
+        (0..SERVICES.len()).partition(|&i| !SERVICES[i].is_win32k());
+    let ntdll_w = ntdll_services.iter().map(|&i| SERVICES[i].weight).collect();
+    let w32k_w = w32k_services.iter().map(|&i| SERVICES[i].weight).collect();
+    let site_service = SERVICES
+        .iter()
+        .map(|s| (l.return_site(s), l.routine(s)))
+        .collect();
+    let mut g = Gen {
+        o: o.clone(),
+        l,
+        w,
+        truth,
+        rng: Rng::new(o.seed),
+        clock: cfg.start_qpc + 5_000,
+        procs: Vec::new(),
+        next_pid: 9_000,
+        next_tid: 12_000,
+        buf: Vec::with_capacity(2048),
+        cache: o.stack_cache.then(|| StackCache {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            next_key: if o.pointer_size == 8 {
+                0xffff_fa83_0340_0000
+            } else {
+                0x8640_0000
+            },
+            capacity: 1024,
+        }),
+        counts: BTreeMap::new(),
+        techniques: BTreeMap::new(),
+        truth_n: 0,
+        sites: HashMap::new(),
+        site_service,
+        benign_w,
+        attack,
+        delivery,
+        ntdll_services,
+        ntdll_w,
+        w32k_services,
+        w32k_w,
+        jumper_variant: 0,
+    };
+    g.truth_start()?;
+    g.rundown_start()?;
+    g.start_implants()?;
+    for i in 0..o.syscalls {
+        g.churn(i)?;
+        g.syscall()?;
+    }
+    g.rundown_end()?;
+    g.finish()
+}
+
+impl<W: Write + Seek, T: Write> Gen<W, T> {
+    fn tick(&mut self, lo: u64, hi: u64) -> u64 {
+        self.clock += self.rng.range(lo, hi);
+        self.clock
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn emit(
+        &mut self,
+        cpu: u16,
+        class: HeaderClass,
+        group: u8,
+        opcode: u8,
+        version: u16,
+        pid: u32,
+        tid: u32,
+        ts: u64,
+    ) -> Result<(), SynthError> {
+        let rec = Record {
+            class,
+            group,
+            opcode,
+            version,
+            pid,
+            tid,
+            timestamp: ts,
+            payload: &self.buf,
+        };
+        self.w.write(cpu, &rec)?;
+        Ok(())
+    }
+
+    fn ps(&self) -> u8 {
+        self.o.pointer_size
+    }
+
+    // ---------------------------------------------------------------- world
+
+    fn new_process(
+        &mut self,
+        pid: u32,
+        parent: u32,
+        name: &'static str,
+        kind: ProcKind,
+        threads: usize,
+    ) -> Process {
+        let ps = self.ps();
+        let wow = matches!(kind, ProcKind::Wow64 | ProcKind::Wow64Implant);
+        let exe = (kind != ProcKind::System).then(|| {
+            let (base, path) = if wow {
+                (
+                    0x0040_0000 + self.rng.range(0, 0x40) * 0x1_0000,
+                    format!(
+                        "\\Device\\HarddiskVolume3\\Program Files (x86)\\{}\\{}",
+                        name.trim_end_matches(".exe"),
+                        name
+                    ),
+                )
+            } else if ps == 8 {
+                (
+                    0x7ff6_0000_0000 + self.rng.range(0x1000, 0xffff) * 0x1_0000,
+                    exe_path(name),
+                )
+            } else {
+                (
+                    0x0040_0000 + self.rng.range(0, 0x300) * 0x1_0000,
+                    exe_path(name),
+                )
+            };
+            let size = 0x2_0000 + self.rng.range(0, 0x40) * 0x1000;
+            Module {
+                kind: ModKind::Exe,
+                base,
+                size,
+                path,
+                time_date_stamp: self.rng.next_u64() as u32,
+                checksum: self.rng.next_u64() as u32 & 0xff_ffff,
+            }
+        });
+        let private_base = if ps == 8 && !wow {
+            0x0000_01d0_0000_0000 + self.rng.range(0, 0xfff) * 0x100_0000
+        } else {
+            0x0260_0000 + self.rng.range(0, 0x80) * 0x1_0000
+        };
+        let private = (private_base, 0x4_0000);
+        let session = if matches!(
+            name,
+            "System"
+                | "smss.exe"
+                | "services.exe"
+                | "lsass.exe"
+                | "svchost.exe"
+                | "wininit.exe"
+                | "MsMpEng.exe"
+                | "spoolsv.exe"
+                | "SearchIndexer.exe"
+        ) || pid == 4
+        {
+            0
+        } else {
+            1
+        };
+        let sid = match (kind, session) {
+            (ProcKind::System, _) | (_, 0) => "S-1-5-18",
+            _ => "S-1-5-21-3623811015-3361044348-30300820-1013",
+        };
+        let (key, dtb) = if ps == 8 {
+            (
+                0xffff_a804_e000_0000 + u64::from(pid) * 0x800,
+                0x1_0000_0000 + u64::from(pid) * 0x10_0000,
+            )
+        } else {
+            (
+                0x8a00_0000 + u64::from(pid) * 0x100,
+                0x1850_0000 + u64::from(pid) * 0x1000,
+            )
+        };
+        let mut p = Process {
+            pid,
+            parent,
+            session,
+            name,
+            command_line: if kind == ProcKind::System {
+                String::new()
+            } else {
+                command_line(name)
+            },
+            sid,
+            kind,
+            key,
+            dtb,
+            exe,
+            private,
+            threads: Vec::new(),
+        };
+        for _ in 0..threads {
+            let t = self.new_thread(&p);
+            p.threads.push(t);
+        }
+        p
+    }
+
+    fn new_thread(&mut self, p: &Process) -> Thread {
+        let tid = self.next_tid;
+        self.next_tid += 4 * self.rng.range(1, 20) as u32;
+        let ps = self.ps();
+        let home_cpu = self.rng.below(usize::from(self.o.processors)) as u16;
+        let (stack_base, teb) = if ps == 8 {
+            (
+                0xffff_f80c_0000_0000 + u64::from(tid) * 0x8000,
+                0x0000_00a0_0000_0000 + u64::from(p.pid) * 0x100_0000 + u64::from(tid) * 0x2000,
+            )
+        } else {
+            (
+                0x9e00_0000 + u64::from(tid) * 0x3000,
+                0x7ff0_0000 - u64::from(tid % 0x4000) * 0x1000,
+            )
+        };
+        let start = match &p.exe {
+            Some(e) => e.base + 0x1_4a0,
+            None => self.l.ntoskrnl().base + 0x35_5a10,
+        };
+        Thread {
+            tid,
+            home_cpu,
+            stack_base,
+            teb,
+            start,
+        }
+    }
+
+    fn process_event(
+        &mut self,
+        p: &Process,
+        opcode: u8,
+        cpu: u16,
+        hdr: Option<(u32, u32)>,
+    ) -> Result<(), SynthError> {
+        let ts = self.tick(20, 300);
+        self.buf.clear();
+        ProcessPayload {
+            version: 4,
+            unique_process_key: p.key,
+            process_id: p.pid,
+            parent_id: p.parent,
+            session_id: if p.pid <= 4 { u32::MAX } else { p.session },
+            exit_status: if opcode == 2 { 0 } else { 0x103 },
+            directory_table_base: p.dtb,
+            flags: if p.is_wow64() { 0x2 } else { 0 },
+            user_sid: p.sid.to_string(),
+            sid_pointer: p.key + 0x4a0,
+            image_file_name: p.name.to_string(),
+            command_line: p.command_line.clone(),
+            package_full_name: String::new(),
+            application_id: String::new(),
+        }
+        .encode(self.ps(), &mut self.buf);
+        // Windows 10: Start/End with SYSTEM headers, rundown with PERFINFO.
+        match hdr {
+            Some((pid, tid)) => self.emit(cpu, HeaderClass::System, 0x03, opcode, 4, pid, tid, ts),
+            None => self.emit(cpu, HeaderClass::PerfInfo, 0x03, opcode, 4, 0, 0, ts),
+        }
+    }
+
+    fn thread_event(
+        &mut self,
+        p: &Process,
+        t: &Thread,
+        opcode: u8,
+        cpu: u16,
+        hdr: (u32, u32),
+    ) -> Result<(), SynthError> {
+        let ts = self.tick(10, 200);
+        let ps = self.ps();
+        self.buf.clear();
+        let user = p.kind != ProcKind::System;
+        ThreadPayload {
+            process_id: p.pid,
+            thread_id: t.tid,
+            stack_base: t.stack_base,
+            stack_limit: t.stack_base - 0x6000,
+            user_stack_base: if user {
+                t.teb.wrapping_sub(0x10_0000) & !0xffff
+            } else {
+                0
+            },
+            user_stack_limit: if user {
+                (t.teb.wrapping_sub(0x10_0000) & !0xffff) - 0x3000
+            } else {
+                0
+            },
+            affinity: if ps == 8 {
+                (1u64 << self.o.processors) - 1
+            } else {
+                (1u64 << self.o.processors.min(32)) - 1
+            },
+            win32_start_addr: t.start,
+            teb_base: if user { t.teb } else { 0 },
+            sub_process_tag: 0,
+            base_priority: 8,
+            page_priority: 5,
+            io_priority: 2,
+            thread_flags: 0,
+        }
+        .encode(ps, &mut self.buf);
+        self.emit(cpu, HeaderClass::System, 0x05, opcode, 3, hdr.0, hdr.1, ts)
+    }
+
+    fn image_event(
+        &mut self,
+        pid: u32,
+        m: &Module,
+        opcode: u8,
+        cpu: u16,
+        class: HeaderClass,
+        hdr: (u32, u32),
+    ) -> Result<(), SynthError> {
+        let ts = self.tick(10, 200);
+        self.buf.clear();
+        ImagePayload {
+            image_base: m.base,
+            image_size: m.size,
+            process_id: pid,
+            image_checksum: m.checksum,
+            time_date_stamp: m.time_date_stamp,
+            reserved0: if pid == 0 { 0x100 } else { 0 },
+            default_base: 0,
+            file_name: m.path.clone(),
+        }
+        .encode(self.ps(), &mut self.buf);
+        // Image Load is hook 0x030A; Unload/DCStart/DCEnd are group 0x14.
+        let (group, op) = if opcode == 10 {
+            (0x03, 10)
+        } else {
+            (0x14, opcode)
+        };
+        self.emit(cpu, class, group, op, 2, hdr.0, hdr.1, ts)
+    }
+
+    /// Rundown of what runs when the trace starts (Process, Thread, Image
+    /// DCStart), as the kernel logger writes it on processor 0.
+    fn rundown_start(&mut self) -> Result<(), SynthError> {
+        let wow = self.ps() == 8;
+        let table: Vec<(u32, u32, &'static str, ProcKind, usize)> = vec![
+            (4, 0, "System", ProcKind::System, 6),
+            (400, 4, "smss.exe", ProcKind::Native, 2),
+            (560, 548, "csrss.exe", ProcKind::Native, 3),
+            (636, 548, "wininit.exe", ProcKind::Native, 2),
+            (704, 620, "winlogon.exe", ProcKind::Gui, 3),
+            (772, 636, "services.exe", ProcKind::Native, 4),
+            (788, 636, "lsass.exe", ProcKind::Native, 4),
+            (904, 772, "svchost.exe", ProcKind::Native, 5),
+            (968, 772, "svchost.exe", ProcKind::Native, 4),
+            (1188, 772, "svchost.exe", ProcKind::Native, 6),
+            (1312, 772, "spoolsv.exe", ProcKind::Native, 3),
+            (2044, 772, "MsMpEng.exe", ProcKind::Native, 6),
+            (2508, 772, "SearchIndexer.exe", ProcKind::Native, 4),
+            (4520, 4488, "explorer.exe", ProcKind::Gui, 6),
+            (5104, 4520, "notepad.exe", ProcKind::Gui, 2),
+            (5960, 4520, "pwsh.exe", ProcKind::JitHost, 5),
+            (
+                6312,
+                4520,
+                "steam.exe",
+                if wow { ProcKind::Wow64 } else { ProcKind::Gui },
+                4,
+            ),
+            (
+                6788,
+                4520,
+                "7zFM.exe",
+                if wow {
+                    ProcKind::Wow64
+                } else {
+                    ProcKind::Native
+                },
+                2,
+            ),
+        ];
+        // Idle (pid 0) comes first in real rundowns; no threads or images.
+        let idle = self.new_process(0, 0, "Idle", ProcKind::System, 0);
+        self.process_event(&idle, 3, 0, None)?;
+        let logger = (self.w.config().logger_pid, self.w.config().logger_tid);
+        for (pid, parent, name, kind, threads) in table {
+            let p = self.new_process(pid, parent, name, kind, threads);
+            self.process_event(&p, 3, 0, None)?;
+            for t in p.threads.clone() {
+                self.thread_event(&p, &t, 3, 0, (0, 0))?;
+            }
+            if kind == ProcKind::System {
+                for m in self.l.kernel.clone() {
+                    self.image_event(0, &m, 3, 0, HeaderClass::System, logger)?;
+                }
+            }
+            let mods: Vec<Module> = p.modules(&self.l).into_iter().cloned().collect();
+            for m in &mods {
+                self.image_event(p.pid, m, 3, 0, HeaderClass::PerfInfo, (0, 0))?;
+            }
+            self.procs.push(p);
+        }
+        Ok(())
+    }
+
+    /// Rundown at the end (DCEnd) of what still runs.
+    fn rundown_end(&mut self) -> Result<(), SynthError> {
+        self.tick(1000, 2000);
+        let logger = (self.w.config().logger_pid, self.w.config().logger_tid);
+        for p in std::mem::take(&mut self.procs) {
+            self.process_event(&p, 4, 0, None)?;
+            for t in &p.threads {
+                self.thread_event(&p, t, 4, 0, (0, 0))?;
+            }
+            if p.kind == ProcKind::System {
+                for m in self.l.kernel.clone() {
+                    self.image_event(0, &m, 4, 0, HeaderClass::System, logger)?;
+                }
+            }
+            let mods: Vec<Module> = p.modules(&self.l).into_iter().cloned().collect();
+            for m in &mods {
+                self.image_event(p.pid, m, 4, 0, HeaderClass::PerfInfo, (0, 0))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a process during the trace: Process Start (logged by the
+    /// parent), Thread Start, Image Loads.
+    fn launch(
+        &mut self,
+        parent: u32,
+        name: &'static str,
+        kind: ProcKind,
+        threads: usize,
+    ) -> Result<(), SynthError> {
+        let pid = self.next_pid;
+        self.next_pid += 4 * self.rng.range(1, 30) as u32;
+        let p = self.new_process(pid, parent, name, kind, threads);
+        let cpu = self.rng.below(usize::from(self.o.processors)) as u16;
+        let ptid = self
+            .procs
+            .iter()
+            .find(|x| x.pid == parent)
+            .and_then(|x| x.threads.first())
+            .map_or(0, |t| t.tid);
+        self.process_event(&p, 1, cpu, Some((parent, ptid)))?;
+        let first = p.threads[0].tid;
+        for t in p.threads.clone() {
+            self.thread_event(&p, &t, 1, cpu, (pid, first))?;
+        }
+        let mods: Vec<Module> = p.modules(&self.l).into_iter().cloned().collect();
+        for m in &mods {
+            self.image_event(pid, m, 10, cpu, HeaderClass::System, (pid, first))?;
+        }
+        self.procs.push(p);
+        Ok(())
+    }
+
+    fn start_implants(&mut self) -> Result<(), SynthError> {
+        let techs: Vec<Tech> = self.attack.iter().map(|a| a.0).collect();
+        if techs.contains(&Tech::Sw2Image) {
+            self.launch(4520, "invoice.exe", ProcKind::Implant, 2)?;
+        }
+        if techs.contains(&Tech::ShellcodeDirect) {
+            self.launch(4520, "loader.exe", ProcKind::Implant, 2)?;
+        }
+        if techs
+            .iter()
+            .any(|t| matches!(t, Tech::Jumper | Tech::Randomized | Tech::StubGadget))
+        {
+            self.launch(5960, "svcupdate.exe", ProcKind::Implant, 3)?;
+        }
+        if techs.contains(&Tech::HeavensGate) {
+            self.launch(4520, "setup32.exe", ProcKind::Wow64Implant, 2)?;
+        }
+        Ok(())
+    }
+
+    /// Background life: short-lived processes come and go, threads start.
+    fn churn(&mut self, i: u64) -> Result<(), SynthError> {
+        if i % 4000 == 1000 {
+            let transient = self
+                .procs
+                .iter()
+                .filter(|p| p.pid >= 9_000 && p.kind == ProcKind::Native)
+                .count();
+            if transient < 4 {
+                let names = [
+                    "cmd.exe",
+                    "conhost.exe",
+                    "WerFault.exe",
+                    "backgroundTaskHost.exe",
+                ];
+                let name = names[self.rng.below(names.len())];
+                self.launch(4520, name, ProcKind::Native, 2)?;
+            }
+        }
+        if i % 4000 == 3500 {
+            // The oldest transient benign process exits.
+            if let Some(ix) = self
+                .procs
+                .iter()
+                .position(|p| p.pid >= 9_000 && p.kind == ProcKind::Native)
+            {
+                let p = self.procs.remove(ix);
+                let cpu = p.threads[0].home_cpu;
+                let first = p.threads[0].tid;
+                for t in &p.threads {
+                    self.thread_event(&p, t, 2, cpu, (p.pid, t.tid))?;
+                }
+                let exe = p.exe.clone();
+                if let Some(e) = exe {
+                    self.image_event(p.pid, &e, 2, cpu, HeaderClass::System, (p.pid, first))?;
+                }
+                self.process_event(&p, 2, cpu, Some((p.pid, first)))?;
+            }
+        }
+        if i % 997 == 500 {
+            // A new worker thread in a running user process.
+            let cands: Vec<usize> = (0..self.procs.len())
+                .filter(|&k| {
+                    self.procs[k].kind != ProcKind::System && self.procs[k].threads.len() < 10
+                })
+                .collect();
+            if !cands.is_empty() {
+                let k = cands[self.rng.below(cands.len())];
+                let p = self.procs[k].clone();
+                let t = self.new_thread(&p);
+                let creator = p.threads[0].tid;
+                let cpu = t.home_cpu;
+                self.thread_event(&p, &t, 1, cpu, (p.pid, creator))?;
+                self.procs[k].threads.push(t);
+            }
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------- syscalls
+
+    fn pick_proc(&mut self, kinds: &[ProcKind], name: Option<&str>) -> Option<usize> {
+        let c: Vec<usize> = (0..self.procs.len())
+            .filter(|&i| {
+                kinds.contains(&self.procs[i].kind) && name.is_none_or(|n| self.procs[i].name == n)
+            })
+            .collect();
+        (!c.is_empty()).then(|| c[self.rng.below(c.len())])
+    }
+
+    fn pick_service(&mut self, win32k: bool) -> usize {
+        if win32k {
+            let i = self.rng.weighted(&self.w32k_w);
+            self.w32k_services[i]
+        } else {
+            let i = self.rng.weighted(&self.ntdll_w);
+            self.ntdll_services[i]
+        }
+    }
+
+    /// An address inside `m` that is not a stub return site (for callers).
+    fn site(&mut self, m: &Module, salt: u64) -> u64 {
+        let span = m.size.saturating_sub(0x2000).max(0x100);
+        let mut off = 0x1000 + (salt.wrapping_mul(0x9E37_79B9) ^ (salt >> 7)) % span;
+        if off % 0x20 == 0x14 {
+            off += 3;
+        }
+        m.base + off
+    }
+
+    fn kernel_frames(&mut self, v: &mut Vec<u64>) {
+        let nt = self.l.ntoskrnl().base;
+        v.push(nt + Layout::PERFINFO_LOG_SYSCALL_ENTRY);
+        v.push(nt + Layout::KI_SYSTEM_SERVICE_COPY_END);
+    }
+
+    /// Middle frames of an ordinary call chain, then the thread start frames.
+    fn tail(&mut self, p: &Process, v: &mut Vec<u64>, depth: usize, salt: u64) {
+        let mods: Vec<Module> = p
+            .modules(&self.l)
+            .into_iter()
+            .filter(|m| !matches!(m.kind, ModKind::Win32u | ModKind::Ntdll))
+            .cloned()
+            .collect();
+        for k in 0..depth {
+            if v.len() + 3 >= MAX_FRAMES || mods.is_empty() {
+                break;
+            }
+            let m = &mods[(salt as usize + k * 7) % mods.len()];
+            let s = self.site(m, salt.wrapping_add(k as u64 * 131));
+            v.push(s);
+        }
+        v.push(self.l.kernel32.base + Layout::BASE_THREAD_INIT_THUNK);
+        v.push(self.l.ntdll.base + Layout::RTL_USER_THREAD_START);
+    }
+
+    /// Call-chain depth: fixed per call site (so stacks repeat, as real
+    /// ones do and as stack caching expects), now and then a deep recursion.
+    fn depth(&mut self, salt: u64) -> usize {
+        if self.rng.chance(2) {
+            self.rng.range(100, 200) as usize
+        } else {
+            1 + (salt.wrapping_mul(0x2545_F491) >> 7) as usize % 11
+        }
+    }
+
+    fn wow64_tail(&mut self, p: &Process, v: &mut Vec<u64>, from_win32k: bool, salt: u64) {
+        let Some(w) = self.l.wow64.clone() else {
+            return;
+        };
+        let [wow64, wow64win, wow64cpu, ntdll32, k32, kb32] = w;
+        if from_win32k {
+            let s = self.site(&wow64win, salt);
+            v.push(s);
+        } else {
+            let s = self.site(&wow64, salt);
+            v.push(s);
+        }
+        v.push(wow64.base + 0x7783);
+        v.push(wow64cpu.base + 0x1783);
+        v.push(wow64cpu.base + 0x1199);
+        if !from_win32k {
+            v.push(ntdll32.base + 0x7_2e4c);
+            let s = self.site(&kb32, salt);
+            v.push(s);
+        }
+        if let Some(e) = &p.exe {
+            let s = self.site(e, salt ^ 0x55);
+            v.push(s);
+        }
+        v.push(k32.base + 0x1_fa29);
+        v.push(ntdll32.base + 0x6_e7bd);
+        v.push(ntdll32.base + 0x6_e78d);
+    }
+
+    /// Builds the labelled content of one syscall.
+    fn build(&mut self, tech: Tech) -> Option<(usize, usize, Call)> {
+        let mut kernel = Vec::with_capacity(8);
+        let mut user = Vec::with_capacity(24);
+        self.kernel_frames(&mut kernel);
+        let ps8 = self.ps() == 8;
+        let (pidx, tidx, service, verdict, reason, technique, module) = match tech {
+            Tech::Ntdll | Tech::Jit => {
+                let pi = if tech == Tech::Jit {
+                    self.pick_proc(&[ProcKind::JitHost], None)?
+                } else {
+                    self.pick_proc(&[ProcKind::Native, ProcKind::Gui, ProcKind::JitHost], None)?
+                };
+                let s = self.pick_service(false);
+                let p = self.procs[pi].clone();
+                user.push(self.l.return_site(&SERVICES[s]));
+                let salt = s as u64 * 1000 + u64::from(p.pid);
+                if self.rng.chance(150) {
+                    // Called from inside ntdll (thread pool, loader).
+                    let nt = self.l.ntdll.base;
+                    user.push(nt + 0x3_0000 + (salt * 0x1d3) % 0x6_0000 + 1);
+                } else {
+                    let kb = self.l.kernelbase.clone();
+                    let c = self.site(&kb, salt);
+                    user.push(c);
+                }
+                if tech == Tech::Jit {
+                    let clr = self.l.clr.clone();
+                    let c = self.site(&clr, salt);
+                    user.push(c);
+                    for k in 0..1 + salt % 4 {
+                        user.push(p.private.0 + 0x1_0000 + (salt * 97 + k * 0x2d1) % 0x2_0000);
+                    }
+                    let c = self.site(&clr, salt + 1);
+                    user.push(c);
+                }
+                let d = self.depth(salt);
+                self.tail(&p, &mut user, d, salt);
+                let t = if tech == Tech::Jit {
+                    "benign-jit"
+                } else {
+                    "benign-ntdll"
+                };
+                (pi, 0, s, "normal", None, t, None)
+            }
+            Tech::Win32u => {
+                let pi = self.pick_proc(&[ProcKind::Gui, ProcKind::JitHost], None)?;
+                let s = self.pick_service(true);
+                let p = self.procs[pi].clone();
+                user.push(self.l.return_site(&SERVICES[s]));
+                let salt = s as u64 * 1000 + u64::from(p.pid);
+                let m = if SERVICES[s].name.starts_with("NtGdi") {
+                    self.l.gdi32.clone()
+                } else {
+                    self.l.user32.clone()
+                };
+                let c = self.site(&m, salt);
+                user.push(c);
+                let d = self.depth(salt);
+                self.tail(&p, &mut user, d, salt);
+                (pi, 0, s, "normal", None, "benign-win32u", None)
+            }
+            Tech::Wow64 | Tech::Wow64Win32u => {
+                let pi = self.pick_proc(&[ProcKind::Wow64], None)?;
+                let w32 = tech == Tech::Wow64Win32u;
+                let s = self.pick_service(w32);
+                let p = self.procs[pi].clone();
+                user.push(self.l.return_site(&SERVICES[s]));
+                self.wow64_tail(&p, &mut user, w32, s as u64 * 1000 + u64::from(p.pid));
+                (pi, 0, s, "normal", None, "benign-wow64", None)
+            }
+            Tech::KernelThread => {
+                let pi = self.pick_proc(&[ProcKind::System], None)?;
+                let names = [
+                    "NtClose",
+                    "NtCreateFile",
+                    "NtQueryValueKey",
+                    "NtOpenKey",
+                    "NtWaitForSingleObject",
+                    "NtDeviceIoControlFile",
+                ];
+                let s = world::service_index(names[self.rng.below(names.len())]);
+                let nt = self.l.ntoskrnl().base;
+                kernel.push(nt + 0x3f_c014 + u64::from(SERVICES[s].ssn) * 0x20);
+                for _ in 0..self.rng.range(1, 4) {
+                    let k = 5 + self.rng.below(self.l.kernel.len() - 5);
+                    let d = self.l.kernel[k].clone();
+                    let c = self.site(&d, self.clock);
+                    kernel.push(c);
+                }
+                kernel.push(nt + 0x35_5a17);
+                kernel.push(nt + 0x40_3e36);
+                (pi, 0, s, "kernel_origin", None, "kernel-thread", None)
+            }
+            Tech::Sw2Image => {
+                let pi = self.pick_proc(&[ProcKind::Implant], Some("invoice.exe"))?;
+                let s =
+                    world::service_index(ATTACK_SERVICES[self.rng.below(ATTACK_SERVICES.len())]);
+                let p = self.procs[pi].clone();
+                let e = p.exe.clone()?;
+                // SysWhispers2 stubs compiled into the EXE's .text.
+                user.push(e.base + 0x1_2000 + u64::from(SERVICES[s].ssn) * 0x40 + 0x2e);
+                let c = self.site(&e, s as u64);
+                user.push(c);
+                let c = self.site(&e, 77);
+                user.push(c);
+                self.tail(&p, &mut user, 0, 0);
+                (
+                    pi,
+                    0,
+                    s,
+                    "direct",
+                    Some("image"),
+                    "syswhispers2",
+                    Some(e.file_name().to_string()),
+                )
+            }
+            Tech::ShellcodeDirect => {
+                let pi = self.pick_proc(&[ProcKind::Implant], Some("loader.exe"))?;
+                let s =
+                    world::service_index(ATTACK_SERVICES[self.rng.below(ATTACK_SERVICES.len())]);
+                let p = self.procs[pi].clone();
+                user.push(p.private.0 + 0x1000 + u64::from(SERVICES[s].ssn) * 0x18 + 0x12);
+                user.push(p.private.0 + 0x2_3a7);
+                user.push(p.private.0 + 0x1_0c4);
+                self.tail(&p, &mut user, 0, 0);
+                (
+                    pi,
+                    0,
+                    s,
+                    "direct",
+                    Some("unbacked"),
+                    "shellcode-direct",
+                    None,
+                )
+            }
+            Tech::Jumper => {
+                let pi = self.pick_proc(&[ProcKind::Implant], Some("svcupdate.exe"))?;
+                let s =
+                    world::service_index(ATTACK_SERVICES[self.rng.below(ATTACK_SERVICES.len())]);
+                let p = self.procs[pi].clone();
+                user.push(self.l.return_site(&SERVICES[s]));
+                user.push(p.private.0 + 0x8_4d2 + u64::from(SERVICES[s].ssn) * 0x40);
+                user.push(p.private.0 + 0x1_2f0);
+                self.tail(&p, &mut user, 0, 0);
+                let names = ["syswhispers3-jumper", "hellshall", "recycledgate"];
+                self.jumper_variant = (self.jumper_variant + 1) % names.len();
+                (
+                    pi,
+                    0,
+                    s,
+                    "indirect",
+                    Some("unbacked_caller"),
+                    names[self.jumper_variant],
+                    None,
+                )
+            }
+            Tech::Randomized => {
+                let pi = self.pick_proc(&[ProcKind::Implant], Some("svcupdate.exe"))?;
+                let s =
+                    world::service_index(ATTACK_SERVICES[self.rng.below(ATTACK_SERVICES.len())]);
+                let mut t =
+                    world::service_index(BORROWED_STUBS[self.rng.below(BORROWED_STUBS.len())]);
+                if t == s {
+                    t = world::service_index("NtClose");
+                }
+                let p = self.procs[pi].clone();
+                user.push(self.l.return_site(&SERVICES[t]));
+                let e = p.exe.clone()?;
+                let c = self.site(&e, 4242 + s as u64);
+                user.push(c);
+                self.tail(&p, &mut user, 2, 9);
+                (
+                    pi,
+                    0,
+                    s,
+                    "indirect",
+                    Some("stub_mismatch"),
+                    "syswhispers3-randomized",
+                    None,
+                )
+            }
+            Tech::StubGadget => {
+                let pi = self.pick_proc(&[ProcKind::Implant], Some("svcupdate.exe"))?;
+                let s =
+                    world::service_index(ATTACK_SERVICES[self.rng.below(ATTACK_SERVICES.len())]);
+                let p = self.procs[pi].clone();
+                // Lands inside a stub, not after its `syscall`.
+                user.push(self.l.stub(&SERVICES[s]) + 0x08);
+                user.push(p.private.0 + 0x3_100);
+                self.tail(&p, &mut user, 0, 0);
+                (
+                    pi,
+                    0,
+                    s,
+                    "indirect",
+                    Some("not_return_site"),
+                    "stub-gadget",
+                    None,
+                )
+            }
+            Tech::HeavensGate => {
+                if !ps8 {
+                    return None;
+                }
+                let pi = self.pick_proc(&[ProcKind::Wow64Implant], None)?;
+                let s =
+                    world::service_index(ATTACK_SERVICES[self.rng.below(ATTACK_SERVICES.len())]);
+                let p = self.procs[pi].clone();
+                let e = p.exe.clone()?;
+                // 64-bit code reached by a far jump through segment 0x33,
+                // in private memory below 4 GB, called from the 32-bit EXE.
+                user.push(p.private.0 + 0x2000 + u64::from(SERVICES[s].ssn) * 0x30 + 0x1d);
+                let c = self.site(&e, s as u64);
+                user.push(c);
+                let w = self.l.wow64.clone()?;
+                user.push(w[4].base + 0x1_fa29);
+                user.push(w[3].base + 0x6_e7bd);
+                user.push(w[3].base + 0x6_e78d);
+                (
+                    pi,
+                    0,
+                    s,
+                    "direct",
+                    Some("heavens_gate"),
+                    "heavens-gate",
+                    None,
+                )
+            }
+        };
+        let nthreads = self.procs[pidx].threads.len();
+        let tidx = if nthreads > 0 {
+            (tidx + self.rng.below(nthreads)) % nthreads
+        } else {
+            0
+        };
+        user.truncate(MAX_FRAMES - kernel.len());
+        Some((
+            pidx,
+            tidx,
+            Call {
+                service,
+                kernel,
+                user,
+                verdict,
+                reason,
+                technique,
+                module,
+            },
+        ))
+    }
+
+    fn syscall(&mut self) -> Result<(), SynthError> {
+        let ps = self.ps();
+        // Technique: attack share first, else benign background.
+        let mut tech = None;
+        let roll = self.rng.range(0, 1000) as u32;
+        let mut acc = 0;
+        for &(t, w) in &self.attack {
+            acc += w;
+            if roll < acc {
+                tech = Some(t);
+                break;
+            }
+        }
+        let tech = match tech {
+            Some(t) => t,
+            None => BENIGN[self.rng.weighted(&self.benign_w)].0,
+        };
+        let Some((pi, ti, mut call)) = self.build(tech).or_else(|| self.build(Tech::Ntdll)) else {
+            return Ok(());
+        };
+        let benign_user = call.verdict == "normal";
+        let mut delivery = Delivery::Single;
+        if benign_user {
+            let roll = self.rng.range(0, 1000) as u32;
+            let mut acc = 0;
+            for &(d, w) in &self.delivery {
+                acc += w;
+                if roll < acc {
+                    delivery = d;
+                    break;
+                }
+            }
+        }
+        match delivery {
+            Delivery::Truncated => {
+                call.user.truncate(1);
+                call.verdict = "truncated";
+                call.technique = "truncated-stack";
+            }
+            Delivery::Missing => {
+                call.verdict = "no_stack";
+                call.technique = "missing-stack";
+            }
+            Delivery::Split => call.technique = "split-stack",
+            Delivery::Before => call.technique = "stack-before-event",
+            _ => {}
+        }
+        let pid = self.procs[pi].pid;
+        let thread = &self.procs[pi].threads[ti];
+        let tid = thread.tid;
+        let home = thread.home_cpu;
+        let cpus = u64::from(self.o.processors);
+        let cpu = if self.rng.chance(800) {
+            home
+        } else {
+            self.rng.range(0, cpus) as u16
+        };
+        let t = self.tick(40, 600);
+        let svc: &Service = &SERVICES[call.service];
+        let routine = self.l.routine(svc);
+
+        if delivery == Delivery::Lost {
+            self.w.note_events_lost(3);
+            self.tick(20, 200);
+            return Ok(());
+        }
+        if delivery != Delivery::Missing {
+            if let Some(&u) = call.user.first() {
+                if self.site_service.contains_key(&u) {
+                    *self.sites.entry(u).or_default().entry(routine).or_default() += 1;
+                }
+            }
+        }
+        if delivery == Delivery::Before {
+            self.stacks(cpu, t, pid, tid, &call, false)?;
+        }
+        self.buf.clear();
+        payload::sys_call_enter(ps, routine, &mut self.buf);
+        self.emit(cpu, HeaderClass::PerfInfo, 0x0F, 51, 2, 0, 0, t)?;
+        match delivery {
+            Delivery::Single | Delivery::Truncated => {
+                let ts = self.tick(1, 40);
+                self.stacks(cpu, ts, pid, tid, &call, false)?;
+            }
+            Delivery::Split => {
+                let ts = self.tick(1, 40);
+                self.stacks(cpu, ts, pid, tid, &call, true)?;
+            }
+            _ => {}
+        }
+        let te = self.tick(5, 300);
+        self.buf.clear();
+        let status = if self.rng.chance(30) { 0xC000_0034 } else { 0 };
+        payload::sys_call_exit(status, &mut self.buf);
+        self.emit(cpu, HeaderClass::PerfInfo, 0x0F, 52, 2, 0, 0, te)?;
+        if delivery == Delivery::Split {
+            // The user part is walked when the thread returns to user mode,
+            // often on another processor.
+            let cpu2 = if self.rng.chance(500) {
+                cpu
+            } else {
+                self.rng.range(0, cpus) as u16
+            };
+            let ts = self.tick(1, 30);
+            self.stack_part(cpu2, ts, t, pid, tid, &call.user, false)?;
+        }
+        self.truth_entry(t, cpu, pid, tid, &call, routine)
+    }
+
+    /// Writes the stack of a syscall at `call` time `t` (the header time is
+    /// the current clock): one StackWalk with both parts, or (split) the
+    /// kernel part only; with stack caching, key references instead.
+    fn stacks(
+        &mut self,
+        cpu: u16,
+        t: u64,
+        pid: u32,
+        tid: u32,
+        call: &Call,
+        split: bool,
+    ) -> Result<(), SynthError> {
+        let header_ts = self.clock;
+        if self.cache.is_some() {
+            self.stack_part(cpu, header_ts, t, pid, tid, &call.kernel, true)?;
+            if !split && !call.user.is_empty() {
+                self.stack_part(cpu, header_ts, t, pid, tid, &call.user, false)?;
+            }
+            return Ok(());
+        }
+        let mut frames = call.kernel.clone();
+        if !split {
+            frames.extend_from_slice(&call.user);
+        }
+        self.buf.clear();
+        payload::stack_walk(self.ps(), t, pid, tid, &frames, &mut self.buf);
+        self.emit(cpu, HeaderClass::PerfInfo, 0x18, 32, 2, 0, 0, header_ts)
+    }
+
+    /// One part of a stack: a StackWalk (32) or, with stack caching, a
+    /// kernel (37) / user (38) key reference, defining keys as needed.
+    #[allow(clippy::too_many_arguments)]
+    fn stack_part(
+        &mut self,
+        cpu: u16,
+        header_ts: u64,
+        t: u64,
+        pid: u32,
+        tid: u32,
+        frames: &[u64],
+        kernel: bool,
+    ) -> Result<(), SynthError> {
+        let ps = self.ps();
+        if self.cache.is_none() {
+            self.buf.clear();
+            payload::stack_walk(ps, t, pid, tid, frames, &mut self.buf);
+            return self.emit(cpu, HeaderClass::PerfInfo, 0x18, 32, 2, 0, 0, header_ts);
+        }
+        let (key, evicted) = {
+            let c = self.cache.as_mut().expect("checked");
+            match c.map.get(frames) {
+                Some(&k) => (k, None),
+                None => {
+                    let k = c.next_key;
+                    c.next_key += if ps == 8 { 0x90 } else { 0x40 };
+                    if ps == 4 && c.next_key >= 0x8fff_0000 {
+                        c.next_key = 0x8640_0000;
+                    }
+                    c.map.insert(frames.to_vec(), k);
+                    c.order.push_back((k, frames.to_vec()));
+                    let ev = if c.order.len() > c.capacity {
+                        c.order.pop_front().inspect(|(_, f)| {
+                            c.map.remove(f);
+                        })
+                    } else {
+                        None
+                    };
+                    (k, ev)
+                }
+            }
+        };
+        // A key leaving the cache is defined by a delete event (35), as
+        // Windows 8+ writes it; references to it precede the definition.
+        if let Some((k, f)) = evicted {
+            self.buf.clear();
+            payload::stack_key_definition(ps, k, &f, &mut self.buf);
+            self.emit(cpu, HeaderClass::PerfInfo, 0x18, 35, 2, 0, 0, header_ts)?;
+        }
+        self.buf.clear();
+        payload::stack_key_reference(ps, t, pid, tid, key, &mut self.buf);
+        self.emit(
+            cpu,
+            HeaderClass::PerfInfo,
+            0x18,
+            if kernel { 37 } else { 38 },
+            2,
+            0,
+            0,
+            header_ts,
+        )
+    }
+
+    // ---------------------------------------------------------------- truth
+
+    fn truth_start(&mut self) -> Result<(), SynthError> {
+        let o = &self.o;
+        if let Some(t) = self.truth.as_mut() {
+            write!(
+                t,
+                "{{\n\"scenario\": \"{}\", \"seed\": {}, \"pointer_size\": {}, \"processors\": {}, \"compressed\": {}, \"stack_cache\": {},\n\"syscalls\": [",
+                o.scenario.name(),
+                o.seed,
+                o.pointer_size,
+                o.processors,
+                o.compress,
+                o.stack_cache
+            )?;
+        }
+        Ok(())
+    }
+
+    fn truth_entry(
+        &mut self,
+        ts: u64,
+        cpu: u16,
+        pid: u32,
+        tid: u32,
+        call: &Call,
+        routine: u64,
+    ) -> Result<(), SynthError> {
+        *self.counts.entry(call.verdict).or_default() += 1;
+        *self.techniques.entry(call.technique).or_default() += 1;
+        let first = self.truth_n == 0;
+        self.truth_n += 1;
+        let Some(t) = self.truth.as_mut() else {
+            return Ok(());
+        };
+        let sep = if first { "\n" } else { ",\n" };
+        let width = if self.o.pointer_size == 8 { 16 } else { 8 };
+        let (p, th) = if call.verdict == "no_stack" {
+            ("null".to_string(), "null".to_string())
+        } else {
+            (pid.to_string(), tid.to_string())
+        };
+        let reason = call
+            .reason
+            .map_or("null".to_string(), |r| format!("\"{r}\""));
+        write!(
+            t,
+            "{sep}{{\"timestamp\": {ts}, \"processor\": {cpu}, \"pid\": {p}, \"tid\": {th}, \"service\": \"{}\", \"service_address\": \"{:#0w$x}\", \"verdict\": \"{}\", \"reason\": {reason}, \"technique\": \"{}\"",
+            SERVICES[call.service].name,
+            routine,
+            call.verdict,
+            call.technique,
+            w = width + 2
+        )?;
+        if let Some(m) = &call.module {
+            write!(t, ", \"module\": \"{m}\"")?;
+        }
+        t.write_all(b"}")?;
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<(W, Summary), SynthError> {
+        // Stack-cache rundown (36): keys still cached at the end.
+        if let Some(c) = self.cache.take() {
+            let ps = self.ps();
+            for (k, f) in c.order {
+                let ts = self.tick(1, 5);
+                self.buf.clear();
+                payload::stack_key_definition(ps, k, &f, &mut self.buf);
+                self.emit(0, HeaderClass::PerfInfo, 0x18, 36, 2, 0, 0, ts)?;
+            }
+        }
+        let mut unlearnable: Vec<u64> = Vec::new();
+        for (site, seen) in &self.sites {
+            let best = seen
+                .iter()
+                .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+                .map(|(r, _)| *r);
+            if best != self.site_service.get(site).copied() {
+                unlearnable.push(*site);
+            }
+        }
+        unlearnable.sort_unstable();
+        let events_lost = self.w.stats().events_lost;
+        if let Some(mut t) = self.truth.take() {
+            write!(t, "\n],\n\"counts\": {{")?;
+            for (i, v) in [
+                "normal",
+                "direct",
+                "indirect",
+                "kernel_origin",
+                "no_stack",
+                "truncated",
+            ]
+            .iter()
+            .enumerate()
+            {
+                let n = self.counts.get(v).copied().unwrap_or(0);
+                write!(t, "{}\"{v}\": {n}", if i == 0 { "" } else { ", " })?;
+            }
+            write!(t, "}},\n\"techniques\": {{")?;
+            for (i, (k, n)) in self.techniques.iter().enumerate() {
+                write!(t, "{}\"{k}\": {n}", if i == 0 { "" } else { ", " })?;
+            }
+            writeln!(t, "}},\n\"events_lost\": {events_lost}\n}}")?;
+            t.flush()?;
+        }
+        let (out, stats) = self.w.finish()?;
+        Ok((
+            out,
+            Summary {
+                counts: self.counts,
+                techniques: self.techniques,
+                truth_syscalls: self.truth_n,
+                events_lost,
+                stats,
+                unlearnable_sites: unlearnable,
+                layout: self.l,
+            },
+        ))
+    }
+}
+
+fn exe_path(name: &str) -> String {
+    let dir = match name {
+        "smss.exe"
+        | "csrss.exe"
+        | "wininit.exe"
+        | "winlogon.exe"
+        | "services.exe"
+        | "lsass.exe"
+        | "svchost.exe"
+        | "spoolsv.exe"
+        | "SearchIndexer.exe"
+        | "notepad.exe"
+        | "cmd.exe"
+        | "conhost.exe"
+        | "WerFault.exe"
+        | "backgroundTaskHost.exe" => "Windows\\System32",
+        "explorer.exe" => "Windows",
+        "MsMpEng.exe" => "ProgramData\\Microsoft\\Windows Defender\\Platform\\4.18.2311.9-0",
+        "pwsh.exe" => "Program Files\\PowerShell\\7",
+        _ => "Users\\alice\\Downloads",
+    };
+    format!("\\Device\\HarddiskVolume3\\{dir}\\{name}")
+}
+
+fn command_line(name: &str) -> String {
+    match name {
+        "svchost.exe" => "C:\\Windows\\system32\\svchost.exe -k netsvcs -p".into(),
+        "csrss.exe" => "%SystemRoot%\\system32\\csrss.exe ObjectDirectory=\\Windows SharedSection=1024,20480,768 Windows=On SubSystemType=Windows ServerDll=basesrv,1".into(),
+        "smss.exe" => "\\SystemRoot\\System32\\smss.exe".into(),
+        _ => format!("\"C:\\{}\"", exe_path(name).trim_start_matches("\\Device\\HarddiskVolume3\\")),
+    }
+}
