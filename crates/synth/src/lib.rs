@@ -1314,12 +1314,12 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
         self.emit(cpu, HeaderClass::PerfInfo, 0x0F, 51, 2, 0, 0, t)?;
         match delivery {
             Delivery::Single | Delivery::Truncated => {
-                let ts = self.tick(1, 40);
-                self.stacks(cpu, ts, pid, tid, &call, false)?;
+                self.tick(1, 40);
+                self.stacks(cpu, t, pid, tid, &call, false)?;
             }
             Delivery::Split => {
-                let ts = self.tick(1, 40);
-                self.stacks(cpu, ts, pid, tid, &call, true)?;
+                self.tick(1, 40);
+                self.stacks(cpu, t, pid, tid, &call, true)?;
             }
             _ => {}
         }

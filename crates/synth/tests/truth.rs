@@ -1,0 +1,353 @@
+//! The truth is derivable from the trace: an independent, deliberately
+//! naive implementation of docs/verdicts.md (no `--system-dlls`: return
+//! sites by the 0x20/0x14 rule, services learned from the trace) run over
+//! what `sentry-etl` reads and `sentry-kernel` decodes must reproduce every
+//! truth entry (verdict, reason, pid, tid, processor, service address), for
+//! every scenario, both pointer sizes, with compression and stack caching.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Cursor;
+
+use sentry_etl::{EtlFile, Order};
+use sentry_kernel::{decode, KernelEvent, Lifecycle, StackPart};
+use sentry_synth::{generate, Options, Scenario};
+use serde_json::Value;
+
+#[derive(Debug)]
+struct Image {
+    base: u64,
+    end: u64,
+    path: String,
+    from: u64,
+    to: u64,
+}
+
+#[derive(Default)]
+struct Parts {
+    pid: Option<u32>,
+    tid: Option<u32>,
+    kernel: Vec<u64>,
+    user: Vec<u64>,
+}
+
+struct Derived {
+    processor: u16,
+    address: u64,
+    pid: Option<u32>,
+    tid: Option<u32>,
+    verdict: &'static str,
+    reason: Option<&'static str>,
+    module: Option<String>,
+}
+
+fn is_stub_module(path: &str) -> bool {
+    let p = path.to_ascii_lowercase();
+    p.ends_with("\\windows\\system32\\ntdll.dll") || p.ends_with("\\windows\\system32\\win32u.dll")
+}
+
+/// Reads the trace and applies the verdict rules.
+fn derive(etl: Vec<u8>) -> (BTreeMap<u64, Derived>, u32) {
+    let file = EtlFile::from_bytes(etl).unwrap();
+    let ps = file.header().pointer_size;
+    let kstart = if ps == 8 {
+        0xFFFF_8000_0000_0000u64
+    } else {
+        0x8000_0000
+    };
+    let mut images: HashMap<u32, Vec<Image>> = HashMap::new();
+    let mut enters: BTreeMap<u64, (u16, u64)> = BTreeMap::new();
+    let mut parts: HashMap<u64, Parts> = HashMap::new();
+    let mut key_refs: Vec<(u64, StackPart, u32, u32, u64)> = Vec::new();
+    let mut keys: HashMap<u64, Vec<u64>> = HashMap::new();
+    let mut r = file.events(Order::Time);
+    while let Some(ev) = r.next_event() {
+        let Some(k) = decode(&ev).unwrap_or_else(|e| panic!("{e}")) else {
+            continue;
+        };
+        match k {
+            KernelEvent::SysCallEnter(s) => {
+                assert!(
+                    enters
+                        .insert(ev.timestamp, (ev.processor, s.sys_call_address))
+                        .is_none(),
+                    "unique timestamps"
+                );
+            }
+            KernelEvent::StackWalk(s) => {
+                let p = parts.entry(s.event_timestamp).or_default();
+                p.pid = Some(s.stack_process);
+                p.tid = Some(s.stack_thread);
+                for f in s.frames.iter() {
+                    if f >= kstart {
+                        p.kernel.push(f)
+                    } else {
+                        p.user.push(f)
+                    }
+                }
+            }
+            KernelEvent::StackKeyReference(k) => key_refs.push((
+                k.event_timestamp,
+                k.part,
+                k.stack_process,
+                k.stack_thread,
+                k.stack_key,
+            )),
+            KernelEvent::StackKeyDefinition(d) => {
+                keys.insert(d.stack_key, d.frames.iter().collect());
+            }
+            KernelEvent::Image(i) => {
+                let v = images.entry(i.process_id).or_default();
+                match i.op {
+                    Lifecycle::Start | Lifecycle::DcStart => v.push(Image {
+                        base: i.image_base,
+                        end: i.image_base + i.image_size,
+                        path: i.file_name.clone(),
+                        from: ev.timestamp,
+                        to: u64::MAX,
+                    }),
+                    Lifecycle::End => {
+                        if let Some(m) = v
+                            .iter_mut()
+                            .rev()
+                            .find(|m| m.base == i.image_base && m.to == u64::MAX)
+                        {
+                            m.to = ev.timestamp;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+    let diag = r.into_diagnostics();
+    assert!(diag.is_clean(), "{:?}", diag.errors);
+    for (ts, part, pid, tid, key) in key_refs {
+        let frames = keys
+            .get(&key)
+            .unwrap_or_else(|| panic!("stack key {key:#x} never defined"));
+        let p = parts.entry(ts).or_default();
+        p.pid = Some(pid);
+        p.tid = Some(tid);
+        match part {
+            StackPart::Kernel => p.kernel.extend_from_slice(frames),
+            StackPart::User => p.user.extend_from_slice(frames),
+        }
+    }
+    // Learn each return site's service: its most frequent SysCallAddress
+    // (ties: the lowest address).
+    let module_at = |pid: u32, ts: u64, a: u64| -> Option<&Image> {
+        images
+            .get(&pid)?
+            .iter()
+            .find(|m| a >= m.base && a < m.end && m.from <= ts && ts < m.to)
+    };
+    let mut seen: HashMap<u64, BTreeMap<u64, u64>> = HashMap::new();
+    for (ts, (_, addr)) in &enters {
+        if let Some(p) = parts.get(ts) {
+            if let (Some(&u), Some(pid)) = (p.user.first(), p.pid) {
+                if module_at(pid, *ts, u).is_some_and(|m| is_stub_module(&m.path))
+                    && u % 0x20 == 0x14
+                {
+                    *seen.entry(u).or_default().entry(*addr).or_default() += 1;
+                }
+            }
+        }
+    }
+    let learned: HashMap<u64, u64> = seen
+        .into_iter()
+        .map(|(site, m)| {
+            let best = m
+                .iter()
+                .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+                .map(|(a, _)| *a)
+                .unwrap();
+            (site, best)
+        })
+        .collect();
+    let mut out = BTreeMap::new();
+    for (ts, (cpu, addr)) in enters {
+        let mut d = Derived {
+            processor: cpu,
+            address: addr,
+            pid: None,
+            tid: None,
+            verdict: "no_stack",
+            reason: None,
+            module: None,
+        };
+        if let Some(p) = parts.get(&ts) {
+            d.pid = p.pid;
+            d.tid = p.tid;
+            let pid = p.pid.unwrap();
+            let wow64 = images.get(&pid).is_some_and(|v| {
+                v.iter()
+                    .any(|m| m.path.to_ascii_lowercase().ends_with("\\wow64.dll"))
+            });
+            d.verdict = "normal";
+            match p.user.first() {
+                None => d.verdict = "kernel_origin",
+                Some(&u) => {
+                    let um = module_at(pid, ts, u);
+                    if !um.is_some_and(|m| is_stub_module(&m.path)) {
+                        d.verdict = "direct";
+                        d.reason = Some(if wow64 {
+                            "heavens_gate"
+                        } else if let Some(m) = um {
+                            d.module = m.path.rsplit('\\').next().map(str::to_string);
+                            "image"
+                        } else {
+                            "unbacked"
+                        });
+                    } else if u % 0x20 != 0x14 {
+                        d.verdict = "indirect";
+                        d.reason = Some("not_return_site");
+                    } else if learned.get(&u) != Some(&addr) {
+                        d.verdict = "indirect";
+                        d.reason = Some("stub_mismatch");
+                    } else if p.user.len() < 2 {
+                        d.verdict = "truncated";
+                    } else if module_at(pid, ts, p.user[1]).is_none() {
+                        d.verdict = "indirect";
+                        d.reason = Some("unbacked_caller");
+                    }
+                }
+            }
+        }
+        out.insert(ts, d);
+    }
+    (out, file.header().events_lost)
+}
+
+fn check(o: &Options) {
+    let mut truth = Vec::new();
+    let (etl, summary) = generate(o, Cursor::new(Vec::new()), Some(&mut truth)).unwrap();
+    assert!(summary.learnable(), "{:?}", summary.unlearnable_sites);
+    let t: Value = serde_json::from_slice(&truth).unwrap();
+    assert_eq!(t["scenario"], o.scenario.name());
+    assert_eq!(t["pointer_size"], u64::from(o.pointer_size));
+    let (derived, lost) = derive(etl.into_inner());
+    assert_eq!(t["events_lost"].as_u64().unwrap(), u64::from(lost));
+    let entries = t["syscalls"].as_array().unwrap();
+    assert_eq!(
+        entries.len(),
+        derived.len(),
+        "one truth entry per SysCallEnter"
+    );
+    assert_eq!(entries.len() as u64, summary.truth_syscalls);
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for e in entries {
+        let ts = e["timestamp"].as_u64().unwrap();
+        let d = &derived[&ts];
+        let ctx = format!("{:?} entry {e}", o.scenario);
+        assert_eq!(e["verdict"], d.verdict, "{ctx}");
+        assert_eq!(e["reason"].as_str(), d.reason, "{ctx}");
+        assert_eq!(
+            e["processor"].as_u64(),
+            Some(u64::from(d.processor)),
+            "{ctx}"
+        );
+        assert_eq!(e["pid"].as_u64(), d.pid.map(u64::from), "{ctx}");
+        assert_eq!(e["tid"].as_u64(), d.tid.map(u64::from), "{ctx}");
+        assert_eq!(
+            e["service_address"]
+                .as_str()
+                .map(|s| u64::from_str_radix(&s[2..], 16).unwrap()),
+            Some(d.address),
+            "{ctx}"
+        );
+        assert_eq!(e["module"].as_str(), d.module.as_deref(), "{ctx}");
+        *counts.entry(d.verdict.to_string()).or_default() += 1;
+    }
+    for (k, v) in &counts {
+        assert_eq!(t["counts"][k].as_u64(), Some(*v), "count of {k}");
+    }
+    // Each scenario shows what it is about.
+    let n = |k: &str| counts.get(k).copied().unwrap_or(0);
+    let r = |k: &str| entries.iter().filter(|e| e["reason"] == k).count();
+    assert!(
+        n("normal") > entries.len() as u64 / 2,
+        "benign traffic dominates"
+    );
+    match o.scenario {
+        Scenario::Benign => assert_eq!(n("normal") + n("kernel_origin"), entries.len() as u64),
+        Scenario::DirectImage => assert!(r("image") > 0),
+        Scenario::DirectUnbacked => assert!(r("unbacked") > 0),
+        Scenario::IndirectJumper => assert!(r("unbacked_caller") > 0),
+        Scenario::IndirectRandomized => assert!(r("stub_mismatch") > 0 && r("not_return_site") > 0),
+        Scenario::HeavensGate => assert!(r("heavens_gate") > 0),
+        Scenario::Degraded => {
+            assert!(n("no_stack") > 0 && n("truncated") > 0 && lost > 0);
+            assert_eq!(n("direct") + n("indirect"), 0);
+        }
+        Scenario::Mixed => {
+            for reason in [
+                "image",
+                "unbacked",
+                "unbacked_caller",
+                "stub_mismatch",
+                "not_return_site",
+            ] {
+                assert!(r(reason) > 0, "{reason}");
+            }
+            assert!(o.pointer_size == 4 || r("heavens_gate") > 0);
+            assert!(n("no_stack") > 0 && n("truncated") > 0 && n("kernel_origin") > 0);
+        }
+    }
+}
+
+fn opts(s: Scenario, ps: u8, compress: bool, stack_cache: bool, seed: u64) -> Options {
+    Options {
+        scenario: s,
+        seed,
+        syscalls: 4000,
+        pointer_size: ps,
+        processors: 8,
+        compress,
+        stack_cache,
+    }
+}
+
+#[test]
+fn every_scenario_64bit() {
+    for s in Scenario::ALL {
+        check(&opts(s, 8, false, false, 1));
+    }
+}
+
+#[test]
+fn every_scenario_32bit() {
+    for s in Scenario::ALL
+        .into_iter()
+        .filter(|s| *s != Scenario::HeavensGate)
+    {
+        check(&opts(s, 4, false, false, 2));
+    }
+}
+
+#[test]
+fn compressed_with_stack_cache() {
+    check(&opts(Scenario::Mixed, 8, true, true, 3));
+    check(&opts(Scenario::Degraded, 8, true, true, 4));
+    check(&opts(Scenario::Mixed, 4, true, true, 5));
+}
+
+#[test]
+fn heavens_gate_needs_64bit() {
+    let o = opts(Scenario::HeavensGate, 4, false, false, 1);
+    assert!(generate(&o, Cursor::new(Vec::new()), None::<Vec<u8>>).is_err());
+}
+
+#[test]
+fn same_seed_same_bytes() {
+    let o = opts(Scenario::Mixed, 8, true, true, 9);
+    let a = generate(&o, Cursor::new(Vec::new()), None::<Vec<u8>>)
+        .unwrap()
+        .0
+        .into_inner();
+    let b = generate(&o, Cursor::new(Vec::new()), None::<Vec<u8>>)
+        .unwrap()
+        .0
+        .into_inner();
+    assert_eq!(a, b);
+}
