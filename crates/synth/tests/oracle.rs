@@ -1,0 +1,188 @@
+//! Differential check with an independent reader: `dissect.etl` (Python)
+//! must read every record the writer says it wrote, with the same counts
+//! per kernel event and header kind, and the SysCallEnter events and stacks
+//! must carry the truth's timestamps, processors, addresses, pids and tids.
+//!
+//! Fails (does not skip) when python3 or dissect.etl is missing: install
+//! with `pip install dissect.etl` (scripts/test does).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::PathBuf;
+use std::process::Command;
+
+use sentry_synth::{generate, Options, Scenario};
+use serde_json::Value;
+
+fn dissect(path: &PathBuf) -> Value {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/oracle/dissect_summary.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(path)
+        .output()
+        .expect("python3 must be installed for the dissect.etl oracle");
+    assert!(
+        out.status.success(),
+        "dissect.etl oracle failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn check(o: &Options, name: &str) {
+    let dir = std::env::temp_dir().join(format!("synth-oracle-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{name}.etl"));
+    let mut truth = Vec::new();
+    let (_, summary) = generate(
+        o,
+        BufWriter::new(File::create(&path).unwrap()),
+        Some(&mut truth),
+    )
+    .unwrap();
+    let d = dissect(&path);
+    std::fs::remove_file(&path).ok();
+    let s = &summary.stats;
+    let ctx = format!("{name}: dissect says {}", {
+        let mut v = d.clone();
+        for k in ["enter", "stacks", "key_refs", "processes"] {
+            v.as_object_mut().unwrap().remove(k);
+        }
+        v
+    });
+    assert_eq!(
+        d["pointer_size"].as_u64(),
+        Some(u64::from(o.pointer_size)),
+        "{ctx}"
+    );
+    assert_eq!(
+        d["processors"].as_u64(),
+        Some(u64::from(o.processors)),
+        "{ctx}"
+    );
+    assert_eq!(
+        d["buffers_written"].as_u64(),
+        Some(u64::from(s.buffers)),
+        "{ctx}"
+    );
+    assert_eq!(
+        d["compressed_buffers"].as_u64(),
+        Some(u64::from(s.compressed_buffers)),
+        "{ctx}"
+    );
+    assert_eq!(
+        d["events_lost"].as_u64(),
+        Some(u64::from(summary.events_lost)),
+        "{ctx}"
+    );
+    assert_eq!(d["records"].as_u64(), Some(s.records), "{ctx}");
+    let per_hook: BTreeMap<String, u64> = s
+        .per_hook
+        .iter()
+        .map(|((g, o), n)| (format!("{g}/{o}"), *n))
+        .collect();
+    let got: BTreeMap<String, u64> = serde_json::from_value(d["per_hook"].clone()).unwrap();
+    assert_eq!(got, per_hook, "{ctx}");
+    let per_header: BTreeMap<String, u64> = s
+        .per_header
+        .iter()
+        .map(|(k, n)| (k.to_string(), *n))
+        .collect();
+    let got: BTreeMap<String, u64> = serde_json::from_value(d["per_header"].clone()).unwrap();
+    assert_eq!(got, per_header, "{ctx}");
+
+    let t: Value = serde_json::from_slice(&truth).unwrap();
+    let entries = t["syscalls"].as_array().unwrap();
+    let enters = d["enter"].as_array().unwrap();
+    assert_eq!(enters.len(), entries.len(), "{ctx}");
+    // Per processor, raw timestamps only grow (dissect reads buffers in
+    // file order, records in buffer order).
+    let mut last: HashMap<u64, u64> = HashMap::new();
+    let mut by_ts: HashMap<u64, (u64, u64)> = HashMap::new();
+    for e in enters {
+        let (ts, cpu, addr) = (
+            e[0].as_u64().unwrap(),
+            e[1].as_u64().unwrap(),
+            e[2].as_u64().unwrap(),
+        );
+        let prev = last.insert(cpu, ts).unwrap_or(0);
+        assert!(
+            ts > prev,
+            "{name}: processor {cpu} goes back in time at {ts}"
+        );
+        assert!(
+            by_ts.insert(ts, (cpu, addr)).is_none(),
+            "{name}: timestamp {ts} not unique"
+        );
+    }
+    let mut stacks: HashMap<u64, Vec<(u64, u64)>> = HashMap::new();
+    for s in d["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(d["key_refs"].as_array().unwrap())
+    {
+        stacks
+            .entry(s[0].as_u64().unwrap())
+            .or_default()
+            .push((s[1].as_u64().unwrap(), s[2].as_u64().unwrap()));
+    }
+    for e in entries {
+        let ts = e["timestamp"].as_u64().unwrap();
+        let (cpu, addr) = by_ts[&ts];
+        assert_eq!(e["processor"].as_u64(), Some(cpu), "{name}: {e}");
+        let a = e["service_address"].as_str().unwrap();
+        assert_eq!(
+            u64::from_str_radix(&a[2..], 16).unwrap(),
+            addr,
+            "{name}: {e}"
+        );
+        match (e["pid"].as_u64(), stacks.get(&ts)) {
+            (None, None) => {}
+            (Some(pid), Some(parts)) => {
+                let tid = e["tid"].as_u64().unwrap();
+                assert!(
+                    parts.iter().all(|&p| p == (pid, tid)),
+                    "{name}: {e} stacks {parts:?}"
+                );
+            }
+            (p, s) => panic!("{name}: {e}: truth pid {p:?}, stacks {s:?}"),
+        }
+    }
+}
+
+fn opts(s: Scenario, ps: u8, compress: bool, stack_cache: bool) -> Options {
+    Options {
+        scenario: s,
+        seed: 11,
+        syscalls: 3000,
+        pointer_size: ps,
+        processors: 8,
+        compress,
+        stack_cache,
+    }
+}
+
+#[test]
+fn dissect_reads_mixed_64bit() {
+    check(&opts(Scenario::Mixed, 8, false, false), "mixed64");
+}
+
+#[test]
+fn dissect_reads_mixed_32bit() {
+    check(&opts(Scenario::Mixed, 4, false, false), "mixed32");
+}
+
+#[test]
+fn dissect_reads_compressed_and_stack_cached() {
+    check(
+        &opts(Scenario::Mixed, 8, true, true),
+        "mixed64-xpress-cache",
+    );
+    check(
+        &opts(Scenario::Degraded, 4, true, false),
+        "degraded32-xpress",
+    );
+}
