@@ -131,9 +131,12 @@ impl<'a> Reader<'a> {
             return Err(self.unterminated(field));
         };
         self.pos += used;
-        Ok(char::decode_utf16(units.take(n))
-            .map(|r| r.unwrap_or(char::REPLACEMENT_CHARACTER))
-            .collect())
+        // NT paths are nearly always ASCII: size once, decode in one pass.
+        let mut s = String::with_capacity(n);
+        s.extend(
+            char::decode_utf16(units.take(n)).map(|r| r.unwrap_or(char::REPLACEMENT_CHARACTER)),
+        );
+        Ok(s)
     }
 
     fn unterminated(&self, field: &str) -> Fail {
