@@ -13,6 +13,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod error;
 pub mod evidence;
 pub mod properties;
 pub mod ring;
@@ -23,6 +24,7 @@ pub mod view;
 #[cfg(windows)]
 pub mod win;
 
+pub use error::LiveError;
 pub use properties::{Buffers, Destination, SessionKind, SessionSpec};
 pub use ring::{ring, RingConsumer, RingProducer, RingStats};
 pub use status::{LiveTotals, StatusLine};

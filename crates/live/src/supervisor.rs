@@ -282,3 +282,31 @@ mod tests {
         assert_eq!(s.on(ConsumerEnded, 1), Action::Finish(StopReason::Duration));
     }
 }
+
+/// An alert about the sensor itself: the session was stopped by someone
+/// else while `live` was running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionAlert {
+    pub session: String,
+    /// Seconds since `live` started.
+    pub elapsed_s: u64,
+    /// Restart attempt number (1-based); 0 when no restart is attempted.
+    pub attempt: u32,
+    /// Whether the session runs again.
+    pub restarted: bool,
+}
+
+impl std::fmt::Display for SessionAlert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "trace session \"{}\" was stopped by another program after {} s; ",
+            self.session, self.elapsed_s
+        )?;
+        if self.restarted {
+            write!(f, "restarted (attempt {})", self.attempt)
+        } else {
+            f.write_str("not restarted: events from then on are missing")
+        }
+    }
+}
