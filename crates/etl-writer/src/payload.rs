@@ -72,6 +72,9 @@ pub struct ProcessPayload {
     /// The kernel address the `TOKEN_USER.User.Sid` pointer holds (any
     /// non-zero value: readers only skip it).
     pub sid_pointer: u64,
+    /// The second pointer-sized word of `TOKEN_USER`: `Attributes` and
+    /// alignment padding (real traces hold stale bytes in the padding).
+    pub sid_attributes: u64,
     pub image_file_name: String,
     pub command_line: String,
     pub package_full_name: String,
@@ -94,7 +97,7 @@ impl ProcessPayload {
         match sid_bytes(&self.user_sid) {
             Some(sid) => {
                 put_ptr(out, pointer_size, self.sid_pointer.max(1));
-                put_ptr(out, pointer_size, 0);
+                put_ptr(out, pointer_size, self.sid_attributes);
                 out.extend_from_slice(&sid);
             }
             None => put_u32(out, 0),
@@ -154,8 +157,9 @@ impl ThreadPayload {
 }
 
 /// [Image_Load](https://learn.microsoft.com/windows/win32/etw/image-load)
-/// version 2 (what the Windows 7 and Windows 10 corpus traces carry): Load
-/// (hook 0x030A), Unload 2, DCStart 3, DCEnd 4.
+/// versions 2 (Windows 7/8 corpus traces) and 3 (Windows 10: same layout,
+/// `Reserved0` holds the signature level and type): Load (hook 0x030A),
+/// Unload 2, DCStart 3, DCEnd 4.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ImagePayload {
     pub image_base: u64,
@@ -287,6 +291,7 @@ mod tests {
             flags: 0,
             user_sid: "S-1-5-18".into(),
             sid_pointer: 0xffff_d383_d90d_29a0,
+            sid_attributes: 0,
             image_file_name: "Idle".into(),
             command_line: String::new(),
             package_full_name: String::new(),

@@ -98,6 +98,7 @@ fn events(ps: u8, processors: u16, n: u64) -> Vec<Written> {
                         format!("S-1-5-21-1-2-3-{}", 1000 + i)
                     },
                     sid_pointer: mask(ps, 0xFFFF_D383_D90D_29A0),
+                    sid_attributes: 0,
                     image_file_name: format!("proc{i}.exe"),
                     command_line: format!("C:\\Program Files\\x\\proc{i}.exe --ümlaut {i}"),
                     package_full_name: if i % 2 == 0 {

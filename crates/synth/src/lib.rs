@@ -600,6 +600,7 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
             flags: if p.is_wow64() { 0x2 } else { 0 },
             user_sid: p.sid.to_string(),
             sid_pointer: p.key + 0x4a0,
+            sid_attributes: 0,
             image_file_name: p.name.to_string(),
             command_line: p.command_line.clone(),
             package_full_name: String::new(),
@@ -674,8 +675,8 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
             process_id: pid,
             image_checksum: m.checksum,
             time_date_stamp: m.time_date_stamp,
-            reserved0: if pid == 0 { 0x100 } else { 0 },
-            default_base: 0,
+            reserved0: if pid == 0 { 0x100 } else { 0x0c00 },
+            default_base: if pid == 0 { 0 } else { m.base },
             file_name: m.path.clone(),
         }
         .encode(self.ps(), &mut self.buf);
