@@ -3,13 +3,19 @@
 dissect.etl (its own reader and its own copy of the kernel event schemas), as
 JSON on stdout:
 
-    {"process": [{"opcode", "version", "pid", "parent", "session",
-                  "image", "command_line", "sid"}, ...],
-     "image":   [{"opcode", "version", "pid", "base", "size", "file"}, ...],
+    {"process": [{"opcode", "version", "key", "pid", "parent", "session",
+                  "exit_status", "dtb", "flags", "image", "command_line",
+                  "sid"}, ...],
+     "image":   [{"opcode", "version", "pid", "base", "size", "checksum",
+                  "time_date_stamp", "default_base", "file"}, ...],
+     "thread":  [{"opcode", "version", "pid", "tid", "stack_base",
+                  "stack_limit", "user_stack_base", "user_stack_limit",
+                  "win32_start", "teb"}, ...],
      "undecoded": {"<group>/<opcode> v<version>": count}}
 
 Kernel events only (SYSTEM/COMPACT/PERFINFO headers). Process: group 3,
 opcodes 1-4 and 39. Image: group 0x14 opcodes 2, 3, 4, 10 and hook 0x030A.
+Thread: group 5, opcodes 1-4. Fields a version lacks are null.
 Events dissect.etl cannot decode are counted under "undecoded", not guessed.
 
 Usage: dissect_fields.py FILE.etl
@@ -26,6 +32,7 @@ except ImportError as e:  # the Rust test turns this into a failure message
     sys.exit(3)
 
 PROCESS_OPS = {1, 2, 3, 4, 39}
+THREAD_OPS = {1, 2, 3, 4}
 IMAGE_OPS = {2, 3, 4, 10}
 
 
@@ -39,6 +46,14 @@ def text(v):
     return str(v)
 
 
+def optional(struct, field):
+    """A field only some versions have."""
+    try:
+        return int(getattr(struct, field))
+    except AttributeError:
+        return None
+
+
 def sid_string(sid_struct):
     s = sid_struct.sid
     authority = int.from_bytes(bytes(s.authority), "big")
@@ -47,7 +62,7 @@ def sid_string(sid_struct):
 
 
 def main(path):
-    out = {"process": [], "image": [], "undecoded": {}}
+    out = {"process": [], "image": [], "thread": [], "undecoded": {}}
     with open(path, "rb") as fh:
         for rec in ETL(fh):
             h = rec.header
@@ -56,7 +71,8 @@ def main(path):
             g, op, ver = h.group, h.opcode, h.version
             is_process = g == 0x03 and op in PROCESS_OPS
             is_image = (g == 0x14 and op in IMAGE_OPS) or (g == 0x03 and op == 10)
-            if not (is_process or is_image):
+            is_thread = g == 0x05 and op in THREAD_OPS
+            if not (is_process or is_image or is_thread):
                 continue
             try:
                 s = rec.event._struct
@@ -66,21 +82,41 @@ def main(path):
                     out["process"].append({
                         "opcode": op,
                         "version": ver,
+                        "key": int(s.UniqueProcessKey),
                         "pid": int(s.ProcessId),
                         "parent": int(s.ParentId),
                         "session": int(s.SessionId),
+                        "exit_status": int(s.ExitStatus),
+                        "dtb": optional(s, "DirectoryTableBase"),
+                        "flags": optional(s, "Flags"),
                         "image": text(s.ImageFileName),
                         "command_line": text(s.CommandLine),
                         "sid": sid_string(s.UserSID),
                     })
-                else:
+                elif is_image:
                     out["image"].append({
                         "opcode": op,
                         "version": ver,
                         "pid": int(s.ProcessId),
                         "base": int(s.ImageBase),
                         "size": int(s.ImageSize),
+                        "checksum": int(s.ImageChecksum),
+                        "time_date_stamp": int(s.TimeDateStamp),
+                        "default_base": int(s.DefaultBase),
                         "file": text(s.FileName),
+                    })
+                else:
+                    out["thread"].append({
+                        "opcode": op,
+                        "version": ver,
+                        "pid": int(s.ProcessId),
+                        "tid": int(s.TThreadId),
+                        "stack_base": int(s.StackBase),
+                        "stack_limit": int(s.StackLimit),
+                        "user_stack_base": int(s.UserStackBase),
+                        "user_stack_limit": int(s.UserStackLimit),
+                        "win32_start": int(s.Win32StartAddr),
+                        "teb": int(s.TebBase),
                     })
             except Exception:  # noqa: BLE001 - counted, reported by the test
                 key = "%#04x/%d v%d" % (g, op, ver)
