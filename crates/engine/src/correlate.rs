@@ -127,6 +127,8 @@ pub struct CorrelatorStats {
     pub keys_resolved: u64,
     /// Stack-key references whose key was never defined in time.
     pub keys_unresolved: u64,
+    /// Entries held past the window for a stack-key definition.
+    pub parked: u64,
     /// Highest number of pending entries seen.
     pub peak_pending: u64,
     /// Stack-key definitions held (now).
@@ -140,6 +142,9 @@ pub struct Correlator {
     free: Vec<u32>,
     index: HashMap<u64, u32, FxBuildHasher>,
     order: VecDeque<(u32, u32)>,
+    /// Entries past the window that still wait for a stack-key definition
+    /// (Windows logs a key's frames only when it leaves the cache).
+    parked: VecDeque<(u32, u32)>,
     live: usize,
     window_ticks: u64,
     max_pending: usize,
@@ -161,6 +166,7 @@ impl Correlator {
             free: Vec::new(),
             index: HashMap::default(),
             order: VecDeque::new(),
+            parked: VecDeque::new(),
             live: 0,
             window_ticks,
             max_pending: max_pending.max(1),
@@ -250,9 +256,10 @@ impl Correlator {
         slot
     }
 
-    /// Moves the oldest live, not yet finalised entry to the ready queue.
+    /// Moves the oldest live, not yet finalised entry to the ready queue
+    /// (parked entries first: they are past the window).
     fn finalize_oldest(&mut self, why: Finish) -> bool {
-        while let Some((s, g)) = self.order.pop_front() {
+        while let Some((s, g)) = self.parked.pop_front().or_else(|| self.order.pop_front()) {
             let e = &self.entries[s as usize];
             if e.live && e.generation == g {
                 self.finalize(s, why);
@@ -332,6 +339,17 @@ impl Correlator {
                 break;
             }
             self.order.pop_front();
+            if e.waiting > 0 {
+                self.parked.push_back((s, g));
+                self.stats.parked += 1;
+                if self.parked.len() > 2 * self.live + 4096 {
+                    let entries = &self.entries;
+                    self.parked.retain(|&(s, g)| {
+                        entries[s as usize].live && entries[s as usize].generation == g
+                    });
+                }
+                continue;
+            }
             self.finalize(s, Finish::Expired);
         }
     }
@@ -340,6 +358,7 @@ impl Correlator {
     pub fn flush(&mut self) {
         while self.finalize_oldest(Finish::Flushed) {}
         self.order.clear();
+        self.parked.clear();
     }
 
     fn check(&mut self, slot: u32) {
@@ -502,7 +521,13 @@ impl Correlator {
                     self.stats.keys_unresolved += 1;
                 }
                 e.waiting -= 1;
+                let unpark = e.waiting == 0;
                 self.check(slot);
+                // Resolved but still incomplete: let the window finish it.
+                let e = &self.entries[slot as usize];
+                if unpark && e.live && e.generation == g {
+                    self.order.push_back((slot, g));
+                }
             }
         }
         match d.op {

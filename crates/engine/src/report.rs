@@ -396,6 +396,11 @@ impl Report {
         self.flush()
     }
 
+    /// Gives the output back (to reuse it for the next file).
+    pub fn into_output(self) -> Box<dyn Write> {
+        self.out
+    }
+
     /// Alert keys dropped because the dedup table was full.
     pub fn alerts_dropped(&self) -> u64 {
         self.alerts_dropped

@@ -1,8 +1,408 @@
+//! `syscall-sentry analyze`: runs the engine over `.etl` files.
+//!
+//! Two passes per file, both in time order: the first learns each syscall
+//! return site's service (docs/verdicts.md, "Service identity"), the second
+//! classifies. Exit code: 0 nothing found, 1 alerts found, 2 error.
+
+use std::fs::File;
+use std::io::{BufWriter, IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use sentry_engine::report::{self, Filter, Format, Report, ReportConfig};
+use sentry_engine::{
+    Allowlist, Engine, EngineConfig, Learning, NullSink, ServiceTable, SystemDlls,
+    DEFAULT_ALLOWLIST,
+};
+use sentry_etl::{EtlFile, Order};
+use sentry_raw::Clock;
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// .etl files (each analysed on its own).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Directory with ntdll.dll, win32u.dll, ntoskrnl.exe, win32k.sys of the
+    /// traced machine: exact return sites and stub/service names.
+    #[arg(long, value_name = "DIR")]
+    pub system_dlls: Option<PathBuf>,
+    /// TOML allowlist of known benign sources (default: the shipped list,
+    /// which has no active entry).
+    #[arg(long, value_name = "FILE")]
+    pub allowlist: Option<PathBuf>,
+    /// Alert line layout: json or ecs (Elastic Common Schema).
+    #[arg(long, default_value = "json")]
+    pub format: String,
+    /// One JSON line per syscall (all verdicts) instead of deduplicated alerts.
+    #[arg(long)]
+    pub per_syscall: bool,
+    /// Write lines here instead of stdout.
+    #[arg(long, short, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Write the per-process summary and statistics here instead of stderr.
+    #[arg(long, value_name = "FILE")]
+    pub summary: Option<PathBuf>,
+    /// Print no summary or statistics.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Only this process id.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Only processes whose image name matches this glob.
+    #[arg(long)]
+    pub process: Option<String>,
+    /// From this time: RFC 3339 (UTC or offset) or seconds from the trace start.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Until this time: RFC 3339 or seconds from the trace start.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// How long (trace time) a syscall waits for its stack.
+    #[arg(long, default_value_t = 500)]
+    pub window_ms: u64,
+    /// Hard cap on syscalls/stacks waiting for their other half.
+    #[arg(long, default_value_t = 1 << 16)]
+    pub max_pending: usize,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("this subcommand is not built yet")
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let format = match args.format.as_str() {
+        "json" => Format::Json,
+        "ecs" => Format::Ecs,
+        f => bail!("--format {f}: expected json or ecs"),
+    };
+    let system_dlls = match &args.system_dlls {
+        Some(d) => Some(Arc::new(
+            SystemDlls::load_dir(d).map_err(|e| anyhow::anyhow!("--system-dlls {e}"))?,
+        )),
+        None => None,
+    };
+    let allowlist = match &args.allowlist {
+        Some(p) => {
+            let t = std::fs::read_to_string(p).with_context(|| format!("{}", p.display()))?;
+            Allowlist::parse(&t).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+        }
+        None => Allowlist::parse(DEFAULT_ALLOWLIST).map_err(|e| anyhow::anyhow!("{e}"))?,
+    };
+    let mut out: Box<dyn Write> = match &args.out {
+        Some(p) => Box::new(BufWriter::with_capacity(
+            1 << 16,
+            File::create(p).with_context(|| format!("{}", p.display()))?,
+        )),
+        None => Box::new(BufWriter::with_capacity(1 << 16, std::io::stdout())),
+    };
+    let mut summary_out: Option<Box<dyn Write>> = if args.quiet {
+        None
+    } else {
+        Some(match &args.summary {
+            Some(p) => Box::new(File::create(p).with_context(|| format!("{}", p.display()))?),
+            None => Box::new(std::io::stderr()),
+        })
+    };
+    let mut alerts = 0usize;
+    for path in &args.files {
+        let (o, n) = analyze_file(
+            path,
+            &args,
+            format,
+            system_dlls.clone(),
+            allowlist.clone(),
+            out,
+            summary_out.as_mut(),
+        )?;
+        out = o;
+        alerts += n;
+    }
+    out.flush()?;
+    Ok(if alerts > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Runs both passes over one file; returns the output and its alert count.
+fn analyze_file(
+    path: &Path,
+    args: &Args,
+    format: Format,
+    system_dlls: Option<Arc<SystemDlls>>,
+    allowlist: Allowlist,
+    out: Box<dyn Write>,
+    summary: Option<&mut Box<dyn Write>>,
+) -> anyhow::Result<(Box<dyn Write>, usize)> {
+    let file = EtlFile::open(path).with_context(|| format!("{}", path.display()))?;
+    let clock = file.clock();
+    let filter = Filter {
+        pid: args.pid,
+        process: args.process.clone(),
+        since: args
+            .since
+            .as_deref()
+            .map(|s| parse_time(s, &clock))
+            .transpose()
+            .context("--since")?,
+        until: args
+            .until
+            .as_deref()
+            .map(|s| parse_time(s, &clock))
+            .transpose()
+            .context("--until")?,
+    };
+    let progress = Progress::new(file.len() * 2);
+    let started = Instant::now();
+    let base = EngineConfig {
+        window_ms: args.window_ms,
+        max_pending: args.max_pending,
+        system_dlls,
+        ..EngineConfig::default()
+    };
+
+    // Pass 1: learn the service of each return site.
+    let mut learner = Engine::new(EngineConfig {
+        learning: Learning::Only,
+        ..base.clone()
+    });
+    learner.set_header(file.header().clone(), clock.sync_raw);
+    learner.set_clock(clock);
+    let mut sink = NullSink;
+    let mut reader = file.events(Order::Time);
+    let mut n = 0u64;
+    while let Some(ev) = reader.next_event() {
+        learner.process(&ev, &mut sink);
+        n += 1;
+        if n & 0xFFFF == 0 {
+            progress.set(ev.offset);
+        }
+    }
+    learner.finish(&mut sink);
+    let services: ServiceTable = learner.into_services();
+
+    // Pass 2: classify.
+    let mut engine = Engine::new(EngineConfig {
+        learning: Learning::Fixed,
+        services,
+        allowlist,
+        ..base
+    });
+    engine.set_header(file.header().clone(), clock.sync_raw);
+    engine.set_clock(clock);
+    let mut report = Report::new(
+        ReportConfig {
+            format,
+            per_syscall: args.per_syscall,
+            filter,
+            ..ReportConfig::default()
+        },
+        out,
+    );
+    report.set_clock(Some(clock));
+    let mut reader = file.events(Order::Time);
+    n = 0;
+    while let Some(ev) = reader.next_event() {
+        engine.process(&ev, &mut report);
+        n += 1;
+        if n & 0xFFFF == 0 {
+            progress.set(file.len() + ev.offset);
+        }
+    }
+    let diag = reader.into_diagnostics();
+    let stats = engine.finish(&mut report);
+    report.finish(&engine).context("writing output")?;
+    progress.done();
+    let wall = started.elapsed().as_secs_f64();
+    let alerts = report.alert_count();
+    if let Some(w) = summary {
+        let mut t = format!("== {} ==\n", path.display());
+        t.push_str(&report.summary_table());
+        t.push_str(&report::stats_text(&stats, wall / 2.0, alerts));
+        t.push_str(&format!(
+            "reader: {} buffers ({} compressed, {} skipped), {} records, {} errors\n",
+            diag.buffers,
+            diag.compressed_buffers,
+            diag.skipped_buffers,
+            diag.records,
+            diag.error_count
+        ));
+        for e in diag.errors.iter().take(10) {
+            t.push_str(&format!("  reader error: {e}\n"));
+        }
+        for (i, h) in engine.allowlist().hits.iter().enumerate() {
+            if *h > 0 {
+                let e = &engine.allowlist().entries[i];
+                t.push_str(&format!(
+                    "allowlist entry {} ({}{}) suppressed {h}\n",
+                    i + 1,
+                    e.process,
+                    e.comment
+                        .as_deref()
+                        .map(|c| format!(": {c}"))
+                        .unwrap_or_default()
+                ));
+            }
+        }
+        if report.alerts_dropped() > 0 {
+            t.push_str(&format!(
+                "alert keys dropped (dedup table full): {}\n",
+                report.alerts_dropped()
+            ));
+        }
+        w.write_all(t.as_bytes())?;
+        w.flush()?;
+    }
+    Ok((report.into_output(), alerts))
+}
+
+/// Parses `--since/--until`: seconds from the trace start, or RFC 3339.
+fn parse_time(s: &str, clock: &Clock) -> anyhow::Result<u64> {
+    let tps = clock.ticks_per_second as f64;
+    if let Ok(secs) = s.parse::<f64>() {
+        if !secs.is_finite() || secs < 0.0 {
+            bail!("{s}: seconds must be >= 0");
+        }
+        return Ok(clock.sync_raw.saturating_add((secs * tps) as u64));
+    }
+    let ft = parse_rfc3339(s).with_context(|| format!("{s}: not seconds nor RFC 3339"))?;
+    let delta =
+        (ft - i128::from(clock.sync_filetime)) * i128::from(clock.ticks_per_second) / 10_000_000;
+    Ok((i128::from(clock.sync_raw) + delta).clamp(0, i128::from(u64::MAX)) as u64)
+}
+
+/// RFC 3339 (`2024-05-01T12:00:00.5Z`, `...+02:00`) to FILETIME.
+fn parse_rfc3339(s: &str) -> anyhow::Result<i128> {
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> anyhow::Result<i64> {
+        let t = s.get(r).context("too short")?;
+        anyhow::ensure!(t.bytes().all(|c| c.is_ascii_digit()), "bad digits");
+        Ok(t.parse()?)
+    };
+    anyhow::ensure!(b.len() >= 20, "too short");
+    anyhow::ensure!(
+        b[4] == b'-'
+            && b[7] == b'-'
+            && (b[10] == b'T' || b[10] == b't' || b[10] == b' ')
+            && b[13] == b':'
+            && b[16] == b':',
+        "layout"
+    );
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    anyhow::ensure!(
+        (1..=12).contains(&mo) && (1..=31).contains(&d) && h < 24 && mi < 60 && sec < 61,
+        "range"
+    );
+    let mut i = 19;
+    let mut frac_100ns: i64 = 0;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        let digits = &s[start..i];
+        anyhow::ensure!(!digits.is_empty(), "empty fraction");
+        let mut d7: String = digits.chars().take(7).collect();
+        while d7.len() < 7 {
+            d7.push('0');
+        }
+        frac_100ns = d7.parse()?;
+    }
+    let offset_min: i64 = match b.get(i) {
+        Some(b'Z') | Some(b'z') if i + 1 == b.len() => 0,
+        Some(&c) if (c == b'+' || c == b'-') && i + 6 == b.len() && b[i + 3] == b':' => {
+            let oh = num(i + 1..i + 3)?;
+            let om = num(i + 4..i + 6)?;
+            let m = oh * 60 + om;
+            if c == b'+' {
+                m
+            } else {
+                -m
+            }
+        }
+        _ => bail!("missing Z or offset"),
+    };
+    let days = days_from_civil(y, mo as u32, d as u32);
+    let unix = days * 86_400 + h * 3600 + mi * 60 + sec - offset_min * 60;
+    Ok(i128::from(unix) * 10_000_000 + i128::from(frac_100ns) + 116_444_736_000_000_000)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date.
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = i64::from((m + 9) % 12);
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// A progress bar on stderr for large files, when stderr is a terminal.
+struct Progress(Option<indicatif::ProgressBar>);
+
+impl Progress {
+    fn new(total: u64) -> Progress {
+        if total < (256 << 20) || !std::io::stderr().is_terminal() {
+            return Progress(None);
+        }
+        let pb = indicatif::ProgressBar::new(total);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({eta})",
+        ) {
+            pb.set_style(style);
+        }
+        Progress(Some(pb))
+    }
+
+    fn set(&self, pos: u64) {
+        if let Some(pb) = &self.0 {
+            pb.set_position(pos);
+        }
+    }
+
+    fn done(&self) {
+        if let Some(pb) = &self.0 {
+            pb.finish_and_clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_parses_to_filetime() {
+        // Same instant as sentry_raw's own test: 2000-01-01T00:00:00Z.
+        assert_eq!(
+            parse_rfc3339("2000-01-01T00:00:00Z").unwrap(),
+            125_911_584_000_000_000
+        );
+        assert_eq!(
+            parse_rfc3339("2000-01-01T02:00:00.5+02:00").unwrap(),
+            125_911_584_005_000_000
+        );
+        assert_eq!(
+            sentry_raw::filetime_to_rfc3339(
+                parse_rfc3339("2026-11-24T02:16:19.1234567Z").unwrap() as i64
+            ),
+            "2026-11-24T02:16:19.1234567Z"
+        );
+        assert!(parse_rfc3339("2000-01-01 00:00:00").is_err());
+        assert!(parse_rfc3339("2000-13-01T00:00:00Z").is_err());
+    }
+
+    #[test]
+    fn seconds_from_start_use_the_clock() {
+        let c = Clock {
+            sync_raw: 1000,
+            sync_filetime: 125_911_584_000_000_000,
+            ticks_per_second: 1_000_000,
+        };
+        assert_eq!(parse_time("1.5", &c).unwrap(), 1_501_000);
+        assert_eq!(parse_time("2000-01-01T00:00:01Z", &c).unwrap(), 1_001_000);
+    }
 }
