@@ -1,22 +1,631 @@
+//! `syscall-sentry live`, `record` and `stop`: the NT Kernel Logger on this
+//! Windows host. `live` feeds the same engine and report as `analyze`;
+//! `record` writes the same session to an `.etl` file that `analyze`, xperf
+//! and WPA read; `stop` ends a session left running.
+//!
+//! The session machinery is in `sentry-live`; this module parses options and
+//! wires outputs. On other platforms the three subcommands exit with 2.
+
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-#[derive(clap::Args)]
-pub struct Args {}
+/// The message for non-Windows hosts.
+pub const NEEDS_WINDOWS: &str = "live needs Windows; use `analyze` on an .etl file recorded with \
+                                 `record`, xperf or WPR";
 
-#[derive(clap::Args)]
-pub struct RecordArgs {}
-
-#[derive(clap::Args)]
-pub struct StopArgs {}
-
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("this subcommand is not built yet")
+/// Which kernel session to use.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionChoice {
+    /// The global "NT Kernel Logger" (one per machine).
+    Kernel,
+    /// A private system-logger session under --session-name (Windows 8+).
+    Private,
 }
 
-pub fn record(_args: RecordArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("this subcommand is not built yet")
+/// Session options shared by `live` and `record`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SessionArgs {
+    /// kernel: the global "NT Kernel Logger"; private: an own
+    /// system-logger session (Windows 8+) that coexists with other tools.
+    #[arg(long, value_enum, default_value = "kernel")]
+    pub session: SessionChoice,
+    /// Name of the private session.
+    #[arg(long, default_value = "syscall-sentry")]
+    pub session_name: String,
+    /// If the session already exists, stop it and start ours.
+    #[arg(long)]
+    pub force: bool,
+    /// Stop after this many seconds (default: until Ctrl-C).
+    #[arg(long, value_name = "SECONDS")]
+    pub duration: Option<f64>,
+    /// ETW buffer size in KB.
+    #[arg(long, default_value_t = 64)]
+    pub buffer_kb: u32,
+    #[arg(long, default_value_t = 20)]
+    pub min_buffers: u32,
+    #[arg(long, default_value_t = 128)]
+    pub max_buffers: u32,
+    /// Seconds between buffer flushes.
+    #[arg(long, default_value_t = 1)]
+    pub flush_seconds: u32,
+    /// Also collect stacks of image loads.
+    #[arg(long)]
+    pub image_load_stacks: bool,
+    /// Also collect stacks of process starts.
+    #[arg(long)]
+    pub process_start_stacks: bool,
+    /// Seconds between status lines on stderr.
+    #[arg(long, default_value_t = 5)]
+    pub status_seconds: u64,
 }
 
-pub fn stop(_args: StopArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("this subcommand is not built yet")
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub session: SessionArgs,
+    /// Size of the callback -> engine ring in MiB.
+    #[arg(long, default_value_t = 32)]
+    pub ring_mb: usize,
+    /// Directory with ntdll.dll, win32u.dll, ntoskrnl.exe, win32k*.sys to use
+    /// instead of this host's System32 and SysWOW64.
+    #[arg(long, value_name = "DIR")]
+    pub system_dlls: Option<PathBuf>,
+    /// Do not read the bytes before new direct-syscall call sites from the
+    /// live process (ReadProcessMemory).
+    #[arg(long)]
+    pub no_read_memory: bool,
+    /// TOML allowlist of known benign sources (default: the shipped list).
+    #[arg(long, value_name = "FILE")]
+    pub allowlist: Option<PathBuf>,
+    /// Alert line layout: json or ecs (Elastic Common Schema).
+    #[arg(long, default_value = "json")]
+    pub format: String,
+    /// One JSON line per syscall (all verdicts) instead of alerts.
+    #[arg(long)]
+    pub per_syscall: bool,
+    /// Write lines here instead of stdout.
+    #[arg(long, short, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Write the per-process summary and statistics here instead of stderr.
+    #[arg(long, value_name = "FILE")]
+    pub summary: Option<PathBuf>,
+    /// No status lines, summary or statistics.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Only this process id.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Only processes whose image name matches this glob.
+    #[arg(long)]
+    pub process: Option<String>,
+    /// How long a syscall waits for its stack.
+    #[arg(long, default_value_t = 500)]
+    pub window_ms: u64,
+    /// Hard cap on syscalls/stacks waiting for their other half.
+    #[arg(long, default_value_t = 1 << 16)]
+    pub max_pending: usize,
+}
+
+#[derive(clap::Args)]
+pub struct RecordArgs {
+    /// The .etl file to write.
+    #[arg(long, short, value_name = "FILE")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub session: SessionArgs,
+}
+
+#[derive(clap::Args)]
+pub struct StopArgs {
+    /// kernel: "NT Kernel Logger"; private: --session-name.
+    #[arg(long, value_enum, default_value = "kernel")]
+    pub session: SessionChoice,
+    #[arg(long, default_value = "syscall-sentry")]
+    pub session_name: String,
+}
+
+/// The session to control.
+fn session_kind(choice: SessionChoice, name: &str) -> sentry_live::SessionKind {
+    match choice {
+        SessionChoice::Kernel => sentry_live::SessionKind::KernelLogger,
+        SessionChoice::Private => sentry_live::SessionKind::Private {
+            name: name.to_string(),
+        },
+    }
+}
+
+impl SessionArgs {
+    fn spec(&self, destination: sentry_live::Destination) -> sentry_live::SessionSpec {
+        sentry_live::SessionSpec {
+            kind: session_kind(self.session, &self.session_name),
+            destination,
+            buffers: sentry_live::Buffers {
+                buffer_kb: self.buffer_kb,
+                minimum: self.min_buffers,
+                maximum: self.max_buffers.max(self.min_buffers),
+                flush_timer_s: self.flush_seconds,
+            },
+        }
+    }
+
+    fn stacks(&self) -> Vec<sentry_live::properties::ClassicEventId> {
+        sentry_live::properties::stack_events(self.image_load_stacks, self.process_start_stacks)
+    }
+
+    fn duration(&self) -> anyhow::Result<Option<std::time::Duration>> {
+        self.duration
+            .map(|s| {
+                anyhow::ensure!(s.is_finite() && s > 0.0, "--duration must be > 0 seconds");
+                Ok(std::time::Duration::from_secs_f64(s))
+            })
+            .transpose()
+    }
+}
+
+#[cfg_attr(not(windows), allow(dead_code))]
+/// The JSON line for a sensor alert (session stopped by another program).
+pub fn session_alert_json(a: &sentry_live::supervisor::SessionAlert) -> serde_json::Value {
+    serde_json::json!({
+        "type": "sensor_alert",
+        "kind": "session_stopped_externally",
+        "session": a.session,
+        "elapsed_s": a.elapsed_s,
+        "restarted": a.restarted,
+        "attempt": a.attempt,
+        "message": a.to_string(),
+    })
+}
+
+#[cfg_attr(not(windows), allow(dead_code))]
+/// The JSON line for the bytes before a new direct-syscall call site.
+pub fn evidence_json(
+    pid: u32,
+    call_site: &str,
+    e: &sentry_live::evidence::CallSiteEvidence,
+) -> serde_json::Value {
+    use sentry_live::evidence::StubShape;
+    let (shape, number) = match e.shape {
+        StubShape::Minimal { service_number } => ("minimal-stub", Some(service_number)),
+        StubShape::NtdllLike { service_number } => ("ntdll-like-stub", Some(service_number)),
+        StubShape::SyscallOnly => ("syscall-only", None),
+        StubShape::NotSyscall => ("not-syscall", None),
+    };
+    serde_json::json!({
+        "type": "call_site_evidence",
+        "pid": pid,
+        "call_site": call_site,
+        "return_address": format!("{:#x}", e.return_address),
+        "bytes_before": e.hex(),
+        "shape": shape,
+        "service_number": number.map(|n| format!("{n:#x}")),
+    })
+}
+
+// Elsewhere the options are still checked (same errors as on Windows), then
+// the command refuses.
+#[cfg(not(windows))]
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    args.session.duration()?;
+    let _ = (
+        args.session.spec(sentry_live::Destination::RealTime),
+        args.session.stacks(),
+        args.ring_mb,
+    );
+    anyhow::bail!(NEEDS_WINDOWS)
+}
+
+#[cfg(not(windows))]
+pub fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
+    args.session.duration()?;
+    let _ = (args.out, args.session.stacks());
+    anyhow::bail!(NEEDS_WINDOWS)
+}
+
+#[cfg(not(windows))]
+pub fn stop(args: StopArgs) -> anyhow::Result<ExitCode> {
+    let _ = session_kind(args.session, &args.session_name);
+    anyhow::bail!(NEEDS_WINDOWS)
+}
+
+#[cfg(windows)]
+pub use windows_impl::{record, run, stop};
+
+#[cfg(windows)]
+mod windows_impl {
+    use std::cell::RefCell;
+    use std::collections::HashSet;
+    use std::fs::File;
+    use std::io::{BufWriter, Write};
+    use std::process::ExitCode;
+    use std::rc::Rc;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use anyhow::{bail, Context};
+    use sentry_engine::report::{self, Filter, Format, Report, ReportConfig};
+    use sentry_engine::{
+        Allowlist, Engine, EngineConfig, Learning, SyscallVerdict, SystemDlls, Verdict,
+        VerdictSink, DEFAULT_ALLOWLIST,
+    };
+    use sentry_live::evidence::{CallSiteEvidence, CALL_SITE_WINDOW};
+    use sentry_live::supervisor::SessionAlert;
+    use sentry_live::win::{self, LiveOptions, LiveSink, RecordOptions};
+    use sentry_live::{Destination, LiveError, StatusLine};
+    use sentry_raw::RawEvent;
+
+    use super::{evidence_json, session_alert_json, session_kind, Args, RecordArgs, StopArgs};
+
+    /// One output shared by the report and the live-only lines.
+    #[derive(Clone)]
+    struct SharedOut(Rc<RefCell<Box<dyn Write>>>);
+
+    impl Write for SharedOut {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.borrow_mut().write(buf)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.0.borrow_mut().flush()
+        }
+    }
+
+    impl SharedOut {
+        fn line(&self, v: &serde_json::Value) {
+            let mut w = self.0.borrow_mut();
+            let _ = serde_json::to_writer(&mut *w, v);
+            let _ = w.write_all(b"\n");
+            let _ = w.flush();
+        }
+    }
+
+    /// Most call sites whose bytes are read, per run.
+    const MAX_EVIDENCE_SITES: usize = 4096;
+
+    /// Report + call-site evidence.
+    struct Verdicts {
+        report: Report,
+        out: SharedOut,
+        read_memory: bool,
+        seen_sites: HashSet<(u32, u64)>,
+    }
+
+    impl VerdictSink for Verdicts {
+        fn verdict(&mut self, v: &SyscallVerdict<'_>) {
+            self.report.verdict(v);
+            if !self.read_memory || v.verdict != Verdict::Direct {
+                return;
+            }
+            let (Some(pid), Some(u)) = (v.pid, v.first_user_frame()) else {
+                return;
+            };
+            if self.seen_sites.len() >= MAX_EVIDENCE_SITES || !self.seen_sites.insert((pid, u)) {
+                return;
+            }
+            let start = u.saturating_sub(CALL_SITE_WINDOW as u64);
+            if let Some(bytes) = win::read_process_memory(pid, start, CALL_SITE_WINDOW) {
+                let e = CallSiteEvidence::new(u, bytes);
+                self.out
+                    .line(&evidence_json(pid, &v.resolver.describe(u), &e));
+            }
+        }
+    }
+
+    struct Sink<'a> {
+        engine: &'a mut Engine,
+        verdicts: Verdicts,
+        quiet: bool,
+    }
+
+    impl LiveSink for Sink<'_> {
+        fn event(&mut self, ev: &RawEvent<'_>) {
+            self.engine.process(ev, &mut self.verdicts);
+        }
+        fn session_alert(&mut self, a: &SessionAlert) {
+            eprintln!("syscall-sentry: ALERT: {a}");
+            self.verdicts.out.line(&session_alert_json(a));
+        }
+        fn status(&mut self, line: &StatusLine) {
+            if !self.quiet {
+                eprintln!("{line}");
+            }
+            let _ = self.verdicts.report.flush();
+        }
+    }
+
+    fn system_dlls(args: &Args) -> anyhow::Result<Option<Arc<SystemDlls>>> {
+        if let Some(d) = &args.system_dlls {
+            return Ok(Some(Arc::new(
+                SystemDlls::load_dir(d).map_err(|e| anyhow::anyhow!("--system-dlls {e}"))?,
+            )));
+        }
+        // This host's own DLLs: 64-bit (System32) and WoW64 (SysWOW64).
+        let mut all = SystemDlls::default();
+        for dir in [win::system_directory(), win::syswow64_directory()]
+            .into_iter()
+            .flatten()
+        {
+            match SystemDlls::load_dir(&dir) {
+                Ok(s) => all.dlls.extend(s.dlls),
+                Err(e) => eprintln!("syscall-sentry: warning: {e}"),
+            }
+        }
+        Ok((!all.dlls.is_empty()).then(|| Arc::new(all)))
+    }
+
+    fn explain(e: LiveError) -> anyhow::Error {
+        anyhow::anyhow!("{e}")
+    }
+
+    pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+        let format = match args.format.as_str() {
+            "json" => Format::Json,
+            "ecs" => Format::Ecs,
+            f => bail!("--format {f}: expected json or ecs"),
+        };
+        let allowlist = match &args.allowlist {
+            Some(p) => {
+                let t = std::fs::read_to_string(p).with_context(|| format!("{}", p.display()))?;
+                Allowlist::parse(&t).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+            }
+            None => Allowlist::parse(DEFAULT_ALLOWLIST).map_err(|e| anyhow::anyhow!("{e}"))?,
+        };
+        let duration = args.session.duration()?;
+        let system_dlls = system_dlls(&args)?;
+        let modules = win::kernel_modules();
+        if !args.quiet {
+            let visible = modules.iter().filter(|(b, _)| *b != 0).count();
+            eprintln!(
+                "syscall-sentry: {} system DLLs/kernel images loaded for names; {} kernel modules, {} with visible bases",
+                system_dlls.as_ref().map_or(0, |s| s.dlls.len()),
+                modules.len(),
+                visible
+            );
+        }
+        let out: Box<dyn Write> = match &args.out {
+            Some(p) => Box::new(BufWriter::new(
+                File::create(p).with_context(|| format!("{}", p.display()))?,
+            )),
+            None => Box::new(BufWriter::new(std::io::stdout())),
+        };
+        let shared = SharedOut(Rc::new(RefCell::new(out)));
+        let mut engine = Engine::new(EngineConfig {
+            window_ms: args.window_ms,
+            max_pending: args.max_pending,
+            learning: Learning::Online,
+            system_dlls,
+            allowlist,
+            ..EngineConfig::default()
+        });
+        let clock = win::clock_now();
+        if let Some(c) = clock {
+            engine.set_clock(c);
+        }
+        let mut report = Report::new(
+            ReportConfig {
+                format,
+                per_syscall: args.per_syscall,
+                filter: Filter {
+                    pid: args.pid,
+                    process: args.process.clone(),
+                    since: None,
+                    until: None,
+                },
+                immediate: true,
+                ..ReportConfig::default()
+            },
+            Box::new(shared.clone()),
+        );
+        report.set_clock(clock);
+        let opts = LiveOptions {
+            spec: args.session.spec(Destination::RealTime),
+            stacks: args.session.stacks(),
+            force: args.session.force,
+            duration,
+            status_every: std::time::Duration::from_secs(args.session.status_seconds.max(1)),
+            ring_bytes: args.ring_mb.max(1) << 20,
+        };
+        let started = Instant::now();
+        let mut sink = Sink {
+            engine: &mut engine,
+            verdicts: Verdicts {
+                report,
+                out: shared.clone(),
+                read_memory: !args.no_read_memory,
+                seen_sites: HashSet::new(),
+            },
+            quiet: args.quiet,
+        };
+        if !args.quiet {
+            eprintln!(
+                "syscall-sentry: live on \"{}\" (Ctrl-C to stop)",
+                opts.spec.kind.name()
+            );
+        }
+        let result = win::run_live(&opts, &mut sink);
+        let mut verdicts = sink.verdicts;
+        // Flush whatever happened: pending syscalls, alerts, statistics.
+        let stats = engine.finish(&mut verdicts);
+        verdicts.report.finish(&engine).context("writing output")?;
+        let alerts = verdicts.report.alert_count();
+        if !args.quiet {
+            let mut t = verdicts.report.summary_table();
+            t.push_str(&report::stats_text(
+                &stats,
+                started.elapsed().as_secs_f64(),
+                alerts,
+            ));
+            if let Ok(o) = &result {
+                let l = &o.totals;
+                t.push_str(&format!(
+                    "live: {} events, ring drops {}, ETW EventsLost {}, RealTimeBuffersLost {}, stopped externally {}x, restarts {}, stop: {:?}\n",
+                    l.events,
+                    l.ring_drops,
+                    l.events_lost,
+                    l.real_time_buffers_lost,
+                    l.external_stops,
+                    l.restarts,
+                    o.stop_reason
+                ));
+            }
+            match &args.summary {
+                Some(p) => std::fs::write(p, t).with_context(|| format!("{}", p.display()))?,
+                None => eprint!("{t}"),
+            }
+        }
+        shared.0.borrow_mut().flush()?;
+        win::outputs_flushed();
+        result.map_err(explain)?;
+        Ok(if alerts > 0 {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        })
+    }
+
+    pub fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
+        let path =
+            std::path::absolute(&args.out).with_context(|| format!("{}", args.out.display()))?;
+        let opts = RecordOptions {
+            spec: args
+                .session
+                .spec(Destination::File(path.to_string_lossy().into_owned())),
+            stacks: args.session.stacks(),
+            force: args.session.force,
+            duration: args.session.duration()?,
+            status_every: std::time::Duration::from_secs(args.session.status_seconds.max(1)),
+        };
+        eprintln!(
+            "syscall-sentry: recording \"{}\" into {} (Ctrl-C to stop)",
+            opts.spec.kind.name(),
+            path.display()
+        );
+        let o = win::record(&opts, &mut |line| eprintln!("{line}")).map_err(explain)?;
+        let c = &o.counters;
+        eprintln!(
+            "syscall-sentry: {} after {:.1} s: {} buffers written, EventsLost {}, buffers lost {}",
+            path.display(),
+            o.elapsed_s,
+            c.buffers_written,
+            c.events_lost,
+            c.log_buffers_lost
+        );
+        win::outputs_flushed();
+        if o.stop_reason.is_none() {
+            bail!(
+                "the session \"{}\" was stopped by another program; {} holds what was recorded until then",
+                opts.spec.kind.name(),
+                path.display()
+            );
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    pub fn stop(args: StopArgs) -> anyhow::Result<ExitCode> {
+        let kind = session_kind(args.session, &args.session_name);
+        let c = win::stop_session(kind.name()).map_err(explain)?;
+        eprintln!(
+            "syscall-sentry: stopped \"{}\" (EventsLost {}, buffers written {})",
+            kind.name(),
+            c.events_lost,
+            c.buffers_written
+        );
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(subcommand)]
+        c: C,
+    }
+
+    #[derive(clap::Subcommand)]
+    enum C {
+        Live(Args),
+        Record(RecordArgs),
+        Stop(StopArgs),
+    }
+
+    #[test]
+    fn options_build_the_documented_session() {
+        let t = T::try_parse_from(["x", "live", "--duration", "5", "--image-load-stacks"]).unwrap();
+        let C::Live(a) = t.c else { panic!() };
+        let spec = a.session.spec(sentry_live::Destination::RealTime);
+        assert_eq!(spec.kind, sentry_live::SessionKind::KernelLogger);
+        assert_eq!(spec.buffers, sentry_live::Buffers::default());
+        assert_eq!(a.session.stacks().len(), 2);
+        assert_eq!(
+            a.session.duration().unwrap(),
+            Some(std::time::Duration::from_secs(5))
+        );
+
+        let t = T::try_parse_from([
+            "x",
+            "record",
+            "-o",
+            "t.etl",
+            "--session",
+            "private",
+            "--session-name",
+            "mine",
+            "--buffer-kb",
+            "256",
+        ])
+        .unwrap();
+        let C::Record(r) = t.c else { panic!() };
+        let spec = r
+            .session
+            .spec(sentry_live::Destination::File("t.etl".into()));
+        assert_eq!(spec.kind.name(), "mine");
+        assert_eq!(spec.buffers.buffer_kb, 256);
+        assert_eq!(spec.log_file_mode(), 0x0200_0001);
+
+        assert!(T::try_parse_from(["x", "live", "--duration", "0"])
+            .unwrap()
+            .c
+            .live_duration_err());
+        let t = T::try_parse_from(["x", "stop"]).unwrap();
+        assert!(matches!(t.c, C::Stop(_)));
+    }
+
+    impl C {
+        fn live_duration_err(&self) -> bool {
+            matches!(self, C::Live(a) if a.session.duration().is_err())
+        }
+    }
+
+    #[test]
+    fn json_lines_for_live_only_facts() {
+        let a = sentry_live::supervisor::SessionAlert {
+            session: "NT Kernel Logger".into(),
+            elapsed_s: 12,
+            attempt: 1,
+            restarted: true,
+        };
+        let v = session_alert_json(&a);
+        assert_eq!(v["type"], "sensor_alert");
+        assert_eq!(v["restarted"], true);
+        let e = sentry_live::evidence::CallSiteEvidence::new(
+            0x1000,
+            vec![0x4c, 0x8b, 0xd1, 0xb8, 0x18, 0, 0, 0, 0x0f, 0x05],
+        );
+        let v = evidence_json(42, "0x1000", &e);
+        assert_eq!(v["shape"], "minimal-stub");
+        assert_eq!(v["service_number"], "0x18");
+        assert_eq!(v["bytes_before"], "4c 8b d1 b8 18 00 00 00 0f 05");
+    }
+
+    #[cfg(not(windows))]
+    #[test]
+    fn non_windows_says_how_to_proceed() {
+        let t = T::try_parse_from(["x", "stop"]).unwrap();
+        let C::Stop(s) = t.c else { panic!() };
+        let e = stop(s).unwrap_err().to_string();
+        assert_eq!(e, NEEDS_WINDOWS);
+        assert!(e.contains("live needs Windows"));
+    }
 }

@@ -19,7 +19,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
-use sentry_raw::Guid;
+use sentry_raw::{Clock, Guid};
 use windows::core::{BOOL, GUID, PCWSTR, PWSTR};
 use windows::Win32::Foundation::{CloseHandle, GetLastError, HANDLE};
 use windows::Win32::System::Console::{
@@ -34,8 +34,11 @@ use windows::Win32::System::Diagnostics::Etw::{
     PROCESS_TRACE_MODE_EVENT_RECORD, PROCESS_TRACE_MODE_RAW_TIMESTAMP,
     PROCESS_TRACE_MODE_REAL_TIME, TRACE_QUERY_INFO_CLASS, WNODE_HEADER,
 };
+use windows::Win32::System::Performance::{QueryPerformanceCounter, QueryPerformanceFrequency};
 use windows::Win32::System::ProcessStatus::{EnumDeviceDrivers, GetDeviceDriverFileNameW};
-use windows::Win32::System::SystemInformation::{GetSystemDirectoryW, GetSystemWow64DirectoryW};
+use windows::Win32::System::SystemInformation::{
+    GetSystemDirectoryW, GetSystemTimePreciseAsFileTime, GetSystemWow64DirectoryW,
+};
 use windows::Win32::System::Threading::{
     OpenProcess, PROCESS_QUERY_LIMITED_INFORMATION, PROCESS_VM_READ,
 };
@@ -427,6 +430,24 @@ pub fn signal_done() {
 }
 
 // --- Live-only enrichment ----------------------------------------------
+
+/// The session clock, known out of band: a QPC reading (the raw timestamp
+/// unit with `ClientContext` 1) next to the current UTC FILETIME.
+pub fn clock_now() -> Option<Clock> {
+    let mut freq = 0i64;
+    let mut qpc = 0i64;
+    // SAFETY: `freq` is a valid out pointer.
+    unsafe { QueryPerformanceFrequency(&mut freq) }.ok()?;
+    // SAFETY: no preconditions.
+    let ft = unsafe { GetSystemTimePreciseAsFileTime() };
+    // SAFETY: `qpc` is a valid out pointer.
+    unsafe { QueryPerformanceCounter(&mut qpc) }.ok()?;
+    (freq > 0 && qpc > 0).then(|| Clock {
+        sync_raw: qpc as u64,
+        sync_filetime: (i64::from(ft.dwHighDateTime) << 32) | i64::from(ft.dwLowDateTime),
+        ticks_per_second: freq as u64,
+    })
+}
 
 fn directory(f: impl Fn(&mut [u16]) -> u32) -> Option<PathBuf> {
     let mut buf = vec![0u16; 520];

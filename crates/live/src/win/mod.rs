@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use sentry_raw::RawEvent;
 
-pub use ffi::{kernel_modules, read_process_memory, system_directory, syswow64_directory};
+pub use ffi::{
+    clock_now, kernel_modules, read_process_memory, system_directory, syswow64_directory,
+};
 
 /// Tells a console-close handler waiting in the background that the outputs
 /// are flushed and the process may end. Call after writing the final report.
