@@ -271,8 +271,6 @@ const BORROWED_STUBS: [&str; 5] = [
 /// One syscall's labelled content.
 struct Call {
     service: usize,
-    kernel: Vec<u64>,
-    user: Vec<u64>,
     verdict: &'static str,
     reason: Option<&'static str>,
     technique: &'static str,
@@ -314,6 +312,8 @@ struct Gen<W: Write + Seek, T: Write> {
     w32k_services: Vec<usize>,
     w32k_w: Vec<u32>,
     jumper_variant: usize,
+    kframes: Vec<u64>,
+    uframes: Vec<u64>,
 }
 
 /// Writes the trace to `etl` and the truth JSON to `truth` (if any).
@@ -397,6 +397,8 @@ pub fn generate<W: Write + Seek, T: Write>(
         w32k_services,
         w32k_w,
         jumper_variant: 0,
+        kframes: Vec::with_capacity(16),
+        uframes: Vec::with_capacity(MAX_FRAMES),
     };
     g.truth_start()?;
     g.rundown_start()?;
@@ -889,12 +891,21 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
     // ------------------------------------------------------------- syscalls
 
     fn pick_proc(&mut self, kinds: &[ProcKind], name: Option<&str>) -> Option<usize> {
-        let c: Vec<usize> = (0..self.procs.len())
-            .filter(|&i| {
-                kinds.contains(&self.procs[i].kind) && name.is_none_or(|n| self.procs[i].name == n)
-            })
-            .collect();
-        (!c.is_empty()).then(|| c[self.rng.below(c.len())])
+        let n = self
+            .procs
+            .iter()
+            .filter(|p| kinds.contains(&p.kind) && name.is_none_or(|n| p.name == n))
+            .count();
+        if n == 0 {
+            return None;
+        }
+        let k = self.rng.below(n);
+        self.procs
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| kinds.contains(&p.kind) && name.is_none_or(|n| p.name == n))
+            .nth(k)
+            .map(|(i, _)| i)
     }
 
     fn pick_service(&mut self, win32k: bool) -> usize {
@@ -907,40 +918,8 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
         }
     }
 
-    /// An address inside `m` that is not a stub return site (for callers).
-    fn site(&mut self, m: &Module, salt: u64) -> u64 {
-        let span = m.size.saturating_sub(0x2000).max(0x100);
-        let mut off = 0x1000 + (salt.wrapping_mul(0x9E37_79B9) ^ (salt >> 7)) % span;
-        if off % 0x20 == 0x14 {
-            off += 3;
-        }
-        m.base + off
-    }
-
-    fn kernel_frames(&mut self, v: &mut Vec<u64>) {
-        let nt = self.l.ntoskrnl().base;
-        v.push(nt + Layout::PERFINFO_LOG_SYSCALL_ENTRY);
-        v.push(nt + Layout::KI_SYSTEM_SERVICE_COPY_END);
-    }
-
-    /// Middle frames of an ordinary call chain, then the thread start frames.
-    fn tail(&mut self, p: &Process, v: &mut Vec<u64>, depth: usize, salt: u64) {
-        let mods: Vec<Module> = p
-            .modules(&self.l)
-            .into_iter()
-            .filter(|m| !matches!(m.kind, ModKind::Win32u | ModKind::Ntdll))
-            .cloned()
-            .collect();
-        for k in 0..depth {
-            if v.len() + 3 >= MAX_FRAMES || mods.is_empty() {
-                break;
-            }
-            let m = &mods[(salt as usize + k * 7) % mods.len()];
-            let s = self.site(m, salt.wrapping_add(k as u64 * 131));
-            v.push(s);
-        }
-        v.push(self.l.kernel32.base + Layout::BASE_THREAD_INIT_THUNK);
-        v.push(self.l.ntdll.base + Layout::RTL_USER_THREAD_START);
+    fn attack_service(&mut self) -> usize {
+        world::service_index(ATTACK_SERVICES[self.rng.below(ATTACK_SERVICES.len())])
     }
 
     /// Call-chain depth: fixed per call site (so stacks repeat, as real
@@ -953,42 +932,21 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
         }
     }
 
-    fn wow64_tail(&mut self, p: &Process, v: &mut Vec<u64>, from_win32k: bool, salt: u64) {
-        let Some(w) = self.l.wow64.clone() else {
-            return;
-        };
-        let [wow64, wow64win, wow64cpu, ntdll32, k32, kb32] = w;
-        if from_win32k {
-            let s = self.site(&wow64win, salt);
-            v.push(s);
-        } else {
-            let s = self.site(&wow64, salt);
-            v.push(s);
-        }
-        v.push(wow64.base + 0x7783);
-        v.push(wow64cpu.base + 0x1783);
-        v.push(wow64cpu.base + 0x1199);
-        if !from_win32k {
-            v.push(ntdll32.base + 0x7_2e4c);
-            let s = self.site(&kb32, salt);
-            v.push(s);
-        }
-        if let Some(e) = &p.exe {
-            let s = self.site(e, salt ^ 0x55);
-            v.push(s);
-        }
-        v.push(k32.base + 0x1_fa29);
-        v.push(ntdll32.base + 0x6_e7bd);
-        v.push(ntdll32.base + 0x6_e78d);
-    }
-
-    /// Builds the labelled content of one syscall.
-    fn build(&mut self, tech: Tech) -> Option<(usize, usize, Call)> {
-        let mut kernel = Vec::with_capacity(8);
-        let mut user = Vec::with_capacity(24);
-        self.kernel_frames(&mut kernel);
+    /// Builds the labelled content of one syscall into `kernel`/`user`.
+    fn build(
+        &mut self,
+        tech: Tech,
+        kernel: &mut Vec<u64>,
+        user: &mut Vec<u64>,
+    ) -> Option<(usize, Call)> {
+        kernel.clear();
+        user.clear();
+        let nt = self.l.ntoskrnl().base;
+        kernel.push(nt + Layout::PERFINFO_LOG_SYSCALL_ENTRY);
+        kernel.push(nt + Layout::KI_SYSTEM_SERVICE_COPY_END);
         let ps8 = self.ps() == 8;
-        let (pidx, tidx, service, verdict, reason, technique, module) = match tech {
+        let mut module = None;
+        let (pi, service, verdict, reason, technique) = match tech {
             Tech::Ntdll | Tech::Jit => {
                 let pi = if tech == Tech::Jit {
                     self.pick_proc(&[ProcKind::JitHost], None)?
@@ -996,62 +954,56 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
                     self.pick_proc(&[ProcKind::Native, ProcKind::Gui, ProcKind::JitHost], None)?
                 };
                 let s = self.pick_service(false);
-                let p = self.procs[pi].clone();
-                user.push(self.l.return_site(&SERVICES[s]));
-                let salt = s as u64 * 1000 + u64::from(p.pid);
-                if self.rng.chance(150) {
+                let salt = s as u64 * 1000 + u64::from(self.procs[pi].pid);
+                let from_ntdll = self.rng.chance(150);
+                let depth = self.depth(salt);
+                let (l, p) = (&self.l, &self.procs[pi]);
+                user.push(l.return_site(&SERVICES[s]));
+                if from_ntdll {
                     // Called from inside ntdll (thread pool, loader).
-                    let nt = self.l.ntdll.base;
-                    user.push(nt + 0x3_0000 + (salt * 0x1d3) % 0x6_0000 + 1);
+                    user.push(l.ntdll.base + 0x3_0000 + (salt * 0x1d3) % 0x6_0000 + 1);
                 } else {
-                    let kb = self.l.kernelbase.clone();
-                    let c = self.site(&kb, salt);
-                    user.push(c);
+                    user.push(site(&l.kernelbase, salt));
                 }
                 if tech == Tech::Jit {
-                    let clr = self.l.clr.clone();
-                    let c = self.site(&clr, salt);
-                    user.push(c);
+                    user.push(site(&l.clr, salt));
                     for k in 0..1 + salt % 4 {
                         user.push(p.private.0 + 0x1_0000 + (salt * 97 + k * 0x2d1) % 0x2_0000);
                     }
-                    let c = self.site(&clr, salt + 1);
-                    user.push(c);
+                    user.push(site(&l.clr, salt + 1));
                 }
-                let d = self.depth(salt);
-                self.tail(&p, &mut user, d, salt);
+                tail(l, p, user, depth, salt);
                 let t = if tech == Tech::Jit {
                     "benign-jit"
                 } else {
                     "benign-ntdll"
                 };
-                (pi, 0, s, "normal", None, t, None)
+                (pi, s, "normal", None, t)
             }
             Tech::Win32u => {
                 let pi = self.pick_proc(&[ProcKind::Gui, ProcKind::JitHost], None)?;
                 let s = self.pick_service(true);
-                let p = self.procs[pi].clone();
-                user.push(self.l.return_site(&SERVICES[s]));
-                let salt = s as u64 * 1000 + u64::from(p.pid);
+                let salt = s as u64 * 1000 + u64::from(self.procs[pi].pid);
+                let depth = self.depth(salt);
+                let (l, p) = (&self.l, &self.procs[pi]);
+                user.push(l.return_site(&SERVICES[s]));
                 let m = if SERVICES[s].name.starts_with("NtGdi") {
-                    self.l.gdi32.clone()
+                    &l.gdi32
                 } else {
-                    self.l.user32.clone()
+                    &l.user32
                 };
-                let c = self.site(&m, salt);
-                user.push(c);
-                let d = self.depth(salt);
-                self.tail(&p, &mut user, d, salt);
-                (pi, 0, s, "normal", None, "benign-win32u", None)
+                user.push(site(m, salt));
+                tail(l, p, user, depth, salt);
+                (pi, s, "normal", None, "benign-win32u")
             }
             Tech::Wow64 | Tech::Wow64Win32u => {
                 let pi = self.pick_proc(&[ProcKind::Wow64], None)?;
                 let w32 = tech == Tech::Wow64Win32u;
                 let s = self.pick_service(w32);
-                let p = self.procs[pi].clone();
-                user.push(self.l.return_site(&SERVICES[s]));
-                self.wow64_tail(&p, &mut user, w32, s as u64 * 1000 + u64::from(p.pid));
-                (pi, 0, s, "normal", None, "benign-wow64", None)
+                let (l, p) = (&self.l, &self.procs[pi]);
+                user.push(l.return_site(&SERVICES[s]));
+                wow64_tail(l, p, user, w32, s as u64 * 1000 + u64::from(p.pid));
+                (pi, s, "normal", None, "benign-wow64")
             }
             Tech::KernelThread => {
                 let pi = self.pick_proc(&[ProcKind::System], None)?;
@@ -1064,168 +1016,122 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
                     "NtDeviceIoControlFile",
                 ];
                 let s = world::service_index(names[self.rng.below(names.len())]);
-                let nt = self.l.ntoskrnl().base;
+                // The kernel's Zw stub, driver frames, the system thread start.
                 kernel.push(nt + 0x3f_c014 + u64::from(SERVICES[s].ssn) * 0x20);
                 for _ in 0..self.rng.range(1, 4) {
                     let k = 5 + self.rng.below(self.l.kernel.len() - 5);
-                    let d = self.l.kernel[k].clone();
-                    let c = self.site(&d, self.clock);
-                    kernel.push(c);
+                    kernel.push(site(&self.l.kernel[k], self.clock));
                 }
                 kernel.push(nt + 0x35_5a17);
                 kernel.push(nt + 0x40_3e36);
-                (pi, 0, s, "kernel_origin", None, "kernel-thread", None)
+                (pi, s, "kernel_origin", None, "kernel-thread")
             }
             Tech::Sw2Image => {
                 let pi = self.pick_proc(&[ProcKind::Implant], Some("invoice.exe"))?;
-                let s =
-                    world::service_index(ATTACK_SERVICES[self.rng.below(ATTACK_SERVICES.len())]);
-                let p = self.procs[pi].clone();
-                let e = p.exe.clone()?;
+                let s = self.attack_service();
+                let (l, p) = (&self.l, &self.procs[pi]);
+                let e = p.exe.as_ref()?;
                 // SysWhispers2 stubs compiled into the EXE's .text.
                 user.push(e.base + 0x1_2000 + u64::from(SERVICES[s].ssn) * 0x40 + 0x2e);
-                let c = self.site(&e, s as u64);
-                user.push(c);
-                let c = self.site(&e, 77);
-                user.push(c);
-                self.tail(&p, &mut user, 0, 0);
-                (
-                    pi,
-                    0,
-                    s,
-                    "direct",
-                    Some("image"),
-                    "syswhispers2",
-                    Some(e.file_name().to_string()),
-                )
+                user.push(site(e, s as u64));
+                user.push(site(e, 77));
+                tail(l, p, user, 0, 0);
+                module = Some(e.file_name().to_string());
+                (pi, s, "direct", Some("image"), "syswhispers2")
             }
             Tech::ShellcodeDirect => {
                 let pi = self.pick_proc(&[ProcKind::Implant], Some("loader.exe"))?;
-                let s =
-                    world::service_index(ATTACK_SERVICES[self.rng.below(ATTACK_SERVICES.len())]);
-                let p = self.procs[pi].clone();
+                let s = self.attack_service();
+                let (l, p) = (&self.l, &self.procs[pi]);
                 user.push(p.private.0 + 0x1000 + u64::from(SERVICES[s].ssn) * 0x18 + 0x12);
                 user.push(p.private.0 + 0x2_3a7);
                 user.push(p.private.0 + 0x1_0c4);
-                self.tail(&p, &mut user, 0, 0);
-                (
-                    pi,
-                    0,
-                    s,
-                    "direct",
-                    Some("unbacked"),
-                    "shellcode-direct",
-                    None,
-                )
+                tail(l, p, user, 0, 0);
+                (pi, s, "direct", Some("unbacked"), "shellcode-direct")
             }
             Tech::Jumper => {
                 let pi = self.pick_proc(&[ProcKind::Implant], Some("svcupdate.exe"))?;
-                let s =
-                    world::service_index(ATTACK_SERVICES[self.rng.below(ATTACK_SERVICES.len())]);
-                let p = self.procs[pi].clone();
-                user.push(self.l.return_site(&SERVICES[s]));
-                user.push(p.private.0 + 0x8_4d2 + u64::from(SERVICES[s].ssn) * 0x40);
-                user.push(p.private.0 + 0x1_2f0);
-                self.tail(&p, &mut user, 0, 0);
+                let s = self.attack_service();
                 let names = ["syswhispers3-jumper", "hellshall", "recycledgate"];
                 self.jumper_variant = (self.jumper_variant + 1) % names.len();
+                let (l, p) = (&self.l, &self.procs[pi]);
+                user.push(l.return_site(&SERVICES[s]));
+                user.push(p.private.0 + 0x8_4d2 + u64::from(SERVICES[s].ssn) * 0x40);
+                user.push(p.private.0 + 0x1_2f0);
+                tail(l, p, user, 0, 0);
                 (
                     pi,
-                    0,
                     s,
                     "indirect",
                     Some("unbacked_caller"),
                     names[self.jumper_variant],
-                    None,
                 )
             }
             Tech::Randomized => {
                 let pi = self.pick_proc(&[ProcKind::Implant], Some("svcupdate.exe"))?;
-                let s =
-                    world::service_index(ATTACK_SERVICES[self.rng.below(ATTACK_SERVICES.len())]);
+                let s = self.attack_service();
                 let mut t =
                     world::service_index(BORROWED_STUBS[self.rng.below(BORROWED_STUBS.len())]);
                 if t == s {
                     t = world::service_index("NtClose");
                 }
-                let p = self.procs[pi].clone();
-                user.push(self.l.return_site(&SERVICES[t]));
-                let e = p.exe.clone()?;
-                let c = self.site(&e, 4242 + s as u64);
-                user.push(c);
-                self.tail(&p, &mut user, 2, 9);
+                let (l, p) = (&self.l, &self.procs[pi]);
+                user.push(l.return_site(&SERVICES[t]));
+                user.push(site(p.exe.as_ref()?, 4242 + s as u64));
+                tail(l, p, user, 2, 9);
                 (
                     pi,
-                    0,
                     s,
                     "indirect",
                     Some("stub_mismatch"),
                     "syswhispers3-randomized",
-                    None,
                 )
             }
             Tech::StubGadget => {
                 let pi = self.pick_proc(&[ProcKind::Implant], Some("svcupdate.exe"))?;
-                let s =
-                    world::service_index(ATTACK_SERVICES[self.rng.below(ATTACK_SERVICES.len())]);
-                let p = self.procs[pi].clone();
+                let s = self.attack_service();
+                let (l, p) = (&self.l, &self.procs[pi]);
                 // Lands inside a stub, not after its `syscall`.
-                user.push(self.l.stub(&SERVICES[s]) + 0x08);
+                user.push(l.stub(&SERVICES[s]) + 0x08);
                 user.push(p.private.0 + 0x3_100);
-                self.tail(&p, &mut user, 0, 0);
-                (
-                    pi,
-                    0,
-                    s,
-                    "indirect",
-                    Some("not_return_site"),
-                    "stub-gadget",
-                    None,
-                )
+                tail(l, p, user, 0, 0);
+                (pi, s, "indirect", Some("not_return_site"), "stub-gadget")
             }
             Tech::HeavensGate => {
                 if !ps8 {
                     return None;
                 }
                 let pi = self.pick_proc(&[ProcKind::Wow64Implant], None)?;
-                let s =
-                    world::service_index(ATTACK_SERVICES[self.rng.below(ATTACK_SERVICES.len())]);
-                let p = self.procs[pi].clone();
-                let e = p.exe.clone()?;
-                // 64-bit code reached by a far jump through segment 0x33,
-                // in private memory below 4 GB, called from the 32-bit EXE.
-                user.push(p.private.0 + 0x2000 + u64::from(SERVICES[s].ssn) * 0x30 + 0x1d);
-                let c = self.site(&e, s as u64);
-                user.push(c);
-                let w = self.l.wow64.clone()?;
+                let s = self.attack_service();
+                let in_exe = self.rng.chance(400);
+                let (l, p) = (&self.l, &self.procs[pi]);
+                let e = p.exe.as_ref()?;
+                let w = l.wow64.as_ref()?;
+                // 64-bit code reached by a far jump through segment 0x33:
+                // shellcode in private memory below 4 GB, or x64 code
+                // embedded in the 32-bit EXE; called from the 32-bit EXE.
+                if in_exe {
+                    user.push(e.base + 0x1_8000 + u64::from(SERVICES[s].ssn % 0x80) * 0x20 + 0x1d);
+                } else {
+                    user.push(p.private.0 + 0x2000 + u64::from(SERVICES[s].ssn) * 0x30 + 0x1d);
+                }
+                user.push(site(e, s as u64));
                 user.push(w[4].base + 0x1_fa29);
                 user.push(w[3].base + 0x6_e7bd);
                 user.push(w[3].base + 0x6_e78d);
-                (
-                    pi,
-                    0,
-                    s,
-                    "direct",
-                    Some("heavens_gate"),
-                    "heavens-gate",
-                    None,
-                )
+                let t = if in_exe {
+                    "heavens-gate-image"
+                } else {
+                    "heavens-gate"
+                };
+                (pi, s, "direct", Some("heavens_gate"), t)
             }
-        };
-        let nthreads = self.procs[pidx].threads.len();
-        let tidx = if nthreads > 0 {
-            (tidx + self.rng.below(nthreads)) % nthreads
-        } else {
-            0
         };
         user.truncate(MAX_FRAMES - kernel.len());
         Some((
-            pidx,
-            tidx,
+            pi,
             Call {
                 service,
-                kernel,
-                user,
                 verdict,
                 reason,
                 technique,
@@ -1235,6 +1141,19 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
     }
 
     fn syscall(&mut self) -> Result<(), SynthError> {
+        let mut kernel = std::mem::take(&mut self.kframes);
+        let mut user = std::mem::take(&mut self.uframes);
+        let r = self.syscall_with(&mut kernel, &mut user);
+        self.kframes = kernel;
+        self.uframes = user;
+        r
+    }
+
+    fn syscall_with(
+        &mut self,
+        kernel: &mut Vec<u64>,
+        user: &mut Vec<u64>,
+    ) -> Result<(), SynthError> {
         let ps = self.ps();
         // Technique: attack share first, else benign background.
         let mut tech = None;
@@ -1251,12 +1170,15 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
             Some(t) => t,
             None => BENIGN[self.rng.weighted(&self.benign_w)].0,
         };
-        let Some((pi, ti, mut call)) = self.build(tech).or_else(|| self.build(Tech::Ntdll)) else {
+        let built = match self.build(tech, kernel, user) {
+            Some(b) => Some(b),
+            None => self.build(Tech::Ntdll, kernel, user),
+        };
+        let Some((pi, mut call)) = built else {
             return Ok(());
         };
-        let benign_user = call.verdict == "normal";
         let mut delivery = Delivery::Single;
-        if benign_user {
+        if call.verdict == "normal" {
             let roll = self.rng.range(0, 1000) as u32;
             let mut acc = 0;
             for &(d, w) in &self.delivery {
@@ -1269,7 +1191,7 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
         }
         match delivery {
             Delivery::Truncated => {
-                call.user.truncate(1);
+                user.truncate(1);
                 call.verdict = "truncated";
                 call.technique = "truncated-stack";
             }
@@ -1281,6 +1203,7 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
             Delivery::Before => call.technique = "stack-before-event",
             _ => {}
         }
+        let ti = self.rng.below(self.procs[pi].threads.len());
         let pid = self.procs[pi].pid;
         let thread = &self.procs[pi].threads[ti];
         let tid = thread.tid;
@@ -1301,14 +1224,14 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
             return Ok(());
         }
         if delivery != Delivery::Missing {
-            if let Some(&u) = call.user.first() {
+            if let Some(&u) = user.first() {
                 if self.site_service.contains_key(&u) {
                     *self.sites.entry(u).or_default().entry(routine).or_default() += 1;
                 }
             }
         }
         if delivery == Delivery::Before {
-            self.stacks(cpu, t, pid, tid, &call, false)?;
+            self.stacks(cpu, t, pid, tid, kernel, user, false)?;
         }
         self.buf.clear();
         payload::sys_call_enter(ps, routine, &mut self.buf);
@@ -1316,11 +1239,11 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
         match delivery {
             Delivery::Single | Delivery::Truncated => {
                 self.tick(1, 40);
-                self.stacks(cpu, t, pid, tid, &call, false)?;
+                self.stacks(cpu, t, pid, tid, kernel, user, false)?;
             }
             Delivery::Split => {
                 self.tick(1, 40);
-                self.stacks(cpu, t, pid, tid, &call, true)?;
+                self.stacks(cpu, t, pid, tid, kernel, user, true)?;
             }
             _ => {}
         }
@@ -1338,7 +1261,7 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
                 self.rng.range(0, cpus) as u16
             };
             let ts = self.tick(1, 30);
-            self.stack_part(cpu2, ts, t, pid, tid, &call.user, false)?;
+            self.stack_part(cpu2, ts, t, pid, tid, user, false)?;
         }
         self.truth_entry(t, cpu, pid, tid, &call, routine)
     }
@@ -1346,29 +1269,36 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
     /// Writes the stack of a syscall at `call` time `t` (the header time is
     /// the current clock): one StackWalk with both parts, or (split) the
     /// kernel part only; with stack caching, key references instead.
+    #[allow(clippy::too_many_arguments)]
     fn stacks(
         &mut self,
         cpu: u16,
         t: u64,
         pid: u32,
         tid: u32,
-        call: &Call,
+        kernel: &[u64],
+        user: &[u64],
         split: bool,
     ) -> Result<(), SynthError> {
         let header_ts = self.clock;
         if self.cache.is_some() {
-            self.stack_part(cpu, header_ts, t, pid, tid, &call.kernel, true)?;
-            if !split && !call.user.is_empty() {
-                self.stack_part(cpu, header_ts, t, pid, tid, &call.user, false)?;
+            self.stack_part(cpu, header_ts, t, pid, tid, kernel, true)?;
+            if !split && !user.is_empty() {
+                self.stack_part(cpu, header_ts, t, pid, tid, user, false)?;
             }
             return Ok(());
         }
-        let mut frames = call.kernel.clone();
-        if !split {
-            frames.extend_from_slice(&call.user);
-        }
         self.buf.clear();
-        payload::stack_walk(self.ps(), t, pid, tid, &frames, &mut self.buf);
+        let ps = self.ps();
+        let frames: &[u64] = if split { kernel } else { &[] };
+        if split {
+            payload::stack_walk(ps, t, pid, tid, frames, &mut self.buf);
+        } else {
+            payload::stack_walk(ps, t, pid, tid, kernel, &mut self.buf);
+            for &f in user {
+                payload::put_ptr(&mut self.buf, ps, f);
+            }
+        }
         self.emit(cpu, HeaderClass::PerfInfo, 0x18, 32, 2, 0, 0, header_ts)
     }
 
@@ -1556,6 +1486,60 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
             },
         ))
     }
+}
+
+/// An address inside `m` that is not a stub return site (for callers).
+fn site(m: &Module, salt: u64) -> u64 {
+    let span = m.size.saturating_sub(0x2000).max(0x100);
+    let mut off = 0x1000 + (salt.wrapping_mul(0x9E37_79B9) ^ (salt >> 7)) % span;
+    if off % 0x20 == 0x14 {
+        off += 3;
+    }
+    m.base + off
+}
+
+/// Middle frames of an ordinary call chain, then the thread start frames.
+fn tail(l: &Layout, p: &Process, v: &mut Vec<u64>, depth: usize, salt: u64) {
+    let mut mods: [Option<&Module>; 16] = [None; 16];
+    let mut n = 0;
+    for m in p.modules(l) {
+        if !matches!(m.kind, ModKind::Win32u | ModKind::Ntdll) && n < mods.len() {
+            mods[n] = Some(m);
+            n += 1;
+        }
+    }
+    for k in 0..depth {
+        if v.len() + 3 >= MAX_FRAMES || n == 0 {
+            break;
+        }
+        if let Some(m) = mods[(salt as usize + k * 7) % n] {
+            v.push(site(m, salt.wrapping_add(k as u64 * 131)));
+        }
+    }
+    v.push(l.kernel32.base + Layout::BASE_THREAD_INIT_THUNK);
+    v.push(l.ntdll.base + Layout::RTL_USER_THREAD_START);
+}
+
+/// A WoW64 syscall below the 64-bit stub: wow64/wow64win, wow64cpu, then
+/// the 32-bit side (ntdll32 stub, kernelbase32, the EXE, thread start).
+fn wow64_tail(l: &Layout, p: &Process, v: &mut Vec<u64>, from_win32k: bool, salt: u64) {
+    let Some([wow64, wow64win, wow64cpu, ntdll32, k32, kb32]) = &l.wow64 else {
+        return;
+    };
+    v.push(site(if from_win32k { wow64win } else { wow64 }, salt));
+    v.push(wow64.base + 0x7783);
+    v.push(wow64cpu.base + 0x1783);
+    v.push(wow64cpu.base + 0x1199);
+    if !from_win32k {
+        v.push(ntdll32.base + 0x7_2e4c);
+        v.push(site(kb32, salt));
+    }
+    if let Some(e) = &p.exe {
+        v.push(site(e, salt ^ 0x55));
+    }
+    v.push(k32.base + 0x1_fa29);
+    v.push(ntdll32.base + 0x6_e7bd);
+    v.push(ntdll32.base + 0x6_e78d);
 }
 
 fn exe_path(name: &str) -> String {
