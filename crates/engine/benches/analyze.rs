@@ -1,0 +1,142 @@
+//! End-to-end `analyze` throughput and memory on large generated traces.
+//!
+//! Writes a `mixed` synth trace of N syscalls to a temporary file, then runs
+//! what `analyze` runs (read in time order, decode, learning pass,
+//! classifying pass into the alert report) and prints syscall+stack pairs/s
+//! per pass and the peak RSS of the classifying pass, for N and 10 N.
+//!
+//! `cargo bench -p sentry-engine --bench analyze` (N from
+//! `SENTRY_BENCH_SYSCALLS`, default 200,000).
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::Path;
+use std::time::Instant;
+
+use sentry_engine::report::{Report, ReportConfig};
+use sentry_engine::{Engine, EngineConfig, Learning, NullSink};
+use sentry_etl::{EtlFile, Order};
+use sentry_synth::{generate, Options, Scenario};
+
+fn peak_rss_kib() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let l = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    l.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn reset_peak_rss() {
+    // Linux: writing 5 to clear_refs resets VmHWM to the current RSS.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn make(path: &Path, syscalls: u64) {
+    let mut o = Options::new(Scenario::Mixed);
+    o.syscalls = syscalls;
+    o.seed = 42;
+    let f = BufWriter::with_capacity(1 << 20, File::create(path).unwrap());
+    generate(&o, f, None::<std::io::Sink>).unwrap();
+}
+
+struct Run {
+    pairs: u64,
+    read_s: f64,
+    learn_s: f64,
+    classify_s: f64,
+    peak_kib: Option<u64>,
+    alerts: usize,
+}
+
+fn run(path: &Path) -> Run {
+    let file = EtlFile::open(path).unwrap();
+    // Reading alone (the reader's share of the time).
+    let t = Instant::now();
+    let mut r = file.events(Order::Time);
+    let mut n = 0u64;
+    while let Some(ev) = r.next_event() {
+        n = n.wrapping_add(ev.timestamp & 1);
+    }
+    std::hint::black_box(n);
+    let read_s = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let mut learner = Engine::new(EngineConfig {
+        learning: Learning::Only,
+        ..EngineConfig::default()
+    });
+    let mut r = file.events(Order::Time);
+    while let Some(ev) = r.next_event() {
+        learner.process(&ev, &mut NullSink);
+    }
+    learner.finish(&mut NullSink);
+    let learn_s = t.elapsed().as_secs_f64();
+
+    reset_peak_rss();
+    let t = Instant::now();
+    let mut engine = Engine::new(EngineConfig {
+        services: learner.into_services(),
+        ..EngineConfig::default()
+    });
+    let mut report = Report::new(ReportConfig::default(), Box::new(std::io::sink()));
+    let mut r = file.events(Order::Time);
+    while let Some(ev) = r.next_event() {
+        engine.process(&ev, &mut report);
+    }
+    let stats = engine.finish(&mut report);
+    report.finish(&engine).unwrap();
+    let classify_s = t.elapsed().as_secs_f64();
+    Run {
+        pairs: stats.correlator.matched,
+        read_s,
+        learn_s,
+        classify_s,
+        peak_kib: peak_rss_kib(),
+        alerts: report.alert_count(),
+    }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let n: u64 = std::env::var("SENTRY_BENCH_SYSCALLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    if let Ok(f) = std::env::var("SENTRY_BENCH_FILE") {
+        // Profile an existing trace (e.g. under perf).
+        let r = run(Path::new(&f));
+        println!(
+            "{f}: pairs {} read {:.2} s learn {:.2} s classify {:.2} s",
+            r.pairs, r.read_s, r.learn_s, r.classify_s
+        );
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("sentry-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for size in [n, n * 10] {
+        let path = dir.join(format!("mixed-{size}.etl"));
+        let t = Instant::now();
+        make(&path, size);
+        let mb = std::fs::metadata(&path).unwrap().len() as f64 / 1e6;
+        eprintln!(
+            "generated {size} syscalls ({mb:.0} MB) in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+        let r = run(&path);
+        let p = r.pairs as f64;
+        println!(
+            "syscalls {size}: pairs {} | read only {:.2} s ({:.2} M pairs/s) | learn pass {:.2} s ({:.2} M pairs/s) | classify pass {:.2} s ({:.2} M pairs/s) | peak RSS of classify pass {} KiB | alerts {}",
+            r.pairs,
+            r.read_s,
+            p / r.read_s / 1e6,
+            r.learn_s,
+            p / r.learn_s / 1e6,
+            r.classify_s,
+            p / r.classify_s / 1e6,
+            r.peak_kib.map_or("?".into(), |k| k.to_string()),
+            r.alerts
+        );
+        let _ = std::fs::remove_file(&path);
+    }
+    let _ = std::fs::remove_dir(&dir);
+}
