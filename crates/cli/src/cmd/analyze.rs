@@ -374,6 +374,77 @@ impl Progress {
 mod tests {
     use super::*;
 
+    fn args(files: Vec<PathBuf>, out: PathBuf) -> Args {
+        Args {
+            files,
+            system_dlls: None,
+            allowlist: None,
+            format: "json".into(),
+            per_syscall: true,
+            out: Some(out),
+            summary: None,
+            quiet: true,
+            pid: None,
+            process: None,
+            since: None,
+            until: None,
+            window_ms: 500,
+            max_pending: 1 << 16,
+        }
+    }
+
+    /// `synth` files in a temp dir, `analyze --per-syscall` through `run`,
+    /// compared with the truth file: verdict, reason, pid, tid per syscall.
+    #[test]
+    fn analyze_reproduces_synth_truth_through_files() {
+        use sentry_synth::{generate, Options, Scenario};
+        let dir = std::env::temp_dir().join(format!("sentry-analyze-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for s in Scenario::ALL {
+            let mut o = Options::new(s);
+            o.seed = 1;
+            o.syscalls = 1500;
+            let etl = dir.join(format!("{}.etl", s.name()));
+            let truth = dir.join(format!("{}.truth.json", s.name()));
+            generate(
+                &o,
+                File::create(&etl).unwrap(),
+                Some(File::create(&truth).unwrap()),
+            )
+            .unwrap();
+            let out = dir.join(format!("{}.jsonl", s.name()));
+            let code = run(args(vec![etl], out.clone())).unwrap();
+            let truth: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&truth).unwrap()).unwrap();
+            let mut got = std::collections::HashMap::new();
+            for l in std::fs::read_to_string(&out).unwrap().lines() {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                got.insert(v["timestamp"].as_u64().unwrap(), v);
+            }
+            let rows = truth["syscalls"].as_array().unwrap();
+            assert_eq!(got.len(), rows.len(), "{}", s.name());
+            let mut alerts = 0;
+            for t in rows {
+                let g = &got[&t["timestamp"].as_u64().unwrap()];
+                for k in ["verdict", "reason", "pid", "tid"] {
+                    assert_eq!(g[k], t[k], "{} {k}: truth {t} engine {g}", s.name());
+                }
+                let v = t["verdict"].as_str().unwrap();
+                if v == "direct" || v == "indirect" {
+                    alerts += 1;
+                }
+            }
+            // Exit code 1 exactly when the truth holds alerts.
+            let want = if alerts > 0 {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            };
+            assert_eq!(code, want, "{}", s.name());
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn rfc3339_parses_to_filetime() {
         // Same instant as sentry_raw's own test: 2000-01-01T00:00:00Z.
