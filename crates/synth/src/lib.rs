@@ -861,9 +861,10 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
                 for t in &p.threads {
                     self.thread_event(&p, t, 2, cpu, (p.pid, t.tid))?;
                 }
-                let exe = p.exe.clone();
-                if let Some(e) = exe {
-                    self.image_event(p.pid, &e, 2, cpu, HeaderClass::System, (p.pid, first))?;
+                // Every image is unloaded as the process goes away.
+                let mods: Vec<Module> = p.modules(&self.l).into_iter().cloned().collect();
+                for m in &mods {
+                    self.image_event(p.pid, m, 2, cpu, HeaderClass::System, (p.pid, first))?;
                 }
                 self.process_event(&p, 2, cpu, Some((p.pid, first)))?;
             }
@@ -951,7 +952,15 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
                 let pi = if tech == Tech::Jit {
                     self.pick_proc(&[ProcKind::JitHost], None)?
                 } else {
-                    self.pick_proc(&[ProcKind::Native, ProcKind::Gui, ProcKind::JitHost], None)?
+                    self.pick_proc(
+                        &[
+                            ProcKind::Native,
+                            ProcKind::Gui,
+                            ProcKind::JitHost,
+                            ProcKind::Implant,
+                        ],
+                        None,
+                    )?
                 };
                 let s = self.pick_service(false);
                 let salt = s as u64 * 1000 + u64::from(self.procs[pi].pid);
@@ -981,7 +990,8 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
                 (pi, s, "normal", None, t)
             }
             Tech::Win32u => {
-                let pi = self.pick_proc(&[ProcKind::Gui, ProcKind::JitHost], None)?;
+                let pi =
+                    self.pick_proc(&[ProcKind::Gui, ProcKind::JitHost, ProcKind::Implant], None)?;
                 let s = self.pick_service(true);
                 let salt = s as u64 * 1000 + u64::from(self.procs[pi].pid);
                 let depth = self.depth(salt);
@@ -997,7 +1007,7 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
                 (pi, s, "normal", None, "benign-win32u")
             }
             Tech::Wow64 | Tech::Wow64Win32u => {
-                let pi = self.pick_proc(&[ProcKind::Wow64], None)?;
+                let pi = self.pick_proc(&[ProcKind::Wow64, ProcKind::Wow64Implant], None)?;
                 let w32 = tech == Tech::Wow64Win32u;
                 let s = self.pick_service(w32);
                 let (l, p) = (&self.l, &self.procs[pi]);
