@@ -7,9 +7,11 @@
 //! wires outputs. On other platforms the three subcommands exit with 2.
 
 use std::path::PathBuf;
+#[cfg(not(windows))]
 use std::process::ExitCode;
 
 /// The message for non-Windows hosts.
+#[cfg_attr(windows, allow(dead_code))]
 pub const NEEDS_WINDOWS: &str = "live needs Windows; use `analyze` on an .etl file recorded with \
                                  `record`, xperf or WPR";
 
