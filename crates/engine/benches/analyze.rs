@@ -44,6 +44,7 @@ struct Run {
     classify_s: f64,
     peak_kib: Option<u64>,
     alerts: usize,
+    stats: sentry_engine::EngineStats,
 }
 
 fn run(path: &Path) -> Run {
@@ -91,6 +92,7 @@ fn run(path: &Path) -> Run {
         classify_s,
         peak_kib: peak_rss_kib(),
         alerts: report.alert_count(),
+        stats,
     }
 }
 
@@ -135,6 +137,11 @@ fn main() {
             p / r.classify_s / 1e6,
             r.peak_kib.map_or("?".into(), |k| k.to_string()),
             r.alerts
+        );
+        let (c, st) = (&r.stats.correlator, &r.stats.state);
+        println!(
+            "  peak pending {}, live processes {}, processes seen {}, images loaded {}",
+            c.peak_pending, st.live_processes, st.processes_seen, st.images_loaded
         );
         let _ = std::fs::remove_file(&path);
     }

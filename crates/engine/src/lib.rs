@@ -15,8 +15,17 @@
 //!     engine.process(&raw, &mut report);  // decodes with sentry_kernel::decode
 //! }
 //! let stats = engine.finish(&mut report);  // flushes pending syscalls
-//! report.finish(&engine, &stats)?;         // alerts, summary, statistics
+//! report.finish(&engine)?;                 // deduplicated alerts, flush
+//! eprint!("{}", report.summary_table());   // per-process table
+//! eprint!("{}", sentry_engine::report::stats_text(&stats, wall_secs, report.alert_count()));
 //! ```
+//!
+//! For a live session: `Engine::set_header(header, raw)` (or `set_clock`)
+//! once, `EngineConfig { learning: Learning::Online, .. }`, and
+//! `ReportConfig { immediate: true, .. }` so that each new alert key is
+//! printed when first seen (the aggregated lines follow at `finish`).
+//! Call [`Engine::stats`] any time for counters; events must come in time
+//! order (per-processor streams merged), as `ProcessTrace` delivers them.
 //!
 //! * Verdicts come out through a [`VerdictSink`] ([`report::Report`] is one;
 //!   tests use closures wrapped in [`FnSink`]). A [`SyscallVerdict`] borrows the

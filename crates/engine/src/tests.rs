@@ -372,3 +372,172 @@ fn kernel_part_alone_waits_for_window_then_is_kernel_origin() {
     assert_eq!(s.verdicts.kernel_origin, 1);
     assert_eq!(s.correlator.expired, 1);
 }
+
+/// Floods the engine (through `process`, real payloads decoded by
+/// sentry-kernel) with syscalls that never get a stack and stacks that
+/// never get a syscall: the pending set stays at its cap, every entry is
+/// accounted for, and nothing is emitted twice.
+#[test]
+fn flood_without_partners_stays_within_the_cap() {
+    let cap = 1000;
+    let mut engine = Engine::new(EngineConfig {
+        max_pending: cap,
+        // A window longer than the whole flood: only the cap can bound it.
+        window_ms: 10_000_000,
+        ..EngineConfig::default()
+    });
+    let mut emitted = 0u64;
+    let mut peak = 0;
+    let enter = SVC_A.to_le_bytes();
+    let mut stack = Vec::new();
+    let n = 200_000u64;
+    for i in 0..n {
+        let ts = 1_000 + i * 10;
+        let mut ev = raw(ts, (i % 4) as u16);
+        if i % 2 == 0 {
+            ev.payload = &enter;
+        } else {
+            stack.clear();
+            stack.extend_from_slice(&(ts + 5).to_le_bytes()); // matches no syscall
+            stack.extend_from_slice(&PID.to_le_bytes());
+            stack.extend_from_slice(&77u32.to_le_bytes());
+            stack.extend_from_slice(&(APP + 0x10).to_le_bytes());
+            ev.id = EventId::Kernel {
+                group: 0x18,
+                opcode: 32,
+            };
+            ev.payload = &stack;
+        }
+        engine.process(&ev, &mut FnSink(|_v: &SyscallVerdict<'_>| emitted += 1));
+        peak = peak.max(engine.pending());
+        assert!(engine.pending() <= cap);
+    }
+    let s = engine.finish(&mut FnSink(|_v: &SyscallVerdict<'_>| emitted += 1));
+    assert_eq!(peak, cap);
+    assert_eq!(s.decode_errors, 0);
+    assert_eq!(s.syscalls, n / 2);
+    assert_eq!(emitted, n / 2, "every syscall gets exactly one verdict");
+    assert_eq!(s.verdicts.no_stack, n / 2);
+    assert_eq!(s.correlator.stack_without_syscall, n / 2);
+    assert_eq!(s.correlator.evicted, n - cap as u64);
+    assert_eq!(s.correlator.peak_pending, cap as u64);
+}
+
+#[derive(Clone, Default)]
+struct SharedBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for SharedBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn lines(b: &SharedBuf) -> Vec<serde_json::Value> {
+    let v = b.0.lock().unwrap();
+    std::str::from_utf8(&v)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Runs three syscalls (two direct from the same call site, one normal)
+/// through a Report.
+fn report_run(cfg: report::ReportConfig) -> (Vec<serde_json::Value>, String) {
+    let mut h = Harness::new(EngineConfig::default());
+    let buf = SharedBuf::default();
+    let mut rep = report::Report::new(cfg, Box::new(buf.clone()));
+    let mut feed = |h: &mut Harness, ts: u64, user: &[u64]| {
+        let frames = stack_of(user);
+        h.engine.on_kernel_event(
+            &raw(ts, 0),
+            KernelEvent::SysCallEnter(SysCallEnter {
+                sys_call_address: SVC_A,
+            }),
+        );
+        let bytes: Vec<u8> = frames.iter().flat_map(|f| f.to_le_bytes()).collect();
+        h.engine.on_kernel_event(
+            &raw(ts + 1, 0),
+            KernelEvent::StackWalk(sentry_kernel::StackWalk {
+                event_timestamp: ts,
+                stack_process: PID,
+                stack_thread: 77,
+                frames: Frames::new(&bytes, 8),
+            }),
+        );
+        h.engine.drain(&mut rep);
+    };
+    feed(&mut h, 100, &[APP + 0x1234, K32]);
+    feed(&mut h, 200, &[NTDLL + 0x1014, K32]);
+    feed(&mut h, 300, &[APP + 0x1234, K32]);
+    h.engine.finish(&mut rep);
+    rep.finish(&h.engine).unwrap();
+    let table = rep.summary_table();
+    (lines(&buf), table)
+}
+
+#[test]
+fn alerts_are_deduplicated_with_counts_and_evidence() {
+    let (l, table) = report_run(report::ReportConfig::default());
+    assert_eq!(l.len(), 1, "{l:?}");
+    let a = &l[0];
+    assert_eq!(a["type"], "alert");
+    assert_eq!(a["verdict"], "direct");
+    assert_eq!(a["reason"], "image");
+    assert_eq!(a["count"], 2);
+    assert_eq!(a["first_timestamp"], 100);
+    assert_eq!(a["last_timestamp"], 300);
+    assert_eq!(a["call_site"], "app.exe+0x1234");
+    assert_eq!(a["caller"], "KernelBase.dll+0x0");
+    assert_eq!(a["stack"][0], "ntoskrnl.exe+0x500");
+    assert_eq!(a["technique"], "direct-syscall");
+    assert!(table.contains("app.exe+0x1234 (2)"), "{table}");
+}
+
+#[test]
+fn ecs_layout_carries_the_ecs_fields() {
+    let (l, _) = report_run(report::ReportConfig {
+        format: report::Format::Ecs,
+        ..Default::default()
+    });
+    let a = &l[0];
+    assert_eq!(a["event"]["kind"], "alert");
+    assert_eq!(a["event"]["category"][0], "process");
+    assert_eq!(a["event"]["action"], "direct-syscall");
+    assert_eq!(a["process"]["pid"], PID);
+    assert_eq!(a["process"]["thread"]["id"], 77);
+    assert_eq!(a["rule"]["name"], "direct_syscall.image");
+    assert_eq!(a["threat"]["technique"]["id"][0], "T1106");
+    assert_eq!(a["threat"]["technique"]["name"][0], "Native API");
+    assert_eq!(a["host"]["os"]["family"], "windows");
+    assert_eq!(a["syscall_sentry"]["count"], 2);
+}
+
+#[test]
+fn per_syscall_lines_respect_filters() {
+    let cfg = |filter| report::ReportConfig {
+        per_syscall: true,
+        filter,
+        ..Default::default()
+    };
+    let (l, _) = report_run(cfg(report::Filter::default()));
+    assert_eq!(l.len(), 3);
+    assert_eq!(l[1]["verdict"], "normal");
+    assert_eq!(l[1]["call_site"], "ntdll.dll+0x1014");
+    let (l, _) = report_run(cfg(report::Filter {
+        since: Some(150),
+        until: Some(250),
+        ..Default::default()
+    }));
+    assert_eq!(l.len(), 1);
+    assert_eq!(l[0]["timestamp"], 200);
+    let (l, _) = report_run(cfg(report::Filter {
+        pid: Some(PID + 1),
+        ..Default::default()
+    }));
+    assert!(l.is_empty());
+}
