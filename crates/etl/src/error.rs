@@ -32,6 +32,9 @@ pub enum ErrorKind {
     BadRecordSize { size: u32, header: u32, room: u32 },
     /// `EVENT_HEADER` extended data items that do not fit the record.
     BadExtendedData,
+    /// Loading the buffer would exceed the reader's memory budget
+    /// ([`crate::MAX_BUFFERED_BYTES`]).
+    MemoryBudget { need: u64 },
 }
 
 impl fmt::Display for ErrorKind {
@@ -60,6 +63,10 @@ impl fmt::Display for ErrorKind {
             ErrorKind::BadRecordSize { size, header, room } => write!(
                 f,
                 "record size {size} invalid (header needs {header}, {room} bytes left in buffer)"
+            ),
+            ErrorKind::MemoryBudget { need } => write!(
+                f,
+                "buffer needs {need} bytes, over the reader's memory budget"
             ),
             ErrorKind::BadExtendedData => {
                 write!(f, "EVENT_HEADER extended data items do not fit the record")

@@ -52,5 +52,5 @@ pub mod xpress;
 
 pub use buffer::BufferHeader;
 pub use error::{Diagnostics, ErrorKind, EtlError};
-pub use reader::{BufferInfo, EtlFile, EventReader, Order};
+pub use reader::{BufferInfo, EtlFile, EventReader, Order, MAX_BUFFERED_BYTES};
 pub use sentry_raw::{Clock, LogfileHeader, RawEvent};

@@ -51,7 +51,15 @@ pub struct EtlFile {
     clock: Clock,
     buffers: Vec<BufferInfo>,
     index_diagnostics: Diagnostics,
+    /// Largest filled size a buffer may declare: the logfile header's
+    /// `BufferSize` when sane (every real buffer fits it).
+    max_filled: u32,
 }
+
+/// Most bytes of buffer data one [`EventReader`] holds at once (one buffer
+/// per processor in time order). A hostile file whose buffers would need
+/// more gets errors for those buffers instead of exhausting memory.
+pub const MAX_BUFFERED_BYTES: usize = 1 << 30;
 
 impl std::fmt::Debug for EtlFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -96,6 +104,10 @@ impl EtlFile {
         }
         while ix.step(&source, len)? {}
         let clock = Clock::new(&header, raw);
+        let max_filled = match header.buffer_size {
+            s if u64::from(s) >= HDR && s <= MAX_BUFFER_SIZE => s,
+            _ => MAX_BUFFER_SIZE,
+        };
         Ok(EtlFile {
             source,
             len,
@@ -103,6 +115,7 @@ impl EtlFile {
             clock,
             buffers: ix.buffers,
             index_diagnostics: ix.diag,
+            max_filled,
         })
     }
 
@@ -138,7 +151,14 @@ impl EtlFile {
 
     /// A reader over the events in the given order.
     pub fn events(&self, order: Order) -> EventReader<'_> {
-        EventReader::new(self, order)
+        EventReader::new(self, order, MAX_BUFFERED_BYTES)
+    }
+
+    /// A reader holding at most `max_buffered_bytes` of buffer data (default
+    /// [`MAX_BUFFERED_BYTES`]); buffers past it are skipped with
+    /// [`ErrorKind::MemoryBudget`].
+    pub fn events_with_budget(&self, order: Order, max_buffered_bytes: usize) -> EventReader<'_> {
+        EventReader::new(self, order, max_buffered_bytes)
     }
 
     /// Calls `f` for every event in `order` until it returns `Break`;
@@ -164,8 +184,13 @@ impl EtlFile {
         idx: usize,
         data: &mut Vec<u8>,
         scratch: &mut Vec<u8>,
+        budget: usize,
     ) -> Result<usize, (EtlError, usize)> {
-        load_buffer(&self.source, &self.buffers[idx], data, scratch)
+        let limits = Limits {
+            max_filled: self.max_filled,
+            budget,
+        };
+        load_buffer(&self.source, &self.buffers[idx], data, scratch, limits)
     }
 }
 
@@ -254,7 +279,11 @@ fn first_logfile_header(
 ) -> Result<(LogfileHeader, u64), EtlError> {
     let mut data = Vec::new();
     let mut scratch = Vec::new();
-    let len = load_buffer(source, info, &mut data, &mut scratch).map_err(|(e, _)| e)?;
+    let limits = Limits {
+        max_filled: MAX_BUFFER_SIZE,
+        budget: MAX_BUFFER_SIZE as usize,
+    };
+    let len = load_buffer(source, info, &mut data, &mut scratch, limits).map_err(|(e, _)| e)?;
     let base = info.offset + HDR;
     let no = |why: String| EtlError::in_buffer(base, info.offset, ErrorKind::NoLogfileHeader(why));
     let parsed = record::parse(&data[..len])
@@ -276,12 +305,22 @@ fn first_logfile_header(
     Ok((lh, m.timestamp))
 }
 
+/// Bounds on what loading one buffer may allocate.
+#[derive(Clone, Copy)]
+struct Limits {
+    /// Largest filled size a buffer may declare.
+    max_filled: u32,
+    /// Bytes `data` may grow to within the reader's memory budget.
+    budget: usize,
+}
+
 /// See [`EtlFile::load`].
 fn load_buffer(
     source: &Source,
     info: &BufferInfo,
     data: &mut Vec<u8>,
     scratch: &mut Vec<u8>,
+    limits: Limits,
 ) -> Result<usize, (EtlError, usize)> {
     let h = &info.header;
     let base = info.offset + HDR;
@@ -290,16 +329,19 @@ fn load_buffer(
     let stored = (info.available as usize).saturating_sub(BUFFER_HEADER_SIZE);
     if h.is_compressed() {
         let filled = h.filled_bytes;
-        if filled > MAX_BUFFER_SIZE {
+        if filled > limits.max_filled {
             return Err((
                 err(ErrorKind::BadFilledBytes {
                     filled,
-                    size: h.buffer_size,
+                    size: limits.max_filled,
                 }),
                 0,
             ));
         }
         let want = (filled as usize).saturating_sub(BUFFER_HEADER_SIZE);
+        if want > limits.budget {
+            return Err((err(ErrorKind::MemoryBudget { need: want as u64 }), 0));
+        }
         scratch.resize(stored, 0);
         source.read_exact_at(scratch, base).map_err(io)?;
         match xpress::decompress(scratch, data, want) {
@@ -326,6 +368,9 @@ fn load_buffer(
             (filled, None)
         };
         let n = (end as usize - BUFFER_HEADER_SIZE).min(stored);
+        if n > limits.budget {
+            return Err((err(ErrorKind::MemoryBudget { need: n as u64 }), 0));
+        }
         if data.len() < n {
             data.resize(n, 0);
         }
@@ -335,6 +380,17 @@ fn load_buffer(
             None => Ok(n),
         }
     }
+}
+
+/// State shared by the cursors of one reader.
+struct Shared {
+    diag: Diagnostics,
+    /// Compressed bytes of the buffer being decompressed.
+    scratch: Vec<u8>,
+    /// Bytes of buffer data the cursors hold (capacity of their `data`).
+    held: usize,
+    /// Most bytes they may hold.
+    limit: usize,
 }
 
 /// One stream of buffers (all of them, or one processor's) and the position
@@ -374,7 +430,7 @@ impl Cursor {
     }
 
     /// Loads buffers until one with records is in `data`, or none are left.
-    fn load_next(&mut self, file: &EtlFile, diag: &mut Diagnostics, scratch: &mut Vec<u8>) -> bool {
+    fn load_next(&mut self, file: &EtlFile, sh: &mut Shared) -> bool {
         while let Some(&idx) = self.list.get(self.next) {
             self.next += 1;
             let info = &file.buffers[idx as usize];
@@ -383,14 +439,18 @@ impl Cursor {
             self.processor = info.header.processor;
             self.pos = 0;
             self.partial = false;
-            match file.load(idx as usize, &mut self.data, scratch) {
+            let before = self.data.capacity();
+            let budget = sh.limit.saturating_sub(sh.held - before);
+            let loaded = file.load(idx as usize, &mut self.data, &mut sh.scratch, budget);
+            sh.held = sh.held - before + self.data.capacity();
+            match loaded {
                 Ok(n) => self.len = n,
                 Err((e, n)) => {
-                    diag.error(e);
+                    sh.diag.error(e);
                     self.len = n;
                     self.partial = true;
                     if n == 0 {
-                        diag.skipped_buffers += 1;
+                        sh.diag.skipped_buffers += 1;
                         continue;
                     }
                 }
@@ -399,12 +459,15 @@ impl Cursor {
         }
         self.done = true;
         self.len = 0;
+        // Give the memory back: a finished stream holds nothing.
+        sh.held -= self.data.capacity();
+        self.data = Vec::new();
         false
     }
 
     /// Makes `current` the next event at or after `pos`, loading buffers
     /// as needed; `None` at the end of the stream.
-    fn fill(&mut self, file: &EtlFile, diag: &mut Diagnostics, scratch: &mut Vec<u8>) {
+    fn fill(&mut self, file: &EtlFile, sh: &mut Shared) {
         if self.current.is_some() || self.done {
             return;
         }
@@ -412,40 +475,40 @@ impl Cursor {
             self.done = true;
             return;
         }
-        if self.next == 0 && !self.load_next(file, diag, scratch) {
+        if self.next == 0 && !self.load_next(file, sh) {
             return;
         }
         loop {
             let rest = self.data.get(self.pos..self.len).unwrap_or(&[]);
             match record::parse(rest) {
                 Ok(Some(p)) => {
-                    diag.records += 1;
+                    sh.diag.records += 1;
                     match p.record {
                         Record::Event(m) => {
                             self.current = Some((m, p.size));
                             return;
                         }
-                        Record::Message => diag.message_records += 1,
-                        Record::Other(t) => *diag.other_records.entry(t).or_insert(0) += 1,
+                        Record::Message => sh.diag.message_records += 1,
+                        Record::Other(t) => *sh.diag.other_records.entry(t).or_insert(0) += 1,
                     }
                     self.pos += p.aligned_size();
                 }
                 Ok(None) => {
-                    if !self.load_next(file, diag, scratch) {
+                    if !self.load_next(file, sh) {
                         return;
                     }
                 }
                 Err(kind) => {
                     if !self.partial {
-                        diag.error(EtlError::in_buffer(
+                        sh.diag.error(EtlError::in_buffer(
                             self.buf_offset + HDR + self.pos as u64,
                             self.buf_offset,
                             kind,
                         ));
                     }
-                    diag.abandoned_buffer_tails += 1;
-                    diag.abandoned_bytes += rest.len() as u64;
-                    if !self.load_next(file, diag, scratch) {
+                    sh.diag.abandoned_buffer_tails += 1;
+                    sh.diag.abandoned_bytes += rest.len() as u64;
+                    if !self.load_next(file, sh) {
                         return;
                     }
                 }
@@ -453,11 +516,11 @@ impl Cursor {
         }
     }
 
-    fn advance(&mut self, file: &EtlFile, diag: &mut Diagnostics, scratch: &mut Vec<u8>) {
+    fn advance(&mut self, file: &EtlFile, sh: &mut Shared) {
         if let Some((_, size)) = self.current.take() {
             self.pos += (size as usize + 7) & !7;
         }
-        self.fill(file, diag, scratch);
+        self.fill(file, sh);
     }
 
     fn key(&self) -> Option<(u64, u32, u32)> {
@@ -512,15 +575,18 @@ enum Mode {
 /// ```
 pub struct EventReader<'f> {
     file: &'f EtlFile,
-    diag: Diagnostics,
-    scratch: Vec<u8>,
+    shared: Shared,
     mode: Mode,
 }
 
 impl<'f> EventReader<'f> {
-    fn new(file: &'f EtlFile, order: Order) -> EventReader<'f> {
-        let mut diag = file.index_diagnostics.clone();
-        let mut scratch = Vec::new();
+    fn new(file: &'f EtlFile, order: Order, limit: usize) -> EventReader<'f> {
+        let mut shared = Shared {
+            diag: file.index_diagnostics.clone(),
+            scratch: Vec::new(),
+            held: 0,
+            limit,
+        };
         let mode = match order {
             Order::File => Mode::File {
                 cursor: Cursor::new((0..file.buffers.len() as u32).collect()),
@@ -537,7 +603,7 @@ impl<'f> EventReader<'f> {
                 let mut cursors: Vec<Cursor> = per_cpu.into_values().map(Cursor::new).collect();
                 let mut heap = BinaryHeap::with_capacity(cursors.len());
                 for (i, c) in cursors.iter_mut().enumerate() {
-                    c.fill(file, &mut diag, &mut scratch);
+                    c.fill(file, &mut shared);
                     if let Some((t, b, p)) = c.key() {
                         heap.push(Reverse((t, b, p, i as u32)));
                     }
@@ -549,12 +615,7 @@ impl<'f> EventReader<'f> {
                 }
             }
         };
-        EventReader {
-            file,
-            diag,
-            scratch,
-            mode,
-        }
+        EventReader { file, shared, mode }
     }
 
     /// The next event, or `None` at the end of the file.
@@ -564,14 +625,14 @@ impl<'f> EventReader<'f> {
         match &mut self.mode {
             Mode::File { cursor, started } => {
                 if *started {
-                    cursor.advance(file, &mut self.diag, &mut self.scratch);
+                    cursor.advance(file, &mut self.shared);
                 } else {
                     *started = true;
-                    cursor.fill(file, &mut self.diag, &mut self.scratch);
+                    cursor.fill(file, &mut self.shared);
                 }
                 let ev = cursor.event();
                 if ev.is_some() {
-                    self.diag.events += 1;
+                    self.shared.diag.events += 1;
                 }
                 ev
             }
@@ -582,14 +643,14 @@ impl<'f> EventReader<'f> {
             } => {
                 if let Some(i) = last.take() {
                     let c = &mut cursors[i];
-                    c.advance(file, &mut self.diag, &mut self.scratch);
+                    c.advance(file, &mut self.shared);
                     if let Some((t, b, p)) = c.key() {
                         heap.push(Reverse((t, b, p, i as u32)));
                     }
                 }
                 let Reverse((_, _, _, i)) = heap.pop()?;
                 *last = Some(i as usize);
-                self.diag.events += 1;
+                self.shared.diag.events += 1;
                 cursors[i as usize].event()
             }
         }
@@ -597,11 +658,11 @@ impl<'f> EventReader<'f> {
 
     /// What was skipped so far (including the file's index diagnostics).
     pub fn diagnostics(&self) -> &Diagnostics {
-        &self.diag
+        &self.shared.diag
     }
 
     pub fn into_diagnostics(self) -> Diagnostics {
-        self.diag
+        self.shared.diag
     }
 
     /// The file being read.

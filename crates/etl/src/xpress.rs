@@ -61,7 +61,9 @@ impl std::error::Error for XpressError {}
 /// `max_out` bytes. On error `out` keeps what was produced before it.
 pub fn decompress(input: &[u8], out: &mut Vec<u8>, max_out: usize) -> Result<(), XpressError> {
     out.clear();
-    out.reserve(max_out.min(input.len().saturating_mul(64)).max(64));
+    // The declared size is exact for real buffers: one allocation, and the
+    // caller has checked it against its memory budget.
+    out.reserve_exact(max_out);
     let len = input.len();
     let mut ip = 0usize;
     let mut flags: u32 = 0;

@@ -219,3 +219,64 @@ proptest! {
         exercise(&bytes);
     }
 }
+
+/// Many tiny compressed buffers, each on its own processor and each
+/// expanding to a full 64 KB buffer with one pending event: time order
+/// must hold one buffer per processor, so the memory budget decides.
+#[test]
+fn memory_budget_bounds_time_order() {
+    let win8 = corpus_bytes("win8-x64-compressed-stackcache.etl");
+    let header_buffer = &win8[..512];
+    let template: [u8; 72] = win8[512..584].try_into().unwrap();
+    // One PERFINFO64 SampledProfile record, a 0xFF, then a match repeating
+    // it to 65464 bytes (65536 filled minus the header).
+    let mut stream = 0x0000_7FFFu32.to_le_bytes().to_vec();
+    stream.extend_from_slice(&[0x02, 0x00, 0x11, 0xC0, 16, 0, 0x2e, 0x0f]);
+    stream.extend_from_slice(&2_000_000_000u64.to_le_bytes());
+    stream.push(0xFF);
+    stream.extend_from_slice(&7u16.to_le_bytes());
+    stream.extend_from_slice(&[0x0f, 255]);
+    stream.extend_from_slice(&65_444u16.to_le_bytes());
+    let n = 300usize;
+    let mut bytes = header_buffer.to_vec();
+    for i in 0..n {
+        let mut h = template;
+        h[0..4].copy_from_slice(&(72 + stream.len() as u32).to_le_bytes());
+        h[0x28..0x2a].copy_from_slice(&(i as u16).to_le_bytes());
+        h[0x30..0x34].copy_from_slice(&65_536u32.to_le_bytes());
+        h[0x34..0x36].copy_from_slice(&0x60u16.to_le_bytes());
+        bytes.extend_from_slice(&h);
+        bytes.extend_from_slice(&stream);
+    }
+    let file = EtlFile::from_bytes(bytes).unwrap();
+    assert_eq!(file.buffers().len(), n + 1);
+    // Unbounded, every buffer yields its event in both orders.
+    assert_eq!(
+        exercise_budget(&file, Order::File, usize::MAX).events,
+        n as u64 + 1
+    );
+    assert_eq!(
+        exercise_budget(&file, Order::Time, usize::MAX).events,
+        n as u64 + 1
+    );
+    // With room for 100 buffers, time order reads 100 and skips the rest
+    // with errors; file order (one buffer at a time) reads them all.
+    let budget = 100 * 65_464;
+    let d = exercise_budget(&file, Order::Time, budget);
+    assert_eq!(d.events, 100 + 1, "{:?}", d.errors.first());
+    assert_eq!(d.error_count, n as u64 - 100);
+    assert!(matches!(
+        d.errors[0].kind,
+        sentry_etl::ErrorKind::MemoryBudget { need: 65_464 }
+    ));
+    assert_eq!(
+        exercise_budget(&file, Order::File, budget).events,
+        n as u64 + 1
+    );
+}
+
+fn exercise_budget(file: &EtlFile, order: Order, budget: usize) -> Diagnostics {
+    let mut r = file.events_with_budget(order, budget);
+    while r.next_event().is_some() {}
+    r.into_diagnostics()
+}
