@@ -67,6 +67,13 @@ pub enum Finish {
 
 const NONE: u32 = u32::MAX;
 
+/// Parts merged into one entry at most (a kernel and a user part, each
+/// possibly split into a few key references); more is hostile input.
+const MAX_FRAGMENTS: u32 = 16;
+
+/// Frames held by stack-key definitions at most (128 MiB of addresses).
+const MAX_KEY_FRAMES: usize = 16 << 20;
+
 /// One pending parent and/or stack.
 #[derive(Debug, Default, Clone)]
 pub struct Entry {
@@ -131,6 +138,8 @@ pub struct CorrelatorStats {
     pub parked: u64,
     /// Highest number of pending entries seen.
     pub peak_pending: u64,
+    /// Stack-key definitions not kept because the key table was full.
+    pub keys_dropped: u64,
     /// Stack-key definitions held (now).
     pub keys_defined: u64,
 }
@@ -150,6 +159,7 @@ pub struct Correlator {
     max_pending: usize,
     max_keys: usize,
     keys: HashMap<u64, Vec<u64>, FxBuildHasher>,
+    key_frames: usize,
     waiting: HashMap<u64, Vec<(u32, u32, StackPart)>, FxBuildHasher>,
     waiting_len: usize,
     ready: VecDeque<(u32, Finish)>,
@@ -172,6 +182,7 @@ impl Correlator {
             max_pending: max_pending.max(1),
             max_keys: 1 << 20,
             keys: HashMap::default(),
+            key_frames: 0,
             waiting: HashMap::default(),
             waiting_len: 0,
             ready: VecDeque::new(),
@@ -406,7 +417,12 @@ impl Correlator {
                     StackPart::Kernel => !e.has_kernel,
                     StackPart::User => !e.has_user,
                 };
-                if e.tid == tid && e.pid == pid && free && same_thread == NONE {
+                if e.tid == tid
+                    && e.pid == pid
+                    && free
+                    && e.fragments < MAX_FRAGMENTS
+                    && same_thread == NONE
+                {
                     same_thread = cur;
                 }
             } else if e.parent.is_some() {
@@ -532,13 +548,21 @@ impl Correlator {
         }
         match d.op {
             StackKeyOp::Delete => {
-                self.keys.remove(&d.stack_key);
+                if let Some(old) = self.keys.remove(&d.stack_key) {
+                    self.key_frames -= old.len();
+                }
             }
             StackKeyOp::Create | StackKeyOp::Rundown => {
-                if self.keys.len() < self.max_keys || self.keys.contains_key(&d.stack_key) {
-                    let v = self.keys.entry(d.stack_key).or_default();
-                    v.clear();
-                    v.extend_from_slice(&frames);
+                if let Some(old) = self.keys.remove(&d.stack_key) {
+                    self.key_frames -= old.len();
+                }
+                if self.keys.len() < self.max_keys
+                    && self.key_frames + frames.len() <= MAX_KEY_FRAMES
+                {
+                    self.key_frames += frames.len();
+                    self.keys.insert(d.stack_key, frames.clone());
+                } else {
+                    self.stats.keys_dropped += 1;
                 }
             }
         }

@@ -541,3 +541,74 @@ fn per_syscall_lines_respect_filters() {
     }));
     assert!(l.is_empty());
 }
+
+/// Hostile input: random payloads for every event kind the engine decodes,
+/// colliding timestamps, random processors. Nothing may panic, the cap holds,
+/// and every decoded SysCallEnter gets exactly one verdict.
+#[test]
+fn random_payloads_never_panic() {
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut rnd = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let kinds: [(u8, u8); 14] = [
+        (0x0f, 51),
+        (0x0f, 52),
+        (0x18, 32),
+        (0x18, 34),
+        (0x18, 35),
+        (0x18, 36),
+        (0x18, 37),
+        (0x18, 38),
+        (0x03, 1),
+        (0x03, 2),
+        (0x03, 10),
+        (0x05, 1),
+        (0x14, 2),
+        (0x00, 0),
+    ];
+    for pairing in [Pairing::SysCallEnter, Pairing::AnyEvent] {
+        let mut engine = Engine::new(EngineConfig {
+            max_pending: 64,
+            pairing,
+            learning: Learning::Online,
+            ..EngineConfig::default()
+        });
+        let mut verdicts = 0u64;
+        let mut payload = Vec::new();
+        let mut ts = 1u64;
+        for _ in 0..30_000 {
+            let (group, opcode) = kinds[(rnd() % kinds.len() as u64) as usize];
+            payload.clear();
+            let len = (rnd() % 96) as usize;
+            // Stack payloads that point back at recent timestamps pair more.
+            if group == 0x18 && (opcode == 32 || opcode >= 37) && len >= 16 {
+                payload.extend_from_slice(&(ts - rnd() % ts.min(50)).to_le_bytes());
+                payload.extend_from_slice(&((rnd() % 3) as u32 + 4).to_le_bytes());
+                payload.extend_from_slice(&((rnd() % 3) as u32).to_le_bytes());
+            }
+            while payload.len() < len {
+                payload.push(rnd() as u8);
+            }
+            ts += rnd() % 3;
+            let mut ev = raw(ts, (rnd() % 4) as u16);
+            ev.id = EventId::Kernel { group, opcode };
+            ev.version = (rnd() % 5) as u8;
+            ev.pointer_size = if rnd() % 8 == 0 { 4 } else { 8 };
+            ev.payload = &payload;
+            engine.process(&ev, &mut FnSink(|_v: &SyscallVerdict<'_>| verdicts += 1));
+            assert!(engine.pending() <= 64);
+        }
+        let s = engine.finish(&mut FnSink(|_v: &SyscallVerdict<'_>| verdicts += 1));
+        if pairing == Pairing::SysCallEnter {
+            assert_eq!(verdicts, s.syscalls);
+        }
+        assert!(
+            s.decode_errors > 0,
+            "the fuzz reached the decoders' error paths"
+        );
+    }
+}
