@@ -126,7 +126,7 @@ impl TraceConfig {
             compress: false,
             perf_freq: 10_000_000,
             start_qpc: 13_764_840_754,
-            // 2024-03-05T09:10:11Z
+            // 2024-03-05T01:30:11Z
             start_time: 133_540_758_110_000_000,
             boot_time: 133_540_744_340_000_000,
             os_version: [10, 0, 0, 0],
@@ -195,6 +195,8 @@ struct ProcBuffer {
     data: Vec<u8>,
     sequence: i64,
     last_timestamp: u64,
+    /// Events were lost on this processor while this buffer was current.
+    lost: bool,
 }
 
 /// Streams records into per-processor buffers and the file.
@@ -220,6 +222,7 @@ impl<W: Write + Seek> EtlWriter<W> {
                 data: Vec::with_capacity(cfg.buffer_size as usize),
                 sequence: 0,
                 last_timestamp: 0,
+                lost: false,
             })
             .collect();
         // Compressed traces trim the header buffer (0x200 in the Windows 8
@@ -260,6 +263,15 @@ impl<W: Write + Seek> EtlWriter<W> {
     /// Counts events the "kernel" dropped (reported in `EventsLost`).
     pub fn note_events_lost(&mut self, n: u32) {
         self.stats.events_lost = self.stats.events_lost.saturating_add(n);
+    }
+
+    /// Counts events dropped on `processor`, and flags that processor's
+    /// current buffer `EVENTS_LOST`, as the kernel does.
+    pub fn note_events_lost_on(&mut self, processor: u16, n: u32) {
+        self.note_events_lost(n);
+        if let Some(b) = self.bufs.get_mut(usize::from(processor)) {
+            b.lost = true;
+        }
     }
 
     /// Appends a record to `processor`'s buffer, writing the buffer out
@@ -341,6 +353,9 @@ impl<W: Write + Seek> EtlWriter<W> {
         let ts = self.filetime(self.bufs[p].last_timestamp);
         let seq = self.bufs[p].sequence;
         let mut flags = BUFFER_FLAG_PROC_INDEX;
+        if std::mem::take(&mut self.bufs[p].lost) {
+            flags |= BUFFER_FLAG_EVENTS_LOST;
+        }
         let mut data = std::mem::take(&mut self.bufs[p].data);
         data.truncate(filled);
         let mut on_disk_size = cap;
@@ -561,7 +576,7 @@ mod tests {
             let mut w = EtlWriter::new(io::Cursor::new(Vec::new()), cfg.clone()).unwrap();
             w.write(1, &rec(cfg.start_qpc + 10, &[1, 2, 3, 4, 5, 6, 7, 8]))
                 .unwrap();
-            w.note_events_lost(3);
+            w.note_events_lost_on(1, 3);
             let (out, stats) = w.finish().unwrap();
             let f = out.into_inner();
             assert_eq!(stats.buffers, 2);
@@ -587,6 +602,8 @@ mod tests {
             // Data buffer: processor 1, one 24-byte record, 0xFF after.
             let b = &f[0x1_0000..];
             assert_eq!(u16::from_le_bytes([b[0x28], b[0x29]]), 1);
+            // PROC_INDEX | EVENTS_LOST
+            assert_eq!(u16::from_le_bytes([b[0x34], b[0x35]]), 0x22);
             assert_eq!(
                 u32::from_le_bytes(b[0x30..0x34].try_into().unwrap()),
                 72 + 24

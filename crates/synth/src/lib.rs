@@ -382,7 +382,7 @@ pub fn generate<W: Write + Seek, T: Write>(
             } else {
                 0x8640_0000
             },
-            capacity: 1024,
+            capacity: 4096,
         }),
         counts: BTreeMap::new(),
         techniques: BTreeMap::new(),
@@ -1229,7 +1229,7 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
         let routine = self.l.routine(svc);
 
         if delivery == Delivery::Lost {
-            self.w.note_events_lost(3);
+            self.w.note_events_lost_on(cpu, 3);
             self.tick(20, 200);
             return Ok(());
         }
