@@ -23,7 +23,25 @@
 //!   StackWalk and SysCallExit dropped) is absent from the truth and counts
 //!   3 in `events_lost`.
 //! - `reason` is `null` unless the verdict is `direct` or `indirect`; a
-//!   `direct`/`image` entry also names the module (`"module"`).
+//!   `direct`/`image` entry also names the module (`"module"`). The truth
+//!   file adds `compressed`, `stack_cache` and per-`techniques` counts to
+//!   the documented schema.
+//! - Heaven's gate: U is 64-bit code outside the 64-bit ntdll/win32u of a
+//!   WoW64 process, either in private memory or inside the 32-bit EXE;
+//!   both are `direct`/`heavens_gate` (rule 3's WoW64 clause wins over
+//!   `image`/`unbacked`). It needs a 64-bit trace.
+//! - 32-bit traces (`pointer_size` 4) keep the x64 stub geometry of the
+//!   rules (0x20 apart, return site +0x14) with x86 address ranges, and have
+//!   no WoW64.
+//!
+//! Event forms follow the Windows 10 corpus trace: Process V4 (Start/End
+//! SYSTEM headers, DCStart/DCEnd PERFINFO), Thread V3 (SYSTEM), Image V3
+//! (Load as hook 0x030A and Unload with SYSTEM headers; DCStart/DCEnd
+//! PERFINFO for user images, SYSTEM for kernel images), SysCallEnter/Exit,
+//! StackWalk and stack-key events with PERFINFO headers, version 2. With
+//! stack caching, as in the Windows 8 corpus traces, references (37 kernel,
+//! 38 user) come first and keys are defined when they leave the bounded
+//! cache (35) or at the end (36); no create (34) events.
 
 #![forbid(unsafe_code)]
 
