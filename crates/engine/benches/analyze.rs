@@ -24,6 +24,12 @@ fn peak_rss_kib() -> Option<u64> {
     l.split_whitespace().nth(1)?.parse().ok()
 }
 
+fn current_rss_kib() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let l = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    l.split_whitespace().nth(1)?.parse().ok()
+}
+
 fn reset_peak_rss() {
     // Linux: writing 5 to clear_refs resets VmHWM to the current RSS.
     let _ = std::fs::write("/proc/self/clear_refs", "5");
@@ -40,16 +46,23 @@ fn make(path: &Path, syscalls: u64) {
 struct Run {
     pairs: u64,
     read_s: f64,
+    decode_s: f64,
     learn_s: f64,
     classify_s: f64,
     peak_kib: Option<u64>,
+    /// Peak RSS of the classifying pass above the RSS before it.
+    growth_kib: Option<u64>,
+    /// The same for a read-only pass (the reader's own share).
+    read_growth_kib: Option<u64>,
     alerts: usize,
     stats: sentry_engine::EngineStats,
 }
 
 fn run(path: &Path) -> Run {
     let file = EtlFile::open(path).unwrap();
-    // Reading alone (the reader's share of the time).
+    // Reading alone (the reader's share of the time and memory).
+    reset_peak_rss();
+    let rss_before = current_rss_kib();
     let t = Instant::now();
     let mut r = file.events(Order::Time);
     let mut n = 0u64;
@@ -58,6 +71,20 @@ fn run(path: &Path) -> Run {
     }
     std::hint::black_box(n);
     let read_s = t.elapsed().as_secs_f64();
+    let read_peak = peak_rss_kib()
+        .zip(rss_before)
+        .map(|(p, b)| p.saturating_sub(b));
+    // Reading and decoding (the decoders' share).
+    let t = Instant::now();
+    let mut r = file.events(Order::Time);
+    let mut n = 0u64;
+    while let Some(ev) = r.next_event() {
+        if let Ok(Some(_)) = sentry_kernel::decode(&ev) {
+            n += 1;
+        }
+    }
+    std::hint::black_box(n);
+    let decode_s = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
     let mut learner = Engine::new(EngineConfig {
@@ -72,6 +99,7 @@ fn run(path: &Path) -> Run {
     let learn_s = t.elapsed().as_secs_f64();
 
     reset_peak_rss();
+    let rss_before = current_rss_kib();
     let t = Instant::now();
     let mut engine = Engine::new(EngineConfig {
         services: learner.into_services(),
@@ -88,9 +116,14 @@ fn run(path: &Path) -> Run {
     Run {
         pairs: stats.correlator.matched,
         read_s,
+        decode_s,
         learn_s,
         classify_s,
         peak_kib: peak_rss_kib(),
+        growth_kib: peak_rss_kib()
+            .zip(rss_before)
+            .map(|(p, b)| p.saturating_sub(b)),
+        read_growth_kib: read_peak,
         alerts: report.alert_count(),
         stats,
     }
@@ -108,8 +141,8 @@ fn main() {
         // Profile an existing trace (e.g. under perf).
         let r = run(Path::new(&f));
         println!(
-            "{f}: pairs {} read {:.2} s learn {:.2} s classify {:.2} s",
-            r.pairs, r.read_s, r.learn_s, r.classify_s
+            "{f}: pairs {} read {:.2} s read+decode {:.2} s learn {:.2} s classify {:.2} s",
+            r.pairs, r.read_s, r.decode_s, r.learn_s, r.classify_s
         );
         return;
     }
@@ -127,10 +160,12 @@ fn main() {
         let r = run(&path);
         let p = r.pairs as f64;
         println!(
-            "syscalls {size}: pairs {} | read only {:.2} s ({:.2} M pairs/s) | learn pass {:.2} s ({:.2} M pairs/s) | classify pass {:.2} s ({:.2} M pairs/s) | peak RSS of classify pass {} KiB | alerts {}",
+            "syscalls {size}: pairs {} | read only {:.2} s ({:.2} M pairs/s) | read+decode {:.2} s ({:.2} M pairs/s) | learn pass {:.2} s ({:.2} M pairs/s) | classify pass {:.2} s ({:.2} M pairs/s) | peak RSS of classify pass {} KiB | alerts {}",
             r.pairs,
             r.read_s,
             p / r.read_s / 1e6,
+            r.decode_s,
+            p / r.decode_s / 1e6,
             r.learn_s,
             p / r.learn_s / 1e6,
             r.classify_s,
@@ -140,8 +175,13 @@ fn main() {
         );
         let (c, st) = (&r.stats.correlator, &r.stats.state);
         println!(
-            "  peak pending {}, live processes {}, processes seen {}, images loaded {}",
-            c.peak_pending, st.live_processes, st.processes_seen, st.images_loaded
+            "  peak pending {}, live processes {}, processes seen {}, images loaded {}; RSS growth: classify pass +{} KiB, read-only pass +{} KiB",
+            c.peak_pending,
+            st.live_processes,
+            st.processes_seen,
+            st.images_loaded,
+            r.growth_kib.map_or("?".into(), |k| k.to_string()),
+            r.read_growth_kib.map_or("?".into(), |k| k.to_string())
         );
         let _ = std::fs::remove_file(&path);
     }

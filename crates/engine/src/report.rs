@@ -125,6 +125,9 @@ struct ProcSummary {
 }
 
 const MAX_SITES_PER_PROCESS: usize = 4096;
+/// Summary rows kept; later processes share one `(other)` row (pid 0xFFFFFFFF).
+const MAX_PROCESS_ROWS: usize = 100_000;
+const OTHER_ROW: u32 = u32::MAX;
 const MAX_ALERT_KEYS: usize = 100_000;
 
 /// A [`VerdictSink`] that writes the reports.
@@ -282,15 +285,23 @@ impl Report {
     }
 
     fn summarise(&mut self, v: &SyscallVerdict<'_>) {
-        let s = self.procs.entry(v.pid).or_insert_with(|| ProcSummary {
-            pid: v.pid,
-            name: v
-                .process
-                .map(|p| p.image_file_name.clone())
-                .unwrap_or_default(),
+        let key = if self.procs.len() >= MAX_PROCESS_ROWS && !self.procs.contains_key(&v.pid) {
+            Some(OTHER_ROW)
+        } else {
+            v.pid
+        };
+        let s = self.procs.entry(key).or_insert_with(|| ProcSummary {
+            pid: key,
+            name: if key == Some(OTHER_ROW) {
+                "(other)".to_string()
+            } else {
+                v.process
+                    .map(|p| p.image_file_name.clone())
+                    .unwrap_or_default()
+            },
             ..ProcSummary::default()
         });
-        if s.name.is_empty() {
+        if s.name.is_empty() && key != Some(OTHER_ROW) {
             if let Some(p) = v.process {
                 s.name.clone_from(&p.image_file_name);
             }
