@@ -459,7 +459,10 @@ impl Correlator {
     /// A StackWalk event (opcode 32).
     pub fn add_stack(&mut self, ts: u64, processor: u16, pid: u32, tid: u32, frames: &Frames<'_>) {
         let kb = self.kernel_boundary;
-        let part = if frames.iter().any(|a| a < kb) {
+        // Innermost first: kernel frames precede user frames, so a part
+        // holds user frames exactly when its outermost frame is a user one.
+        let outermost = frames.len().checked_sub(1).and_then(|i| frames.get(i));
+        let part = if outermost.is_some_and(|a| a < kb) {
             StackPart::User
         } else {
             StackPart::Kernel
