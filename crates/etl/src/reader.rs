@@ -645,7 +645,15 @@ impl<'f> EventReader<'f> {
                     let c = &mut cursors[i];
                     c.advance(file, &mut self.shared);
                     if let Some((t, b, p)) = c.key() {
-                        heap.push(Reverse((t, b, p, i as u32)));
+                        // Still the smallest: skip the heap round trip
+                        // (events often come in runs from one processor).
+                        let key = (t, b, p, i as u32);
+                        if heap.peek().is_none_or(|Reverse(top)| key < *top) {
+                            *last = Some(i);
+                            self.shared.diag.events += 1;
+                            return cursors[i].event();
+                        }
+                        heap.push(Reverse(key));
                     }
                 }
                 let Reverse((_, _, _, i)) = heap.pop()?;

@@ -66,48 +66,42 @@ pub fn decompress(input: &[u8], out: &mut Vec<u8>, max_out: usize) -> Result<(),
     out.reserve_exact(max_out);
     let len = input.len();
     let mut ip = 0usize;
-    let mut flags: u32 = 0;
-    let mut flag_count: u32 = 0;
+    // Unused flag bits, the next one in bit 31, and how many are left.
+    let mut bits: u32 = 0;
+    let mut count: u32 = 0;
     // Position of a byte whose high nibble is still unused by a length.
     let mut half_byte: Option<usize> = None;
 
     while ip < len {
-        if flag_count == 0 {
+        if count == 0 {
             let Some(w) = input.get(ip..ip + 4) else {
                 return Err(XpressError::Truncated { at: ip });
             };
-            flags = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+            bits = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
             ip += 4;
-            flag_count = 32;
-            // Fast path: a run of literals.
-            if flags == 0 && ip + 32 <= len {
-                if out.len() + 32 > max_out {
-                    return Err(XpressError::TooLong {
-                        at: ip,
-                        limit: max_out,
-                    });
-                }
-                out.extend_from_slice(&input[ip..ip + 32]);
-                ip += 32;
-                flag_count = 0;
-                continue;
-            }
+            count = 32;
         }
-        flag_count -= 1;
-        if flags & (1 << flag_count) == 0 {
-            if ip >= len {
-                break;
-            }
-            if out.len() >= max_out {
+        // A run of literals: the leading zero flag bits.
+        let run = bits.leading_zeros().min(count);
+        if run > 0 {
+            let n = (run as usize).min(len - ip);
+            if n > max_out - out.len() {
                 return Err(XpressError::TooLong {
                     at: ip,
                     limit: max_out,
                 });
             }
-            out.push(input[ip]);
-            ip += 1;
-            continue;
+            out.extend_from_slice(&input[ip..ip + n]);
+            ip += n;
+            bits = bits.checked_shl(run).unwrap_or(0);
+            count -= run;
+            if count == 0 || ip >= len {
+                continue;
+            }
         }
+        // A match flag.
+        bits <<= 1;
+        count -= 1;
         if ip == len {
             break;
         }
