@@ -63,5 +63,9 @@ e_secs = time.perf_counter() - t
 report("etl-parser", e_secs, obs.n, note)
 
 print(f"ratio dissect.etl / sentry-etl (file order): {d_secs / ours_file['seconds']:.0f}x")
-print(f"ratio etl-parser / sentry-etl (file order):  {e_secs / ours_file['seconds']:.0f}x")
+if obs.n > 0:
+    print(f"ratio etl-parser / sentry-etl (file order):  {e_secs / ours_file['seconds']:.0f}x"
+          f" (it read {obs.n} of {ours_file['events']} events)")
+else:
+    print(f"ratio etl-parser / sentry-etl: n/a (it read {obs.n} of {ours_file['events']} events)")
 PY
