@@ -352,3 +352,140 @@ pub fn header_type_name(htype: u8) -> &'static str {
         _ => "UNKNOWN",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn system64(version: u16, size: u16, extra: usize) -> Vec<u8> {
+        let mut r = Vec::new();
+        r.extend_from_slice(&version.to_le_bytes());
+        r.push(TYPE_SYSTEM64);
+        r.push(0xC0);
+        r.extend_from_slice(&size.to_le_bytes());
+        r.extend_from_slice(&[0x33, 0x0F]); // opcode 51, group PerfInfo
+        r.extend_from_slice(&7u32.to_le_bytes()); // tid
+        r.extend_from_slice(&u32::MAX.to_le_bytes()); // pid: none
+        r.extend_from_slice(&1234u64.to_le_bytes());
+        r.extend_from_slice(&[0; 8]); // kernel/user time
+        r.extend(std::iter::repeat_n(0xEE, extra));
+        r.resize(size as usize, 0xAB);
+        r
+    }
+
+    #[test]
+    fn system_header_fields() {
+        let r = system64(2, 40, 0);
+        let p = parse(&r).unwrap().unwrap();
+        assert_eq!(p.size, 40);
+        let Record::Event(m) = p.record else { panic!() };
+        assert_eq!(m.header, HeaderKind::System64);
+        assert_eq!(
+            m.id,
+            EventId::Kernel {
+                group: 0x0F,
+                opcode: 51
+            }
+        );
+        assert_eq!(
+            (m.tid, m.pid, m.timestamp, m.version),
+            (Some(7), None, 1234, 2)
+        );
+        assert_eq!(m.payload_start, 0x20);
+        assert_eq!(m.pointer_size, 8);
+    }
+
+    #[test]
+    fn pebs_and_pmc_items_are_skipped() {
+        // PEBS index (8 bytes) and 3 PMC counters (24 bytes) sit between
+        // the header and the payload, and count in the size.
+        let version = 0x8000 | (3 << 8) | 2;
+        let r = system64(version, 0x20 + 32 + 8, 32);
+        let Record::Event(m) = parse(&r).unwrap().unwrap().record else {
+            panic!()
+        };
+        assert_eq!(m.payload_start, 0x20 + 32);
+        assert_eq!(m.version, 2);
+        assert_eq!(&r[m.payload_start as usize..], &[0xAB; 8]);
+        // A size too small for the announced items is an error.
+        let r = system64(version, 0x20 + 16, 16);
+        assert!(matches!(parse(&r), Err(ErrorKind::BadRecordSize { .. })));
+    }
+
+    #[test]
+    fn perfinfo_has_no_ids() {
+        let mut r = vec![2, 0, TYPE_PERFINFO64, 0xC0, 24, 0, 0x20, 0x18];
+        r.extend_from_slice(&99u64.to_le_bytes());
+        r.extend_from_slice(&[1; 8]);
+        let Record::Event(m) = parse(&r).unwrap().unwrap().record else {
+            panic!()
+        };
+        assert_eq!((m.pid, m.tid, m.timestamp), (None, None, 99));
+        assert_eq!(
+            m.id,
+            EventId::Kernel {
+                group: 0x18,
+                opcode: 32
+            }
+        );
+        assert_eq!(m.payload_start, 16);
+    }
+
+    #[test]
+    fn messages_end_marker_and_garbage() {
+        // WPP message: TRACE_HEADER_FLAG | TRACE_MESSAGE, size in the low 16 bits.
+        let mut r = 0x9000_0010u32.to_le_bytes().to_vec();
+        r.resize(16, 0);
+        let p = parse(&r).unwrap().unwrap();
+        assert!(matches!(p.record, Record::Message));
+        assert_eq!(p.aligned_size(), 16);
+        assert!(parse(&END_MARKER.to_le_bytes()).unwrap().is_none());
+        assert!(parse(&[1, 2, 3]).unwrap().is_none());
+        assert!(matches!(
+            parse(&[0, 0, 0, 0x40, 0, 0, 0, 0]),
+            Err(ErrorKind::BadMarker { .. })
+        ));
+        // Zero and oversized sizes.
+        let r = system64(2, 0x20, 0);
+        let mut z = r.clone();
+        z[4] = 0;
+        assert!(matches!(parse(&z), Err(ErrorKind::BadRecordSize { .. })));
+        assert!(matches!(
+            parse(&r[..0x1F]),
+            Err(ErrorKind::BadRecordSize { .. })
+        ));
+        // Unknown header type: counted and skipped by its size.
+        let mut u = vec![0x18, 0, 0x77, 0xC0];
+        u.resize(0x18, 0);
+        assert!(matches!(
+            parse(&u).unwrap().unwrap().record,
+            Record::Other(0x77)
+        ));
+    }
+
+    #[test]
+    fn event_header_extended_items_bound_the_payload() {
+        let mut r = vec![0u8; 0x50];
+        r[2] = TYPE_EVENT_HEADER32;
+        r[3] = 0xC0;
+        r[4] = 1; // EVENT_HEADER_FLAG_EXTENDED_INFO
+                  // One STACK_TRACE32 item: match id and one frame (12 data bytes),
+                  // padded to 24 bytes, no linkage.
+        r.extend_from_slice(&[24, 0, 5, 0, 0, 0, 12, 0]);
+        r.extend_from_slice(&[0; 16]);
+        r.extend_from_slice(b"user");
+        let size = r.len() as u16;
+        r[0..2].copy_from_slice(&size.to_le_bytes());
+        let Record::Event(m) = parse(&r).unwrap().unwrap().record else {
+            panic!()
+        };
+        assert_eq!(
+            (m.extended_start, m.extended_end, m.payload_start),
+            (0x50, 0x68, 0x68)
+        );
+        assert_eq!(m.pointer_size, 4);
+        // Linkage set but no room for another item.
+        r[0x54] = 1;
+        assert!(matches!(parse(&r), Err(ErrorKind::BadExtendedData)));
+    }
+}
