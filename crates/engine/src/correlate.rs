@@ -162,6 +162,9 @@ pub struct Correlator {
     key_frames: usize,
     waiting: HashMap<u64, Vec<(u32, u32, StackPart)>, FxBuildHasher>,
     waiting_len: usize,
+    /// Entries waiting for a stack key, per process: such a process must
+    /// outlive its end event until they are resolved.
+    waiting_pids: HashMap<u32, u32, FxBuildHasher>,
     ready: VecDeque<(u32, Finish)>,
     kernel_boundary: u64,
     scratch: Vec<u64>,
@@ -185,6 +188,7 @@ impl Correlator {
             key_frames: 0,
             waiting: HashMap::default(),
             waiting_len: 0,
+            waiting_pids: HashMap::default(),
             ready: VecDeque::new(),
             kernel_boundary: 0xFFFF_8000_0000_0000,
             scratch: Vec::new(),
@@ -314,9 +318,12 @@ impl Correlator {
             Finish::Evicted => self.stats.evicted += 1,
             _ => {}
         }
-        if e.waiting > 0 {
-            self.stats.keys_unresolved += u64::from(e.waiting);
+        let (waiting, pid) = (e.waiting, e.pid);
+        if waiting > 0 {
+            self.stats.keys_unresolved += u64::from(waiting);
+            self.unwait_pid(pid);
         }
+        let e = &self.entries[slot as usize];
         match e.parent {
             Some(p) => {
                 if e.has_stack() {
@@ -331,6 +338,20 @@ impl Correlator {
             None => self.stats.stack_without_syscall += u64::from(e.fragments),
         }
         self.ready.push_back((slot, why));
+    }
+
+    fn unwait_pid(&mut self, pid: u32) {
+        if let Some(n) = self.waiting_pids.get_mut(&pid) {
+            *n -= 1;
+            if *n == 0 {
+                self.waiting_pids.remove(&pid);
+            }
+        }
+    }
+
+    /// Whether entries of this process still wait for stack-key definitions.
+    pub fn waits_for_keys(&self, pid: u32) -> bool {
+        self.waiting_pids.contains_key(&pid)
     }
 
     /// Returns a finalised slot to the free list.
@@ -496,8 +517,12 @@ impl Correlator {
             let e = &mut self.entries[slot as usize];
             fill_part(e, r.part, frames);
         } else {
-            let g = self.entries[slot as usize].generation;
-            self.entries[slot as usize].waiting += 1;
+            let e = &mut self.entries[slot as usize];
+            let g = e.generation;
+            e.waiting += 1;
+            if e.waiting == 1 {
+                *self.waiting_pids.entry(e.pid).or_insert(0) += 1;
+            }
             self.waiting
                 .entry(r.stack_key)
                 .or_default()
@@ -541,6 +566,10 @@ impl Correlator {
                 }
                 e.waiting -= 1;
                 let unpark = e.waiting == 0;
+                if unpark {
+                    let pid = e.pid;
+                    self.unwait_pid(pid);
+                }
                 self.check(slot);
                 // Resolved but still incomplete: let the window finish it.
                 let e = &self.entries[slot as usize];

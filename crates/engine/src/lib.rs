@@ -467,7 +467,9 @@ impl Engine {
             self.stats.last_timestamp = Some(ev.timestamp);
             self.corr.expire(self.now);
             let linger = self.corr.window_ticks().saturating_mul(2);
-            self.state.expire(self.now.saturating_sub(linger));
+            let corr = &self.corr;
+            self.state
+                .expire(self.now, linger, |pid| corr.waits_for_keys(pid));
         }
         if self.pairing == Pairing::AnyEvent {
             let hook = match ev.id {

@@ -301,18 +301,24 @@ impl State {
         }
     }
 
-    /// Drops processes whose end is older than their linger time.
-    pub fn expire(&mut self, now: u64) {
+    /// Drops processes whose end is older than their linger time, unless
+    /// `keep(pid)` (pending work still needs them: they get another linger).
+    pub fn expire(&mut self, now: u64, linger: u64, keep: impl Fn(u32) -> bool) {
         while let Some(&(deadline, pid, generation)) = self.ended.front() {
             if deadline > now {
                 break;
             }
             self.ended.pop_front();
-            if self
+            let current = self
                 .processes
                 .get(&pid)
-                .is_some_and(|p| p.generation == generation)
-            {
+                .is_some_and(|p| p.generation == generation);
+            if current && keep(pid) {
+                self.ended
+                    .push_back((now.saturating_add(linger.max(1)), pid, generation));
+                continue;
+            }
+            if current {
                 self.processes.remove(&pid);
                 self.threads.retain(|_, p| *p != pid);
                 self.stats.processes_dropped += 1;
@@ -434,9 +440,9 @@ mod tests {
         s.on_process(&p, 100, 50);
         p.op = Lifecycle::End;
         s.on_process(&p, 200, 50);
-        s.expire(249);
+        s.expire(249, 50, |_| false);
         assert!(s.process(7).is_some());
-        s.expire(250);
+        s.expire(250, 50, |_| false);
         assert!(s.process(7).is_none());
         // Reuse: the old end must not drop the new process.
         p.op = Lifecycle::Start;
@@ -446,7 +452,7 @@ mod tests {
         p.op = Lifecycle::Start;
         p.image_file_name = "b.exe".into();
         s.on_process(&p, 320, 50);
-        s.expire(1000);
+        s.expire(1000, 50, |_| false);
         assert_eq!(s.process(7).unwrap().image_file_name, "b.exe");
     }
 }

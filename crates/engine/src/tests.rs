@@ -612,3 +612,83 @@ fn random_payloads_never_panic() {
         );
     }
 }
+
+/// Windows defines a stack key only when it leaves the cache, possibly long
+/// after the process ended: the process (and its modules) must still be
+/// there when the parked syscall is finally classified.
+#[test]
+fn parked_syscall_outlives_its_process_end() {
+    use sentry_kernel::{StackKeyDefinition, StackKeyOp, StackKeyReference, StackPart};
+    let mut h = Harness::new(EngineConfig {
+        window_ms: 1,
+        ..EngineConfig::default()
+    });
+    let proc_ev = |op| {
+        KernelEvent::Process(sentry_kernel::Process {
+            op,
+            unique_process_key: 0,
+            process_id: PID,
+            parent_id: 1,
+            session_id: 1,
+            exit_status: 0,
+            directory_table_base: 0,
+            flags: None,
+            user_sid: String::new(),
+            image_file_name: "app.exe".into(),
+            command_line: String::new(),
+            package_full_name: String::new(),
+            application_id: String::new(),
+        })
+    };
+    h.engine
+        .on_kernel_event(&raw(2, 0), proc_ev(Lifecycle::DcStart));
+    h.syscall(100, 0, SVC_A);
+    let r = StackKeyReference {
+        part: StackPart::User,
+        event_timestamp: 100,
+        stack_process: PID,
+        stack_thread: 77,
+        stack_key: 0xABC0,
+    };
+    h.engine
+        .on_kernel_event(&raw(101, 0), KernelEvent::StackKeyReference(r));
+    h.engine
+        .on_kernel_event(&raw(200, 0), proc_ev(Lifecycle::End));
+    // Ten seconds of other events (the window is 1 ms, the linger 2 ms).
+    let mut other = raw(0, 1);
+    other.id = EventId::Kernel {
+        group: 0x0b,
+        opcode: 1,
+    };
+    for i in 1..=100u64 {
+        other.timestamp = 200 + i * 1_000_000;
+        h.engine.process(&other, &mut NullSink);
+    }
+    assert_eq!(h.engine.pending(), 1, "parked, waiting for its key");
+    assert!(
+        h.engine.state().process(PID).is_some(),
+        "kept for the parked syscall"
+    );
+    let frames: Vec<u8> = [NTDLL + 0x1014, K32 + 0x10]
+        .iter()
+        .flat_map(|f| f.to_le_bytes())
+        .collect();
+    h.engine.on_kernel_event(
+        &raw(200_000_000, 0),
+        KernelEvent::StackKeyDefinition(StackKeyDefinition {
+            op: StackKeyOp::Delete,
+            stack_key: 0xABC0,
+            frames: Frames::new(&frames, 8),
+        }),
+    );
+    h.drain();
+    assert_eq!(h.got.len(), 1);
+    assert_eq!((h.got[0].verdict, h.got[0].reason), (Verdict::Normal, None));
+    assert_eq!(h.got[0].call_site.as_deref(), Some("ntdll.dll+0x1014"));
+    // Now nothing holds it: it goes after one more linger.
+    other.timestamp = 300_000_000;
+    h.engine.process(&other, &mut NullSink);
+    other.timestamp = 400_000_000;
+    h.engine.process(&other, &mut NullSink);
+    assert!(h.engine.state().process(PID).is_none());
+}
