@@ -133,10 +133,13 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
+    // `cargo bench` passes --bench; `cargo test --all-targets` does not:
+    // then only a small smoke run.
+    let bench = std::env::args().any(|a| a == "--bench");
     let n: u64 = std::env::var("SENTRY_BENCH_SYSCALLS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(200_000);
+        .unwrap_or(if bench { 200_000 } else { 2_000 });
     if let Ok(f) = std::env::var("SENTRY_BENCH_FILE") {
         // Profile an existing trace (e.g. under perf).
         let r = run(Path::new(&f));
