@@ -32,7 +32,24 @@
 //! Orders: [`Order::Time`] is what `ProcessTrace` delivers (by timestamp
 //! across processors, a k-way merge of per-processor buffer streams,
 //! memory = one buffer per processor); [`Order::File`] is plain buffer
-//! order, faster, for counting.
+//! order, faster, for counting. Time order holds at most
+//! [`MAX_BUFFERED_BYTES`] of buffer data (see [`EtlFile::events_with_budget`]).
+//!
+//! Event fields: `processor` is the buffer's (`ETW_BUFFER_CONTEXT`);
+//! `pid`/`tid` are `None` for PERFINFO headers and for `0xFFFFFFFF`;
+//! `pointer_size` follows the header kind (`…32` = 4, `…64` = 8);
+//! `extended` holds an `EVENT_HEADER`'s extended data items (iterate with
+//! [`sentry_raw::ExtendedData::items`]); `offset` is the record's file
+//! offset, except inside an XPRESS-compressed buffer, where it is the
+//! buffer's data start plus the position in the decompressed data.
+//!
+//! StackWalk pairing, as measured on the corpus: a StackWalk's
+//! `EventTimeStamp` equals its parent event's raw timestamp; the parent is
+//! usually in the same processor's buffer, but a user-mode part may be
+//! logged on another processor, later in the file (the thread id in the
+//! StackWalk payload ties them). Counting, for each StackWalk, the distinct
+//! hooks of all other events with that raw timestamp reproduces the corpus
+//! golden `parent_hook_of_matched_stacks` exactly (see `tests/common`).
 //!
 //! Hostile input never panics, hangs or allocates without bound: sizes are
 //! checked against the buffer, buffers against [`buffer::MAX_BUFFER_SIZE`]
