@@ -492,11 +492,11 @@ impl Correlator {
         let e = &mut self.entries[slot as usize];
         match part {
             StackPart::Kernel => {
-                e.kernel.extend(frames.iter());
+                push_frames(&mut e.kernel, frames);
                 e.has_kernel = true;
             }
             StackPart::User => {
-                e.user.extend(frames.iter());
+                push_frames(&mut e.user, frames);
                 e.has_user = true;
             }
         }
@@ -600,6 +600,23 @@ impl Correlator {
         }
         self.stats.keys_defined = self.keys.len() as u64;
         self.scratch = frames;
+    }
+}
+
+/// Appends frames, converting with the pointer size known per branch (the
+/// hot loop of the correlator).
+fn push_frames(dst: &mut Vec<u64>, frames: &Frames<'_>) {
+    let b = frames.as_bytes();
+    if frames.pointer_size() == 4 {
+        dst.extend(
+            b.chunks_exact(4)
+                .map(|c| u64::from(u32::from_le_bytes(c.try_into().unwrap_or([0; 4])))),
+        );
+    } else {
+        dst.extend(
+            b.chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))),
+        );
     }
 }
 

@@ -466,10 +466,12 @@ impl Engine {
             self.now = ev.timestamp;
             self.stats.last_timestamp = Some(ev.timestamp);
             self.corr.expire(self.now);
-            let linger = self.corr.window_ticks().saturating_mul(2);
-            let corr = &self.corr;
-            self.state
-                .expire(self.now, linger, |pid| corr.waits_for_keys(pid));
+            if self.state.next_deadline() <= self.now {
+                let linger = self.corr.window_ticks().saturating_mul(2);
+                let corr = &self.corr;
+                self.state
+                    .expire(self.now, linger, |pid| corr.waits_for_keys(pid));
+            }
         }
         if self.pairing == Pairing::AnyEvent {
             let hook = match ev.id {
@@ -555,9 +557,18 @@ impl Engine {
         let Some(parent) = e.parent else {
             return;
         };
-        self.stack_buf.clear();
-        self.stack_buf.extend_from_slice(&e.kernel);
-        self.stack_buf.extend_from_slice(&e.user);
+        // The full stack: the kernel part then the user part. Most stacks
+        // come in one event (one part): then it is borrowed, not copied.
+        let stack_all: &[u64] = if e.kernel.is_empty() {
+            &e.user
+        } else if e.user.is_empty() {
+            &e.kernel
+        } else {
+            self.stack_buf.clear();
+            self.stack_buf.extend_from_slice(&e.kernel);
+            self.stack_buf.extend_from_slice(&e.user);
+            &self.stack_buf
+        };
         let has_stack = e.has_stack();
         let (pid, tid) = (e.pid, e.tid);
         let process = if has_stack {
@@ -581,7 +592,7 @@ impl Engine {
                         parent: hook,
                         pid,
                         tid,
-                        stack: &self.stack_buf,
+                        stack: stack_all,
                         fragments: e.fragments,
                         process,
                         resolver,
@@ -590,7 +601,7 @@ impl Engine {
                 return;
             }
         };
-        let stack = has_stack.then_some(self.stack_buf.as_slice());
+        let stack = has_stack.then_some(stack_all);
         if self.learning != Learning::Fixed {
             if let Some(s) = stack {
                 classify::learn_from(
@@ -618,7 +629,7 @@ impl Engine {
         let mut reason = outcome.reason;
         let mut suppressed = None;
         if verdict.is_alert() && !self.allowlist.is_empty() {
-            let u = outcome.user_index.map_or(0, |i| self.stack_buf[i]);
+            let u = outcome.user_index.map_or(0, |i| stack_all[i]);
             let facts = allowlist::AlertFacts {
                 process: process.map_or("", |p| p.image_file_name.as_str()),
                 module: outcome.user_module.map(|m| &*m.name),

@@ -301,6 +301,12 @@ impl State {
         }
     }
 
+    /// When the next ended process is due to be dropped (`u64::MAX`: none).
+    #[inline]
+    pub fn next_deadline(&self) -> u64 {
+        self.ended.front().map_or(u64::MAX, |e| e.0)
+    }
+
     /// Drops processes whose end is older than their linger time, unless
     /// `keep(pid)` (pending work still needs them: they get another linger).
     pub fn expire(&mut self, now: u64, linger: u64, keep: impl Fn(u32) -> bool) {

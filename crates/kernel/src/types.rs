@@ -74,6 +74,12 @@ impl<'a> Frames<'a> {
         self.pointer_size
     }
 
+    /// The raw little-endian addresses (a whole number of pointers), for
+    /// consumers that convert in bulk.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
     pub fn get(&self, i: usize) -> Option<u64> {
         let ps = self.pointer_size as usize;
         let b = self.bytes.get(i * ps..i * ps + ps)?;
