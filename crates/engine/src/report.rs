@@ -142,6 +142,7 @@ pub struct Report {
     reported: u64,
     line: Vec<u8>,
     io_error: Option<io::Error>,
+    header: Option<LogfileHeader>,
 }
 
 /// MITRE ATT&CK technique for both verdicts: T1106 Native API.
@@ -164,12 +165,19 @@ impl Report {
             reported: 0,
             line: Vec::with_capacity(512),
             io_error: None,
+            header: None,
         }
     }
 
     /// The clock for UTC times (else raw timestamps only).
     pub fn set_clock(&mut self, c: Option<Clock>) {
         self.clock = c;
+    }
+
+    /// The logfile header, for `host.os` in ECS alerts printed before
+    /// [`Report::finish`] (live sessions with `immediate`).
+    pub fn set_header(&mut self, h: Option<LogfileHeader>) {
+        self.header = h;
     }
 
     /// Alerts (unsuppressed direct/indirect keys) so far.
@@ -450,7 +458,7 @@ impl VerdictSink for Report {
         let mut a = self.new_alert(v);
         a.count = 1;
         if self.cfg.immediate && !self.cfg.per_syscall {
-            let val = self.alert_value(&a, None);
+            let val = self.alert_value(&a, self.header.as_ref());
             self.write_line(&val);
         }
         self.alerts.insert(key, a);

@@ -45,6 +45,9 @@ pub struct Args {
     /// Write the per-process summary and statistics here instead of stderr.
     #[arg(long, value_name = "FILE")]
     pub summary: Option<PathBuf>,
+    /// Also write the engine statistics of each file as JSON lines here.
+    #[arg(long, value_name = "FILE")]
+    pub stats_json: Option<PathBuf>,
     /// Print no summary or statistics.
     #[arg(long, short)]
     pub quiet: bool,
@@ -102,6 +105,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             None => Box::new(std::io::stderr()),
         })
     };
+    let mut stats_out = match &args.stats_json {
+        Some(p) => Some(File::create(p).with_context(|| format!("{}", p.display()))?),
+        None => None,
+    };
     let mut alerts = 0usize;
     for path in &args.files {
         let (o, n) = analyze_file(
@@ -112,6 +119,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             allowlist.clone(),
             out,
             summary_out.as_mut(),
+            stats_out.as_mut(),
         )?;
         out = o;
         alerts += n;
@@ -133,6 +141,7 @@ fn analyze_file(
     allowlist: Allowlist,
     out: Box<dyn Write>,
     summary: Option<&mut Box<dyn Write>>,
+    stats_json: Option<&mut File>,
 ) -> anyhow::Result<(Box<dyn Write>, usize)> {
     let file = EtlFile::open(path).with_context(|| format!("{}", path.display()))?;
     let clock = file.clock();
@@ -215,6 +224,14 @@ fn analyze_file(
     progress.done();
     let wall = started.elapsed().as_secs_f64();
     let alerts = report.alert_count();
+    if let Some(f) = stats_json {
+        let mut v = serde_json::to_value(&stats)?;
+        v["file"] = serde_json::json!(path.display().to_string());
+        v["alerts"] = serde_json::json!(alerts);
+        v["wall_seconds"] = serde_json::json!(wall);
+        v["reader_errors"] = serde_json::json!(diag.error_count);
+        writeln!(f, "{v}")?;
+    }
     if let Some(w) = summary {
         let mut t = format!("== {} ==\n", path.display());
         t.push_str(&report.summary_table());
@@ -390,6 +407,7 @@ mod tests {
             until: None,
             window_ms: 500,
             max_pending: 1 << 16,
+            stats_json: None,
         }
     }
 
