@@ -118,8 +118,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             system_dlls.clone(),
             allowlist.clone(),
             out,
-            summary_out.as_mut(),
-            stats_out.as_mut(),
+            Side {
+                summary: summary_out.as_mut(),
+                stats_json: stats_out.as_mut(),
+            },
         )?;
         out = o;
         alerts += n;
@@ -132,6 +134,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Where the summary and the statistics go.
+struct Side<'a> {
+    summary: Option<&'a mut Box<dyn Write>>,
+    stats_json: Option<&'a mut File>,
+}
+
 /// Runs both passes over one file; returns the output and its alert count.
 fn analyze_file(
     path: &Path,
@@ -140,9 +148,12 @@ fn analyze_file(
     system_dlls: Option<Arc<SystemDlls>>,
     allowlist: Allowlist,
     out: Box<dyn Write>,
-    summary: Option<&mut Box<dyn Write>>,
-    stats_json: Option<&mut File>,
+    side: Side<'_>,
 ) -> anyhow::Result<(Box<dyn Write>, usize)> {
+    let Side {
+        summary,
+        stats_json,
+    } = side;
     let file = EtlFile::open(path).with_context(|| format!("{}", path.display()))?;
     let clock = file.clock();
     let filter = Filter {
