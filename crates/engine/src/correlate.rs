@@ -138,6 +138,10 @@ pub struct CorrelatorStats {
     pub parked: u64,
     /// Highest number of pending entries seen.
     pub peak_pending: u64,
+    /// Generalised pairing: the other kinds (hooks) of parent event logged
+    /// at a stack event's timestamp, besides the one it paired with; each
+    /// kind once per stack event.
+    pub co_parents: std::collections::BTreeMap<String, u64>,
     /// Stack-key definitions not kept because the key table was full.
     pub keys_dropped: u64,
     /// Stack-key definitions held (now).
@@ -169,6 +173,7 @@ pub struct Correlator {
     kernel_boundary: u64,
     scratch: Vec<u64>,
     next_generation: u32,
+    count_co_parents: bool,
     pub stats: CorrelatorStats,
 }
 
@@ -193,6 +198,7 @@ impl Correlator {
             kernel_boundary: 0xFFFF_8000_0000_0000,
             scratch: Vec::new(),
             next_generation: 0,
+            count_co_parents: false,
             stats: CorrelatorStats::default(),
         }
     }
@@ -466,6 +472,9 @@ impl Correlator {
         } else {
             self.alloc(ts)
         };
+        if self.count_co_parents {
+            self.note_co_parents(ts, slot);
+        }
         let e = &mut self.entries[slot as usize];
         if !e.has_thread {
             e.has_thread = true;
@@ -475,6 +484,37 @@ impl Correlator {
         }
         e.fragments += 1;
         slot
+    }
+
+    /// Counts the other non-syscall parents logged at the timestamp of a
+    /// stack event (generalised pairing): a stack has one parent, but other
+    /// events may share its timestamp.
+    fn note_co_parents(&mut self, ts: u64, chosen: u32) {
+        let chosen_hook = match self.entries[chosen as usize].parent {
+            Some(Parent::Other(h)) => Some(h),
+            _ => None,
+        };
+        let mut seen: [Option<ParentHook>; 8] = [None; 8];
+        let mut n = 0;
+        let mut cur = self.index.get(&ts).copied().unwrap_or(NONE);
+        while cur != NONE {
+            let e = &self.entries[cur as usize];
+            if let Some(Parent::Other(h)) = e.parent {
+                if cur != chosen && Some(h) != chosen_hook && !seen[..n].contains(&Some(h)) {
+                    *self.stats.co_parents.entry(h.to_string()).or_insert(0) += 1;
+                    if n < seen.len() {
+                        seen[n] = Some(h);
+                        n += 1;
+                    }
+                }
+            }
+            cur = e.next;
+        }
+    }
+
+    /// Counts co-parents (see [`CorrelatorStats::co_parents`]).
+    pub fn set_count_co_parents(&mut self, on: bool) {
+        self.count_co_parents = on;
     }
 
     /// A StackWalk event (opcode 32).

@@ -353,6 +353,7 @@ impl Engine {
             parent_hooks: BTreeMap::new(),
         };
         e.update_window();
+        e.corr.set_count_co_parents(e.pairing == Pairing::AnyEvent);
         e
     }
 
