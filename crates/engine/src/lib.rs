@@ -43,7 +43,24 @@
 //!   (used on real traces, which carry no SysCallEnter); pairs come out
 //!   through [`VerdictSink::stack_pair`].
 //! * Output formatting (JSON lines, ECS, summary table, statistics) is in
-//!   [`report`], shared by `analyze` and `live`.
+//!   [`report`], shared by `analyze` and `live` (`Report::set_header` gives
+//!   ECS `host.os` to alerts printed before `finish`).
+//! * Stack caching: Windows logs a key's frames when it deletes the key
+//!   (opcode 35) or at rundown (36), after the references (37/38). A syscall
+//!   waiting for a key is parked past the window (still under the cap) and
+//!   its process is kept until it is resolved.
+//!
+//! # Interpretations of docs/verdicts.md
+//! * Alerts are `direct` and `indirect`; `kernel_origin`, `no_stack` and
+//!   `truncated` are counted and reported per syscall, never alerted.
+//! * A stack is complete with its user part (or a kernel part of pid 0/4,
+//!   which has no user mode); a kernel part alone waits for the window, then
+//!   is `kernel_origin`.
+//! * Stub modules are `ntdll.dll`/`win32u.dll` whose path ends in
+//!   `\System32\<name>`; a SysWOW64 ntdll marks the process WoW64.
+//! * Rule 5 compares export names (`Nt`=`Zw`) when both the stub and the
+//!   routine are named by the supplied DLLs, else the learned service.
+//! * Rule 7: only a user-mode caller can be unbacked.
 
 #![forbid(unsafe_code)]
 
