@@ -158,7 +158,8 @@ impl SessionArgs {
         self.duration
             .map(|s| {
                 anyhow::ensure!(s.is_finite() && s > 0.0, "--duration must be > 0 seconds");
-                Ok(std::time::Duration::from_secs_f64(s))
+                std::time::Duration::try_from_secs_f64(s)
+                    .map_err(|_| anyhow::anyhow!("--duration {s}: too large"))
             })
             .transpose()
     }
@@ -443,6 +444,13 @@ mod windows_impl {
             );
         }
         let result = win::run_live(&opts, &mut sink);
+        if let Err(e) = &result {
+            if sink.engine.stats().events == 0 {
+                // Nothing ran (not elevated, session exists, ...): just say why.
+                win::outputs_flushed();
+                return Err(anyhow::anyhow!("{e}"));
+            }
+        }
         let mut verdicts = sink.verdicts;
         // Flush whatever happened: pending syscalls, alerts, statistics.
         let stats = engine.finish(&mut verdicts);
@@ -586,6 +594,10 @@ mod tests {
         assert_eq!(spec.buffers.buffer_kb, 256);
         assert_eq!(spec.log_file_mode(), 0x0200_0001);
 
+        assert!(T::try_parse_from(["x", "live", "--duration", "1e300"])
+            .unwrap()
+            .c
+            .live_duration_err());
         assert!(T::try_parse_from(["x", "live", "--duration", "0"])
             .unwrap()
             .c

@@ -61,8 +61,18 @@ impl Session {
                     Ok(_) | Err(ERROR_WMI_INSTANCE_NOT_FOUND) => {}
                     Err(code) => return Err(LiveError::from_code("ControlTraceW", &name, code)),
                 }
-                ffi::start_trace(&name, &block)
-                    .map_err(|code| LiveError::from_code("StartTraceW", &name, code))?
+                // The stopped session may take a moment to go away.
+                let mut attempt = 0;
+                loop {
+                    match ffi::start_trace(&name, &block) {
+                        Ok(h) => break h,
+                        Err(ERROR_ALREADY_EXISTS) if attempt < 20 => {
+                            attempt += 1;
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                        Err(code) => return Err(LiveError::from_code("StartTraceW", &name, code)),
+                    }
+                }
             }
             Err(code) => return Err(LiveError::from_code("StartTraceW", &name, code)),
         };
@@ -454,4 +464,50 @@ pub fn record(
         stop_reason: reason,
         elapsed_s: started.elapsed().as_secs_f64(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::properties::{stack_events, Buffers, Destination};
+
+    /// Wine installs its own tools in System32; Windows has no winecfg.exe.
+    fn under_wine() -> bool {
+        system_directory().is_some_and(|d| d.join("winecfg.exe").is_file())
+    }
+
+    /// Starts, queries and stops a private session with a unique name.
+    /// Elevated on real Windows: the whole round trip must succeed, and the
+    /// session must be gone afterwards. Not elevated: the not-elevated error.
+    /// Under Wine (ETW stubs: StartTraceW succeeds, TraceSetInformation is
+    /// not implemented): StartTraceW went through and the failure of the next
+    /// call surfaces as that call's error, after which the guard stops the
+    /// session.
+    #[test]
+    fn private_session_round_trip() {
+        let name = format!("sentry-live-test-{}", std::process::id());
+        let spec = SessionSpec {
+            kind: SessionKind::Private { name: name.clone() },
+            destination: Destination::RealTime,
+            buffers: Buffers::default(),
+        };
+        let result = Session::start(&spec, &stack_events(false, false), false);
+        match result {
+            Err(LiveError::NotElevated { call }) => assert_eq!(call, "StartTraceW"),
+            Err(LiveError::Win32 { call, code: 120 }) if under_wine() => {
+                assert_eq!(call, "TraceSetInformation(flags)");
+                eprintln!("after the guard's stop: {:?}", stop_session(&name));
+            }
+            Err(e) => panic!("{e}"),
+            Ok(mut s) => {
+                assert_eq!(s.name(), name);
+                s.query().expect("query a running session");
+                s.stop().expect("stop a running session");
+                assert_eq!(
+                    stop_session(&name),
+                    Err(LiveError::NotFound { session: name })
+                );
+            }
+        }
+    }
 }
