@@ -291,6 +291,8 @@ pub fn run_live(opts: &LiveOptions, sink: &mut dyn LiveSink) -> Result<LiveOutco
             match action {
                 Action::Continue => {}
                 Action::StopSession(_) => {
+                    // A stop wins over a restart still waiting.
+                    pending_restart = None;
                     if let Ok(c) = session.stop() {
                         last = c;
                     }
@@ -309,7 +311,7 @@ pub fn run_live(opts: &LiveOptions, sink: &mut dyn LiveSink) -> Result<LiveOutco
                 Action::GiveUp => finished = true,
             }
         }
-        if let Some((attempt, since)) = pending_restart {
+        if let (Some((attempt, since)), false) = (pending_restart, finished) {
             if let Some(producer) = spare.take() {
                 pending_restart = None;
                 base = LiveTotals::with_session(&base, &last);
@@ -318,6 +320,7 @@ pub fn run_live(opts: &LiveOptions, sink: &mut dyn LiveSink) -> Result<LiveOutco
                 let restarted = result.is_ok();
                 if let Ok(t) = result {
                     thread = Some(t);
+                    closed_from_main = false;
                 }
                 sink.session_alert(&SessionAlert {
                     session: name.clone(),
@@ -333,11 +336,12 @@ pub fn run_live(opts: &LiveOptions, sink: &mut dyn LiveSink) -> Result<LiveOutco
                 if sup.on(obs, now_s) == Action::GiveUp {
                     finished = true;
                 }
-            } else if since.elapsed() > STOP_GRACE {
+            } else if since.elapsed() > STOP_GRACE && !closed_from_main {
                 // The session is gone but ProcessTrace has not returned.
                 if let Some(t) = &thread {
                     ffi::close_trace_handle(t.raw_handle);
                 }
+                closed_from_main = true;
             }
         }
         if finished {
