@@ -6,13 +6,15 @@
 //! Everything that can be is platform-neutral and tested on Linux: the
 //! `EVENT_TRACE_PROPERTIES` block ([`properties`]), the record view and its
 //! conversion ([`view`]), the ring ([`ring`]), the stop/restart decisions
-//! ([`supervisor`]), status lines ([`status`]) and call-site evidence
-//! ([`evidence`]). The Windows layer (`win` module, compiled only on
+//! ([`supervisor`]) and the main loop that carries them out ([`driver`],
+//! tested with a fake session), status lines ([`status`]) and call-site
+//! evidence ([`evidence`]). The Windows layer (`win` module, compiled only on
 //! Windows) is a thin shell of Win32 calls around them; it is the one place
 //! in the workspace allowed to use `unsafe`.
 
 #![deny(unsafe_code)]
 
+pub mod driver;
 pub mod error;
 pub mod evidence;
 pub mod properties;

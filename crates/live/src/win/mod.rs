@@ -9,8 +9,6 @@ mod ffi;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use sentry_raw::RawEvent;
-
 pub use ffi::{
     clock_now, kernel_modules, read_process_memory, system_directory, syswow64_directory,
 };
@@ -21,22 +19,19 @@ pub fn outputs_flushed() {
     ffi::signal_done();
 }
 
+use crate::driver::{drive, DriveConfig, Platform};
+pub use crate::driver::{LiveOutcome, LiveSink};
 use crate::error::{LiveError, ERROR_ALREADY_EXISTS, ERROR_WMI_INSTANCE_NOT_FOUND};
 use crate::properties::{
     group_mask_bytes, stack_tracing_bytes, ClassicEventId, PropertiesBlock, SessionCounters,
     SessionKind, SessionSpec, SENTRY_ENABLE_FLAGS,
 };
-use crate::ring::{ring, RingConsumer, RingProducer};
-use crate::status::{LiveTotals, StatusLine, StatusTracker};
-use crate::supervisor::{Action, Observation, SessionAlert, StopReason, Supervisor};
+use crate::ring::RingProducer;
+use crate::supervisor::StopReason;
 
 /// `TRACE_INFO_CLASS` values (evntrace.h).
 const TRACE_STACK_TRACING_INFO: i32 = 3;
 const TRACE_SYSTEM_TRACE_ENABLE_FLAGS_INFO: i32 = 4;
-
-/// How long to wait for `ProcessTrace` to return after a stop before closing
-/// the trace handle from the main thread, and then before giving up.
-const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// A started session. Stops it on drop, whatever the exit path.
 pub struct Session {
@@ -173,17 +168,6 @@ fn spawn_consumer(
     Ok(ConsumerThread { join, raw_handle })
 }
 
-/// Receives what a live run produces, on the engine (calling) thread.
-pub trait LiveSink {
-    fn event(&mut self, ev: &RawEvent<'_>);
-    /// The session was stopped by someone else.
-    fn session_alert(&mut self, alert: &SessionAlert);
-    /// Every `status_every`.
-    fn status(&mut self, line: &StatusLine);
-    /// Called when the ring is empty (time to expire pending state).
-    fn idle(&mut self) {}
-}
-
 /// What `live` runs.
 #[derive(Debug, Clone)]
 pub struct LiveOptions {
@@ -195,200 +179,90 @@ pub struct LiveOptions {
     pub ring_bytes: usize,
 }
 
-/// How a live run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LiveOutcome {
-    pub totals: LiveTotals,
-    /// `None` when the session was lost (stopped by someone else, not
-    /// restartable).
-    pub stop_reason: Option<StopReason>,
+/// [`Platform`] over ETW: the session, and `ProcessTrace` threads.
+struct EtwPlatform<'a> {
+    opts: &'a LiveOptions,
+    session: Option<Session>,
+    /// `--force` applies to the first start only; a restart never stops
+    /// someone else's session.
+    first_start: bool,
+}
+
+impl Platform for EtwPlatform<'_> {
+    type Consumer = ConsumerThread;
+
+    fn session_name(&self) -> String {
+        self.opts.spec.kind.name().to_string()
+    }
+
+    fn start(&mut self) -> Result<(), LiveError> {
+        let force = self.opts.force && self.first_start;
+        self.first_start = false;
+        self.session = Some(Session::start(&self.opts.spec, &self.opts.stacks, force)?);
+        Ok(())
+    }
+
+    fn stop(&mut self) -> Result<SessionCounters, LiveError> {
+        match &mut self.session {
+            Some(s) => s.stop(),
+            None => Ok(SessionCounters::default()),
+        }
+    }
+
+    fn query(&mut self) -> Result<SessionCounters, u32> {
+        match &self.session {
+            Some(s) => s.query(),
+            None => Err(ERROR_WMI_INSTANCE_NOT_FOUND),
+        }
+    }
+
+    fn forget(&mut self) {
+        if let Some(mut s) = self.session.take() {
+            s.stopped = true;
+        }
+    }
+
+    fn spawn_consumer(&mut self, producer: RingProducer) -> Result<ConsumerThread, LiveError> {
+        spawn_consumer(&self.session_name(), producer).map_err(|(e, _)| e)
+    }
+
+    fn consumer_finished(&self, c: &ConsumerThread) -> bool {
+        c.join.is_finished()
+    }
+
+    fn join_consumer(&mut self, c: ConsumerThread) -> Result<RingProducer, LiveError> {
+        c.join.join().map_err(|_| LiveError::ConsumerStuck)
+    }
+
+    fn unblock_consumer(&mut self, c: &ConsumerThread) {
+        ffi::close_trace_handle(c.raw_handle);
+    }
+
+    fn stop_request(&self) -> Option<StopReason> {
+        ffi::stop_request()
+    }
 }
 
 /// Runs a live session until Ctrl-C, console close or `duration`, feeding
-/// every event to `sink` on this thread.
+/// every event to `sink` on this thread. The session is stopped on every
+/// exit path (the [`Session`] guard).
 pub fn run_live(opts: &LiveOptions, sink: &mut dyn LiveSink) -> Result<LiveOutcome, LiveError> {
     ffi::install_ctrl_handler().map_err(|code| LiveError::Win32 {
         call: "SetConsoleCtrlHandler",
         code,
     })?;
-    let (producer, mut consumer) = ring(opts.ring_bytes);
-    let mut session = Session::start(&opts.spec, &opts.stacks, opts.force)?;
-    let name = session.name().to_string();
-    let mut thread = Some(spawn_consumer(&name, producer).map_err(|(e, _)| e)?);
-
-    let started = Instant::now();
-    let mut sup = Supervisor::default();
-    let mut tracker = StatusTracker::default();
-    let mut next_status = started + opts.status_every;
-    let mut base = LiveTotals::default();
-    let mut last = SessionCounters::default();
-    let mut events = 0u64;
-    let mut stopping_since: Option<Instant> = None;
-    let mut closed_from_main = false;
-    let mut outcome_reason = None;
-    // The producer, back from an ended consumer thread, and a restart that
-    // waits for it.
-    let mut spare: Option<RingProducer> = None;
-    let mut pending_restart: Option<(u32, Instant)> = None;
-
-    let totals = |base: &LiveTotals,
-                  last: &SessionCounters,
-                  consumer: &RingConsumer,
-                  events: u64,
-                  sup: &Supervisor| {
-        let mut t = LiveTotals::with_session(base, last).with_ring(&consumer.stats());
-        t.events = events;
-        t.external_stops = sup.external_stops();
-        t.restarts = sup.restarts();
-        t
+    let mut platform = EtwPlatform {
+        opts,
+        session: None,
+        first_start: true,
     };
-
-    loop {
-        // Drain a bounded batch so control checks stay timely.
-        let mut n = 0;
-        while n < 65_536 {
-            let Some(ev) = consumer.pop() else { break };
-            sink.event(&ev);
-            n += 1;
-        }
-        events += n as u64;
-        if n == 0 {
-            sink.idle();
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        let now_s = started.elapsed().as_secs();
-
-        let mut actions = Vec::new();
-        if let Some(r) = ffi::stop_request() {
-            actions.push(sup.on(Observation::StopRequested(r), now_s));
-        }
-        if opts.duration.is_some_and(|d| started.elapsed() >= d) {
-            actions.push(sup.on(Observation::StopRequested(StopReason::Duration), now_s));
-        }
-        if thread.as_ref().is_some_and(|t| t.join.is_finished()) {
-            if let Some(t) = thread.take() {
-                spare = Some(t.join.join().map_err(|_| LiveError::ConsumerStuck)?);
-                actions.push(sup.on(Observation::ConsumerEnded, now_s));
-            }
-        }
-        if Instant::now() >= next_status {
-            next_status += opts.status_every;
-            match session.query() {
-                Ok(c) => last = c,
-                Err(code) => actions.push(sup.on(
-                    Observation::QueryFailed {
-                        session_missing: code == ERROR_WMI_INSTANCE_NOT_FOUND,
-                    },
-                    now_s,
-                )),
-            }
-            let t = totals(&base, &last, &consumer, events, &sup);
-            sink.status(&tracker.sample(started.elapsed().as_secs_f64(), t));
-        }
-
-        let mut finished = false;
-        for action in actions {
-            match action {
-                Action::Continue => {}
-                Action::StopSession(_) => {
-                    // A stop wins over a restart still waiting.
-                    pending_restart = None;
-                    if let Ok(c) = session.stop() {
-                        last = c;
-                    }
-                    stopping_since = Some(Instant::now());
-                }
-                // Restart once the old consumer has ended and given the
-                // producer back (at once if ProcessTrace returned; after it
-                // returns if a query noticed the session is gone).
-                Action::Restart { attempt } => {
-                    pending_restart = Some((attempt, Instant::now()));
-                }
-                Action::Finish(r) => {
-                    outcome_reason = Some(r);
-                    finished = true;
-                }
-                Action::GiveUp => finished = true,
-            }
-        }
-        if let (Some((attempt, since)), false) = (pending_restart, finished) {
-            if let Some(producer) = spare.take() {
-                pending_restart = None;
-                base = LiveTotals::with_session(&base, &last);
-                last = SessionCounters::default();
-                let result = restart(&opts.spec, &opts.stacks, &mut session, producer);
-                let restarted = result.is_ok();
-                if let Ok(t) = result {
-                    thread = Some(t);
-                    closed_from_main = false;
-                }
-                sink.session_alert(&SessionAlert {
-                    session: name.clone(),
-                    elapsed_s: now_s,
-                    attempt,
-                    restarted,
-                });
-                let obs = if restarted {
-                    Observation::Restarted
-                } else {
-                    Observation::RestartFailed
-                };
-                if sup.on(obs, now_s) == Action::GiveUp {
-                    finished = true;
-                }
-            } else if since.elapsed() > STOP_GRACE && !closed_from_main {
-                // The session is gone but ProcessTrace has not returned.
-                if let Some(t) = &thread {
-                    ffi::close_trace_handle(t.raw_handle);
-                }
-                closed_from_main = true;
-            }
-        }
-        if finished {
-            break;
-        }
-        if let Some(since) = stopping_since {
-            let waited = since.elapsed();
-            if waited > STOP_GRACE && !closed_from_main {
-                if let Some(t) = &thread {
-                    ffi::close_trace_handle(t.raw_handle);
-                }
-                closed_from_main = true;
-            } else if waited > STOP_GRACE * 2 {
-                return Err(LiveError::ConsumerStuck);
-            }
-        }
-    }
-    // The producer is gone (thread joined): drain what is left.
-    while let Some(ev) = consumer.pop() {
-        sink.event(&ev);
-        events += 1;
-    }
-    let t = totals(&base, &last, &consumer, events, &sup);
-    match outcome_reason {
-        Some(_) => Ok(LiveOutcome {
-            totals: t,
-            stop_reason: outcome_reason,
-        }),
-        None => Err(LiveError::SessionLost {
-            session: name,
-            restarts: sup.restarts(),
-        }),
-    }
-}
-
-/// Starts the session again after someone else stopped it, and a new
-/// consumer on it.
-fn restart(
-    spec: &SessionSpec,
-    stacks: &[ClassicEventId],
-    session: &mut Session,
-    producer: RingProducer,
-) -> Result<ConsumerThread, LiveError> {
-    // The old session is gone; do not stop whatever now has its name.
-    session.stopped = true;
-    *session = Session::start(spec, stacks, false)?;
-    spawn_consumer(session.name(), producer).map_err(|(e, _)| e)
+    let cfg = DriveConfig {
+        duration: opts.duration,
+        status_every: opts.status_every,
+        ring_bytes: opts.ring_bytes,
+        ..DriveConfig::default()
+    };
+    drive(&mut platform, &cfg, sink)
 }
 
 /// What `record` runs.

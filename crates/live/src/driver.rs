@@ -1,0 +1,490 @@
+//! The live main loop, platform-neutral: drains the ring into the engine,
+//! polls for stop requests, the consumer's end and the session's counters,
+//! and carries out the [`Supervisor`]'s decisions (stop, restart, finish)
+//! through a [`Platform`]. Windows implements `Platform` with ETW calls;
+//! the tests below with a fake session, so the restart logic runs on Linux.
+
+use std::time::{Duration, Instant};
+
+use sentry_raw::RawEvent;
+
+use crate::error::{LiveError, ERROR_WMI_INSTANCE_NOT_FOUND};
+use crate::properties::SessionCounters;
+use crate::ring::{ring, RingConsumer, RingProducer};
+use crate::status::{LiveTotals, StatusLine, StatusTracker};
+use crate::supervisor::{Action, Observation, SessionAlert, StopReason, Supervisor};
+
+/// Receives what a live run produces, on the engine (calling) thread.
+pub trait LiveSink {
+    fn event(&mut self, ev: &RawEvent<'_>);
+    /// The session was stopped by someone else.
+    fn session_alert(&mut self, alert: &SessionAlert);
+    /// Every `status_every`.
+    fn status(&mut self, line: &StatusLine);
+    /// Called when the ring is empty (time to expire pending state).
+    fn idle(&mut self) {}
+}
+
+/// What the loop needs from the system.
+pub trait Platform {
+    /// A running consumer (on Windows: the `ProcessTrace` thread).
+    type Consumer;
+    fn session_name(&self) -> String;
+    /// Starts the session (again, after an external stop).
+    fn start(&mut self) -> Result<(), LiveError>;
+    /// Stops our session; returns its final counters.
+    fn stop(&mut self) -> Result<SessionCounters, LiveError>;
+    /// Queries our session; `Err` is the Win32 code.
+    fn query(&mut self) -> Result<SessionCounters, u32>;
+    /// The session is gone (stopped by someone else): do not stop whatever
+    /// may carry its name now.
+    fn forget(&mut self);
+    fn spawn_consumer(&mut self, producer: RingProducer) -> Result<Self::Consumer, LiveError>;
+    fn consumer_finished(&self, c: &Self::Consumer) -> bool;
+    /// Joins a finished consumer and takes the producer back.
+    fn join_consumer(&mut self, c: Self::Consumer) -> Result<RingProducer, LiveError>;
+    /// Makes a consumer that does not return on its own return.
+    fn unblock_consumer(&mut self, c: &Self::Consumer);
+    /// Ctrl-C, console close.
+    fn stop_request(&self) -> Option<StopReason>;
+}
+
+/// Loop settings.
+#[derive(Debug, Clone, Copy)]
+pub struct DriveConfig {
+    pub duration: Option<Duration>,
+    pub status_every: Duration,
+    pub ring_bytes: usize,
+    /// How long to wait for the consumer after a stop before unblocking it,
+    /// and (twice that) before giving up on it.
+    pub stop_grace: Duration,
+    /// Sleep when the ring is empty.
+    pub idle_sleep: Duration,
+}
+
+impl Default for DriveConfig {
+    fn default() -> Self {
+        DriveConfig {
+            duration: None,
+            status_every: Duration::from_secs(5),
+            ring_bytes: crate::ring::DEFAULT_RING_BYTES,
+            stop_grace: Duration::from_secs(10),
+            idle_sleep: Duration::from_millis(2),
+        }
+    }
+}
+
+/// How a live run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveOutcome {
+    pub totals: LiveTotals,
+    pub stop_reason: StopReason,
+}
+
+fn totals(
+    base: &LiveTotals,
+    last: &SessionCounters,
+    consumer: &RingConsumer,
+    events: u64,
+    sup: &Supervisor,
+) -> LiveTotals {
+    let mut t = LiveTotals::with_session(base, last).with_ring(&consumer.stats());
+    t.events = events;
+    t.external_stops = sup.external_stops();
+    t.restarts = sup.restarts();
+    t
+}
+
+/// Starts the session and a consumer, then runs until a stop request, the
+/// duration, or the session is lost for good (then `SessionLost`). Every
+/// event goes to `sink` on this thread.
+pub fn drive<P: Platform>(
+    platform: &mut P,
+    cfg: &DriveConfig,
+    sink: &mut dyn LiveSink,
+) -> Result<LiveOutcome, LiveError> {
+    let (producer, mut consumer) = ring(cfg.ring_bytes);
+    platform.start()?;
+    let name = platform.session_name();
+    let mut thread = Some(platform.spawn_consumer(producer)?);
+
+    let started = Instant::now();
+    let mut sup = Supervisor::default();
+    let mut tracker = StatusTracker::default();
+    let mut next_status = started + cfg.status_every;
+    let mut base = LiveTotals::default();
+    let mut last = SessionCounters::default();
+    let mut events = 0u64;
+    let mut stopping_since: Option<Instant> = None;
+    let mut unblocked = false;
+    let mut outcome_reason = None;
+    // The producer, back from an ended consumer, and a restart waiting for it.
+    let mut spare: Option<RingProducer> = None;
+    let mut pending_restart: Option<(u32, Instant)> = None;
+
+    loop {
+        // Drain a bounded batch so control checks stay timely.
+        let mut n = 0u64;
+        while n < 65_536 {
+            let Some(ev) = consumer.pop() else { break };
+            sink.event(&ev);
+            n += 1;
+        }
+        events += n;
+        if n == 0 {
+            sink.idle();
+            std::thread::sleep(cfg.idle_sleep);
+        }
+        let now_s = started.elapsed().as_secs();
+
+        let mut actions = Vec::new();
+        if let Some(r) = platform.stop_request() {
+            actions.push(sup.on(Observation::StopRequested(r), now_s));
+        }
+        if cfg.duration.is_some_and(|d| started.elapsed() >= d) {
+            actions.push(sup.on(Observation::StopRequested(StopReason::Duration), now_s));
+        }
+        if thread
+            .as_ref()
+            .is_some_and(|t| platform.consumer_finished(t))
+        {
+            if let Some(t) = thread.take() {
+                spare = Some(platform.join_consumer(t)?);
+                actions.push(sup.on(Observation::ConsumerEnded, now_s));
+            }
+        }
+        if Instant::now() >= next_status {
+            next_status += cfg.status_every;
+            match platform.query() {
+                Ok(c) => last = c,
+                Err(code) => actions.push(sup.on(
+                    Observation::QueryFailed {
+                        session_missing: code == ERROR_WMI_INSTANCE_NOT_FOUND,
+                    },
+                    now_s,
+                )),
+            }
+            let t = totals(&base, &last, &consumer, events, &sup);
+            sink.status(&tracker.sample(started.elapsed().as_secs_f64(), t));
+        }
+
+        let mut finished = false;
+        for action in actions {
+            match action {
+                Action::Continue => {}
+                Action::StopSession(_) => {
+                    // A stop wins over a restart still waiting.
+                    pending_restart = None;
+                    if let Ok(c) = platform.stop() {
+                        last = c;
+                    }
+                    stopping_since = Some(Instant::now());
+                }
+                // Restart once the old consumer has ended and given the
+                // producer back (at once if it ended; later if a query
+                // noticed the session is gone first).
+                Action::Restart { attempt } => {
+                    platform.forget();
+                    pending_restart = Some((attempt, Instant::now()));
+                }
+                Action::Finish(r) => {
+                    outcome_reason = Some(r);
+                    finished = true;
+                }
+                Action::GiveUp => finished = true,
+            }
+        }
+        if let (Some((attempt, since)), false) = (pending_restart, finished) {
+            if let Some(producer) = spare.take() {
+                pending_restart = None;
+                base = LiveTotals::with_session(&base, &last);
+                last = SessionCounters::default();
+                let result = platform
+                    .start()
+                    .and_then(|()| platform.spawn_consumer(producer));
+                let restarted = result.is_ok();
+                if let Ok(t) = result {
+                    thread = Some(t);
+                    unblocked = false;
+                }
+                sink.session_alert(&SessionAlert {
+                    session: name.clone(),
+                    elapsed_s: now_s,
+                    attempt,
+                    restarted,
+                });
+                let obs = if restarted {
+                    Observation::Restarted
+                } else {
+                    Observation::RestartFailed
+                };
+                if sup.on(obs, now_s) == Action::GiveUp {
+                    finished = true;
+                }
+            } else if since.elapsed() > cfg.stop_grace && !unblocked {
+                // The session is gone but the consumer has not returned.
+                if let Some(t) = &thread {
+                    platform.unblock_consumer(t);
+                }
+                unblocked = true;
+            }
+        }
+        if finished {
+            break;
+        }
+        if let Some(since) = stopping_since {
+            let waited = since.elapsed();
+            if waited > cfg.stop_grace && !unblocked {
+                if let Some(t) = &thread {
+                    platform.unblock_consumer(t);
+                }
+                unblocked = true;
+            } else if waited > cfg.stop_grace * 2 {
+                return Err(LiveError::ConsumerStuck);
+            }
+        }
+    }
+    // The consumer has ended: drain what is left.
+    while let Some(ev) = consumer.pop() {
+        sink.event(&ev);
+        events += 1;
+    }
+    let t = totals(&base, &last, &consumer, events, &sup);
+    match outcome_reason {
+        Some(r) => Ok(LiveOutcome {
+            totals: t,
+            stop_reason: r,
+        }),
+        None => Err(LiveError::SessionLost {
+            session: name,
+            restarts: sup.restarts(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::view::RecordView;
+    use sentry_raw::guids;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::thread::JoinHandle;
+
+    /// A fake session: each consumer generation pushes its events, then
+    /// either ends by itself (an external stop) or waits for `stop`.
+    struct Fake {
+        /// Per generation: (events to push, ends by itself afterwards).
+        plan: Vec<(u64, bool)>,
+        generation: usize,
+        running: Arc<AtomicBool>,
+        starts: u32,
+        /// Fail starts from this count on (a restart that cannot succeed).
+        fail_start_from: Option<u32>,
+        stops: u32,
+        forgotten: u32,
+        next_ts: u64,
+    }
+
+    impl Fake {
+        fn new(plan: Vec<(u64, bool)>) -> Fake {
+            Fake {
+                plan,
+                generation: 0,
+                running: Arc::new(AtomicBool::new(false)),
+                starts: 0,
+                fail_start_from: None,
+                stops: 0,
+                forgotten: 0,
+                next_ts: 1,
+            }
+        }
+    }
+
+    impl Platform for Fake {
+        type Consumer = JoinHandle<RingProducer>;
+
+        fn session_name(&self) -> String {
+            "fake".into()
+        }
+        fn start(&mut self) -> Result<(), LiveError> {
+            self.starts += 1;
+            if self.fail_start_from.is_some_and(|n| self.starts >= n) {
+                return Err(LiveError::AlreadyRunning {
+                    session: "fake".into(),
+                });
+            }
+            self.running.store(true, Ordering::SeqCst);
+            Ok(())
+        }
+        fn stop(&mut self) -> Result<SessionCounters, LiveError> {
+            self.stops += 1;
+            self.running.store(false, Ordering::SeqCst);
+            Ok(SessionCounters {
+                events_lost: 2,
+                ..Default::default()
+            })
+        }
+        fn query(&mut self) -> Result<SessionCounters, u32> {
+            if self.running.load(Ordering::SeqCst) {
+                Ok(SessionCounters::default())
+            } else {
+                Err(ERROR_WMI_INSTANCE_NOT_FOUND)
+            }
+        }
+        fn forget(&mut self) {
+            self.forgotten += 1;
+        }
+        fn spawn_consumer(&mut self, mut p: RingProducer) -> Result<Self::Consumer, LiveError> {
+            let (n, ends) = self
+                .plan
+                .get(self.generation)
+                .copied()
+                .unwrap_or((0, false));
+            self.generation += 1;
+            let first = self.next_ts;
+            self.next_ts += n;
+            let running = Arc::clone(&self.running);
+            Ok(std::thread::spawn(move || {
+                for ts in first..first + n {
+                    let payload = ts.to_le_bytes();
+                    let v = RecordView {
+                        provider: guids::PERF_INFO,
+                        opcode: 51,
+                        timestamp: ts,
+                        payload: &payload,
+                        ..Default::default()
+                    };
+                    while !p.push(&v) {
+                        std::thread::yield_now();
+                    }
+                }
+                if ends {
+                    // Someone else stopped the session.
+                    running.store(false, Ordering::SeqCst);
+                } else {
+                    while running.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+                p
+            }))
+        }
+        fn consumer_finished(&self, c: &Self::Consumer) -> bool {
+            c.is_finished()
+        }
+        fn join_consumer(&mut self, c: Self::Consumer) -> Result<RingProducer, LiveError> {
+            c.join().map_err(|_| LiveError::ConsumerStuck)
+        }
+        fn unblock_consumer(&mut self, _c: &Self::Consumer) {
+            self.running.store(false, Ordering::SeqCst);
+        }
+        fn stop_request(&self) -> Option<StopReason> {
+            None
+        }
+    }
+
+    #[derive(Default)]
+    struct Collect {
+        timestamps: Vec<u64>,
+        alerts: Vec<SessionAlert>,
+        statuses: usize,
+    }
+
+    impl LiveSink for Collect {
+        fn event(&mut self, ev: &RawEvent<'_>) {
+            assert_eq!(ev.payload, &ev.timestamp.to_le_bytes());
+            self.timestamps.push(ev.timestamp);
+        }
+        fn session_alert(&mut self, a: &SessionAlert) {
+            self.alerts.push(a.clone());
+        }
+        fn status(&mut self, _line: &StatusLine) {
+            self.statuses += 1;
+        }
+    }
+
+    fn cfg(duration_ms: u64) -> DriveConfig {
+        DriveConfig {
+            duration: Some(Duration::from_millis(duration_ms)),
+            status_every: Duration::from_millis(20),
+            ring_bytes: 1 << 16,
+            stop_grace: Duration::from_secs(5),
+            idle_sleep: Duration::from_millis(1),
+        }
+    }
+
+    #[test]
+    fn duration_stop_delivers_every_event() {
+        let mut fake = Fake::new(vec![(20_000, false)]);
+        let mut sink = Collect::default();
+        let out = drive(&mut fake, &cfg(300), &mut sink).unwrap();
+        assert_eq!(out.stop_reason, StopReason::Duration);
+        assert_eq!(sink.timestamps, (1..=20_000).collect::<Vec<_>>());
+        assert_eq!(out.totals.events, 20_000);
+        assert_eq!(
+            out.totals.events_lost, 2,
+            "final counters come from the stop"
+        );
+        assert_eq!((fake.starts, fake.stops, fake.forgotten), (1, 1, 0));
+        assert!(sink.alerts.is_empty());
+        assert!(sink.statuses >= 1);
+    }
+
+    #[test]
+    fn external_stop_is_reported_and_the_session_restarted() {
+        // Generation 1 is stopped by someone else after 5000 events; the
+        // restarted generation 2 delivers 7000 more until the duration ends.
+        let mut fake = Fake::new(vec![(5_000, true), (7_000, false)]);
+        let mut sink = Collect::default();
+        let out = drive(&mut fake, &cfg(1_500), &mut sink).unwrap();
+        assert_eq!(out.stop_reason, StopReason::Duration);
+        assert_eq!(sink.timestamps, (1..=12_000).collect::<Vec<_>>());
+        assert_eq!(sink.alerts.len(), 1);
+        assert!(sink.alerts[0].restarted);
+        assert_eq!(sink.alerts[0].attempt, 1);
+        assert_eq!((out.totals.external_stops, out.totals.restarts), (1, 1));
+        assert_eq!((fake.starts, fake.stops, fake.forgotten), (2, 1, 1));
+    }
+
+    #[test]
+    fn a_restart_that_fails_loses_the_session() {
+        let mut fake = Fake::new(vec![(1_000, true)]);
+        fake.fail_start_from = Some(2);
+        let mut sink = Collect::default();
+        let err = drive(&mut fake, &cfg(10_000), &mut sink).unwrap_err();
+        assert_eq!(
+            err,
+            LiveError::SessionLost {
+                session: "fake".into(),
+                restarts: 1
+            }
+        );
+        assert_eq!(
+            sink.timestamps.len(),
+            1_000,
+            "events before the loss arrive"
+        );
+        assert_eq!(sink.alerts.len(), 1);
+        assert!(!sink.alerts[0].restarted);
+    }
+
+    #[test]
+    fn repeated_external_stops_hit_the_restart_budget() {
+        // Every generation is stopped by someone else: 5 restarts a minute
+        // are allowed, the 6th stop gives up.
+        let mut fake = Fake::new(vec![(10, true); 10]);
+        let mut sink = Collect::default();
+        let err = drive(&mut fake, &cfg(60_000), &mut sink).unwrap_err();
+        assert_eq!(
+            err,
+            LiveError::SessionLost {
+                session: "fake".into(),
+                restarts: 5
+            }
+        );
+        assert_eq!(sink.alerts.len(), 5);
+        assert_eq!(sink.timestamps.len(), 60);
+        assert_eq!(fake.starts, 6);
+    }
+}
