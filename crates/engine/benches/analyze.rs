@@ -129,6 +129,54 @@ fn run(path: &Path) -> Run {
     }
 }
 
+/// One pass of [`run`] alone: `open`, `read`, `decode`, `learn` or `classify`
+/// (the classifying pass without a learned table). Returns the pairs.
+fn one_pass(path: &Path, pass: &str) -> u64 {
+    let file = EtlFile::open(path).unwrap();
+    let mut r = file.events(Order::Time);
+    let mut n = 0u64;
+    match pass {
+        // Opening and the first buffers only: subtract from the others.
+        "open" => 0,
+        "read" => {
+            while let Some(ev) = r.next_event() {
+                n = n.wrapping_add(ev.timestamp & 1);
+            }
+            std::hint::black_box(n);
+            0
+        }
+        "decode" => {
+            while let Some(ev) = r.next_event() {
+                if let Ok(Some(_)) = sentry_kernel::decode(&ev) {
+                    n += 1;
+                }
+            }
+            std::hint::black_box(n);
+            0
+        }
+        "learn" => {
+            let mut e = Engine::new(EngineConfig {
+                learning: Learning::Only,
+                ..EngineConfig::default()
+            });
+            while let Some(ev) = r.next_event() {
+                e.process(&ev, &mut NullSink);
+            }
+            e.finish(&mut NullSink).correlator.matched
+        }
+        _ => {
+            let mut e = Engine::new(EngineConfig::default());
+            let mut report = Report::new(ReportConfig::default(), Box::new(std::io::sink()));
+            while let Some(ev) = r.next_event() {
+                e.process(&ev, &mut report);
+            }
+            let stats = e.finish(&mut report);
+            report.finish(&e).unwrap();
+            stats.correlator.matched
+        }
+    }
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -141,7 +189,17 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(if bench { 200_000 } else { 2_000 });
     if let Ok(f) = std::env::var("SENTRY_BENCH_FILE") {
-        // Profile an existing trace (e.g. under perf).
+        // Profile a trace (e.g. under perf or callgrind); a missing file is
+        // generated first (N syscalls, seed 42).
+        if !Path::new(&f).exists() {
+            make(Path::new(&f), n);
+        }
+        if let Ok(pass) = std::env::var("SENTRY_BENCH_PASS") {
+            // One pass only, for instruction counts per pass.
+            let pairs = one_pass(Path::new(&f), &pass);
+            println!("{f}: pass {pass}: pairs {pairs}");
+            return;
+        }
         let r = run(Path::new(&f));
         println!(
             "{f}: pairs {} read {:.2} s read+decode {:.2} s learn {:.2} s classify {:.2} s",

@@ -325,6 +325,24 @@ pub struct EngineStats {
 
 const MAX_ERROR_SAMPLES: usize = 32;
 
+/// Events a [`Learning::Only`] pass does not decode: nothing it learns
+/// depends on them (SysCallExit carries no address; threads only map tids
+/// to pids for reports). Their decode counts and errors are then not in
+/// that pass's statistics, which `analyze` discards.
+#[inline]
+fn skipped_when_learning(id: EventId) -> bool {
+    matches!(
+        id,
+        EventId::Kernel {
+            group: KernelClass::GROUP_THREAD,
+            ..
+        } | EventId::Kernel {
+            group: KernelClass::GROUP_PERFINFO,
+            opcode: 52,
+        }
+    )
+}
+
 /// The engine. See the crate documentation.
 pub struct Engine {
     pairing: Pairing,
@@ -504,6 +522,10 @@ impl Engine {
                 self.corr
                     .add_parent(ev.timestamp, ev.processor, Parent::Other(h));
             }
+        }
+        if self.learning == Learning::Only && skipped_when_learning(ev.id) {
+            self.drain(sink);
+            return;
         }
         match sentry_kernel::decode(ev) {
             Ok(Some(k)) => {

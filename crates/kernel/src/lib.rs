@@ -8,7 +8,7 @@
 
 #![forbid(unsafe_code)]
 
-use sentry_raw::{KernelClass, RawEvent};
+use sentry_raw::{EventId, KernelClass, RawEvent};
 
 mod eventtrace;
 mod image;
@@ -30,6 +30,15 @@ use reader::Reader;
 /// whose version predates the documented layouts, or whose pointer size is
 /// neither 4 nor 8).
 pub fn decode<'a>(ev: &RawEvent<'a>) -> Result<Option<KernelEvent<'a>>, DecodeError> {
+    // Fast path for the three events of every syscall (SysCallEnter,
+    // StackWalk, SysCallExit) when the payload fits its layout: fixed offsets,
+    // no dispatch. Anything else (short payloads, odd pointer sizes) takes the
+    // general path below, which yields the same events and the named errors.
+    if let EventId::Kernel { group, opcode } = ev.id {
+        if let Some(k) = fast_path(group, opcode, ev.pointer_size, ev.payload) {
+            return Ok(Some(k));
+        }
+    }
     let Some(class) = ev.kernel_class() else {
         return Ok(None);
     };
@@ -74,6 +83,44 @@ pub fn decode<'a>(ev: &RawEvent<'a>) -> Result<Option<KernelEvent<'a>>, DecodeEr
     decoded
         .map(Some)
         .map_err(|reason| err(format!("version {v}: {reason}")))
+}
+
+/// The syscall events decoded at fixed offsets; `None` sends the event to
+/// the general path (which decides errors and the other events).
+#[inline]
+fn fast_path(group: u8, opcode: u8, ps: u8, p: &[u8]) -> Option<KernelEvent<'_>> {
+    let u32_at =
+        |o: usize| -> Option<u32> { Some(u32::from_le_bytes(p.get(o..o + 4)?.try_into().ok()?)) };
+    let u64_at =
+        |o: usize| -> Option<u64> { Some(u64::from_le_bytes(p.get(o..o + 8)?.try_into().ok()?)) };
+    match (group, opcode) {
+        (KernelClass::GROUP_PERFINFO, perfinfo::SYSCALL_ENTER) => {
+            let sys_call_address = match ps {
+                8 => u64_at(0)?,
+                4 => u64::from(u32_at(0)?),
+                _ => return None,
+            };
+            Some(KernelEvent::SysCallEnter(SysCallEnter { sys_call_address }))
+        }
+        (KernelClass::GROUP_PERFINFO, perfinfo::SYSCALL_EXIT) if ps == 4 || ps == 8 => {
+            Some(KernelEvent::SysCallExit(SysCallExit {
+                sys_call_ntstatus: u32_at(0)?,
+            }))
+        }
+        (KernelClass::GROUP_STACKWALK, stackwalk::STACK) if ps == 4 || ps == 8 => {
+            let frames = p.get(16..)?;
+            if frames.len() % usize::from(ps) != 0 {
+                return None;
+            }
+            Some(KernelEvent::StackWalk(StackWalk {
+                event_timestamp: u64_at(0)?,
+                stack_process: u32_at(8)?,
+                stack_thread: u32_at(12)?,
+                frames: Frames::new(frames, ps),
+            }))
+        }
+        _ => None,
+    }
 }
 
 /// Lifecycle of a Process/Thread/Image opcode already known to be of
