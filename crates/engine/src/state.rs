@@ -3,12 +3,15 @@
 //! Layouts of the events: [Process_TypeGroup1](https://learn.microsoft.com/windows/win32/etw/process-typegroup1),
 //! [Thread_TypeGroup1](https://learn.microsoft.com/windows/win32/etw/thread-typegroup1),
 //! [Image_Load](https://learn.microsoft.com/windows/win32/etw/image-load).
-//! Module lookups are `O(log n)` over a `BTreeMap` keyed by image base.
+//! Module lookups are `O(log n)` over a `BTreeMap` keyed by image base,
+//! after a check of the last two hits.
 //! Ended processes are kept until the correlation window has passed (a
 //! syscall still pending may belong to them), then dropped: memory follows
 //! the live process set, not the trace length.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Bound;
 use std::sync::Arc;
 
 use sentry_kernel::{Image, Lifecycle, Process, Thread};
@@ -78,26 +81,76 @@ impl Module {
 }
 
 /// The modules of one address space.
+///
+/// Lookups first try the ranges of the last two hits: a stack's return
+/// addresses fall in a few modules (the stub DLL, its caller), so most
+/// lookups skip the tree. A cached range ends at the module's end or at the
+/// next module's base, whichever comes first, so a hit gives exactly what
+/// the tree lookup would; any change to the map clears the cache.
 #[derive(Debug, Default, Clone)]
 pub struct ModuleMap {
-    by_base: BTreeMap<u64, Module>,
+    /// Image base to slot in `modules`.
+    by_base: BTreeMap<u64, u32>,
+    modules: Vec<Module>,
+    /// Slots of removed modules, for reuse.
+    free: Vec<u32>,
+    /// (start, end, slot) of recent hits, most recent first; `end == 0`: empty.
+    hot: Cell<[(u64, u64, u32); 2]>,
 }
 
 impl ModuleMap {
-    /// The module containing `addr`, if any.
+    /// The module containing `addr`, if any: the one with the greatest base
+    /// at or below `addr`, if it extends over `addr`.
     #[inline]
     pub fn find(&self, addr: u64) -> Option<&Module> {
-        let (_, m) = self.by_base.range(..=addr).next_back()?;
-        m.contains(addr).then_some(m)
+        let hot = self.hot.get();
+        for (start, end, slot) in hot {
+            if addr >= start && addr < end {
+                return self.modules.get(slot as usize);
+            }
+        }
+        let (&base, &slot) = self.by_base.range(..=addr).next_back()?;
+        let m = self.modules.get(slot as usize)?;
+        if !m.contains(addr) {
+            return None;
+        }
+        let next = self
+            .by_base
+            .range((Bound::Excluded(base), Bound::Unbounded))
+            .next()
+            .map_or(u64::MAX, |(&b, _)| b);
+        let end = base.saturating_add(m.size).min(next);
+        self.hot.set([(base, end, slot), hot[0]]);
+        Some(m)
     }
 
     /// Adds (or replaces) the module at `m.base`.
     pub fn insert(&mut self, m: Module) {
-        self.by_base.insert(m.base, m);
+        self.hot = Cell::default();
+        if let Some(&slot) = self.by_base.get(&m.base) {
+            self.modules[slot as usize] = m;
+            return;
+        }
+        let base = m.base;
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.modules[s as usize] = m;
+                s
+            }
+            None => {
+                self.modules.push(m);
+                (self.modules.len() - 1) as u32
+            }
+        };
+        self.by_base.insert(base, slot);
     }
 
     pub fn remove(&mut self, base: u64) -> Option<Module> {
-        self.by_base.remove(&base)
+        self.hot = Cell::default();
+        let slot = self.by_base.remove(&base)?;
+        self.free.push(slot);
+        // The slot keeps a copy until reused; hand the module back.
+        Some(self.modules[slot as usize].clone())
     }
 
     pub fn len(&self) -> usize {
@@ -108,8 +161,11 @@ impl ModuleMap {
         self.by_base.is_empty()
     }
 
+    /// The modules by ascending base.
     pub fn iter(&self) -> impl Iterator<Item = &Module> {
-        self.by_base.values()
+        self.by_base
+            .values()
+            .filter_map(|&s| self.modules.get(s as usize))
     }
 }
 
@@ -460,5 +516,81 @@ mod tests {
         s.on_process(&p, 320, 50);
         s.expire(1000, 50, |_| false);
         assert_eq!(s.process(7).unwrap().image_file_name, "b.exe");
+    }
+}
+
+#[cfg(test)]
+mod module_map_tests {
+    use super::*;
+
+    /// The tree lookup by definition: greatest base at or below, if it
+    /// extends over the address.
+    fn reference(mods: &BTreeMap<u64, u64>, addr: u64) -> Option<u64> {
+        let (&b, &size) = mods.range(..=addr).next_back()?;
+        (addr - b < size).then_some(b)
+    }
+
+    /// Random loads (overlapping ones too), unloads and lookups, with the
+    /// lookups repeated so that the hit cache answers most of them: every
+    /// answer equals the reference lookup.
+    #[test]
+    fn cached_lookups_equal_tree_lookups() {
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut map = ModuleMap::default();
+        let mut mods: BTreeMap<u64, u64> = BTreeMap::new();
+        let name: Arc<str> = Arc::from("m.dll");
+        let (mut found, mut total) = (0, 0);
+        for _ in 0..100_000 {
+            let r = next();
+            match r % 16 {
+                0 => {
+                    let base = (next() % 64) * 0x1000;
+                    let size = 1 + next() % 0x4000;
+                    map.insert(Module {
+                        base,
+                        size,
+                        name: name.clone(),
+                        path: name.clone(),
+                        kind: ModuleKind::Other,
+                        time_date_stamp: 0,
+                        system_dll: None,
+                    });
+                    mods.insert(base, size);
+                }
+                1 => {
+                    let base = (next() % 64) * 0x1000;
+                    assert_eq!(
+                        map.remove(base).map(|m| m.base),
+                        mods.remove(&base).map(|_| base)
+                    );
+                }
+                _ => {
+                    let addr = if r & 0x10 != 0 {
+                        0x2_0000 + next() % 0x800
+                    } else {
+                        next() % 0x5_0000
+                    };
+                    for _ in 0..3 {
+                        let got = map.find(addr).map(|m| m.base);
+                        assert_eq!(got, reference(&mods, addr), "addr {addr:#x}");
+                        total += 1;
+                        found += usize::from(got.is_some());
+                    }
+                }
+            }
+            assert_eq!(map.len(), mods.len());
+        }
+        assert!(
+            found > total / 4,
+            "{found} of {total} lookups found a module"
+        );
+        let bases: Vec<u64> = map.iter().map(|m| m.base).collect();
+        assert_eq!(bases, mods.keys().copied().collect::<Vec<_>>());
     }
 }
