@@ -11,6 +11,7 @@
 use sentry_raw::{EventId, KernelClass, RawEvent};
 
 mod eventtrace;
+pub mod fuzzing;
 mod image;
 mod perfinfo;
 mod process;

@@ -5,61 +5,9 @@
 use std::path::Path;
 
 use sentry_kernel::decode;
-use sentry_raw::{EventId, ExtendedData, HeaderKind, KernelClass, RawEvent};
+use sentry_raw::{EventId, KernelClass};
 
-/// Must equal `HOOKS` in `fuzz/fuzz_targets/decode.rs`.
-const HOOKS: [(u8, u8); 26] = [
-    (0x00, 0),
-    (0x00, 5),
-    (0x03, 1),
-    (0x03, 2),
-    (0x03, 3),
-    (0x03, 4),
-    (0x03, 10),
-    (0x03, 39),
-    (0x03, 11),
-    (0x05, 1),
-    (0x05, 2),
-    (0x05, 3),
-    (0x05, 4),
-    (0x0F, 51),
-    (0x0F, 52),
-    (0x0F, 46),
-    (0x14, 2),
-    (0x14, 3),
-    (0x14, 4),
-    (0x14, 10),
-    (0x18, 32),
-    (0x18, 34),
-    (0x18, 35),
-    (0x18, 36),
-    (0x18, 37),
-    (0x18, 38),
-];
-
-fn event(data: &[u8]) -> Option<RawEvent<'_>> {
-    let [h, v, p, payload @ ..] = data else {
-        return None;
-    };
-    let (group, opcode) = HOOKS[usize::from(*h) % HOOKS.len()];
-    Some(RawEvent {
-        header: HeaderKind::System64,
-        id: EventId::Kernel { group, opcode },
-        version: *v % 8,
-        pid: None,
-        tid: None,
-        processor: 0,
-        timestamp: 0,
-        pointer_size: match p % 3 {
-            0 => 4,
-            1 => 8,
-            _ => *p,
-        },
-        payload,
-        extended: ExtendedData::default(),
-        offset: 0,
-    })
-}
+use sentry_kernel::fuzzing::event_from_fuzz_input as event;
 
 fn inputs(dir: &str) -> Vec<(String, Vec<u8>)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz").join(dir);
@@ -71,17 +19,6 @@ fn inputs(dir: &str) -> Vec<(String, Vec<u8>)> {
         .collect();
     v.sort();
     v
-}
-
-#[test]
-fn the_fuzz_target_hook_table_is_this_one() {
-    let src = include_str!("../fuzz/fuzz_targets/decode.rs");
-    for (g, o) in HOOKS {
-        assert!(
-            src.contains(&format!("({g:#04X}, {o}),").replace("0X", "0x")),
-            "{g:#x}/{o}"
-        );
-    }
 }
 
 #[test]

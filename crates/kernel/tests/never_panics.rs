@@ -6,35 +6,7 @@ use proptest::prelude::*;
 use sentry_kernel::{decode, KernelEvent};
 use sentry_raw::{EventId, ExtendedData, HeaderKind, RawEvent};
 
-/// (group, opcode) pairs: every event of interest and a few that are not.
-const HOOKS: &[(u8, u8)] = &[
-    (0x00, 0),
-    (0x00, 5),
-    (0x03, 1),
-    (0x03, 2),
-    (0x03, 3),
-    (0x03, 4),
-    (0x03, 10),
-    (0x03, 39),
-    (0x03, 11),
-    (0x05, 1),
-    (0x05, 2),
-    (0x05, 3),
-    (0x05, 4),
-    (0x0F, 51),
-    (0x0F, 52),
-    (0x0F, 46),
-    (0x14, 2),
-    (0x14, 3),
-    (0x14, 4),
-    (0x14, 10),
-    (0x18, 32),
-    (0x18, 34),
-    (0x18, 35),
-    (0x18, 36),
-    (0x18, 37),
-    (0x18, 38),
-];
+use sentry_kernel::fuzzing::HOOKS;
 
 fn check(group: u8, opcode: u8, version: u8, ps: u8, payload: &[u8]) {
     let ev = RawEvent {
@@ -84,7 +56,7 @@ proptest! {
 
     #[test]
     fn decode_never_panics(
-        hook in prop::sample::select(HOOKS),
+        hook in prop::sample::select(HOOKS.as_slice()),
         version in prop::sample::select(&[0u8, 1, 2, 3, 4, 5, 9, 255][..]),
         ps in prop::sample::select(&[4u8, 8, 0, 5][..]),
         payload in prop::collection::vec(any::<u8>(), 0..400),
@@ -96,7 +68,7 @@ proptest! {
     /// variable-length layouts (SIDs, strings) than uniform noise does.
     #[test]
     fn decode_never_panics_sparse(
-        hook in prop::sample::select(HOOKS),
+        hook in prop::sample::select(HOOKS.as_slice()),
         version in 2u8..6,
         ps in prop::sample::select(&[4u8, 8][..]),
         len in 0usize..300,

@@ -5,7 +5,7 @@
 //! classifies. Exit code: 0 nothing found, 1 alerts found, 2 error.
 
 use std::fs::File;
-use std::io::{BufWriter, IsTerminal, Write};
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -15,10 +15,11 @@ use anyhow::{bail, Context};
 use sentry_engine::report::{self, Filter, Format, Report, ReportConfig};
 use sentry_engine::{
     Allowlist, Engine, EngineConfig, Learning, NullSink, ServiceTable, SystemDlls,
-    DEFAULT_ALLOWLIST,
 };
 use sentry_etl::{EtlFile, Order};
 use sentry_raw::Clock;
+
+use super::report_args::ReportArgs;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -29,78 +30,33 @@ pub struct Args {
     /// traced machine: exact return sites and stub/service names.
     #[arg(long, value_name = "DIR")]
     pub system_dlls: Option<PathBuf>,
-    /// TOML allowlist of known benign sources (default: the shipped list,
-    /// which has no active entry).
-    #[arg(long, value_name = "FILE")]
-    pub allowlist: Option<PathBuf>,
-    /// Alert line layout: json or ecs (Elastic Common Schema).
-    #[arg(long, default_value = "json")]
-    pub format: String,
-    /// One JSON line per syscall (all verdicts) instead of deduplicated alerts.
-    #[arg(long)]
-    pub per_syscall: bool,
-    /// Write lines here instead of stdout.
-    #[arg(long, short, value_name = "FILE")]
-    pub out: Option<PathBuf>,
-    /// Write the per-process summary and statistics here instead of stderr.
-    #[arg(long, value_name = "FILE")]
-    pub summary: Option<PathBuf>,
     /// Also write the engine statistics of each file as JSON lines here.
     #[arg(long, value_name = "FILE")]
     pub stats_json: Option<PathBuf>,
-    /// Print no summary or statistics.
-    #[arg(long, short)]
-    pub quiet: bool,
-    /// Only this process id.
-    #[arg(long)]
-    pub pid: Option<u32>,
-    /// Only processes whose image name matches this glob.
-    #[arg(long)]
-    pub process: Option<String>,
     /// From this time: RFC 3339 (UTC or offset) or seconds from the trace start.
     #[arg(long)]
     pub since: Option<String>,
     /// Until this time: RFC 3339 or seconds from the trace start.
     #[arg(long)]
     pub until: Option<String>,
-    /// How long (trace time) a syscall waits for its stack.
-    #[arg(long, default_value_t = 500)]
-    pub window_ms: u64,
-    /// Hard cap on syscalls/stacks waiting for their other half.
-    #[arg(long, default_value_t = 1 << 16)]
-    pub max_pending: usize,
+    #[command(flatten)]
+    pub report: ReportArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let format = match args.format.as_str() {
-        "json" => Format::Json,
-        "ecs" => Format::Ecs,
-        f => bail!("--format {f}: expected json or ecs"),
-    };
+    let format = args.report.format()?;
     let system_dlls = match &args.system_dlls {
         Some(d) => Some(Arc::new(
             SystemDlls::load_dir(d).map_err(|e| anyhow::anyhow!("--system-dlls {e}"))?,
         )),
         None => None,
     };
-    let allowlist = match &args.allowlist {
-        Some(p) => {
-            let t = std::fs::read_to_string(p).with_context(|| format!("{}", p.display()))?;
-            Allowlist::parse(&t).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
-        }
-        None => Allowlist::parse(DEFAULT_ALLOWLIST).map_err(|e| anyhow::anyhow!("{e}"))?,
-    };
-    let mut out: Box<dyn Write> = match &args.out {
-        Some(p) => Box::new(BufWriter::with_capacity(
-            1 << 16,
-            File::create(p).with_context(|| format!("{}", p.display()))?,
-        )),
-        None => Box::new(BufWriter::with_capacity(1 << 16, std::io::stdout())),
-    };
-    let mut summary_out: Option<Box<dyn Write>> = if args.quiet {
+    let allowlist = args.report.allowlist()?;
+    let mut out = args.report.alert_writer()?;
+    let mut summary_out: Option<Box<dyn Write>> = if args.report.quiet {
         None
     } else {
-        Some(match &args.summary {
+        Some(match &args.report.summary {
             Some(p) => Box::new(File::create(p).with_context(|| format!("{}", p.display()))?),
             None => Box::new(std::io::stderr()),
         })
@@ -157,8 +113,8 @@ fn analyze_file(
     let file = EtlFile::open(path).with_context(|| format!("{}", path.display()))?;
     let clock = file.clock();
     let filter = Filter {
-        pid: args.pid,
-        process: args.process.clone(),
+        pid: args.report.pid,
+        process: args.report.process.clone(),
         since: args
             .since
             .as_deref()
@@ -175,8 +131,8 @@ fn analyze_file(
     let progress = Progress::new(file.len() * 2);
     let started = Instant::now();
     let base = EngineConfig {
-        window_ms: args.window_ms,
-        max_pending: args.max_pending,
+        window_ms: args.report.window_ms,
+        max_pending: args.report.max_pending,
         system_dlls,
         ..EngineConfig::default()
     };
@@ -213,7 +169,7 @@ fn analyze_file(
     let mut report = Report::new(
         ReportConfig {
             format,
-            per_syscall: args.per_syscall,
+            per_syscall: args.report.per_syscall,
             filter,
             ..ReportConfig::default()
         },
@@ -406,19 +362,21 @@ mod tests {
         Args {
             files,
             system_dlls: None,
-            allowlist: None,
-            format: "json".into(),
-            per_syscall: true,
-            out: Some(out),
-            summary: None,
-            quiet: true,
-            pid: None,
-            process: None,
             since: None,
             until: None,
-            window_ms: 500,
-            max_pending: 1 << 16,
             stats_json: None,
+            report: ReportArgs {
+                allowlist: None,
+                format: "json".into(),
+                per_syscall: true,
+                out: Some(out),
+                summary: None,
+                quiet: true,
+                pid: None,
+                process: None,
+                window_ms: 500,
+                max_pending: 1 << 16,
+            },
         }
     }
 

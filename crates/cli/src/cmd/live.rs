@@ -10,6 +10,8 @@ use std::path::PathBuf;
 #[cfg(not(windows))]
 use std::process::ExitCode;
 
+use super::report_args::ReportArgs;
+
 /// The message for non-Windows hosts.
 #[cfg_attr(windows, allow(dead_code))]
 pub const NEEDS_WINDOWS: &str = "live needs Windows; use `analyze` on an .etl file recorded with \
@@ -76,36 +78,8 @@ pub struct Args {
     /// live process (ReadProcessMemory).
     #[arg(long)]
     pub no_read_memory: bool,
-    /// TOML allowlist of known benign sources (default: the shipped list).
-    #[arg(long, value_name = "FILE")]
-    pub allowlist: Option<PathBuf>,
-    /// Alert line layout: json or ecs (Elastic Common Schema).
-    #[arg(long, default_value = "json")]
-    pub format: String,
-    /// One JSON line per syscall (all verdicts) instead of alerts.
-    #[arg(long)]
-    pub per_syscall: bool,
-    /// Write lines here instead of stdout.
-    #[arg(long, short, value_name = "FILE")]
-    pub out: Option<PathBuf>,
-    /// Write the per-process summary and statistics here instead of stderr.
-    #[arg(long, value_name = "FILE")]
-    pub summary: Option<PathBuf>,
-    /// No status lines, summary or statistics.
-    #[arg(long, short)]
-    pub quiet: bool,
-    /// Only this process id.
-    #[arg(long)]
-    pub pid: Option<u32>,
-    /// Only processes whose image name matches this glob.
-    #[arg(long)]
-    pub process: Option<String>,
-    /// How long a syscall waits for its stack.
-    #[arg(long, default_value_t = 500)]
-    pub window_ms: u64,
-    /// Hard cap on syscalls/stacks waiting for their other half.
-    #[arg(long, default_value_t = 1 << 16)]
-    pub max_pending: usize,
+    #[command(flatten)]
+    pub report: ReportArgs,
 }
 
 #[derive(clap::Args)]
@@ -237,18 +211,16 @@ pub use windows_impl::{record, run, stop};
 mod windows_impl {
     use std::cell::RefCell;
     use std::collections::HashSet;
-    use std::fs::File;
-    use std::io::{BufWriter, Write};
+    use std::io::Write;
     use std::process::ExitCode;
     use std::rc::Rc;
     use std::sync::Arc;
     use std::time::Instant;
 
     use anyhow::{bail, Context};
-    use sentry_engine::report::{self, Filter, Format, Report, ReportConfig};
+    use sentry_engine::report::{self, Filter, Report, ReportConfig};
     use sentry_engine::{
-        Allowlist, Engine, EngineConfig, Learning, SyscallVerdict, SystemDlls, Verdict,
-        VerdictSink, DEFAULT_ALLOWLIST,
+        Engine, EngineConfig, Learning, SyscallVerdict, SystemDlls, Verdict, VerdictSink,
     };
     use sentry_live::evidence::{CallSiteEvidence, CALL_SITE_WINDOW};
     use sentry_live::supervisor::SessionAlert;
@@ -359,22 +331,12 @@ mod windows_impl {
     }
 
     pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-        let format = match args.format.as_str() {
-            "json" => Format::Json,
-            "ecs" => Format::Ecs,
-            f => bail!("--format {f}: expected json or ecs"),
-        };
-        let allowlist = match &args.allowlist {
-            Some(p) => {
-                let t = std::fs::read_to_string(p).with_context(|| format!("{}", p.display()))?;
-                Allowlist::parse(&t).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
-            }
-            None => Allowlist::parse(DEFAULT_ALLOWLIST).map_err(|e| anyhow::anyhow!("{e}"))?,
-        };
+        let format = args.report.format()?;
+        let allowlist = args.report.allowlist()?;
         let duration = args.session.duration()?;
         let system_dlls = system_dlls(&args)?;
         let modules = win::kernel_modules();
-        if !args.quiet {
+        if !args.report.quiet {
             let visible = modules.iter().filter(|(b, _)| *b != 0).count();
             eprintln!(
                 "syscall-sentry: {} system DLLs/kernel images loaded for names; {} kernel modules, {} with visible bases",
@@ -383,16 +345,11 @@ mod windows_impl {
                 visible
             );
         }
-        let out: Box<dyn Write> = match &args.out {
-            Some(p) => Box::new(BufWriter::new(
-                File::create(p).with_context(|| format!("{}", p.display()))?,
-            )),
-            None => Box::new(BufWriter::new(std::io::stdout())),
-        };
+        let out = args.report.alert_writer()?;
         let shared = SharedOut(Rc::new(RefCell::new(out)));
         let mut engine = Engine::new(EngineConfig {
-            window_ms: args.window_ms,
-            max_pending: args.max_pending,
+            window_ms: args.report.window_ms,
+            max_pending: args.report.max_pending,
             learning: Learning::Online,
             system_dlls,
             allowlist,
@@ -405,10 +362,10 @@ mod windows_impl {
         let mut report = Report::new(
             ReportConfig {
                 format,
-                per_syscall: args.per_syscall,
+                per_syscall: args.report.per_syscall,
                 filter: Filter {
-                    pid: args.pid,
-                    process: args.process.clone(),
+                    pid: args.report.pid,
+                    process: args.report.process.clone(),
                     since: None,
                     until: None,
                 },
@@ -435,9 +392,9 @@ mod windows_impl {
                 read_memory: !args.no_read_memory,
                 seen_sites: HashSet::new(),
             },
-            quiet: args.quiet,
+            quiet: args.report.quiet,
         };
-        if !args.quiet {
+        if !args.report.quiet {
             eprintln!(
                 "syscall-sentry: live on \"{}\" (Ctrl-C to stop)",
                 opts.spec.kind.name()
@@ -456,7 +413,7 @@ mod windows_impl {
         let stats = engine.finish(&mut verdicts);
         verdicts.report.finish(&engine).context("writing output")?;
         let alerts = verdicts.report.alert_count();
-        if !args.quiet {
+        if !args.report.quiet {
             let mut t = verdicts.report.summary_table();
             t.push_str(&report::stats_text(
                 &stats,
@@ -476,7 +433,7 @@ mod windows_impl {
                     o.stop_reason
                 ));
             }
-            match &args.summary {
+            match &args.report.summary {
                 Some(p) => std::fs::write(p, t).with_context(|| format!("{}", p.display()))?,
                 None => eprint!("{t}"),
             }

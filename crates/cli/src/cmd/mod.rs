@@ -2,5 +2,6 @@
 pub mod analyze;
 pub mod dump;
 pub mod live;
+pub mod report_args;
 pub mod stats;
 pub mod synth;

@@ -1,0 +1,78 @@
+//! Output and filter options shared by `analyze` and `live`, so that a
+//! recorded trace and a live host are reported in exactly the same way.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use sentry_engine::report::Format;
+use sentry_engine::{Allowlist, DEFAULT_ALLOWLIST};
+
+#[derive(clap::Args)]
+pub struct ReportArgs {
+    /// TOML allowlist of known benign sources (default: the shipped list,
+    /// which has no active entry).
+    #[arg(long, value_name = "FILE")]
+    pub allowlist: Option<PathBuf>,
+    /// Alert line layout: json or ecs (Elastic Common Schema).
+    #[arg(long, default_value = "json")]
+    pub format: String,
+    /// One JSON line per syscall (all verdicts) instead of deduplicated alerts.
+    #[arg(long)]
+    pub per_syscall: bool,
+    /// Write lines here instead of stdout.
+    #[arg(long, short, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Write the per-process summary and statistics here instead of stderr.
+    #[arg(long, value_name = "FILE")]
+    pub summary: Option<PathBuf>,
+    /// Print no summary, statistics or status lines.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Only this process id.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Only processes whose image name matches this glob.
+    #[arg(long)]
+    pub process: Option<String>,
+    /// How long (trace time) a syscall waits for its stack.
+    #[arg(long, default_value_t = 500)]
+    pub window_ms: u64,
+    /// Hard cap on syscalls/stacks waiting for their other half.
+    #[arg(long, default_value_t = 1 << 16)]
+    pub max_pending: usize,
+}
+
+impl ReportArgs {
+    /// `--format`, checked.
+    pub fn format(&self) -> anyhow::Result<Format> {
+        Ok(match self.format.as_str() {
+            "json" => Format::Json,
+            "ecs" => Format::Ecs,
+            f => bail!("--format {f}: expected json or ecs"),
+        })
+    }
+
+    /// `--allowlist`, or the shipped default.
+    pub fn allowlist(&self) -> anyhow::Result<Allowlist> {
+        match &self.allowlist {
+            Some(p) => {
+                let t = std::fs::read_to_string(p).with_context(|| format!("{}", p.display()))?;
+                Allowlist::parse(&t).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
+            }
+            None => Allowlist::parse(DEFAULT_ALLOWLIST).map_err(|e| anyhow::anyhow!("{e}")),
+        }
+    }
+
+    /// Where alert lines go: `--out` or stdout, buffered.
+    pub fn alert_writer(&self) -> anyhow::Result<Box<dyn Write>> {
+        Ok(match &self.out {
+            Some(p) => Box::new(BufWriter::with_capacity(
+                1 << 16,
+                File::create(p).with_context(|| format!("{}", p.display()))?,
+            )),
+            None => Box::new(BufWriter::with_capacity(1 << 16, std::io::stdout())),
+        })
+    }
+}
