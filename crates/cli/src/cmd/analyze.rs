@@ -199,6 +199,11 @@ fn analyze_file(
         v["reader_errors"] = serde_json::json!(diag.error_count);
         writeln!(f, "{v}")?;
     }
+    if let Some(w) = coverage_warning(&stats) {
+        // Always shown, even with --quiet: "nothing found" must not be read
+        // as "clean" when the trace could not have shown anything.
+        eprintln!("syscall-sentry: warning: {}: {w}", path.display());
+    }
     if let Some(w) = summary {
         let mut t = format!("== {} ==\n", path.display());
         t.push_str(&report.summary_table());
@@ -238,6 +243,27 @@ fn analyze_file(
         w.flush()?;
     }
     Ok((report.into_output(), alerts))
+}
+
+/// Why a trace cannot (fully) show direct or indirect syscalls, if it cannot.
+fn coverage_warning(stats: &sentry_engine::EngineStats) -> Option<String> {
+    const HOW: &str = "record with `syscall-sentry record`, or `xperf -on \
+                       PROC_THREAD+LOADER+SYSCALL -stackwalk SyscallEnter`";
+    if stats.syscalls == 0 {
+        return Some(format!(
+            "no SysCallEnter events: this trace was recorded without the SYSCALL kernel flag, \
+             so it cannot show hidden syscalls ({HOW})"
+        ));
+    }
+    let with_stack = stats.syscalls - stats.verdicts.no_stack;
+    if with_stack == 0 {
+        return Some(format!(
+            "none of the {} syscalls has a stack: stack walking on SysCallEnter was not \
+             enabled, so no verdict is possible ({HOW})",
+            stats.syscalls
+        ));
+    }
+    None
 }
 
 /// Parses `--since/--until`: seconds from the trace start, or RFC 3339.
@@ -357,6 +383,20 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn warns_when_the_trace_cannot_show_syscalls() {
+        let mut stats = sentry_engine::EngineStats::default();
+        let w = coverage_warning(&stats).unwrap();
+        assert!(w.contains("no SysCallEnter events"), "{w}");
+        stats.syscalls = 5;
+        stats.verdicts.no_stack = 5;
+        let w = coverage_warning(&stats).unwrap();
+        assert!(w.contains("none of the 5 syscalls has a stack"), "{w}");
+        stats.verdicts.no_stack = 4;
+        stats.verdicts.normal = 1;
+        assert_eq!(coverage_warning(&stats), None);
+    }
 
     fn args(files: Vec<PathBuf>, out: PathBuf) -> Args {
         Args {
