@@ -35,6 +35,9 @@ pub enum ErrorKind {
     /// Loading the buffer would exceed the reader's memory budget
     /// ([`crate::MAX_BUFFERED_BYTES`]).
     MemoryBudget { need: u64 },
+    /// The buffer's processor is past the time-order reader's
+    /// [`crate::MAX_PROCESSORS`] streams; its buffers are skipped in time order.
+    TooManyProcessors { processor: u16 },
 }
 
 impl fmt::Display for ErrorKind {
@@ -67,6 +70,11 @@ impl fmt::Display for ErrorKind {
             ErrorKind::MemoryBudget { need } => write!(
                 f,
                 "buffer needs {need} bytes, over the reader's memory budget"
+            ),
+            ErrorKind::TooManyProcessors { processor } => write!(
+                f,
+                "processor {processor} is past the {} processor streams of time order",
+                crate::MAX_PROCESSORS
             ),
             ErrorKind::BadExtendedData => {
                 write!(f, "EVENT_HEADER extended data items do not fit the record")

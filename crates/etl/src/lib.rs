@@ -31,7 +31,8 @@
 //!
 //! Orders: [`Order::Time`] is what `ProcessTrace` delivers (by timestamp
 //! across processors, a k-way merge of per-processor buffer streams,
-//! memory = one buffer per processor); [`Order::File`] is plain buffer
+//! memory = one buffer and one header cursor per processor, whatever the
+//! file's length); [`Order::File`] is plain buffer
 //! order, faster, for counting. Time order holds at most
 //! [`MAX_BUFFERED_BYTES`] of buffer data (see [`EtlFile::events_with_budget`]).
 //!
@@ -69,5 +70,7 @@ pub mod xpress;
 
 pub use buffer::BufferHeader;
 pub use error::{Diagnostics, ErrorKind, EtlError};
-pub use reader::{BufferInfo, EtlFile, EventReader, Order, MAX_BUFFERED_BYTES};
+pub use reader::{
+    BufferInfo, Buffers, EtlFile, EventReader, Order, MAX_BUFFERED_BYTES, MAX_PROCESSORS,
+};
 pub use sentry_raw::{Clock, LogfileHeader, RawEvent};

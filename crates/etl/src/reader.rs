@@ -1,4 +1,4 @@
-//! The file, its buffer index, and the two event orders.
+//! The file, its buffer-header scan, and the two event orders.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -16,7 +16,7 @@ use crate::xpress;
 
 const HDR: u64 = BUFFER_HEADER_SIZE as u64;
 
-/// One buffer of the file, as found by the index pass.
+/// One buffer of the file, as found by a scan of the buffer headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BufferInfo {
     /// File offset of the buffer header.
@@ -40,17 +40,29 @@ pub enum Order {
     File,
 }
 
-/// An open `.etl` file: its logfile header, clock and buffer index.
+/// Most processor streams the time-order reader merges. Buffers of further
+/// processors (only a corrupt or hostile file has them) are skipped in time
+/// order with [`ErrorKind::TooManyProcessors`].
+pub const MAX_PROCESSORS: usize = 4096;
+
+/// An open `.etl` file: its logfile header, clock and processors.
 ///
 /// Opening reads only the buffer headers (72 bytes each) and the first
-/// buffer; events are read by an [`EventReader`], one buffer at a time.
+/// buffer, and keeps no per-buffer state: memory is bounded by the
+/// processors, not the file's length. Events are read by an
+/// [`EventReader`], one buffer at a time.
 pub struct EtlFile {
     source: Source,
     len: u64,
     header: LogfileHeader,
     clock: Clock,
-    buffers: Vec<BufferInfo>,
+    /// Step over a corrupt buffer header (see [`Scan`]).
+    resync: Option<u64>,
+    /// Each processor's first buffer, as a scan position, by processor.
+    streams: Vec<(u16, Scan)>,
     index_diagnostics: Diagnostics,
+    /// Buffers time order skips (processors past [`MAX_PROCESSORS`]).
+    time_skips: Diagnostics,
     /// Largest filled size a buffer may declare: the logfile header's
     /// `BufferSize` when sane (every real buffer fits it).
     max_filled: u32,
@@ -65,7 +77,8 @@ impl std::fmt::Debug for EtlFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EtlFile")
             .field("len", &self.len)
-            .field("buffers", &self.buffers.len())
+            .field("buffers", &self.index_diagnostics.buffers)
+            .field("processors", &self.streams.len())
             .field("header", &self.header)
             .finish()
     }
@@ -93,12 +106,14 @@ impl EtlFile {
     fn from_source(source: Source, len: u64) -> Result<EtlFile, EtlError> {
         let mut ix = Indexer::default();
         ix.step(&source, len)?;
-        let Some(first) = ix.buffers.first() else {
+        let Some(first) = ix.first else {
             return Err(ix.diag.errors.first().cloned().unwrap_or_else(|| {
                 EtlError::new(0, ErrorKind::NoLogfileHeader("no buffer".into()))
             }));
         };
-        let (header, raw) = first_logfile_header(&source, first)?;
+        let (header, raw) = first_logfile_header(&source, &first)?;
+        // Set after the first step only; the same for every later scan, as
+        // the first buffer (at offset 0) read with a valid size.
         if u64::from(header.buffer_size) >= HDR && header.buffer_size <= MAX_BUFFER_SIZE {
             ix.resync = Some(u64::from(header.buffer_size));
         }
@@ -113,8 +128,10 @@ impl EtlFile {
             len,
             header,
             clock,
-            buffers: ix.buffers,
+            resync: ix.resync,
+            streams: ix.streams.into_iter().collect(),
             index_diagnostics: ix.diag,
+            time_skips: ix.time_skips,
             max_filled,
         })
     }
@@ -139,12 +156,30 @@ impl EtlFile {
         self.len == 0
     }
 
-    /// The buffers found, in file order.
-    pub fn buffers(&self) -> &[BufferInfo] {
-        &self.buffers
+    /// The buffers, in file order, read by a fresh scan of the buffer
+    /// headers: O(buffers) memory, for tests and tools that want a list;
+    /// [`EtlFile::buffer_headers`] streams the same.
+    pub fn buffers(&self) -> Vec<BufferInfo> {
+        self.buffer_headers().collect()
     }
 
-    /// What the index pass found wrong (buffer-level problems).
+    /// The buffers, in file order, streamed by a scan of the buffer headers
+    /// (one 72-byte read each, constant memory). Problems are not repeated
+    /// here: they are in [`EtlFile::diagnostics`].
+    pub fn buffer_headers(&self) -> Buffers<'_> {
+        Buffers {
+            file: self,
+            scan: Scan::default(),
+        }
+    }
+
+    /// Number of processor streams time order merges.
+    pub fn processors(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// What the open pass over buffer headers found wrong (buffer-level
+    /// problems).
     pub fn diagnostics(&self) -> &Diagnostics {
         &self.index_diagnostics
     }
@@ -181,7 +216,7 @@ impl EtlFile {
     /// bytes of (partial) records are usable anyway.
     fn load(
         &self,
-        idx: usize,
+        info: &BufferInfo,
         data: &mut Vec<u8>,
         scratch: &mut Vec<u8>,
         budget: usize,
@@ -190,80 +225,221 @@ impl EtlFile {
             max_filled: self.max_filled,
             budget,
         };
-        load_buffer(&self.source, &self.buffers[idx], data, scratch, limits)
+        load_buffer(&self.source, info, data, scratch, limits)
     }
 }
 
-/// The index pass: walks buffer headers only.
-#[derive(Default)]
-struct Indexer {
+/// A position in the walk over buffer headers. The walk is deterministic
+/// (where the next header is depends only on this state and the file), so
+/// the open pass, file order and each processor's cursor in time order all
+/// see the same buffers; a copy taken at a processor's first buffer lets
+/// its cursor start there.
+#[derive(Debug, Clone, Copy, Default)]
+struct Scan {
     off: u64,
-    /// A uniform size to step over a corrupt buffer header with, once the
-    /// logfile header says what it is and as long as no buffer was
-    /// compressed (compressed buffers have sizes of their own).
-    resync: Option<u64>,
+    /// A compressed buffer was seen: buffer sizes are no longer uniform, so
+    /// a corrupt header cannot be stepped over.
     any_compressed: bool,
-    buffers: Vec<BufferInfo>,
-    diag: Diagnostics,
 }
 
-impl Indexer {
-    /// Indexes the buffer at `off`; `Ok(false)` at the end of what can be read.
-    fn step(&mut self, source: &Source, len: u64) -> Result<bool, EtlError> {
+/// What one step of a [`Scan`] found.
+enum Step {
+    Buffer(BufferInfo),
+    /// A header with an impossible size, stepped over by the uniform
+    /// buffer size.
+    Skipped {
+        off: u64,
+        size: u32,
+    },
+    /// The end of what can be read; `Some` when a bad header or a
+    /// truncated one ends it.
+    End(Option<EtlError>),
+}
+
+impl Scan {
+    /// Reads the header at `off` and moves past its buffer. `resync` is a
+    /// uniform size to step over a corrupt buffer header with, once the
+    /// logfile header says what it is and as long as no buffer was
+    /// compressed (compressed buffers have sizes of their own).
+    fn step(
+        &mut self,
+        source: &Source,
+        len: u64,
+        resync: Option<u64>,
+        cache: Option<&mut HeaderCache>,
+    ) -> Result<Step, EtlError> {
         let off = self.off;
         if off >= len {
-            return Ok(false);
+            return Ok(Step::End(None));
         }
         let avail = len - off;
         if avail < HDR {
-            self.diag.error(EtlError::new(
+            return Ok(Step::End(Some(EtlError::new(
                 off,
                 ErrorKind::TruncatedBufferHeader { available: avail },
-            ));
-            return Ok(false);
+            ))));
         }
-        let mut hdr = [0u8; BUFFER_HEADER_SIZE];
-        source
-            .read_exact_at(&mut hdr, off)
-            .map_err(|e| io_error(off, &e))?;
-        let h = BufferHeader::parse(&hdr);
+        let h = match cache {
+            Some(c) => c.get(source, off)?,
+            None => read_header(source, off)?,
+        };
         if u64::from(h.buffer_size) < HDR || h.buffer_size > MAX_BUFFER_SIZE {
-            self.diag.error(EtlError::new(
-                off,
-                ErrorKind::BadBufferSize {
-                    size: h.buffer_size,
-                },
-            ));
-            self.diag.skipped_buffers += 1;
-            return Ok(match self.resync.filter(|_| !self.any_compressed) {
+            let size = h.buffer_size;
+            return Ok(match resync.filter(|_| !self.any_compressed) {
                 Some(step) => {
                     self.off = (off / step + 1) * step;
-                    true
+                    Step::Skipped { off, size }
                 }
-                None => false,
+                None => {
+                    self.off = len;
+                    Step::End(Some(EtlError::new(off, ErrorKind::BadBufferSize { size })))
+                }
             });
         }
-        self.diag.buffers += 1;
         if h.is_compressed() {
-            self.diag.compressed_buffers += 1;
             self.any_compressed = true;
         }
         let available = u64::from(h.buffer_size).min(avail) as u32;
-        if available < h.buffer_size {
-            self.diag.error(EtlError::new(
-                off,
-                ErrorKind::TruncatedBuffer {
-                    size: h.buffer_size,
-                    available: avail,
-                },
-            ));
-        }
-        self.buffers.push(BufferInfo {
+        self.off = off + u64::from(h.buffer_size);
+        Ok(Step::Buffer(BufferInfo {
             offset: off,
             header: h,
             available,
-        });
-        self.off = off + u64::from(h.buffer_size);
+        }))
+    }
+}
+
+fn read_header(source: &Source, off: u64) -> Result<BufferHeader, EtlError> {
+    let mut hdr = [0u8; BUFFER_HEADER_SIZE];
+    source
+        .read_exact_at(&mut hdr, off)
+        .map_err(|e| io_error(off, &e))?;
+    Ok(BufferHeader::parse(&hdr))
+}
+
+/// Recently read buffer headers, shared by the cursors of one time-order
+/// reader: they walk the same headers at about the same place in the file,
+/// so each header is mostly read from the file once instead of once per
+/// processor. Direct-mapped by offset; a fixed 256 slots.
+struct HeaderCache {
+    slots: Vec<Option<(u64, BufferHeader)>>,
+}
+
+impl HeaderCache {
+    const SLOTS: usize = 256;
+
+    fn new() -> HeaderCache {
+        HeaderCache {
+            slots: vec![None; Self::SLOTS],
+        }
+    }
+
+    fn get(&mut self, source: &Source, off: u64) -> Result<BufferHeader, EtlError> {
+        // Buffers are 8-byte aligned and usually a power of two apart:
+        // mix the bits so consecutive buffers land in different slots.
+        let slot = ((off >> 3).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as usize % Self::SLOTS;
+        if let Some((o, h)) = self.slots[slot] {
+            if o == off {
+                return Ok(h);
+            }
+        }
+        let h = read_header(source, off)?;
+        self.slots[slot] = Some((off, h));
+        Ok(h)
+    }
+}
+
+/// Streams the buffers of a file; see [`EtlFile::buffer_headers`].
+pub struct Buffers<'f> {
+    file: &'f EtlFile,
+    scan: Scan,
+}
+
+impl Iterator for Buffers<'_> {
+    type Item = BufferInfo;
+
+    fn next(&mut self) -> Option<BufferInfo> {
+        loop {
+            match self
+                .scan
+                .step(&self.file.source, self.file.len, self.file.resync, None)
+            {
+                Ok(Step::Buffer(b)) => return Some(b),
+                Ok(Step::Skipped { .. }) => {}
+                Ok(Step::End(_)) | Err(_) => {
+                    self.scan.off = self.file.len;
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// The open pass: walks buffer headers only, counting what it finds and
+/// noting where each processor's stream starts (at most [`MAX_PROCESSORS`]).
+#[derive(Default)]
+struct Indexer {
+    scan: Scan,
+    resync: Option<u64>,
+    first: Option<BufferInfo>,
+    streams: BTreeMap<u16, Scan>,
+    diag: Diagnostics,
+    time_skips: Diagnostics,
+}
+
+impl Indexer {
+    /// Indexes the buffer at the scan position; `Ok(false)` at the end of
+    /// what can be read.
+    fn step(&mut self, source: &Source, len: u64) -> Result<bool, EtlError> {
+        let before = self.scan;
+        let b = match self.scan.step(source, len, self.resync, None)? {
+            Step::Buffer(b) => b,
+            Step::Skipped { off, size } => {
+                self.diag
+                    .error(EtlError::new(off, ErrorKind::BadBufferSize { size }));
+                self.diag.skipped_buffers += 1;
+                return Ok(true);
+            }
+            Step::End(e) => {
+                if let Some(e) = e {
+                    if matches!(e.kind, ErrorKind::BadBufferSize { .. }) {
+                        self.diag.skipped_buffers += 1;
+                    }
+                    self.diag.error(e);
+                }
+                return Ok(false);
+            }
+        };
+        let h = &b.header;
+        self.diag.buffers += 1;
+        if h.is_compressed() {
+            self.diag.compressed_buffers += 1;
+        }
+        if b.available < h.buffer_size {
+            self.diag.error(EtlError::new(
+                b.offset,
+                ErrorKind::TruncatedBuffer {
+                    size: h.buffer_size,
+                    available: len - b.offset,
+                },
+            ));
+        }
+        if self.first.is_none() {
+            self.first = Some(b);
+        }
+        if !self.streams.contains_key(&h.processor) {
+            if self.streams.len() < MAX_PROCESSORS {
+                self.streams.insert(h.processor, before);
+            } else {
+                self.time_skips.error(EtlError::new(
+                    b.offset,
+                    ErrorKind::TooManyProcessors {
+                        processor: h.processor,
+                    },
+                ));
+                self.time_skips.skipped_buffers += 1;
+            }
+        }
         Ok(true)
     }
 }
@@ -391,17 +567,22 @@ struct Shared {
     held: usize,
     /// Most bytes they may hold.
     limit: usize,
+    /// Time order only: headers the processor cursors share.
+    headers: Option<HeaderCache>,
 }
 
 /// One stream of buffers (all of them, or one processor's) and the position
-/// of the next event in it.
+/// of the next event in it. The stream is found by walking buffer headers
+/// forward from `scan`, skipping other processors' buffers: no list of
+/// buffers is kept.
 struct Cursor {
-    list: Vec<u32>,
-    next: usize,
+    scan: Scan,
+    /// Only this processor's buffers (time order); all (file order).
+    processor_filter: Option<u16>,
+    started: bool,
     data: Vec<u8>,
     len: usize,
-    /// Index (in the file's buffer list) of the loaded buffer.
-    buf: u32,
+    /// File offset of the loaded buffer (orders ties in time order).
     buf_offset: u64,
     processor: u16,
     pos: usize,
@@ -413,13 +594,13 @@ struct Cursor {
 }
 
 impl Cursor {
-    fn new(list: Vec<u32>) -> Cursor {
+    fn new(scan: Scan, processor_filter: Option<u16>) -> Cursor {
         Cursor {
-            list,
-            next: 0,
+            scan,
+            processor_filter,
+            started: false,
             data: Vec::new(),
             len: 0,
-            buf: 0,
             buf_offset: 0,
             processor: 0,
             pos: 0,
@@ -431,17 +612,15 @@ impl Cursor {
 
     /// Loads buffers until one with records is in `data`, or none are left.
     fn load_next(&mut self, file: &EtlFile, sh: &mut Shared) -> bool {
-        while let Some(&idx) = self.list.get(self.next) {
-            self.next += 1;
-            let info = &file.buffers[idx as usize];
-            self.buf = idx;
+        self.started = true;
+        while let Some(info) = self.next_buffer(file, sh) {
             self.buf_offset = info.offset;
             self.processor = info.header.processor;
             self.pos = 0;
             self.partial = false;
             let before = self.data.capacity();
             let budget = sh.limit.saturating_sub(sh.held - before);
-            let loaded = file.load(idx as usize, &mut self.data, &mut sh.scratch, budget);
+            let loaded = file.load(&info, &mut self.data, &mut sh.scratch, budget);
             sh.held = sh.held - before + self.data.capacity();
             match loaded {
                 Ok(n) => self.len = n,
@@ -465,17 +644,38 @@ impl Cursor {
         false
     }
 
+    /// The next buffer of this stream; problems with headers were counted
+    /// by the open pass, except a read failing now.
+    fn next_buffer(&mut self, file: &EtlFile, sh: &mut Shared) -> Option<BufferInfo> {
+        loop {
+            let cache = sh.headers.as_mut();
+            match self.scan.step(&file.source, file.len, file.resync, cache) {
+                Ok(Step::Buffer(b)) => {
+                    if self
+                        .processor_filter
+                        .is_none_or(|p| p == b.header.processor)
+                    {
+                        return Some(b);
+                    }
+                }
+                Ok(Step::Skipped { .. }) => {}
+                Ok(Step::End(_)) => return None,
+                Err(e) => {
+                    sh.diag.error(e);
+                    self.scan.off = file.len;
+                    return None;
+                }
+            }
+        }
+    }
+
     /// Makes `current` the next event at or after `pos`, loading buffers
     /// as needed; `None` at the end of the stream.
     fn fill(&mut self, file: &EtlFile, sh: &mut Shared) {
         if self.current.is_some() || self.done {
             return;
         }
-        if self.list.is_empty() {
-            self.done = true;
-            return;
-        }
-        if self.next == 0 && !self.load_next(file, sh) {
+        if !self.started && !self.load_next(file, sh) {
             return;
         }
         loop {
@@ -523,10 +723,10 @@ impl Cursor {
         self.fill(file, sh);
     }
 
-    fn key(&self) -> Option<(u64, u32, u32)> {
+    fn key(&self) -> Option<(u64, u64, u32)> {
         self.current
             .as_ref()
-            .map(|(m, _)| (m.timestamp, self.buf, self.pos as u32))
+            .map(|(m, _)| (m.timestamp, self.buf_offset, self.pos as u32))
     }
 
     fn event(&self) -> Option<RawEvent<'_>> {
@@ -555,7 +755,7 @@ enum Mode {
     },
     Time {
         cursors: Vec<Cursor>,
-        heap: BinaryHeap<Reverse<(u64, u32, u32, u32)>>,
+        heap: BinaryHeap<Reverse<(u64, u64, u32, u32)>>,
         last: Option<usize>,
     },
 }
@@ -586,21 +786,25 @@ impl<'f> EventReader<'f> {
             scratch: Vec::new(),
             held: 0,
             limit,
+            headers: (order == Order::Time).then(HeaderCache::new),
         };
         let mode = match order {
             Order::File => Mode::File {
-                cursor: Cursor::new((0..file.buffers.len() as u32).collect()),
+                cursor: Cursor::new(Scan::default(), None),
                 started: false,
             },
             Order::Time => {
-                let mut per_cpu: BTreeMap<u16, Vec<u32>> = BTreeMap::new();
-                for (i, b) in file.buffers.iter().enumerate() {
-                    per_cpu
-                        .entry(b.header.processor)
-                        .or_default()
-                        .push(i as u32);
+                let skips = &file.time_skips;
+                shared.diag.skipped_buffers += skips.skipped_buffers;
+                for e in &skips.errors {
+                    shared.diag.error(e.clone());
                 }
-                let mut cursors: Vec<Cursor> = per_cpu.into_values().map(Cursor::new).collect();
+                shared.diag.error_count += skips.error_count - skips.errors.len() as u64;
+                let mut cursors: Vec<Cursor> = file
+                    .streams
+                    .iter()
+                    .map(|&(p, scan)| Cursor::new(scan, Some(p)))
+                    .collect();
                 let mut heap = BinaryHeap::with_capacity(cursors.len());
                 for (i, c) in cursors.iter_mut().enumerate() {
                     c.fill(file, &mut shared);
@@ -671,6 +875,20 @@ impl<'f> EventReader<'f> {
 
     pub fn into_diagnostics(self) -> Diagnostics {
         self.shared.diag
+    }
+
+    /// Processor streams (cursors) this reader holds: one in file order,
+    /// one per processor in time order, whatever the number of buffers.
+    pub fn streams(&self) -> usize {
+        match &self.mode {
+            Mode::File { .. } => 1,
+            Mode::Time { cursors, .. } => cursors.len(),
+        }
+    }
+
+    /// Bytes of buffer data held now (at most one buffer per stream).
+    pub fn held_bytes(&self) -> usize {
+        self.shared.held
     }
 
     /// The file being read.

@@ -148,13 +148,12 @@ pub fn collect(file: &EtlFile) -> Value {
     progress.finish();
 
     let buffers_flagged = |flag: u16| {
-        file.buffers()
-            .iter()
+        file.buffer_headers()
             .filter(|b| b.header.flags & flag != 0)
             .count()
     };
     let processors: std::collections::BTreeSet<u16> =
-        file.buffers().iter().map(|b| b.header.processor).collect();
+        file.buffer_headers().map(|b| b.header.processor).collect();
 
     let mut kernel_list: Vec<(&(u8, u8), &KernelCount)> = kernel.iter().collect();
     kernel_list.sort_by(|a, b| b.1.count.cmp(&a.1.count).then(a.0.cmp(b.0)));
