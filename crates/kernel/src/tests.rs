@@ -547,17 +547,10 @@ fn event_trace_header() {
 fn names_cover_every_variant() {
     let mut names: Vec<&str> = (0..=255u8)
         .flat_map(|o| {
-            [
-                KernelClass::EventTrace,
-                KernelClass::Process,
-                KernelClass::Thread,
-                KernelClass::PerfInfo,
-                KernelClass::Image,
-                KernelClass::StackWalk,
-                KernelClass::Other(0x0A),
-            ]
-            .into_iter()
-            .filter_map(move |c| event_name(c, o))
+            KernelClass::KNOWN
+                .into_iter()
+                .chain([KernelClass::Other(0x0A)])
+                .filter_map(move |c| event_name(c, o))
         })
         .collect();
     names.sort_unstable();

@@ -178,18 +178,21 @@ impl KernelClass {
         })
     }
 
+    /// Every named class (all but [`KernelClass::Other`]).
+    pub const KNOWN: [KernelClass; 6] = [
+        KernelClass::EventTrace,
+        KernelClass::Process,
+        KernelClass::Thread,
+        KernelClass::PerfInfo,
+        KernelClass::Image,
+        KernelClass::StackWalk,
+    ];
+
     /// Maps a kernel MOF class GUID (as a live consumer sees it) to its class.
     pub fn from_guid(g: &Guid) -> Option<KernelClass> {
-        [
-            KernelClass::EventTrace,
-            KernelClass::Process,
-            KernelClass::Thread,
-            KernelClass::PerfInfo,
-            KernelClass::Image,
-            KernelClass::StackWalk,
-        ]
-        .into_iter()
-        .find(|c| c.guid().as_ref() == Some(g))
+        Self::KNOWN
+            .into_iter()
+            .find(|c| c.guid().as_ref() == Some(g))
     }
 }
 
@@ -311,7 +314,7 @@ impl<'a> Iterator for ExtendedItems<'a> {
 /// `pid`/`tid` are `None` where the header carries none (PERFINFO headers) or
 /// carries the "none" value `0xFFFFFFFF`. The `timestamp` is the raw clock
 /// value (QPC ticks for the kernel logger with `ClientContext` 1); convert
-/// with [`LogfileHeader::timestamp_to_filetime`].
+/// with [`Clock::to_filetime`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RawEvent<'a> {
     pub header: HeaderKind,
@@ -392,14 +395,7 @@ mod tests {
 
     #[test]
     fn guid_round_trips_through_class() {
-        for c in [
-            KernelClass::EventTrace,
-            KernelClass::Process,
-            KernelClass::Thread,
-            KernelClass::PerfInfo,
-            KernelClass::Image,
-            KernelClass::StackWalk,
-        ] {
+        for c in KernelClass::KNOWN {
             assert_eq!(KernelClass::from_guid(&c.guid().unwrap()), Some(c));
         }
         assert_eq!(

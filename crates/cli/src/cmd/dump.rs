@@ -58,15 +58,8 @@ fn parse_u8(s: &str) -> Result<u8, String> {
 }
 
 fn parse_class(s: &str) -> anyhow::Result<KernelClass> {
-    let all = [
-        KernelClass::EventTrace,
-        KernelClass::Process,
-        KernelClass::Thread,
-        KernelClass::PerfInfo,
-        KernelClass::Image,
-        KernelClass::StackWalk,
-    ];
-    all.into_iter()
+    KernelClass::KNOWN
+        .into_iter()
         .find(|c| format!("{c:?}").eq_ignore_ascii_case(s))
         .ok_or_else(|| {
             anyhow::anyhow!(
