@@ -1,9 +1,10 @@
 //! End-to-end `analyze` throughput and memory on large generated traces.
 //!
 //! Writes a `mixed` synth trace of N syscalls to a temporary file, then runs
-//! what `analyze` runs (read in time order, decode, learning pass,
-//! classifying pass into the alert report) and prints syscall+stack pairs/s
-//! per pass and the peak RSS of the classifying pass, for N and 10 N.
+//! what `analyze` runs (open, read in time order, decode, one pass with
+//! deferred rule-5 decisions into the alert report, settle and write) and
+//! prints syscall+stack pairs/s end to end, next to reading alone and
+//! reading plus decoding, and the peak RSS of the analysis, for N and 10 N.
 //!
 //! `cargo bench -p sentry-engine --bench analyze` (N from
 //! `SENTRY_BENCH_SYSCALLS`, default 200,000).
@@ -47,8 +48,7 @@ struct Run {
     pairs: u64,
     read_s: f64,
     decode_s: f64,
-    learn_s: f64,
-    classify_s: f64,
+    analyze_s: f64,
     peak_kib: Option<u64>,
     /// Peak RSS of the classifying pass above the RSS before it.
     growth_kib: Option<u64>,
@@ -86,23 +86,13 @@ fn run(path: &Path) -> Run {
     std::hint::black_box(n);
     let decode_s = t.elapsed().as_secs_f64();
 
-    let t = Instant::now();
-    let mut learner = Engine::new(EngineConfig {
-        learning: Learning::Only,
-        ..EngineConfig::default()
-    });
-    let mut r = file.events(Order::Time);
-    while let Some(ev) = r.next_event() {
-        learner.process(&ev, &mut NullSink);
-    }
-    learner.finish(&mut NullSink);
-    let learn_s = t.elapsed().as_secs_f64();
-
     reset_peak_rss();
     let rss_before = current_rss_kib();
     let t = Instant::now();
+    // Everything `analyze` does, from opening the file on.
+    let file = EtlFile::open(path).unwrap();
     let mut engine = Engine::new(EngineConfig {
-        services: learner.into_services(),
+        learning: Learning::Deferred,
         ..EngineConfig::default()
     });
     let mut report = Report::new(ReportConfig::default(), Box::new(std::io::sink()));
@@ -112,13 +102,12 @@ fn run(path: &Path) -> Run {
     }
     let stats = engine.finish(&mut report);
     report.finish(&engine).unwrap();
-    let classify_s = t.elapsed().as_secs_f64();
+    let analyze_s = t.elapsed().as_secs_f64();
     Run {
         pairs: stats.correlator.matched,
         read_s,
         decode_s,
-        learn_s,
-        classify_s,
+        analyze_s,
         peak_kib: peak_rss_kib(),
         growth_kib: peak_rss_kib()
             .zip(rss_before)
@@ -129,8 +118,9 @@ fn run(path: &Path) -> Run {
     }
 }
 
-/// One pass of [`run`] alone: `open`, `read`, `decode`, `learn` or `classify`
-/// (the classifying pass without a learned table). Returns the pairs.
+/// One pass of [`run`] alone: `open`, `read`, `decode`, `learn` (a
+/// learning-only pass) or `analyze` (the one-pass analysis). Returns the
+/// pairs.
 fn one_pass(path: &Path, pass: &str) -> u64 {
     let file = EtlFile::open(path).unwrap();
     let mut r = file.events(Order::Time);
@@ -165,7 +155,10 @@ fn one_pass(path: &Path, pass: &str) -> u64 {
             e.finish(&mut NullSink).correlator.matched
         }
         _ => {
-            let mut e = Engine::new(EngineConfig::default());
+            let mut e = Engine::new(EngineConfig {
+                learning: Learning::Deferred,
+                ..EngineConfig::default()
+            });
             let mut report = Report::new(ReportConfig::default(), Box::new(std::io::sink()));
             while let Some(ev) = r.next_event() {
                 e.process(&ev, &mut report);
@@ -202,8 +195,12 @@ fn main() {
         }
         let r = run(Path::new(&f));
         println!(
-            "{f}: pairs {} read {:.2} s read+decode {:.2} s learn {:.2} s classify {:.2} s",
-            r.pairs, r.read_s, r.decode_s, r.learn_s, r.classify_s
+            "{f}: pairs {} read {:.3} s read+decode {:.3} s analyze {:.3} s ({:.2} M pairs/s)",
+            r.pairs,
+            r.read_s,
+            r.decode_s,
+            r.analyze_s,
+            r.pairs as f64 / r.analyze_s / 1e6
         );
         return;
     }
@@ -221,22 +218,21 @@ fn main() {
         let r = run(&path);
         let p = r.pairs as f64;
         println!(
-            "syscalls {size}: pairs {} | read only {:.2} s ({:.2} M pairs/s) | read+decode {:.2} s ({:.2} M pairs/s) | learn pass {:.2} s ({:.2} M pairs/s) | classify pass {:.2} s ({:.2} M pairs/s) | peak RSS of classify pass {} KiB | alerts {}",
+            "syscalls {size}: pairs {} | read only {:.3} s ({:.2} M pairs/s) | read+decode {:.3} s ({:.2} M pairs/s) | analyze end to end {:.3} s ({:.2} M pairs/s, {:.0} MB/s) | peak RSS {} KiB | alerts {}",
             r.pairs,
             r.read_s,
             p / r.read_s / 1e6,
             r.decode_s,
             p / r.decode_s / 1e6,
-            r.learn_s,
-            p / r.learn_s / 1e6,
-            r.classify_s,
-            p / r.classify_s / 1e6,
+            r.analyze_s,
+            p / r.analyze_s / 1e6,
+            mb / r.analyze_s,
             r.peak_kib.map_or("?".into(), |k| k.to_string()),
             r.alerts
         );
         let (c, st) = (&r.stats.correlator, &r.stats.state);
         println!(
-            "  peak pending {}, live processes {}, processes seen {}, images loaded {}; RSS growth: classify pass +{} KiB, read-only pass +{} KiB",
+            "  peak pending {}, live processes {}, processes seen {}, images loaded {}; RSS growth: analyze +{} KiB, read-only pass +{} KiB",
             c.peak_pending,
             st.live_processes,
             st.processes_seen,

@@ -103,6 +103,21 @@ impl Allowlist {
 
     /// The first matching entry, counted.
     pub fn check(&mut self, a: &AlertFacts<'_>) -> Option<usize> {
+        let i = self.matching(a)?;
+        self.hits[i] += 1;
+        Some(i)
+    }
+
+    /// Counts `n` suppressions by entry `i` (decided later than the check:
+    /// see [`crate::Learning::Deferred`]).
+    pub fn count(&mut self, i: usize, n: u64) {
+        if let Some(h) = self.hits.get_mut(i) {
+            *h += n;
+        }
+    }
+
+    /// The first matching entry, not counted.
+    pub fn matching(&self, a: &AlertFacts<'_>) -> Option<usize> {
         let unbacked = "<unbacked>";
         for (i, e) in self.entries.iter().enumerate() {
             if !glob(&e.process, a.process) {
@@ -133,7 +148,6 @@ impl Allowlist {
                     continue;
                 }
             }
-            self.hits[i] += 1;
             return Some(i);
         }
         None

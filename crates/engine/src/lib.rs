@@ -36,9 +36,12 @@
 //!   (oldest evicted, counted) and ended processes are dropped once the
 //!   correlation window has passed.
 //! * Service identity (rule 5): with `system_dlls`, by export names; else
-//!   from a [`ServiceTable`]. `analyze` runs a first pass with
-//!   [`Learning::Only`], takes [`Engine::into_services`], and hands the table
-//!   to the classifying pass; `live` uses [`Learning::Online`].
+//!   from a [`ServiceTable`]. `analyze` runs one pass with
+//!   [`Learning::Deferred`]: decisions that need the learned table wait for
+//!   its end (settled by [`Engine::finish`] and [`report::Report::finish`]).
+//!   With `--per-syscall` it runs a [`Learning::Only`] pass, takes
+//!   [`Engine::into_services`], and hands the table to a classifying pass;
+//!   `live` uses [`Learning::Online`].
 //! * [`Pairing::AnyEvent`] pairs StackWalk events with every kind of parent
 //!   (used on real traces, which carry no SysCallEnter); pairs come out
 //!   through [`VerdictSink::stack_pair`].
@@ -108,6 +111,76 @@ pub enum Learning {
     Online,
     /// Learn only: no verdicts are emitted (analyze's first pass).
     Only,
+    /// One pass: learn over the whole input while classifying, and leave
+    /// each rule-5 decision that depends on the learned service open
+    /// ([`SyscallVerdict::service_check`]) until the input ends. Exactly the
+    /// verdicts of a [`Learning::Only`] pass followed by a [`Learning::Fixed`]
+    /// one: [`Engine::finish`] settles the counts, [`report::Report`] the
+    /// alerts and the summary (`analyze`'s default).
+    Deferred,
+}
+
+/// A rule-5 decision left open by [`Learning::Deferred`]: the syscall's
+/// verdict is the one in [`SyscallVerdict`] when the service learned for
+/// this return site (over the whole input) is its `SysCallAddress`, else
+/// `indirect`/`stub_mismatch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ServiceCheck {
+    /// The return site: stub module kind and offset of `U` in it.
+    pub kind: ModuleKind,
+    pub offset: u64,
+    /// Allowlist entry that suppresses the `stub_mismatch` alternative.
+    pub mismatch_suppressed: Option<usize>,
+}
+
+impl ServiceCheck {
+    /// True when the learned service of the site differs from `address`
+    /// (the rule-5 test of `classify`, on the final table).
+    pub fn mismatch(&self, services: &ServiceTable, address: u64) -> bool {
+        services
+            .service_of(self.kind, self.offset)
+            .is_some_and(|s| s != address)
+    }
+
+    /// The final verdict, reason and suppression of a syscall whose
+    /// decided-if-matching outcome is `(verdict, reason, suppressed)`.
+    pub fn settle(
+        &self,
+        services: &ServiceTable,
+        address: u64,
+        verdict: Verdict,
+        reason: Option<Reason>,
+        suppressed: Option<(Verdict, Option<Reason>, usize)>,
+    ) -> Settled {
+        if self.mismatch(services, address) {
+            match self.mismatch_suppressed {
+                Some(i) => Settled {
+                    verdict: Verdict::Normal,
+                    reason: None,
+                    suppressed: Some((Verdict::Indirect, Some(Reason::StubMismatch), i)),
+                },
+                None => Settled {
+                    verdict: Verdict::Indirect,
+                    reason: Some(Reason::StubMismatch),
+                    suppressed: None,
+                },
+            }
+        } else {
+            Settled {
+                verdict,
+                reason,
+                suppressed,
+            }
+        }
+    }
+}
+
+/// A settled verdict (see [`ServiceCheck::settle`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    pub verdict: Verdict,
+    pub reason: Option<Reason>,
+    pub suppressed: Option<(Verdict, Option<Reason>, usize)>,
 }
 
 /// Engine settings.
@@ -160,7 +233,9 @@ impl<'a> Resolver<'a> {
 
     pub fn describe(&self, addr: u64) -> String {
         let Some(m) = self.module_of(addr) else {
-            return format!("{addr:#x}");
+            let mut s = String::with_capacity(18);
+            push_hex(&mut s, addr);
+            return s;
         };
         let off = addr - m.base;
         if let (Some(i), Some(sys)) = (m.system_dll, self.system_dlls) {
@@ -172,7 +247,22 @@ impl<'a> Resolver<'a> {
                 return format!("{}!{}+{:#x}", m.name, name, d);
             }
         }
-        format!("{}+{:#x}", m.name, off)
+        // Evidence is built for every new alert group: no `format!` here.
+        let mut s = String::with_capacity(m.name.len() + 19);
+        s.push_str(&m.name);
+        s.push('+');
+        push_hex(&mut s, off);
+        s
+    }
+}
+
+/// Appends `v` as `{:#x}` would.
+fn push_hex(s: &mut String, v: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    s.push_str("0x");
+    let n = (64 - v.leading_zeros()).div_ceil(4).max(1);
+    for i in (0..n).rev() {
+        s.push(char::from(DIGITS[((v >> (4 * i)) & 0xF) as usize]));
     }
 }
 
@@ -196,6 +286,9 @@ pub struct SyscallVerdict<'a> {
     pub process: Option<&'a ProcessInfo>,
     pub finish: Finish,
     pub resolver: Resolver<'a>,
+    /// [`Learning::Deferred`] only: rule 5 is still open; `verdict`,
+    /// `reason` and `suppressed` hold the outcome if the stub matches.
+    pub service_check: Option<ServiceCheck>,
 }
 
 impl SyscallVerdict<'_> {
@@ -264,6 +357,10 @@ impl VerdictCounts {
         *self.get_mut(v) += 1;
     }
 
+    pub fn add_n(&mut self, v: Verdict, n: u64) {
+        *self.get_mut(v) += n;
+    }
+
     pub fn get(&self, v: Verdict) -> u64 {
         match v {
             Verdict::Normal => self.normal,
@@ -321,7 +418,17 @@ pub struct EngineStats {
     pub last_timestamp: Option<u64>,
     pub pending_now: u64,
     pub learned_return_sites: u64,
+    /// [`Learning::Deferred`]: syscalls whose rule-5 decision waited for
+    /// the end of the input (settled in `verdicts` by [`Engine::finish`]).
+    pub service_checks_deferred: u64,
 }
+
+/// Counts of syscalls whose rule-5 decision is open, by what settles them.
+type DeferredCounts = std::collections::HashMap<
+    (ServiceCheck, u64, Verdict, Option<usize>),
+    u64,
+    fxhash::FxBuildHasher,
+>;
 
 const MAX_ERROR_SAMPLES: usize = 32;
 
@@ -361,6 +468,10 @@ pub struct Engine {
     now: u64,
     stats: EngineStats,
     parent_hooks: BTreeMap<ParentHook, u64>,
+    deferred: DeferredCounts,
+    /// An always-empty table: classification consults it in
+    /// [`Learning::Deferred`] mode, leaving rule 5 to the final one.
+    no_services: ServiceTable,
 }
 
 impl Engine {
@@ -386,6 +497,8 @@ impl Engine {
             now: 0,
             stats: EngineStats::default(),
             parent_hooks: BTreeMap::new(),
+            deferred: DeferredCounts::default(),
+            no_services: ServiceTable::new(),
         };
         e.update_window();
         e.corr.set_count_co_parents(e.pairing == Pairing::AnyEvent);
@@ -642,7 +755,7 @@ impl Engine {
             }
         };
         let stack = has_stack.then_some(stack_all);
-        if self.learning != Learning::Fixed {
+        if matches!(self.learning, Learning::Online | Learning::Only) {
             if let Some(s) = stack {
                 classify::learn_from(
                     process,
@@ -657,20 +770,43 @@ impl Engine {
                 return;
             }
         }
+        let deferred = self.learning == Learning::Deferred;
         let ctx = Context {
             process,
             kernel: self.state.kernel_modules(),
             kernel_boundary: self.kernel_boundary,
             system_dlls: self.system_dlls.as_deref(),
-            services: &self.services,
+            services: if deferred {
+                &self.no_services
+            } else {
+                &self.services
+            },
         };
         let outcome = classify::classify(&ctx, stack, address);
+        let u = outcome.user_index.map_or(0, |i| stack_all[i]);
+        // Deferred learning: every return-site observation is counted (as
+        // `learn_from` does), and a rule-5 decision that needs the learned
+        // service waits for the whole input.
+        let mut service_check = None;
+        let mut observed = None;
+        if deferred && outcome.at_return_site {
+            if let Some(m) = outcome.user_module {
+                let offset = u - m.base;
+                observed = Some((m.kind, offset));
+                if outcome.stub_name.is_none() || outcome.service_name.is_none() {
+                    service_check = Some(ServiceCheck {
+                        kind: m.kind,
+                        offset,
+                        mismatch_suppressed: None,
+                    });
+                }
+            }
+        }
         let mut verdict = outcome.verdict;
         let mut reason = outcome.reason;
         let mut suppressed = None;
-        if verdict.is_alert() && !self.allowlist.is_empty() {
-            let u = outcome.user_index.map_or(0, |i| stack_all[i]);
-            let facts = allowlist::AlertFacts {
+        if !self.allowlist.is_empty() {
+            let mut facts = allowlist::AlertFacts {
                 process: process.map_or("", |p| p.image_file_name.as_str()),
                 module: outcome.user_module.map(|m| &*m.name),
                 offset: outcome.user_module.map_or(u, |m| u - m.base),
@@ -678,14 +814,41 @@ impl Engine {
                 verdict,
                 reason,
             };
-            if let Some(i) = self.allowlist.check(&facts) {
-                suppressed = Some((verdict, reason, i));
-                verdict = Verdict::Normal;
-                reason = None;
-                self.stats.suppressed += 1;
+            if verdict.is_alert() {
+                // An open rule-5 decision counts its suppression when it
+                // settles (the other alternative may be the one reported).
+                let hit = if service_check.is_some() {
+                    self.allowlist.matching(&facts)
+                } else {
+                    self.allowlist.check(&facts)
+                };
+                if let Some(i) = hit {
+                    suppressed = Some((verdict, reason, i));
+                    verdict = Verdict::Normal;
+                    reason = None;
+                }
+            }
+            if let Some(c) = &mut service_check {
+                facts.verdict = Verdict::Indirect;
+                facts.reason = Some(Reason::StubMismatch);
+                c.mismatch_suppressed = self.allowlist.matching(&facts);
             }
         }
-        self.stats.verdicts.add(verdict);
+        match service_check {
+            Some(c) => {
+                *self
+                    .deferred
+                    .entry((c, address, verdict, suppressed.map(|s| s.2)))
+                    .or_insert(0) += 1;
+                self.stats.service_checks_deferred += 1;
+            }
+            None => {
+                if suppressed.is_some() {
+                    self.stats.suppressed += 1;
+                }
+                self.stats.verdicts.add(verdict);
+            }
+        }
         let v = SyscallVerdict {
             timestamp: e.ts,
             processor: e.parent_processor,
@@ -700,17 +863,49 @@ impl Engine {
             process,
             finish,
             resolver,
+            service_check,
         };
         sink.verdict(&v);
+        if let Some((kind, offset)) = observed {
+            self.services.record(kind, offset, address);
+        }
     }
 
     /// Flushes every pending entry and returns the statistics.
     pub fn finish(&mut self, sink: &mut dyn VerdictSink) -> EngineStats {
         self.corr.flush();
         self.drain(sink);
+        self.settle_deferred();
         self.stats()
+    }
+
+    /// [`Learning::Deferred`]: the service table is final; settles the
+    /// counts of the syscalls whose rule-5 decision waited for it.
+    fn settle_deferred(&mut self) {
+        for ((check, address, verdict, entry), n) in std::mem::take(&mut self.deferred) {
+            // Only the suppression's presence matters for the counts.
+            let suppressed = entry.map(|i| (verdict, None, i));
+            let s = check.settle(&self.services, address, verdict, None, suppressed);
+            self.stats.verdicts.add_n(s.verdict, n);
+            if let Some((_, _, i)) = s.suppressed {
+                self.stats.suppressed += n;
+                self.allowlist.count(i, n);
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod hex_tests {
+    #[test]
+    fn push_hex_matches_format() {
+        for v in [0u64, 1, 0xf, 0x10, 0x9d1f4, 0xffff_f803_1234_5678, u64::MAX] {
+            let mut s = String::new();
+            super::push_hex(&mut s, v);
+            assert_eq!(s, format!("{v:#x}"));
+        }
+    }
+}

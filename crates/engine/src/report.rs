@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 use crate::classify::{Reason, Verdict};
 use crate::fxhash::FxBuildHasher;
-use crate::{Engine, EngineStats, SyscallVerdict, VerdictSink};
+use crate::{Engine, EngineStats, ServiceCheck, ServiceTable, SyscallVerdict, VerdictSink};
 
 /// Alert line layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -81,6 +81,34 @@ struct AlertKey {
     reason: Option<Reason>,
 }
 
+/// Syscalls whose rule-5 decision is open ([`crate::Learning::Deferred`]),
+/// grouped by everything that decides how they are reported once it is
+/// settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct PendingKey {
+    pid: Option<u32>,
+    /// Summary row (the pid, or the `(other)` row).
+    row: Option<u32>,
+    call_site: u64,
+    check: ServiceCheck,
+    service_address: u64,
+    verdict: Verdict,
+    reason: Option<Reason>,
+    suppressed: Option<(Verdict, Option<Reason>, usize)>,
+}
+
+/// A group of [`PendingKey`]: counts, times and the evidence of its first
+/// syscall, built when the group is first seen (the process and its
+/// modules may be gone by the end).
+#[derive(Debug)]
+struct PendingGroup {
+    key: PendingKey,
+    count: u64,
+    first: u64,
+    last: u64,
+    evidence: Alert,
+}
+
 /// An aggregated alert.
 #[derive(Debug, Clone, Serialize)]
 pub struct Alert {
@@ -111,6 +139,18 @@ pub struct Alert {
     pub last_seen: Option<String>,
     pub stack: Vec<String>,
     pub technique: &'static str,
+    /// Emission order of the syscall the evidence comes from.
+    #[serde(skip)]
+    seq: u64,
+}
+
+fn technique(verdict: Verdict, reason: Option<Reason>) -> &'static str {
+    match (verdict, reason) {
+        (Verdict::Direct, Some(Reason::HeavensGate)) => "heavens-gate",
+        (Verdict::Direct, _) => "direct-syscall",
+        (Verdict::Indirect, _) => "indirect-syscall",
+        _ => "",
+    }
 }
 
 #[derive(Debug, Default)]
@@ -120,8 +160,19 @@ struct ProcSummary {
     syscalls: u64,
     counts: [u64; 6],
     suppressed: u64,
-    sites: HashMap<u64, (u64, String), FxBuildHasher>,
+    sites: HashMap<u64, Site, FxBuildHasher>,
     other_sites: u64,
+}
+
+/// A call site `U` of a process row.
+#[derive(Debug)]
+struct Site {
+    count: u64,
+    description: String,
+    /// The open rule-5 group last used here (index into
+    /// `Report::groups`): nearly always the one the next syscall needs, so
+    /// most deferred syscalls find their group without hashing its key.
+    group: u32,
 }
 
 const MAX_SITES_PER_PROCESS: usize = 4096;
@@ -129,6 +180,9 @@ const MAX_SITES_PER_PROCESS: usize = 4096;
 const MAX_PROCESS_ROWS: usize = 100_000;
 const OTHER_ROW: u32 = u32::MAX;
 const MAX_ALERT_KEYS: usize = 100_000;
+/// Open rule-5 groups kept with evidence; past it a syscall is reported
+/// as if its stub matched (counted in [`Report::checks_settled_early`]).
+const MAX_PENDING_GROUPS: usize = 1 << 17;
 
 /// A [`VerdictSink`] that writes the reports.
 pub struct Report {
@@ -137,6 +191,9 @@ pub struct Report {
     clock: Option<Clock>,
     alerts: HashMap<AlertKey, Alert, FxBuildHasher>,
     alert_order: Vec<AlertKey>,
+    pending: HashMap<PendingKey, u32, FxBuildHasher>,
+    groups: Vec<PendingGroup>,
+    checks_settled_early: u64,
     alerts_dropped: u64,
     procs: HashMap<Option<u32>, ProcSummary, FxBuildHasher>,
     reported: u64,
@@ -160,6 +217,9 @@ impl Report {
             clock: None,
             alerts: HashMap::default(),
             alert_order: Vec::new(),
+            pending: HashMap::default(),
+            groups: Vec::new(),
+            checks_settled_early: 0,
             alerts_dropped: 0,
             procs: HashMap::default(),
             reported: 0,
@@ -232,12 +292,7 @@ impl Report {
     fn new_alert(&self, v: &SyscallVerdict<'_>) -> Alert {
         let r = &v.resolver;
         let p = v.process;
-        let technique = match (v.verdict, v.reason) {
-            (Verdict::Direct, Some(Reason::HeavensGate)) => "heavens-gate",
-            (Verdict::Direct, _) => "direct-syscall",
-            (Verdict::Indirect, _) => "indirect-syscall",
-            _ => "",
-        };
+        let technique = technique(v.verdict, v.reason);
         Alert {
             verdict: v.verdict.as_str(),
             reason: v.reason.map(Reason::as_str),
@@ -275,6 +330,7 @@ impl Report {
                 .map(|&a| r.describe(a))
                 .collect(),
             technique,
+            seq: self.reported,
         }
     }
 
@@ -292,12 +348,15 @@ impl Report {
         }
     }
 
-    fn summarise(&mut self, v: &SyscallVerdict<'_>) {
+    /// Adds `v` to its process row; returns the row key. The verdict counts
+    /// of a syscall with an open rule-5 decision are added when it settles.
+    fn summarise(&mut self, v: &SyscallVerdict<'_>) -> (Option<u32>, Option<u32>) {
         let key = if self.procs.len() >= MAX_PROCESS_ROWS && !self.procs.contains_key(&v.pid) {
             Some(OTHER_ROW)
         } else {
             v.pid
         };
+        let row = key;
         let s = self.procs.entry(key).or_insert_with(|| ProcSummary {
             pid: key,
             name: if key == Some(OTHER_ROW) {
@@ -315,19 +374,172 @@ impl Report {
             }
         }
         s.syscalls += 1;
-        s.counts[v.verdict.index()] += 1;
-        if v.suppressed.is_some() {
-            s.suppressed += 1;
+        if v.service_check.is_none() {
+            s.counts[v.verdict.index()] += 1;
+            if v.suppressed.is_some() {
+                s.suppressed += 1;
+            }
         }
+        let mut hint = None;
         if let Some(u) = v.first_user_frame() {
             if let Some(e) = s.sites.get_mut(&u) {
-                e.0 += 1;
+                e.count += 1;
+                hint = Some(e.group);
             } else if s.sites.len() < MAX_SITES_PER_PROCESS {
-                s.sites.insert(u, (1, v.resolver.describe(u)));
+                s.sites.insert(
+                    u,
+                    Site {
+                        count: 1,
+                        description: v.resolver.describe(u),
+                        group: u32::MAX,
+                    },
+                );
             } else {
                 s.other_sites += 1;
             }
         }
+        (row, hint)
+    }
+
+    /// A syscall whose rule-5 decision is open: grouped until
+    /// [`Report::finish`] settles it.
+    fn defer(
+        &mut self,
+        v: &SyscallVerdict<'_>,
+        check: ServiceCheck,
+        row: Option<u32>,
+        hint: Option<u32>,
+    ) {
+        let key = PendingKey {
+            pid: v.pid,
+            row,
+            call_site: v.first_user_frame().unwrap_or(0),
+            check,
+            service_address: v.service_address,
+            verdict: v.verdict,
+            reason: v.reason,
+            suppressed: v.suppressed,
+        };
+        let hit = hint
+            .filter(|&i| self.groups.get(i as usize).is_some_and(|g| g.key == key))
+            .or_else(|| self.pending.get(&key).copied());
+        if let Some(i) = hit {
+            let g = &mut self.groups[i as usize];
+            g.count += 1;
+            g.first = g.first.min(v.timestamp);
+            g.last = g.last.max(v.timestamp);
+            if hint != Some(i) {
+                self.point_site_at(row, key.call_site, i);
+            }
+            return;
+        }
+        if self.pending.len() >= MAX_PENDING_GROUPS {
+            // Bounded memory over exactness: report it as if the stub
+            // matched, and say so in the statistics.
+            self.checks_settled_early += 1;
+            if let Some(s) = self.procs.get_mut(&row) {
+                s.counts[v.verdict.index()] += 1;
+                if v.suppressed.is_some() {
+                    s.suppressed += 1;
+                }
+            }
+            self.add_alert(v);
+            return;
+        }
+        let evidence = self.new_alert(v);
+        let i = self.groups.len() as u32;
+        self.groups.push(PendingGroup {
+            key,
+            count: 1,
+            first: v.timestamp,
+            last: v.timestamp,
+            evidence,
+        });
+        self.pending.insert(key, i);
+        self.point_site_at(row, key.call_site, i);
+    }
+
+    fn point_site_at(&mut self, row: Option<u32>, call_site: u64, group: u32) {
+        if let Some(site) = self
+            .procs
+            .get_mut(&row)
+            .and_then(|s| s.sites.get_mut(&call_site))
+        {
+            site.group = group;
+        }
+    }
+
+    /// Settles the open rule-5 groups with the final service table: their
+    /// counts go to the process rows, their alerts join the others (the
+    /// evidence of whichever syscall came first).
+    fn settle(&mut self, services: &ServiceTable) {
+        self.pending.clear();
+        // Groups are in creation (= emission) order.
+        for g in std::mem::take(&mut self.groups) {
+            let k = g.key;
+            let s = k.check.settle(
+                services,
+                k.service_address,
+                k.verdict,
+                k.reason,
+                k.suppressed,
+            );
+            if let Some(row) = self.procs.get_mut(&k.row) {
+                row.counts[s.verdict.index()] += g.count;
+                if s.suppressed.is_some() {
+                    row.suppressed += g.count;
+                }
+            }
+            if !s.verdict.is_alert() {
+                continue;
+            }
+            let key = AlertKey {
+                pid: k.pid,
+                call_site: k.call_site,
+                verdict: s.verdict,
+                reason: s.reason,
+            };
+            let mut a = g.evidence;
+            a.verdict = s.verdict.as_str();
+            a.reason = s.reason.map(Reason::as_str);
+            a.technique = technique(s.verdict, s.reason);
+            a.stub_service_address = services
+                .service_of(k.check.kind, k.check.offset)
+                .map(|x| format!("{x:#x}"));
+            a.count = g.count;
+            a.first_timestamp = g.first;
+            a.last_timestamp = g.last;
+            self.merge_alert(key, a);
+        }
+    }
+
+    fn merge_alert(&mut self, key: AlertKey, a: Alert) {
+        if let Some(old) = self.alerts.get_mut(&key) {
+            let (count, first, last) = (
+                old.count + a.count,
+                old.first_timestamp.min(a.first_timestamp),
+                old.last_timestamp.max(a.last_timestamp),
+            );
+            if a.seq < old.seq {
+                *old = a;
+            }
+            old.count = count;
+            old.first_timestamp = first;
+            old.last_timestamp = last;
+            return;
+        }
+        if self.alerts.len() >= MAX_ALERT_KEYS {
+            self.alerts_dropped += 1;
+            return;
+        }
+        self.alerts.insert(key, a);
+        self.alert_order.push(key);
+    }
+
+    /// Syscalls reported as if their stub matched because the open rule-5
+    /// groups were at their cap (see [`crate::Learning::Deferred`]).
+    pub fn checks_settled_early(&self) -> u64 {
+        self.checks_settled_early
     }
 
     /// Writes the deduplicated alerts (unless `per_syscall`).
@@ -335,7 +547,14 @@ impl Report {
         if self.cfg.per_syscall {
             return;
         }
-        let keys = std::mem::take(&mut self.alert_order);
+        // By first time, so that the order does not depend on when an
+        // alert's key was settled (one pass or two give the same lines).
+        let mut keys = std::mem::take(&mut self.alert_order);
+        let alerts = &self.alerts;
+        keys.sort_by_key(|k| {
+            let t = alerts.get(k).map_or(0, |a| a.first_timestamp);
+            (t, k.pid, k.call_site, k.verdict, k.reason)
+        });
         for k in &keys {
             if let Some(a) = self.alerts.get(k) {
                 let v = self.alert_value(a, header);
@@ -370,8 +589,12 @@ impl Report {
             "suppr"
         ));
         for s in rows {
-            let mut sites: Vec<&(u64, String)> = s.sites.values().collect();
-            sites.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+            let mut sites: Vec<(u64, &String)> = s
+                .sites
+                .values()
+                .map(|x| (x.count, &x.description))
+                .collect();
+            sites.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
             let top: Vec<String> = sites
                 .iter()
                 .take(3)
@@ -411,6 +634,7 @@ impl Report {
     /// End of input: writes the alerts, flushes.
     pub fn finish(&mut self, engine: &Engine) -> io::Result<()> {
         self.clock = engine.clock().copied().or(self.clock);
+        self.settle(engine.services());
         self.write_alerts(engine.header());
         self.flush()
     }
@@ -432,10 +656,20 @@ impl VerdictSink for Report {
             return;
         }
         self.reported += 1;
-        self.summarise(v);
+        let (row, hint) = self.summarise(v);
+        if let Some(check) = v.service_check {
+            self.defer(v, check, row, hint);
+            return;
+        }
         if self.cfg.per_syscall {
             self.per_syscall_line(v);
         }
+        self.add_alert(v);
+    }
+}
+
+impl Report {
+    fn add_alert(&mut self, v: &SyscallVerdict<'_>) {
         if !v.verdict.is_alert() {
             return;
         }

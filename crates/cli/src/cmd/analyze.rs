@@ -1,8 +1,12 @@
 //! `syscall-sentry analyze`: runs the engine over `.etl` files.
 //!
-//! Two passes per file, both in time order: the first learns each syscall
-//! return site's service (docs/verdicts.md, "Service identity"), the second
-//! classifies. Exit code: 0 nothing found, 1 alerts found, 2 error.
+//! One pass per file in time order: the engine learns each syscall return
+//! site's service over the whole file (docs/verdicts.md, "Service
+//! identity") while it classifies, and the rule-5 decisions that need it
+//! are settled at the end ([`Learning::Deferred`]). `--per-syscall` prints
+//! each verdict as it comes, so it runs two passes instead: the first
+//! learns, the second classifies. Both give the same verdicts.
+//! Exit code: 0 nothing found, 1 alerts found, 2 error.
 
 use std::fs::File;
 use std::io::{IsTerminal, Write};
@@ -128,7 +132,11 @@ fn analyze_file(
             .transpose()
             .context("--until")?,
     };
-    let progress = Progress::new(file.len() * 2);
+    // --per-syscall prints each verdict when it is decided: it needs the
+    // learned services before classifying, hence a learning pass first.
+    let two_pass = args.report.per_syscall;
+    let passes: u64 = if two_pass { 2 } else { 1 };
+    let progress = Progress::new(file.len() * passes);
     let started = Instant::now();
     let base = EngineConfig {
         window_ms: args.report.window_ms,
@@ -137,29 +145,37 @@ fn analyze_file(
         ..EngineConfig::default()
     };
 
-    // Pass 1: learn the service of each return site.
-    let mut learner = Engine::new(EngineConfig {
-        learning: Learning::Only,
-        ..base.clone()
-    });
-    learner.set_header(file.header().clone(), clock.sync_raw);
-    learner.set_clock(clock);
-    let mut sink = NullSink;
-    let mut reader = file.events(Order::Time);
+    let mut services = ServiceTable::new();
     let mut n = 0u64;
-    while let Some(ev) = reader.next_event() {
-        learner.process(&ev, &mut sink);
-        n += 1;
-        if n & 0xFFFF == 0 {
-            progress.set(ev.offset);
+    if two_pass {
+        // Learn the service of each return site.
+        let mut learner = Engine::new(EngineConfig {
+            learning: Learning::Only,
+            ..base.clone()
+        });
+        learner.set_header(file.header().clone(), clock.sync_raw);
+        learner.set_clock(clock);
+        let mut sink = NullSink;
+        let mut reader = file.events(Order::Time);
+        while let Some(ev) = reader.next_event() {
+            learner.process(&ev, &mut sink);
+            n += 1;
+            if n & 0xFFFF == 0 {
+                progress.set(ev.offset);
+            }
         }
+        learner.finish(&mut sink);
+        services = learner.into_services();
     }
-    learner.finish(&mut sink);
-    let services: ServiceTable = learner.into_services();
 
-    // Pass 2: classify.
+    // Classify (and, in one pass, learn).
+    let done = file.len() * (passes - 1);
     let mut engine = Engine::new(EngineConfig {
-        learning: Learning::Fixed,
+        learning: if two_pass {
+            Learning::Fixed
+        } else {
+            Learning::Deferred
+        },
         services,
         allowlist,
         ..base
@@ -182,7 +198,7 @@ fn analyze_file(
         engine.process(&ev, &mut report);
         n += 1;
         if n & 0xFFFF == 0 {
-            progress.set(file.len() + ev.offset);
+            progress.set(done + ev.offset);
         }
     }
     let diag = reader.into_diagnostics();
@@ -197,6 +213,8 @@ fn analyze_file(
         v["alerts"] = serde_json::json!(alerts);
         v["wall_seconds"] = serde_json::json!(wall);
         v["reader_errors"] = serde_json::json!(diag.error_count);
+        v["passes"] = serde_json::json!(passes);
+        v["service_checks_settled_early"] = serde_json::json!(report.checks_settled_early());
         writeln!(f, "{v}")?;
     }
     if let Some(w) = coverage_warning(&stats) {
@@ -207,7 +225,7 @@ fn analyze_file(
     if let Some(w) = summary {
         let mut t = format!("== {} ==\n", path.display());
         t.push_str(&report.summary_table());
-        t.push_str(&report::stats_text(&stats, wall / 2.0, alerts));
+        t.push_str(&report::stats_text(&stats, wall / passes as f64, alerts));
         t.push_str(&format!(
             "reader: {} buffers ({} compressed, {} skipped), {} records, {} errors\n",
             diag.buffers,
@@ -232,6 +250,12 @@ fn analyze_file(
                         .unwrap_or_default()
                 ));
             }
+        }
+        if report.checks_settled_early() > 0 {
+            t.push_str(&format!(
+                "syscalls reported as if their stub matched (open rule-5 groups at their cap): {}\n",
+                report.checks_settled_early()
+            ));
         }
         if report.alerts_dropped() > 0 {
             t.push_str(&format!(
