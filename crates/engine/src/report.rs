@@ -87,8 +87,8 @@ struct AlertKey {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct PendingKey {
     pid: Option<u32>,
-    /// Summary row (the pid, or the `(other)` row).
-    row: Option<u32>,
+    /// Summary row (index into `Report::rows`).
+    row: u32,
     call_site: u64,
     check: ServiceCheck,
     service_address: u64,
@@ -160,13 +160,16 @@ struct ProcSummary {
     syscalls: u64,
     counts: [u64; 6],
     suppressed: u64,
-    sites: HashMap<u64, Site, FxBuildHasher>,
+    /// Call sites of this row in `Report::sites`.
+    site_count: usize,
     other_sites: u64,
 }
 
 /// A call site `U` of a process row.
 #[derive(Debug)]
 struct Site {
+    /// Its row (index into `Report::rows`).
+    row: u32,
     count: u64,
     description: String,
     /// The open rule-5 group last used here (index into
@@ -195,7 +198,12 @@ pub struct Report {
     groups: Vec<PendingGroup>,
     checks_settled_early: u64,
     alerts_dropped: u64,
-    procs: HashMap<Option<u32>, ProcSummary, FxBuildHasher>,
+    /// Summary rows, by first appearance; `row_index` finds one by pid (or
+    /// `(other)`), `sites` holds their call sites keyed by (row pid, `U`):
+    /// one lookup per syscall finds both its site and its row.
+    rows: Vec<ProcSummary>,
+    row_index: HashMap<Option<u32>, u32, FxBuildHasher>,
+    sites: HashMap<(Option<u32>, u64), Site, FxBuildHasher>,
     reported: u64,
     line: Vec<u8>,
     io_error: Option<io::Error>,
@@ -221,7 +229,9 @@ impl Report {
             groups: Vec::new(),
             checks_settled_early: 0,
             alerts_dropped: 0,
-            procs: HashMap::default(),
+            rows: Vec::new(),
+            row_index: HashMap::default(),
+            sites: HashMap::default(),
             reported: 0,
             line: Vec::with_capacity(512),
             io_error: None,
@@ -348,27 +358,70 @@ impl Report {
         }
     }
 
-    /// Adds `v` to its process row; returns the row key. The verdict counts
+    /// Adds `v` to its process row; returns the row (index, pid key) and
+    /// the open rule-5 group last used at its call site. The verdict counts
     /// of a syscall with an open rule-5 decision are added when it settles.
-    fn summarise(&mut self, v: &SyscallVerdict<'_>) -> (Option<u32>, Option<u32>) {
-        let key = if self.procs.len() >= MAX_PROCESS_ROWS && !self.procs.contains_key(&v.pid) {
+    fn summarise(&mut self, v: &SyscallVerdict<'_>) -> (u32, Option<u32>, Option<u32>) {
+        let u = v.first_user_frame();
+        // Fast path: a known call site of the process knows its row.
+        if let Some(site) = u.and_then(|u| self.sites.get_mut(&(v.pid, u))) {
+            site.count += 1;
+            let (row, hint) = (site.row, site.group);
+            self.count_in_row(row, v);
+            return (row, v.pid, Some(hint));
+        }
+        let key = if self.rows.len() >= MAX_PROCESS_ROWS && !self.row_index.contains_key(&v.pid) {
             Some(OTHER_ROW)
         } else {
             v.pid
         };
-        let row = key;
-        let s = self.procs.entry(key).or_insert_with(|| ProcSummary {
-            pid: key,
-            name: if key == Some(OTHER_ROW) {
-                "(other)".to_string()
+        let row = match self.row_index.get(&key) {
+            Some(&r) => r,
+            None => {
+                let r = self.rows.len() as u32;
+                self.rows.push(ProcSummary {
+                    pid: key,
+                    name: if key == Some(OTHER_ROW) {
+                        "(other)".to_string()
+                    } else {
+                        v.process
+                            .map(|p| p.image_file_name.clone())
+                            .unwrap_or_default()
+                    },
+                    ..ProcSummary::default()
+                });
+                self.row_index.insert(key, r);
+                r
+            }
+        };
+        self.count_in_row(row, v);
+        let mut hint = None;
+        if let Some(u) = u {
+            let s = &mut self.rows[row as usize];
+            if let Some(site) = self.sites.get_mut(&(key, u)) {
+                site.count += 1;
+                hint = Some(site.group);
+            } else if s.site_count < MAX_SITES_PER_PROCESS {
+                s.site_count += 1;
+                self.sites.insert(
+                    (key, u),
+                    Site {
+                        row,
+                        count: 1,
+                        description: v.resolver.describe(u),
+                        group: u32::MAX,
+                    },
+                );
             } else {
-                v.process
-                    .map(|p| p.image_file_name.clone())
-                    .unwrap_or_default()
-            },
-            ..ProcSummary::default()
-        });
-        if s.name.is_empty() && key != Some(OTHER_ROW) {
+                s.other_sites += 1;
+            }
+        }
+        (row, key, hint)
+    }
+
+    fn count_in_row(&mut self, row: u32, v: &SyscallVerdict<'_>) {
+        let s = &mut self.rows[row as usize];
+        if s.name.is_empty() && s.pid != Some(OTHER_ROW) {
             if let Some(p) = v.process {
                 s.name.clone_from(&p.image_file_name);
             }
@@ -380,25 +433,6 @@ impl Report {
                 s.suppressed += 1;
             }
         }
-        let mut hint = None;
-        if let Some(u) = v.first_user_frame() {
-            if let Some(e) = s.sites.get_mut(&u) {
-                e.count += 1;
-                hint = Some(e.group);
-            } else if s.sites.len() < MAX_SITES_PER_PROCESS {
-                s.sites.insert(
-                    u,
-                    Site {
-                        count: 1,
-                        description: v.resolver.describe(u),
-                        group: u32::MAX,
-                    },
-                );
-            } else {
-                s.other_sites += 1;
-            }
-        }
-        (row, hint)
     }
 
     /// A syscall whose rule-5 decision is open: grouped until
@@ -407,7 +441,7 @@ impl Report {
         &mut self,
         v: &SyscallVerdict<'_>,
         check: ServiceCheck,
-        row: Option<u32>,
+        (row, row_key): (u32, Option<u32>),
         hint: Option<u32>,
     ) {
         let key = PendingKey {
@@ -429,7 +463,7 @@ impl Report {
             g.first = g.first.min(v.timestamp);
             g.last = g.last.max(v.timestamp);
             if hint != Some(i) {
-                self.point_site_at(row, key.call_site, i);
+                self.point_site_at(row_key, key.call_site, i);
             }
             return;
         }
@@ -437,7 +471,7 @@ impl Report {
             // Bounded memory over exactness: report it as if the stub
             // matched, and say so in the statistics.
             self.checks_settled_early += 1;
-            if let Some(s) = self.procs.get_mut(&row) {
+            if let Some(s) = self.rows.get_mut(row as usize) {
                 s.counts[v.verdict.index()] += 1;
                 if v.suppressed.is_some() {
                     s.suppressed += 1;
@@ -456,15 +490,11 @@ impl Report {
             evidence,
         });
         self.pending.insert(key, i);
-        self.point_site_at(row, key.call_site, i);
+        self.point_site_at(row_key, key.call_site, i);
     }
 
-    fn point_site_at(&mut self, row: Option<u32>, call_site: u64, group: u32) {
-        if let Some(site) = self
-            .procs
-            .get_mut(&row)
-            .and_then(|s| s.sites.get_mut(&call_site))
-        {
+    fn point_site_at(&mut self, row_key: Option<u32>, call_site: u64, group: u32) {
+        if let Some(site) = self.sites.get_mut(&(row_key, call_site)) {
             site.group = group;
         }
     }
@@ -484,7 +514,7 @@ impl Report {
                 k.reason,
                 k.suppressed,
             );
-            if let Some(row) = self.procs.get_mut(&k.row) {
+            if let Some(row) = self.rows.get_mut(k.row as usize) {
                 row.counts[s.verdict.index()] += g.count;
                 if s.suppressed.is_some() {
                     row.suppressed += g.count;
@@ -566,8 +596,15 @@ impl Report {
 
     /// The per-process summary table.
     pub fn summary_table(&self) -> String {
-        let mut rows: Vec<&ProcSummary> = self.procs.values().collect();
-        rows.sort_by(|a, b| {
+        let mut sites: Vec<Vec<(u64, &String)>> = vec![Vec::new(); self.rows.len()];
+        for site in self.sites.values() {
+            if let Some(v) = sites.get_mut(site.row as usize) {
+                v.push((site.count, &site.description));
+            }
+        }
+        let mut rows: Vec<(&ProcSummary, Vec<(u64, &String)>)> =
+            self.rows.iter().zip(sites).collect();
+        rows.sort_by(|(a, _), (b, _)| {
             let al = |s: &ProcSummary| s.counts[1] + s.counts[2];
             al(b)
                 .cmp(&al(a))
@@ -588,12 +625,7 @@ impl Report {
             "trunc",
             "suppr"
         ));
-        for s in rows {
-            let mut sites: Vec<(u64, &String)> = s
-                .sites
-                .values()
-                .map(|x| (x.count, &x.description))
-                .collect();
+        for (s, mut sites) in rows {
             sites.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
             let top: Vec<String> = sites
                 .iter()
@@ -656,9 +688,9 @@ impl VerdictSink for Report {
             return;
         }
         self.reported += 1;
-        let (row, hint) = self.summarise(v);
+        let (row, row_key, hint) = self.summarise(v);
         if let Some(check) = v.service_check {
-            self.defer(v, check, row, hint);
+            self.defer(v, check, (row, row_key), hint);
             return;
         }
         if self.cfg.per_syscall {
