@@ -1,16 +1,15 @@
 //! The file, its buffer-header scan, and the two event orders.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::ops::ControlFlow;
 use std::path::Path;
 
-use sentry_raw::{Clock, EventId, ExtendedData, LogfileHeader, RawEvent};
+use sentry_raw::{Clock, EventId, ExtendedData, HeaderKind, LogfileHeader, RawEvent};
 
 use crate::buffer::{BufferHeader, BUFFER_HEADER_SIZE, MAX_BUFFER_SIZE};
 use crate::error::{Diagnostics, ErrorKind, EtlError};
-use crate::record::{self, EventMeta, Record};
+use crate::record::{self, EventMeta, PlainKind, Record};
 use crate::source::Source;
 use crate::xpress;
 
@@ -571,41 +570,96 @@ struct Shared {
     headers: Option<HeaderCache>,
 }
 
+/// A cursor's current event when it is not a plain system record: what
+/// [`RawEvent`] needs, ranges relative to the record.
+#[derive(Clone, Copy)]
+struct General {
+    id: EventId,
+    header: HeaderKind,
+    version: u8,
+    pointer_size: u8,
+    pid: Option<u32>,
+    tid: Option<u32>,
+    payload_start: u32,
+    extended: (u32, u32),
+}
+
+impl General {
+    const NONE: General = General {
+        id: EventId::Kernel {
+            group: 0,
+            opcode: 0,
+        },
+        header: HeaderKind::Live,
+        version: 0,
+        pointer_size: 0,
+        pid: None,
+        tid: None,
+        payload_start: 0,
+        extended: (0, 0),
+    };
+}
+
+/// [`Cursor::kind`] of a current event that is not a plain system record.
+const GENERAL: PlainKind = PlainKind {
+    fixed: 0,
+    header: HeaderKind::Live,
+    pointer_size: 0,
+};
+
 /// One stream of buffers (all of them, or one processor's) and the position
 /// of the next event in it. The stream is found by walking buffer headers
 /// forward from `scan`, skipping other processors' buffers: no list of
 /// buffers is kept.
 struct Cursor {
+    // The hot part: the loaded buffer and the current event.
+    data: Vec<u8>,
+    len: usize,
+    /// Start of the current record (or of the next one to parse).
+    pos: usize,
+    /// End of the current record (`pos` + its declared size).
+    end: usize,
+    /// Start of the record after the current event.
+    next: usize,
+    /// There is a current event.
+    has: bool,
+    timestamp: u64,
+    /// The current event's plain system kind; [`GENERAL`] when `general`
+    /// holds it.
+    kind: PlainKind,
+    general: General,
+    /// File offset of the loaded buffer (orders ties in time order).
+    buf_offset: u64,
+    processor: u16,
+    // The cold part: where the stream goes on.
     scan: Scan,
     /// Only this processor's buffers (time order); all (file order).
     processor_filter: Option<u16>,
     started: bool,
-    data: Vec<u8>,
-    len: usize,
-    /// File offset of the loaded buffer (orders ties in time order).
-    buf_offset: u64,
-    processor: u16,
-    pos: usize,
     /// The loaded buffer's data is a partial decompression: a bad record at
     /// its end is expected and not reported again.
     partial: bool,
-    current: Option<(EventMeta, u32)>,
     done: bool,
 }
 
 impl Cursor {
     fn new(scan: Scan, processor_filter: Option<u16>) -> Cursor {
         Cursor {
+            data: Vec::new(),
+            len: 0,
+            pos: 0,
+            end: 0,
+            next: 0,
+            has: false,
+            timestamp: 0,
+            kind: GENERAL,
+            general: General::NONE,
+            buf_offset: 0,
+            processor: 0,
             scan,
             processor_filter,
             started: false,
-            data: Vec::new(),
-            len: 0,
-            buf_offset: 0,
-            processor: 0,
-            pos: 0,
             partial: false,
-            current: None,
             done: false,
         }
     }
@@ -669,10 +723,53 @@ impl Cursor {
         }
     }
 
+    /// Makes the record at `pos` (of declared `size`) the current event.
+    #[inline(always)]
+    fn set(&mut self, size: u32, timestamp: u64, kind: PlainKind) {
+        self.end = self.pos + size as usize;
+        self.next = self.pos + ((size as usize + 7) & !7);
+        self.has = true;
+        self.timestamp = timestamp;
+        self.kind = kind;
+    }
+
+    /// The common case: a plain system record at `pos` becomes the current
+    /// event; `false` for anything else (left to [`Cursor::fill`]).
+    #[inline(always)]
+    fn try_plain(&mut self, sh: &mut Shared) -> bool {
+        let Some(rest) = self.data.get(self.pos..self.len) else {
+            return false;
+        };
+        match record::parse_plain(rest) {
+            Some(p) => {
+                sh.diag.records += 1;
+                self.set(p.size, p.timestamp, p.kind);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// [`Cursor::set`] for any event.
+    fn set_general(&mut self, size: u32, m: &EventMeta) {
+        self.set(size, m.timestamp, GENERAL);
+        self.general = General {
+            id: m.id,
+            header: m.header,
+            version: m.version,
+            pointer_size: m.pointer_size,
+            pid: m.pid,
+            tid: m.tid,
+            payload_start: m.payload_start,
+            extended: (m.extended_start, m.extended_end),
+        };
+    }
+
     /// Makes `current` the next event at or after `pos`, loading buffers
-    /// as needed; `None` at the end of the stream.
+    /// as needed; none at the end of the stream.
+    #[inline(never)]
     fn fill(&mut self, file: &EtlFile, sh: &mut Shared) {
-        if self.current.is_some() || self.done {
+        if self.has || self.done {
             return;
         }
         if !self.started && !self.load_next(file, sh) {
@@ -685,7 +782,7 @@ impl Cursor {
                     sh.diag.records += 1;
                     match p.record {
                         Record::Event(m) => {
-                            self.current = Some((m, p.size));
+                            self.set_general(p.size, &m);
                             return;
                         }
                         Record::Message => sh.diag.message_records += 1,
@@ -716,48 +813,144 @@ impl Cursor {
         }
     }
 
+    /// Moves past the current event to the next one.
+    #[inline(always)]
     fn advance(&mut self, file: &EtlFile, sh: &mut Shared) {
-        if let Some((_, size)) = self.current.take() {
-            self.pos += (size as usize + 7) & !7;
+        if self.has {
+            self.has = false;
+            self.pos = self.next;
+            if self.try_plain(sh) {
+                return;
+            }
         }
         self.fill(file, sh);
     }
 
-    fn key(&self) -> Option<(u64, u64, u32)> {
-        self.current
-            .as_ref()
-            .map(|(m, _)| (m.timestamp, self.buf_offset, self.pos as u32))
+    /// The current event, a plain system record; call only when `has`.
+    #[inline(always)]
+    fn plain_event(&self) -> RawEvent<'_> {
+        let rec = self.data.get(self.pos..self.end).unwrap_or(&[]);
+        let fixed = self.kind.fixed;
+        let (id, version, pid, tid) = record::plain_fields(rec, fixed);
+        let payload = rec.get(usize::from(fixed)..).unwrap_or(&[]);
+        RawEvent {
+            header: self.kind.header,
+            id,
+            version,
+            pid,
+            tid,
+            processor: self.processor,
+            timestamp: self.timestamp,
+            pointer_size: self.kind.pointer_size,
+            payload,
+            extended: ExtendedData(&payload[..0]),
+            offset: self.buf_offset + HDR + self.pos as u64,
+        }
     }
 
-    fn event(&self) -> Option<RawEvent<'_>> {
-        let (m, size) = self.current.as_ref()?;
-        let rec = &self.data[self.pos..self.pos + *size as usize];
-        Some(RawEvent {
-            header: m.header,
-            id: m.id,
-            version: m.version,
-            pid: m.pid,
-            tid: m.tid,
+    /// The current event, any other; call only when `has`.
+    #[inline(never)]
+    fn general_event(&self) -> RawEvent<'_> {
+        let rec = self.data.get(self.pos..self.end).unwrap_or(&[]);
+        let g = &self.general;
+        RawEvent {
+            header: g.header,
+            id: g.id,
+            version: g.version,
+            pid: g.pid,
+            tid: g.tid,
             processor: self.processor,
-            timestamp: m.timestamp,
-            pointer_size: m.pointer_size,
-            payload: &rec[m.payload_start as usize..],
-            extended: ExtendedData(&rec[m.extended_start as usize..m.extended_end as usize]),
+            timestamp: self.timestamp,
+            pointer_size: g.pointer_size,
+            payload: rec.get(g.payload_start as usize..).unwrap_or(&[]),
+            extended: ExtendedData(
+                rec.get(g.extended.0 as usize..g.extended.1 as usize)
+                    .unwrap_or(&[]),
+            ),
             offset: self.buf_offset + HDR + self.pos as u64,
-        })
+        }
     }
 }
 
 enum Mode {
-    File {
-        cursor: Cursor,
-        started: bool,
-    },
-    Time {
-        cursors: Vec<Cursor>,
-        heap: BinaryHeap<Reverse<(u64, u64, u32, u32)>>,
-        last: Option<usize>,
-    },
+    File { cursor: Cursor, started: bool },
+    Time(Merge),
+}
+
+/// The time-order merge. Events are delivered by key (timestamp, file
+/// offset of the buffer), smallest first, among the current events of the
+/// processor cursors; keys of different cursors never tie (their buffers are
+/// at different offsets), so any way of finding the smallest gives the same
+/// order. With few processors a linear scan finds it faster than a heap.
+///
+/// Events come in runs from one processor: `last` is the cursor whose event
+/// was delivered last and `limit` the smallest timestamp of the others;
+/// while that cursor's next timestamp stays below the limit it is still the
+/// smallest and no other key needs a look. Equal timestamps take the full
+/// comparison.
+struct Merge {
+    cursors: Vec<Cursor>,
+    /// Each cursor's current timestamp; `u64::MAX` also when done.
+    ts: Vec<u64>,
+    /// Each cursor's buffer offset; `u64::MAX` when done.
+    off: Vec<u64>,
+    last: Option<usize>,
+    limit: u64,
+}
+
+impl Merge {
+    #[inline(always)]
+    fn set_key(&mut self, i: usize) {
+        let c = &self.cursors[i];
+        let (t, o) = if c.has {
+            (c.timestamp, c.buf_offset)
+        } else {
+            (u64::MAX, u64::MAX)
+        };
+        if let (Some(ts), Some(off)) = (self.ts.get_mut(i), self.off.get_mut(i)) {
+            *ts = t;
+            *off = o;
+        }
+    }
+
+    /// Makes `last` the cursor with the smallest key and `limit` the
+    /// smallest timestamp of the others; `false` when all are done.
+    #[inline(always)]
+    fn select(&mut self) -> bool {
+        let (mut best, mut bi, mut second) = (u64::MAX, 0, u64::MAX);
+        for (i, &t) in self.ts.iter().enumerate() {
+            second = second.min(best.max(t));
+            bi = if t < best { i } else { bi };
+            best = best.min(t);
+        }
+        if best < second {
+            self.last = Some(bi);
+            self.limit = second;
+            true
+        } else {
+            self.select_tie()
+        }
+    }
+
+    /// [`Merge::select`] when the smallest timestamp is not unique (or all
+    /// are `u64::MAX`): by the full key; the limit then admits no run.
+    #[cold]
+    #[inline(never)]
+    fn select_tie(&mut self) -> bool {
+        let key = |i: usize| (self.ts[i], self.off[i]);
+        let Some(bi) = (0..self.ts.len()).min_by_key(|&i| key(i)) else {
+            return false;
+        };
+        if key(bi) == (u64::MAX, u64::MAX) {
+            self.last = None;
+            return false;
+        }
+        self.last = Some(bi);
+        // Equal to the best timestamp: the next event of this cursor goes
+        // through a full selection again.
+        self.limit = self.ts[bi];
+        true
+    }
 }
 
 /// Reads events one at a time. A lending iterator: each event borrows the
@@ -805,18 +998,21 @@ impl<'f> EventReader<'f> {
                     .iter()
                     .map(|&(p, scan)| Cursor::new(scan, Some(p)))
                     .collect();
-                let mut heap = BinaryHeap::with_capacity(cursors.len());
-                for (i, c) in cursors.iter_mut().enumerate() {
+                for c in &mut cursors {
                     c.fill(file, &mut shared);
-                    if let Some((t, b, p)) = c.key() {
-                        heap.push(Reverse((t, b, p, i as u32)));
-                    }
                 }
-                Mode::Time {
+                let n = cursors.len();
+                let mut m = Merge {
                     cursors,
-                    heap,
+                    ts: vec![u64::MAX; n],
+                    off: vec![u64::MAX; n],
                     last: None,
+                    limit: 0,
+                };
+                for i in 0..n {
+                    m.set_key(i);
                 }
+                Mode::Time(m)
             }
         };
         EventReader { file, shared, mode }
@@ -826,46 +1022,52 @@ impl<'f> EventReader<'f> {
     #[allow(clippy::should_implement_trait)]
     pub fn next_event(&mut self) -> Option<RawEvent<'_>> {
         let file = self.file;
-        match &mut self.mode {
+        let sh = &mut self.shared;
+        let c: &Cursor = match &mut self.mode {
             Mode::File { cursor, started } => {
                 if *started {
-                    cursor.advance(file, &mut self.shared);
+                    cursor.advance(file, sh);
                 } else {
                     *started = true;
-                    cursor.fill(file, &mut self.shared);
+                    cursor.fill(file, sh);
                 }
-                let ev = cursor.event();
-                if ev.is_some() {
-                    self.shared.diag.events += 1;
+                if !cursor.has {
+                    return None;
                 }
-                ev
+                cursor
             }
-            Mode::Time {
-                cursors,
-                heap,
-                last,
-            } => {
-                if let Some(i) = last.take() {
-                    let c = &mut cursors[i];
-                    c.advance(file, &mut self.shared);
-                    if let Some((t, b, p)) = c.key() {
-                        // Still the smallest: skip the heap round trip
-                        // (events often come in runs from one processor).
-                        let key = (t, b, p, i as u32);
-                        if heap.peek().is_none_or(|Reverse(top)| key < *top) {
-                            *last = Some(i);
-                            self.shared.diag.events += 1;
-                            return cursors[i].event();
+            Mode::Time(m) => {
+                let run = match m.last {
+                    Some(i) => {
+                        let c = &mut m.cursors[i];
+                        c.advance(file, sh);
+                        if c.has && c.timestamp < m.limit {
+                            // Still the smallest.
+                            Some(i)
+                        } else {
+                            m.set_key(i);
+                            None
                         }
-                        heap.push(Reverse(key));
                     }
-                }
-                let Reverse((_, _, _, i)) = heap.pop()?;
-                *last = Some(i as usize);
-                self.shared.diag.events += 1;
-                cursors[i as usize].event()
+                    None => None,
+                };
+                let i = match run {
+                    Some(i) => i,
+                    None => {
+                        if !m.select() {
+                            return None;
+                        }
+                        m.last?
+                    }
+                };
+                &m.cursors[i]
             }
+        };
+        sh.diag.events += 1;
+        if c.kind.fixed == 0 {
+            return Some(c.general_event());
         }
+        Some(c.plain_event())
     }
 
     /// What was skipped so far (including the file's index diagnostics).
@@ -882,7 +1084,7 @@ impl<'f> EventReader<'f> {
     pub fn streams(&self) -> usize {
         match &self.mode {
             Mode::File { .. } => 1,
-            Mode::Time { cursors, .. } => cursors.len(),
+            Mode::Time(m) => m.cursors.len(),
         }
     }
 

@@ -130,54 +130,133 @@ fn guid_at(b: &[u8], o: usize) -> Guid {
     Guid::from_le_bytes(a)
 }
 
+/// What the reader's hot path needs to know of a header type byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlainKind {
+    /// Fixed header size of a SYSTEM (0x20), COMPACT (0x18) or PERFINFO
+    /// (0x10) header; 0 for every other type.
+    pub fixed: u8,
+    pub header: HeaderKind,
+    pub pointer_size: u8,
+}
+
+/// [`PlainKind`] by header type byte: a table, so the hot path has no
+/// branch on the type.
+pub static PLAIN_KINDS: [PlainKind; 256] = {
+    let none = PlainKind {
+        fixed: 0,
+        header: HeaderKind::Live,
+        pointer_size: 0,
+    };
+    let mut t = [none; 256];
+    let kinds = [
+        (TYPE_SYSTEM32, HeaderKind::System32, 0x20, 4),
+        (TYPE_SYSTEM64, HeaderKind::System64, 0x20, 8),
+        (TYPE_COMPACT32, HeaderKind::Compact32, 0x18, 4),
+        (TYPE_COMPACT64, HeaderKind::Compact64, 0x18, 8),
+        (TYPE_PERFINFO32, HeaderKind::PerfInfo32, 0x10, 4),
+        (TYPE_PERFINFO64, HeaderKind::PerfInfo64, 0x10, 8),
+    ];
+    let mut i = 0;
+    while i < kinds.len() {
+        let (htype, header, fixed, pointer_size) = kinds[i];
+        t[htype as usize] = PlainKind {
+            fixed,
+            header,
+            pointer_size,
+        };
+        i += 1;
+    }
+    t
+};
+
+/// A plain system record as the hot path sees it first: where it ends and
+/// its merge key. [`plain_fields`] reads the rest.
+#[derive(Debug, Clone, Copy)]
+pub struct Plain {
+    /// Declared (unaligned) size; at least `kind.fixed`.
+    pub size: u32,
+    pub timestamp: u64,
+    pub kind: PlainKind,
+}
+
 /// The common case, straight-line: a SYSTEM/COMPACT/PERFINFO header without
 /// PEBS or PMC items whose size fits. `None` for anything else (including
 /// the end marker and every error), which [`parse`] then handles in full;
 /// for what this accepts both produce the same record.
-#[inline]
-fn parse_system_plain(rest: &[u8]) -> Option<Parsed> {
-    let marker = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?);
+#[inline(always)]
+pub fn parse_plain(rest: &[u8]) -> Option<Plain> {
+    let head = rest.first_chunk::<8>()?;
+    let w = u64::from_le_bytes(*head);
+    // TRACE_HEADER_FLAG and TRACE_HEADER_EVENT_TRACE set; no PEBS index,
+    // no PMC counters.
     let flags = MARKER_TRACE_HEADER | MARKER_EVENT_TRACE;
-    if marker & flags != flags || (marker as u16) & (PEBS_INDEX_FLAG | PMC_COUNTERS_MASK) != 0 {
+    let items = u32::from(PEBS_INDEX_FLAG | PMC_COUNTERS_MASK);
+    if (w as u32) & (flags | items) != flags {
         return None;
     }
-    let htype = (marker >> 16) as u8;
-    let (header, fixed) = match htype {
-        TYPE_SYSTEM32 => (HeaderKind::System32, 0x20),
-        TYPE_SYSTEM64 => (HeaderKind::System64, 0x20),
-        TYPE_COMPACT32 => (HeaderKind::Compact32, 0x18),
-        TYPE_COMPACT64 => (HeaderKind::Compact64, 0x18),
-        TYPE_PERFINFO32 => (HeaderKind::PerfInfo32, 0x10),
-        TYPE_PERFINFO64 => (HeaderKind::PerfInfo64, 0x10),
-        _ => return None,
-    };
-    let size = u32::from(u16::from_le_bytes(rest.get(4..6)?.try_into().ok()?));
-    if size < fixed || size as usize > rest.len() {
+    let kind = PLAIN_KINDS[usize::from((w >> 16) as u8)];
+    let size = u32::from((w >> 32) as u16);
+    let fixed = u32::from(kind.fixed);
+    if fixed == 0 || size < fixed || size as usize > rest.len() {
         return None;
     }
-    let h = &rest[..fixed as usize];
-    let (pid, tid, timestamp) = if fixed == 0x10 {
-        (None, None, u64_at(h, 8))
-    } else {
-        (
-            sentry_raw::id_or_none(u32_at(h, 0xC)),
-            sentry_raw::id_or_none(u32_at(h, 8)),
-            u64_at(h, 0x10),
-        )
-    };
-    Some(Parsed {
+    // PERFINFO: the timestamp at 8; SYSTEM and COMPACT: at 0x10.
+    let at = if fixed == 0x10 { 8 } else { 0x10 };
+    let ts = rest.get(at..at + 8)?;
+    Some(Plain {
         size,
-        record: Record::Event(EventMeta {
-            header,
-            id: EventId::Kernel {
+        timestamp: u64::from_le_bytes(ts.try_into().ok()?),
+        kind,
+    })
+}
+
+/// The fields of a record [`parse_plain`] accepted that it did not read:
+/// event id, version, process and thread ids. `rec` is the record.
+#[inline(always)]
+pub fn plain_fields(rec: &[u8], fixed: u8) -> (EventId, u8, Option<u32>, Option<u32>) {
+    let (id, version) = match rec.first_chunk::<8>() {
+        Some(h) => (
+            EventId::Kernel {
                 group: h[7],
                 opcode: h[6],
             },
-            version: marker as u8,
+            h[0],
+        ),
+        None => (
+            EventId::Kernel {
+                group: 0,
+                opcode: 0,
+            },
+            0,
+        ),
+    };
+    let (pid, tid) = match rec.get(8..16) {
+        Some(ids) if fixed != 0x10 => (
+            sentry_raw::id_or_none(u32::from_le_bytes([ids[4], ids[5], ids[6], ids[7]])),
+            sentry_raw::id_or_none(u32::from_le_bytes([ids[0], ids[1], ids[2], ids[3]])),
+        ),
+        _ => (None, None),
+    };
+    (id, version, pid, tid)
+}
+
+/// [`parse_plain`] and [`plain_fields`] as a [`Parsed`] record.
+#[inline]
+fn parse_system_plain(rest: &[u8]) -> Option<Parsed> {
+    let p = parse_plain(rest)?;
+    let (id, version, pid, tid) = plain_fields(rest, p.kind.fixed);
+    let fixed = u32::from(p.kind.fixed);
+    Some(Parsed {
+        size: p.size,
+        record: Record::Event(EventMeta {
+            header: p.kind.header,
+            id,
+            version,
             pid,
             tid,
-            timestamp,
-            pointer_size: pointer_size_of(htype),
+            timestamp: p.timestamp,
+            pointer_size: p.kind.pointer_size,
             payload_start: fixed,
             extended_start: fixed,
             extended_end: fixed,
