@@ -106,7 +106,8 @@ struct PendingGroup {
     count: u64,
     first: u64,
     last: u64,
-    evidence: Alert,
+    /// Index into `Report::evidence` (creation order).
+    evidence: u32,
 }
 
 /// An aggregated alert.
@@ -172,10 +173,11 @@ struct Site {
     row: u32,
     count: u64,
     description: String,
-    /// The open rule-5 group last used here (index into
-    /// `Report::groups`): nearly always the one the next syscall needs, so
-    /// most deferred syscalls find their group without hashing its key.
-    group: u32,
+    /// The first open rule-5 group of this site, kept in place: nearly
+    /// every deferred syscall finds its group in the entry that the one
+    /// lookup of its call site already brought in. Others are in
+    /// `Report::groups`.
+    own: Option<PendingGroup>,
 }
 
 const MAX_SITES_PER_PROCESS: usize = 4096;
@@ -196,6 +198,7 @@ pub struct Report {
     alert_order: Vec<AlertKey>,
     pending: HashMap<PendingKey, u32, FxBuildHasher>,
     groups: Vec<PendingGroup>,
+    evidence: Vec<Alert>,
     checks_settled_early: u64,
     alerts_dropped: u64,
     /// Summary rows, by first appearance; `row_index` finds one by pid (or
@@ -227,6 +230,7 @@ impl Report {
             alert_order: Vec::new(),
             pending: HashMap::default(),
             groups: Vec::new(),
+            evidence: Vec::new(),
             checks_settled_early: 0,
             alerts_dropped: 0,
             rows: Vec::new(),
@@ -361,14 +365,14 @@ impl Report {
     /// Adds `v` to its process row; returns the row (index, pid key) and
     /// the open rule-5 group last used at its call site. The verdict counts
     /// of a syscall with an open rule-5 decision are added when it settles.
-    fn summarise(&mut self, v: &SyscallVerdict<'_>) -> (u32, Option<u32>, Option<u32>) {
+    fn summarise(&mut self, v: &SyscallVerdict<'_>) -> (u32, Option<u32>) {
         let u = v.first_user_frame();
         // Fast path: a known call site of the process knows its row.
         if let Some(site) = u.and_then(|u| self.sites.get_mut(&(v.pid, u))) {
             site.count += 1;
-            let (row, hint) = (site.row, site.group);
-            self.count_in_row(row, v);
-            return (row, v.pid, Some(hint));
+            let row = site.row;
+            count_in_row(&mut self.rows[row as usize], v);
+            return (row, v.pid);
         }
         let key = if self.rows.len() >= MAX_PROCESS_ROWS && !self.row_index.contains_key(&v.pid) {
             Some(OTHER_ROW)
@@ -394,13 +398,11 @@ impl Report {
                 r
             }
         };
-        self.count_in_row(row, v);
-        let mut hint = None;
+        count_in_row(&mut self.rows[row as usize], v);
         if let Some(u) = u {
             let s = &mut self.rows[row as usize];
             if let Some(site) = self.sites.get_mut(&(key, u)) {
                 site.count += 1;
-                hint = Some(site.group);
             } else if s.site_count < MAX_SITES_PER_PROCESS {
                 s.site_count += 1;
                 self.sites.insert(
@@ -409,30 +411,14 @@ impl Report {
                         row,
                         count: 1,
                         description: v.resolver.describe(u),
-                        group: u32::MAX,
+                        own: None,
                     },
                 );
             } else {
                 s.other_sites += 1;
             }
         }
-        (row, key, hint)
-    }
-
-    fn count_in_row(&mut self, row: u32, v: &SyscallVerdict<'_>) {
-        let s = &mut self.rows[row as usize];
-        if s.name.is_empty() && s.pid != Some(OTHER_ROW) {
-            if let Some(p) = v.process {
-                s.name.clone_from(&p.image_file_name);
-            }
-        }
-        s.syscalls += 1;
-        if v.service_check.is_none() {
-            s.counts[v.verdict.index()] += 1;
-            if v.suppressed.is_some() {
-                s.suppressed += 1;
-            }
-        }
+        (row, key)
     }
 
     /// A syscall whose rule-5 decision is open: grouped until
@@ -442,32 +428,23 @@ impl Report {
         v: &SyscallVerdict<'_>,
         check: ServiceCheck,
         (row, row_key): (u32, Option<u32>),
-        hint: Option<u32>,
     ) {
-        let key = PendingKey {
-            pid: v.pid,
-            row,
-            call_site: v.first_user_frame().unwrap_or(0),
-            check,
-            service_address: v.service_address,
-            verdict: v.verdict,
-            reason: v.reason,
-            suppressed: v.suppressed,
+        let key = pending_key(v, check, row);
+        let site = self.sites.get_mut(&(row_key, key.call_site));
+        let group = match site {
+            Some(Site { own: Some(g), .. }) if g.key == key => Some(g),
+            _ => match self.pending.get(&key) {
+                Some(&i) => self.groups.get_mut(i as usize),
+                None => None,
+            },
         };
-        let hit = hint
-            .filter(|&i| self.groups.get(i as usize).is_some_and(|g| g.key == key))
-            .or_else(|| self.pending.get(&key).copied());
-        if let Some(i) = hit {
-            let g = &mut self.groups[i as usize];
+        if let Some(g) = group {
             g.count += 1;
             g.first = g.first.min(v.timestamp);
             g.last = g.last.max(v.timestamp);
-            if hint != Some(i) {
-                self.point_site_at(row_key, key.call_site, i);
-            }
             return;
         }
-        if self.pending.len() >= MAX_PENDING_GROUPS {
+        if self.evidence.len() >= MAX_PENDING_GROUPS {
             // Bounded memory over exactness: report it as if the stub
             // matched, and say so in the statistics.
             self.checks_settled_early += 1;
@@ -480,22 +457,21 @@ impl Report {
             self.add_alert(v);
             return;
         }
-        let evidence = self.new_alert(v);
-        let i = self.groups.len() as u32;
-        self.groups.push(PendingGroup {
+        let g = PendingGroup {
             key,
             count: 1,
             first: v.timestamp,
             last: v.timestamp,
-            evidence,
-        });
-        self.pending.insert(key, i);
-        self.point_site_at(row_key, key.call_site, i);
-    }
-
-    fn point_site_at(&mut self, row_key: Option<u32>, call_site: u64, group: u32) {
-        if let Some(site) = self.sites.get_mut(&(row_key, call_site)) {
-            site.group = group;
+            evidence: self.evidence.len() as u32,
+        };
+        let evidence = self.new_alert(v);
+        self.evidence.push(evidence);
+        match self.sites.get_mut(&(row_key, key.call_site)) {
+            Some(site) if site.own.is_none() => site.own = Some(g),
+            _ => {
+                self.pending.insert(key, self.groups.len() as u32);
+                self.groups.push(g);
+            }
         }
     }
 
@@ -504,8 +480,15 @@ impl Report {
     /// evidence of whichever syscall came first).
     fn settle(&mut self, services: &ServiceTable) {
         self.pending.clear();
-        // Groups are in creation (= emission) order.
-        for g in std::mem::take(&mut self.groups) {
+        let mut groups = std::mem::take(&mut self.groups);
+        groups.extend(self.sites.values_mut().filter_map(|s| s.own.take()));
+        // In creation (= emission) order.
+        groups.sort_unstable_by_key(|g| g.evidence);
+        let mut evidence: Vec<Option<Alert>> = std::mem::take(&mut self.evidence)
+            .into_iter()
+            .map(Some)
+            .collect();
+        for g in groups {
             let k = g.key;
             let s = k.check.settle(
                 services,
@@ -529,7 +512,9 @@ impl Report {
                 verdict: s.verdict,
                 reason: s.reason,
             };
-            let mut a = g.evidence;
+            let Some(mut a) = evidence.get_mut(g.evidence as usize).and_then(Option::take) else {
+                continue;
+            };
             a.verdict = s.verdict.as_str();
             a.reason = s.reason.map(Reason::as_str);
             a.technique = technique(s.verdict, s.reason);
@@ -688,9 +673,24 @@ impl VerdictSink for Report {
             return;
         }
         self.reported += 1;
-        let (row, row_key, hint) = self.summarise(v);
+        if let (Some(check), Some(u)) = (v.service_check, v.first_user_frame()) {
+            // Fast path: the call site is known and its own group is this
+            // syscall's: one lookup, one entry.
+            if let Some(site) = self.sites.get_mut(&(v.pid, u)) {
+                let key = pending_key(v, check, site.row);
+                if let Some(g) = site.own.as_mut().filter(|g| g.key == key) {
+                    site.count += 1;
+                    g.count += 1;
+                    g.first = g.first.min(v.timestamp);
+                    g.last = g.last.max(v.timestamp);
+                    count_in_row(&mut self.rows[site.row as usize], v);
+                    return;
+                }
+            }
+        }
+        let (row, row_key) = self.summarise(v);
         if let Some(check) = v.service_check {
-            self.defer(v, check, (row, row_key), hint);
+            self.defer(v, check, (row, row_key));
             return;
         }
         if self.cfg.per_syscall {
@@ -729,6 +729,34 @@ impl Report {
         }
         self.alerts.insert(key, a);
         self.alert_order.push(key);
+    }
+}
+
+fn pending_key(v: &SyscallVerdict<'_>, check: ServiceCheck, row: u32) -> PendingKey {
+    PendingKey {
+        pid: v.pid,
+        row,
+        call_site: v.first_user_frame().unwrap_or(0),
+        check,
+        service_address: v.service_address,
+        verdict: v.verdict,
+        reason: v.reason,
+        suppressed: v.suppressed,
+    }
+}
+
+fn count_in_row(s: &mut ProcSummary, v: &SyscallVerdict<'_>) {
+    if s.name.is_empty() && s.pid != Some(OTHER_ROW) {
+        if let Some(p) = v.process {
+            s.name.clone_from(&p.image_file_name);
+        }
+    }
+    s.syscalls += 1;
+    if v.service_check.is_none() {
+        s.counts[v.verdict.index()] += 1;
+        if v.suppressed.is_some() {
+            s.suppressed += 1;
+        }
     }
 }
 
