@@ -98,7 +98,16 @@ impl Reason {
 /// The service of a site is the most frequent address (ties: the lowest).
 #[derive(Debug, Clone, Default)]
 pub struct ServiceTable {
-    sites: HashMap<(ModuleKind, u64), Vec<(u64, u64)>, FxBuildHasher>,
+    sites: HashMap<(ModuleKind, u64), Site, FxBuildHasher>,
+}
+
+/// The services seen at one return site, and the current answer (counts
+/// only grow, so only the address just counted can take the lead).
+#[derive(Debug, Clone, Default)]
+struct Site {
+    counts: Vec<(u64, u64)>,
+    best: u64,
+    best_count: u64,
 }
 
 impl ServiceTable {
@@ -107,21 +116,29 @@ impl ServiceTable {
     }
 
     /// Counts one observation of `service` at return site `offset` of a stub module.
+    #[inline]
     pub fn record(&mut self, kind: ModuleKind, offset: u64, service: u64) {
-        let v = self.sites.entry((kind, offset)).or_default();
-        if let Some(e) = v.iter_mut().find(|e| e.0 == service) {
-            e.1 += 1;
-        } else {
-            v.push((service, 1));
+        let site = self.sites.entry((kind, offset)).or_default();
+        let n = match site.counts.iter_mut().find(|e| e.0 == service) {
+            Some(e) => {
+                e.1 += 1;
+                e.1
+            }
+            None => {
+                site.counts.push((service, 1));
+                1
+            }
+        };
+        if n > site.best_count || (n == site.best_count && service < site.best) {
+            site.best = service;
+            site.best_count = n;
         }
     }
 
     /// The learned service of a return site.
+    #[inline]
     pub fn service_of(&self, kind: ModuleKind, offset: u64) -> Option<u64> {
-        let v = self.sites.get(&(kind, offset))?;
-        v.iter()
-            .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
-            .map(|e| e.0)
+        self.sites.get(&(kind, offset)).map(|s| s.best)
     }
 
     pub fn len(&self) -> usize {
@@ -196,8 +213,13 @@ fn same_service_name(a: &str, b: &str) -> bool {
 }
 
 /// Whether `U` (at `offset` in stub module `m`) is a return site, with the stub name if known.
-fn return_site<'a>(ctx: &Context<'a>, m: &'a Module, offset: u64) -> (bool, Option<&'a Arc<str>>) {
-    if let (Some(i), Some(sys)) = (m.system_dll, ctx.system_dlls) {
+#[inline]
+fn return_site<'a>(
+    system_dlls: Option<&'a SystemDlls>,
+    m: &Module,
+    offset: u64,
+) -> (bool, Option<&'a Arc<str>>) {
+    if let (Some(i), Some(sys)) = (m.system_dll, system_dlls) {
         if let Some(d) = sys.dlls.get(i) {
             let name = u32::try_from(offset)
                 .ok()
@@ -228,16 +250,7 @@ pub fn learn_from(
         return;
     }
     let offset = u - m.base;
-    let empty = ServiceTable::new();
-    let kernel = ModuleMap::default();
-    let ctx = Context {
-        process,
-        kernel: &kernel,
-        kernel_boundary,
-        system_dlls,
-        services: &empty,
-    };
-    if return_site(&ctx, m, offset).0 {
+    if return_site(system_dlls, m, offset).0 {
         table.record(m.kind, offset, service_address);
     }
 }
@@ -283,7 +296,7 @@ pub fn classify<'a>(ctx: &Context<'a>, stack: Option<&[u64]>, service_address: u
     };
     let offset = u - m.base;
     // Rule 4.
-    let (site, stub_name) = return_site(ctx, m, offset);
+    let (site, stub_name) = return_site(ctx.system_dlls, m, offset);
     out.at_return_site = site;
     out.stub_name = stub_name;
     if !site {
@@ -342,6 +355,27 @@ mod tests {
         t.record(ModuleKind::Ntdll, 0x14, 0x300);
         assert_eq!(t.service_of(ModuleKind::Ntdll, 0x14), Some(0x300));
         assert_eq!(t.service_of(ModuleKind::Win32u, 0x14), None);
+    }
+
+    /// The kept answer equals the argmax over the counts (ties: lowest).
+    #[test]
+    fn learned_service_equals_the_argmax_of_the_counts() {
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut t = ServiceTable::new();
+        let mut counts: HashMap<u64, HashMap<u64, u64>> = HashMap::new();
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let (site, svc) = (x % 7, (x >> 8) % 5);
+            t.record(ModuleKind::Ntdll, site, svc);
+            *counts.entry(site).or_default().entry(svc).or_default() += 1;
+            let want = counts[&site]
+                .iter()
+                .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+                .map(|e| *e.0);
+            assert_eq!(t.service_of(ModuleKind::Ntdll, site), want);
+        }
     }
 
     #[test]

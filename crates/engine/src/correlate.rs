@@ -74,12 +74,32 @@ const MAX_FRAGMENTS: u32 = 16;
 /// Frames held by stack-key definitions at most (128 MiB of addresses).
 const MAX_KEY_FRAMES: usize = 16 << 20;
 
+/// Where a live entry can be found by timestamp.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Home {
+    /// Not findable (finalised, or being finalised).
+    #[default]
+    Nowhere,
+    /// In the young ring (the most recently made entries).
+    Young,
+    /// In the timestamp index (and the expiry order).
+    Indexed,
+}
+
+/// Entries among the last `YOUNG` made are kept in a small ring, not in the
+/// timestamp index: most complete within a few events (a SysCallEnter and
+/// its StackWalk on the same processor), so they never cost a hash insert
+/// and removal. An entry moves to the index when `YOUNG` newer entries have
+/// been made (or when a stack-key reference makes it wait).
+const YOUNG: u32 = 16;
+
 /// One pending parent and/or stack.
 #[derive(Debug, Default, Clone)]
 pub struct Entry {
     pub ts: u64,
     generation: u32,
     live: bool,
+    home: Home,
     pub parent: Option<Parent>,
     pub parent_processor: u16,
     /// Kernel-only parts, in arrival order.
@@ -104,6 +124,7 @@ impl Entry {
         self.has_kernel || self.has_user
     }
 
+    #[inline]
     fn complete(&self) -> bool {
         self.parent.is_some()
             && self.waiting == 0
@@ -149,15 +170,31 @@ pub struct CorrelatorStats {
 }
 
 /// The pending set.
+///
+/// Live entries, oldest first, are `order` (indexed entries, in the order
+/// they were made, plus entries re-queued after a stack-key wait) followed
+/// by `young` (the newest entries, not indexed). Expiry and eviction walk
+/// that sequence from its front; lookups by timestamp visit `young` newest
+/// first, then the index chain (newest first): every young entry is newer
+/// than every indexed one.
 #[derive(Debug)]
 pub struct Correlator {
     entries: Vec<Entry>,
     free: Vec<u32>,
     index: HashMap<u64, u32, FxBuildHasher>,
+    /// No indexed entry has a timestamp above this (0 when the index is empty).
+    index_max: u64,
+    /// (timestamp, slot, generation) of the live entries among the last
+    /// `YOUNG` made, oldest first.
+    young: Vec<(u64, u32, u32)>,
     order: VecDeque<(u32, u32)>,
     /// Entries past the window that still wait for a stack-key definition
     /// (Windows logs a key's frames only when it leaves the cache).
     parked: VecDeque<(u32, u32)>,
+    /// (deadline, slot, generation) of the first live entry of the expiry
+    /// sequence when `expire` last stopped: while it is live, nothing
+    /// expires before its deadline.
+    expire_hint: Option<(u64, u32, u32)>,
     live: usize,
     window_ticks: u64,
     max_pending: usize,
@@ -183,8 +220,11 @@ impl Correlator {
             entries: Vec::new(),
             free: Vec::new(),
             index: HashMap::default(),
+            index_max: 0,
+            young: Vec::with_capacity(YOUNG as usize),
             order: VecDeque::new(),
             parked: VecDeque::new(),
+            expire_hint: None,
             live: 0,
             window_ticks,
             max_pending: max_pending.max(1),
@@ -205,6 +245,7 @@ impl Correlator {
 
     pub fn set_window_ticks(&mut self, t: u64) {
         self.window_ticks = t;
+        self.expire_hint = None;
     }
 
     pub fn window_ticks(&self) -> u64 {
@@ -226,6 +267,7 @@ impl Correlator {
     }
 
     /// The next finalised entry: read it with [`Correlator::entry`], then [`Correlator::release`] it.
+    #[inline]
     pub fn pop_ready(&mut self) -> Option<(u32, Finish)> {
         self.ready.pop_front()
     }
@@ -244,6 +286,7 @@ impl Correlator {
         e.ts = ts;
         e.generation = generation;
         e.live = true;
+        e.home = Home::Young;
         e.parent = None;
         e.parent_processor = 0;
         e.kernel.clear();
@@ -257,17 +300,15 @@ impl Correlator {
         e.fragments = 0;
         e.waiting = 0;
         e.next = NONE;
-        // Link at the chain head for this timestamp.
-        if let Some(head) = self.index.insert(ts, slot) {
-            self.entries[slot as usize].next = head;
+        while self
+            .young
+            .first()
+            .is_some_and(|y| generation.wrapping_sub(y.2) >= YOUNG)
+        {
+            self.promote_oldest_young();
         }
-        self.order.push_back((slot, generation));
+        self.young.push((ts, slot, generation));
         self.live += 1;
-        if self.order.len() > 2 * self.live + 4096 {
-            let entries = &self.entries;
-            self.order
-                .retain(|&(s, g)| entries[s as usize].live && entries[s as usize].generation == g);
-        }
         while self.live > self.max_pending {
             if !self.finalize_oldest(Finish::Evicted) {
                 break;
@@ -275,6 +316,60 @@ impl Correlator {
         }
         self.stats.peak_pending = self.stats.peak_pending.max(self.live as u64);
         slot
+    }
+
+    /// Moves the oldest young entry to the index and the expiry order.
+    fn promote_oldest_young(&mut self) {
+        if self.young.is_empty() {
+            return;
+        }
+        let (ts, slot, _) = self.young.remove(0);
+        let e = &mut self.entries[slot as usize];
+        e.home = Home::Indexed;
+        let generation = e.generation;
+        // Link at the chain head for this timestamp: it is the newest
+        // indexed entry.
+        e.next = NONE;
+        if let Some(head) = self.index.insert(ts, slot) {
+            self.entries[slot as usize].next = head;
+        }
+        self.index_max = self.index_max.max(ts);
+        self.order.push_back((slot, generation));
+        if self.order.len() > 2 * self.live + 4096 {
+            let entries = &self.entries;
+            self.order
+                .retain(|&(s, g)| entries[s as usize].live && entries[s as usize].generation == g);
+        }
+    }
+
+    /// Moves every young entry to the index (before the expiry order gets
+    /// an entry out of creation order).
+    fn promote_all_young(&mut self) {
+        while !self.young.is_empty() {
+            self.promote_oldest_young();
+        }
+    }
+
+    /// Calls `f` on the live entries at `ts`, newest first, until it
+    /// returns true.
+    #[inline]
+    fn visit(&self, ts: u64, mut f: impl FnMut(u32, &Entry) -> bool) {
+        for &(t, s, _) in self.young.iter().rev() {
+            if t == ts && f(s, &self.entries[s as usize]) {
+                return;
+            }
+        }
+        if ts > self.index_max || self.index.is_empty() {
+            return;
+        }
+        let mut cur = self.index.get(&ts).copied().unwrap_or(NONE);
+        while cur != NONE {
+            let e = &self.entries[cur as usize];
+            if f(cur, e) {
+                return;
+            }
+            cur = e.next;
+        }
     }
 
     /// Moves the oldest live, not yet finalised entry to the ready queue
@@ -287,6 +382,12 @@ impl Correlator {
                 return true;
             }
         }
+        if !self.young.is_empty() {
+            let (_, s, _) = self.young.remove(0);
+            self.entries[s as usize].home = Home::Nowhere;
+            self.finalize(s, why);
+            return true;
+        }
         false
     }
 
@@ -295,28 +396,19 @@ impl Correlator {
         e.live = false;
         let ts = e.ts;
         let next = e.next;
+        let home = std::mem::take(&mut e.home);
         self.live -= 1;
-        // Unlink from its timestamp chain so later events do not find it.
-        match self.index.get(&ts).copied() {
-            Some(h) if h == slot => {
-                if next == NONE {
-                    self.index.remove(&ts);
-                } else {
-                    self.index.insert(ts, next);
+        match home {
+            Home::Young => {
+                // Usually the newest.
+                if self.young.last().is_some_and(|y| y.1 == slot) {
+                    self.young.pop();
+                } else if let Some(i) = self.young.iter().rposition(|&(_, s, _)| s == slot) {
+                    self.young.remove(i);
                 }
             }
-            Some(mut cur) => loop {
-                let n = self.entries[cur as usize].next;
-                if n == slot {
-                    self.entries[cur as usize].next = next;
-                    break;
-                }
-                if n == NONE {
-                    break;
-                }
-                cur = n;
-            },
-            None => {}
+            Home::Indexed => self.unlink(slot, ts, next),
+            Home::Nowhere => {}
         }
         let e = &self.entries[slot as usize];
         match why {
@@ -346,6 +438,35 @@ impl Correlator {
         self.ready.push_back((slot, why));
     }
 
+    /// Unlinks an indexed entry from its timestamp chain so later events do
+    /// not find it.
+    fn unlink(&mut self, slot: u32, ts: u64, next: u32) {
+        match self.index.get(&ts).copied() {
+            Some(h) if h == slot => {
+                if next == NONE {
+                    self.index.remove(&ts);
+                    if self.index.is_empty() {
+                        self.index_max = 0;
+                    }
+                } else {
+                    self.index.insert(ts, next);
+                }
+            }
+            Some(mut cur) => loop {
+                let n = self.entries[cur as usize].next;
+                if n == slot {
+                    self.entries[cur as usize].next = next;
+                    break;
+                }
+                if n == NONE {
+                    break;
+                }
+                cur = n;
+            },
+            None => {}
+        }
+    }
+
     fn unwait_pid(&mut self, pid: u32) {
         if let Some(n) = self.waiting_pids.get_mut(&pid) {
             *n -= 1;
@@ -361,33 +482,66 @@ impl Correlator {
     }
 
     /// Returns a finalised slot to the free list.
+    #[inline]
     pub fn release(&mut self, slot: u32) {
         self.free.push(slot);
     }
 
     /// Finalises entries older than the window before `now`.
+    #[inline]
     pub fn expire(&mut self, now: u64) {
-        while let Some(&(s, g)) = self.order.front() {
-            let e = &self.entries[s as usize];
-            if !(e.live && e.generation == g) {
-                self.order.pop_front();
-                continue;
-            }
-            if e.ts.saturating_add(self.window_ticks) >= now {
-                break;
-            }
-            self.order.pop_front();
-            if e.waiting > 0 {
-                self.parked.push_back((s, g));
-                self.stats.parked += 1;
-                if self.parked.len() > 2 * self.live + 4096 {
-                    let entries = &self.entries;
-                    self.parked.retain(|&(s, g)| {
-                        entries[s as usize].live && entries[s as usize].generation == g
-                    });
+        if let Some((deadline, s, g)) = self.expire_hint {
+            if deadline >= now {
+                if let Some(e) = self.entries.get(s as usize) {
+                    if e.live && e.generation == g {
+                        return;
+                    }
                 }
+            }
+        }
+        self.expire_slow(now);
+    }
+
+    fn expire_slow(&mut self, now: u64) {
+        self.expire_hint = None;
+        loop {
+            if let Some(&(s, g)) = self.order.front() {
+                let e = &self.entries[s as usize];
+                if !(e.live && e.generation == g) {
+                    self.order.pop_front();
+                    continue;
+                }
+                let deadline = e.ts.saturating_add(self.window_ticks);
+                if deadline >= now {
+                    self.expire_hint = Some((deadline, s, g));
+                    return;
+                }
+                self.order.pop_front();
+                if e.waiting > 0 {
+                    self.parked.push_back((s, g));
+                    self.stats.parked += 1;
+                    if self.parked.len() > 2 * self.live + 4096 {
+                        let entries = &self.entries;
+                        self.parked.retain(|&(s, g)| {
+                            entries[s as usize].live && entries[s as usize].generation == g
+                        });
+                    }
+                    continue;
+                }
+                self.finalize(s, Finish::Expired);
                 continue;
             }
+            // Young entries never wait for stack keys.
+            let Some(&(ts, s, g)) = self.young.first() else {
+                return;
+            };
+            let deadline = ts.saturating_add(self.window_ticks);
+            if deadline >= now {
+                self.expire_hint = Some((deadline, s, g));
+                return;
+            }
+            self.young.remove(0);
+            self.entries[s as usize].home = Home::Nowhere;
             self.finalize(s, Finish::Expired);
         }
     }
@@ -397,8 +551,10 @@ impl Correlator {
         while self.finalize_oldest(Finish::Flushed) {}
         self.order.clear();
         self.parked.clear();
+        self.expire_hint = None;
     }
 
+    #[inline]
     fn check(&mut self, slot: u32) {
         let e = &self.entries[slot as usize];
         if e.live && e.complete() {
@@ -409,20 +565,18 @@ impl Correlator {
     /// A parent event at raw timestamp `ts`.
     pub fn add_parent(&mut self, ts: u64, processor: u16, parent: Parent) {
         let mut best = NONE;
-        let mut cur = self.index.get(&ts).copied().unwrap_or(NONE);
-        while cur != NONE {
-            let e = &self.entries[cur as usize];
+        self.visit(ts, |s, e| {
             if e.parent.is_none() && e.has_thread {
                 if e.stack_processor == processor {
-                    best = cur;
-                    break;
+                    best = s;
+                    return true;
                 }
                 if best == NONE {
-                    best = cur;
+                    best = s;
                 }
             }
-            cur = e.next;
-        }
+            false
+        });
         let slot = if best == NONE { self.alloc(ts) } else { best };
         let e = &mut self.entries[slot as usize];
         e.parent = Some(parent);
@@ -436,32 +590,27 @@ impl Correlator {
         let mut same_thread = NONE;
         let mut same_cpu = NONE;
         let mut any = NONE;
-        let mut cur = self.index.get(&ts).copied().unwrap_or(NONE);
-        while cur != NONE {
-            let e = &self.entries[cur as usize];
+        self.visit(ts, |s, e| {
             if e.has_thread {
                 let free = match part {
                     StackPart::Kernel => !e.has_kernel,
                     StackPart::User => !e.has_user,
                 };
-                if e.tid == tid
-                    && e.pid == pid
-                    && free
-                    && e.fragments < MAX_FRAGMENTS
-                    && same_thread == NONE
-                {
-                    same_thread = cur;
+                if e.tid == tid && e.pid == pid && free && e.fragments < MAX_FRAGMENTS {
+                    // Stitching by thread comes first.
+                    same_thread = s;
+                    return true;
                 }
             } else if e.parent.is_some() {
                 if e.parent_processor == processor && same_cpu == NONE {
-                    same_cpu = cur;
+                    same_cpu = s;
                 }
                 if any == NONE {
-                    any = cur;
+                    any = s;
                 }
             }
-            cur = e.next;
-        }
+            false
+        });
         let slot = if same_thread != NONE {
             self.stats.fragments_stitched += 1;
             same_thread
@@ -496,19 +645,21 @@ impl Correlator {
         };
         let mut seen: [Option<ParentHook>; 8] = [None; 8];
         let mut n = 0;
-        let mut cur = self.index.get(&ts).copied().unwrap_or(NONE);
-        while cur != NONE {
-            let e = &self.entries[cur as usize];
+        let mut found: Vec<ParentHook> = Vec::new();
+        self.visit(ts, |s, e| {
             if let Some(Parent::Other(h)) = e.parent {
-                if cur != chosen && Some(h) != chosen_hook && !seen[..n].contains(&Some(h)) {
-                    *self.stats.co_parents.entry(h.to_string()).or_insert(0) += 1;
+                if s != chosen && Some(h) != chosen_hook && !seen[..n].contains(&Some(h)) {
+                    found.push(h);
                     if n < seen.len() {
                         seen[n] = Some(h);
                         n += 1;
                     }
                 }
             }
-            cur = e.next;
+            false
+        });
+        for h in found {
+            *self.stats.co_parents.entry(h.to_string()).or_insert(0) += 1;
         }
     }
 
@@ -557,6 +708,11 @@ impl Correlator {
             let e = &mut self.entries[slot as usize];
             fill_part(e, r.part, frames);
         } else {
+            // A waiting entry may be parked and re-queued: it must be in
+            // the index and the expiry order.
+            if self.entries[slot as usize].home == Home::Young {
+                self.promote_all_young();
+            }
             let e = &mut self.entries[slot as usize];
             let g = e.generation;
             e.waiting += 1;
@@ -611,9 +767,11 @@ impl Correlator {
                     self.unwait_pid(pid);
                 }
                 self.check(slot);
-                // Resolved but still incomplete: let the window finish it.
+                // Resolved but still incomplete: let the window finish it
+                // (after every entry made before now).
                 let e = &self.entries[slot as usize];
                 if unpark && e.live && e.generation == g {
+                    self.promote_all_young();
                     self.order.push_back((slot, g));
                 }
             }
@@ -672,6 +830,10 @@ fn fill_part(e: &mut Entry, part: StackPart, frames: &[u64]) {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "correlate_reference.rs"]
+mod reference;
 
 #[cfg(test)]
 mod tests {
@@ -815,5 +977,179 @@ mod tests {
             c.stats.syscall_without_stack + c.stats.stack_without_syscall,
             finished
         );
+    }
+
+    /// A small xorshift generator for the differential tests.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    type Out = (
+        Finish,
+        u64,
+        Option<Parent>,
+        u16,
+        Vec<u64>,
+        Vec<u64>,
+        (bool, bool, bool),
+        (u32, u32, u16, u32),
+    );
+
+    fn drain_new(c: &mut Correlator, out: &mut Vec<Out>) {
+        while let Some((s, f)) = c.pop_ready() {
+            let e = c.entry(s);
+            out.push((
+                f,
+                e.ts,
+                e.parent,
+                e.parent_processor,
+                e.kernel.clone(),
+                e.user.clone(),
+                (e.has_kernel, e.has_user, e.has_thread),
+                (e.pid, e.tid, e.stack_processor, e.fragments),
+            ));
+            c.release(s);
+        }
+    }
+
+    fn drain_ref(c: &mut reference::RefCorrelator, out: &mut Vec<Out>) {
+        while let Some((s, f)) = c.pop_ready() {
+            let e = c.entry(s);
+            out.push((
+                f,
+                e.ts,
+                e.parent,
+                e.parent_processor,
+                e.kernel.clone(),
+                e.user.clone(),
+                (e.has_kernel, e.has_user, e.has_thread),
+                (e.pid, e.tid, e.stack_processor, e.fragments),
+            ));
+            c.release(s);
+        }
+    }
+
+    /// Random event sequences (colliding timestamps, several processors and
+    /// threads, split parts, stacks before parents, stack keys defined
+    /// before and after their references, floods past the cap): the
+    /// correlator finalises exactly the entries, in exactly the order, with
+    /// exactly the counters of the reference implementation.
+    #[test]
+    fn same_results_as_the_reference_correlator() {
+        for seed in 1..=300u64 {
+            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ seed.wrapping_mul(0x2545_F491_4F6C_DD1D));
+            let window = 1 + rng.below(200);
+            let cap = 1 + rng.below(if seed % 3 == 0 { 8 } else { 80 }) as usize;
+            let mut a = Correlator::new(window, cap);
+            let mut b = reference::RefCorrelator::new(window, cap);
+            let co = seed % 4 == 0;
+            a.set_count_co_parents(co);
+            b.set_count_co_parents(co);
+            let (mut oa, mut ob) = (Vec::new(), Vec::new());
+            let mut now = 1000u64;
+            let mut recent: Vec<u64> = vec![now];
+            let steps = 200 + rng.below(2000);
+            for step in 0..steps {
+                now += rng.below(if seed % 5 == 0 { 2 } else { 40 });
+                // A timestamp: now, a recent parent's, or anything.
+                let ts = match rng.below(10) {
+                    0..=4 => now,
+                    5..=8 => recent[rng.below(recent.len() as u64) as usize],
+                    _ => rng.below(now + 100),
+                };
+                if recent.len() > 24 {
+                    recent.remove(0);
+                }
+                recent.push(ts);
+                let cpu = rng.below(3) as u16;
+                let pid = [0u32, 4, 50, 60][rng.below(4) as usize];
+                let tid = 7 + rng.below(3) as u32;
+                let nk = rng.below(3) as usize;
+                let nu = rng.below(3) as usize;
+                let mut frames: Vec<u64> = (0..nk).map(|i| K + i as u64).collect();
+                frames.extend((0..nu).map(|i| U + i as u64));
+                let key = rng.below(6);
+                match rng.below(20) {
+                    0..=6 => {
+                        let p = if rng.below(4) == 0 {
+                            Parent::Other(ParentHook::Kernel(rng.below(3) as u16))
+                        } else {
+                            Parent::SysCall {
+                                address: rng.below(4),
+                            }
+                        };
+                        a.add_parent(ts, cpu, p);
+                        b.add_parent(ts, cpu, p);
+                    }
+                    7..=13 => {
+                        let bytes = fr(&frames);
+                        let f = Frames::new(&bytes, 8);
+                        a.add_stack(ts, cpu, pid, tid, &f);
+                        b.add_stack(ts, cpu, pid, tid, &f);
+                    }
+                    14 | 15 => {
+                        let r = StackKeyReference {
+                            part: if rng.below(2) == 0 {
+                                StackPart::Kernel
+                            } else {
+                                StackPart::User
+                            },
+                            event_timestamp: ts,
+                            stack_process: pid,
+                            stack_thread: tid,
+                            stack_key: key,
+                        };
+                        a.add_key_reference(&r, cpu);
+                        b.add_key_reference(&r, cpu);
+                    }
+                    16 => {
+                        let op = [StackKeyOp::Create, StackKeyOp::Delete, StackKeyOp::Rundown]
+                            [rng.below(3) as usize];
+                        let bytes = fr(&frames);
+                        let d = StackKeyDefinition {
+                            op,
+                            stack_key: key,
+                            frames: Frames::new(&bytes, 8),
+                        };
+                        a.define_key(&d);
+                        b.define_key(&d);
+                    }
+                    _ => {
+                        a.expire(now);
+                        b.expire(now);
+                    }
+                }
+                if rng.below(3) != 0 {
+                    a.expire(now);
+                    b.expire(now);
+                }
+                drain_new(&mut a, &mut oa);
+                drain_ref(&mut b, &mut ob);
+                assert_eq!(oa, ob, "seed {seed} step {step}");
+                assert_eq!(a.pending(), b.pending(), "seed {seed} step {step}");
+                for p in [0, 4, 50, 60] {
+                    assert_eq!(a.waits_for_keys(p), b.waits_for_keys(p));
+                }
+                assert!(a.pending() <= cap);
+            }
+            a.flush();
+            b.flush();
+            drain_new(&mut a, &mut oa);
+            drain_ref(&mut b, &mut ob);
+            assert_eq!(oa, ob, "seed {seed} flush");
+            assert_eq!(a.stats, b.stats, "seed {seed}");
+            assert_eq!(a.pending(), 0);
+        }
     }
 }

@@ -3,8 +3,8 @@
 //! Layouts of the events: [Process_TypeGroup1](https://learn.microsoft.com/windows/win32/etw/process-typegroup1),
 //! [Thread_TypeGroup1](https://learn.microsoft.com/windows/win32/etw/thread-typegroup1),
 //! [Image_Load](https://learn.microsoft.com/windows/win32/etw/image-load).
-//! Module lookups are `O(log n)` over a `BTreeMap` keyed by image base,
-//! after a check of the last two hits.
+//! Module lookups are a binary search over the sorted image bases (a
+//! `BTreeMap` for huge maps), after a check of the last two hits.
 //! Ended processes are kept until the correlation window has passed (a
 //! syscall still pending may belong to them), then dropped: memory follows
 //! the live process set, not the trace length.
@@ -84,9 +84,11 @@ impl Module {
 ///
 /// Lookups first try the ranges of the last two hits: a stack's return
 /// addresses fall in a few modules (the stub DLL, its caller), so most
-/// lookups skip the tree. A cached range ends at the module's end or at the
-/// next module's base, whichever comes first, so a hit gives exactly what
-/// the tree lookup would; any change to the map clears the cache.
+/// lookups skip the search. A cached range ends at the module's end or at
+/// the next module's base, whichever comes first, so a hit gives exactly
+/// what the search would; any change to the map clears the cache. The
+/// search is a binary search over the image bases kept sorted in a vector
+/// while the map is small (every real address space), else the tree.
 #[derive(Debug, Default, Clone)]
 pub struct ModuleMap {
     /// Image base to slot in `modules`.
@@ -94,9 +96,19 @@ pub struct ModuleMap {
     modules: Vec<Module>,
     /// Slots of removed modules, for reuse.
     free: Vec<u32>,
+    /// While `sorted`: the image bases, ascending, and for each its
+    /// (size, slot).
+    bases: Vec<u64>,
+    spans: Vec<(u64, u32)>,
+    /// `bases`/`spans` mirror `by_base` (the map is not too big for them).
+    sorted: bool,
     /// (start, end, slot) of recent hits, most recent first; `end == 0`: empty.
     hot: Cell<[(u64, u64, u32); 2]>,
 }
+
+/// Maps with more modules than this are searched in the tree: inserting
+/// into the sorted vectors moves up to this many bases.
+const SORTED_MAX: usize = 1024;
 
 impl ModuleMap {
     /// The module containing `addr`, if any: the one with the greatest base
@@ -109,16 +121,33 @@ impl ModuleMap {
                 return self.modules.get(slot as usize);
             }
         }
-        let (&base, &slot) = self.by_base.range(..=addr).next_back()?;
+        self.find_slow(addr, hot)
+    }
+
+    fn find_slow(&self, addr: u64, hot: [(u64, u64, u32); 2]) -> Option<&Module> {
+        let (base, slot, next) = if self.sorted {
+            let i = self.bases.partition_point(|&b| b <= addr);
+            let j = i.checked_sub(1)?;
+            let base = self.bases[j];
+            let (size, slot) = self.spans[j];
+            if addr - base >= size {
+                return None;
+            }
+            (base, slot, self.bases.get(i).copied().unwrap_or(u64::MAX))
+        } else {
+            let (&base, &slot) = self.by_base.range(..=addr).next_back()?;
+            let size = self.modules.get(slot as usize)?.size;
+            if addr - base >= size {
+                return None;
+            }
+            let next = self
+                .by_base
+                .range((Bound::Excluded(base), Bound::Unbounded))
+                .next()
+                .map_or(u64::MAX, |(&b, _)| b);
+            (base, slot, next)
+        };
         let m = self.modules.get(slot as usize)?;
-        if !m.contains(addr) {
-            return None;
-        }
-        let next = self
-            .by_base
-            .range((Bound::Excluded(base), Bound::Unbounded))
-            .next()
-            .map_or(u64::MAX, |(&b, _)| b);
         let end = base.saturating_add(m.size).min(next);
         self.hot.set([(base, end, slot), hot[0]]);
         Some(m)
@@ -128,10 +157,15 @@ impl ModuleMap {
     pub fn insert(&mut self, m: Module) {
         self.hot = Cell::default();
         if let Some(&slot) = self.by_base.get(&m.base) {
+            if self.sorted {
+                if let Ok(i) = self.bases.binary_search(&m.base) {
+                    self.spans[i].0 = m.size;
+                }
+            }
             self.modules[slot as usize] = m;
             return;
         }
-        let base = m.base;
+        let (base, size) = (m.base, m.size);
         let slot = match self.free.pop() {
             Some(s) => {
                 self.modules[s as usize] = m;
@@ -143,12 +177,38 @@ impl ModuleMap {
             }
         };
         self.by_base.insert(base, slot);
+        if self.by_base.len() > SORTED_MAX {
+            self.sorted = false;
+            self.bases = Vec::new();
+            self.spans = Vec::new();
+        } else if self.sorted || self.by_base.len() == 1 {
+            let i = self.bases.partition_point(|&b| b < base);
+            self.bases.insert(i, base);
+            self.spans.insert(i, (size, slot));
+            self.sorted = true;
+        }
     }
 
     pub fn remove(&mut self, base: u64) -> Option<Module> {
         self.hot = Cell::default();
         let slot = self.by_base.remove(&base)?;
         self.free.push(slot);
+        if self.sorted {
+            if let Ok(i) = self.bases.binary_search(&base) {
+                self.bases.remove(i);
+                self.spans.remove(i);
+            }
+        } else if self.by_base.len() <= SORTED_MAX / 2 {
+            // Small again: back to the vectors.
+            self.bases = self.by_base.keys().copied().collect();
+            let modules = &self.modules;
+            self.spans = self
+                .by_base
+                .values()
+                .map(|&s| (modules[s as usize].size, s))
+                .collect();
+            self.sorted = true;
+        }
         // The slot keeps a copy until reused; hand the module back.
         Some(self.modules[slot as usize].clone())
     }
@@ -592,5 +652,61 @@ mod module_map_tests {
         );
         let bases: Vec<u64> = map.iter().map(|m| m.base).collect();
         assert_eq!(bases, mods.keys().copied().collect::<Vec<_>>());
+    }
+
+    /// Maps past the size kept in sorted vectors are searched in the tree,
+    /// and go back to the vectors when they shrink: the same answers.
+    #[test]
+    fn big_maps_answer_like_small_ones() {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let name: Arc<str> = Arc::from("m.dll");
+        let module = |base: u64, size: u64| Module {
+            base,
+            size,
+            name: name.clone(),
+            path: name.clone(),
+            kind: ModuleKind::Other,
+            time_date_stamp: 0,
+            system_dll: None,
+        };
+        let mut map = ModuleMap::default();
+        let mut mods: BTreeMap<u64, u64> = BTreeMap::new();
+        let check = |map: &ModuleMap, mods: &BTreeMap<u64, u64>, next: &mut dyn FnMut() -> u64| {
+            for _ in 0..2000 {
+                let addr = next() % 0x300_0000;
+                assert_eq!(map.find(addr).map(|m| m.base), reference(mods, addr));
+            }
+        };
+        for round in 0..3 {
+            while mods.len() < 1500 {
+                let base = (next() % 0x3000) * 0x1000;
+                let size = 1 + next() % 0x8000;
+                map.insert(module(base, size));
+                mods.insert(base, size);
+                if mods.len() % 250 == 0 {
+                    check(&map, &mods, &mut next);
+                }
+            }
+            assert!(!map.sorted, "round {round}");
+            while mods.len() > 100 {
+                let base = *mods
+                    .keys()
+                    .nth((next() % mods.len() as u64) as usize)
+                    .unwrap();
+                assert!(map.remove(base).is_some());
+                mods.remove(&base);
+                if mods.len() % 250 == 0 {
+                    check(&map, &mods, &mut next);
+                }
+            }
+            assert!(map.sorted, "round {round}");
+            check(&map, &mods, &mut next);
+        }
     }
 }

@@ -30,16 +30,24 @@ use reader::Reader;
 /// `Err`: an event of interest whose payload does not fit its layout (or
 /// whose version predates the documented layouts, or whose pointer size is
 /// neither 4 nor 8).
+#[inline]
 pub fn decode<'a>(ev: &RawEvent<'a>) -> Result<Option<KernelEvent<'a>>, DecodeError> {
     // Fast path for the three events of every syscall (SysCallEnter,
     // StackWalk, SysCallExit) when the payload fits its layout: fixed offsets,
     // no dispatch. Anything else (short payloads, odd pointer sizes) takes the
-    // general path below, which yields the same events and the named errors.
+    // general path, which yields the same events and the named errors. Only
+    // the fast path is inlined into callers.
     if let EventId::Kernel { group, opcode } = ev.id {
         if let Some(k) = fast_path(group, opcode, ev.pointer_size, ev.payload) {
             return Ok(Some(k));
         }
     }
+    decode_general(ev)
+}
+
+/// [`decode`] without the fast path.
+#[inline(never)]
+fn decode_general<'a>(ev: &RawEvent<'a>) -> Result<Option<KernelEvent<'a>>, DecodeError> {
     let Some(class) = ev.kernel_class() else {
         return Ok(None);
     };
@@ -108,16 +116,23 @@ fn fast_path(group: u8, opcode: u8, ps: u8, p: &[u8]) -> Option<KernelEvent<'_>>
                 sys_call_ntstatus: u32_at(0)?,
             }))
         }
-        (KernelClass::GROUP_STACKWALK, stackwalk::STACK) if ps == 4 || ps == 8 => {
-            let frames = p.get(16..)?;
-            if frames.len() % usize::from(ps) != 0 {
+        (KernelClass::GROUP_STACKWALK, stackwalk::STACK) => {
+            let (head, frames) = p.split_first_chunk::<16>()?;
+            // A whole number of pointers (masks, not divisions).
+            let whole = match ps {
+                8 => frames.len() & 7 == 0,
+                4 => frames.len() & 3 == 0,
+                _ => false,
+            };
+            if !whole {
                 return None;
             }
+            let [t0, t1, t2, t3, t4, t5, t6, t7, p0, p1, p2, p3, h0, h1, h2, h3] = *head;
             Some(KernelEvent::StackWalk(StackWalk {
-                event_timestamp: u64_at(0)?,
-                stack_process: u32_at(8)?,
-                stack_thread: u32_at(12)?,
-                frames: Frames::new(frames, ps),
+                event_timestamp: u64::from_le_bytes([t0, t1, t2, t3, t4, t5, t6, t7]),
+                stack_process: u32::from_le_bytes([p0, p1, p2, p3]),
+                stack_thread: u32::from_le_bytes([h0, h1, h2, h3]),
+                frames: Frames::whole(frames, ps),
             }))
         }
         _ => None,

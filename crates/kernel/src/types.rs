@@ -62,20 +62,41 @@ impl<'a> Frames<'a> {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.bytes.len() / self.pointer_size as usize
+    /// Frames over `bytes` already known to be a whole number of pointers
+    /// of `pointer_size` (4 or 8).
+    #[inline]
+    pub(crate) fn whole(bytes: &'a [u8], pointer_size: u8) -> Frames<'a> {
+        debug_assert!(pointer_size == 4 || pointer_size == 8);
+        debug_assert!(bytes.len() % usize::from(pointer_size) == 0);
+        Frames {
+            bytes,
+            pointer_size,
+        }
     }
 
+    #[inline]
+    pub fn len(&self) -> usize {
+        // The pointer size is 4 or 8: a shift, not a division.
+        if self.pointer_size == 4 {
+            self.bytes.len() >> 2
+        } else {
+            self.bytes.len() >> 3
+        }
+    }
+
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.bytes.is_empty()
     }
 
+    #[inline]
     pub fn pointer_size(&self) -> u8 {
         self.pointer_size
     }
 
     /// The raw little-endian addresses (a whole number of pointers), for
     /// consumers that convert in bulk.
+    #[inline]
     pub fn as_bytes(&self) -> &'a [u8] {
         self.bytes
     }
