@@ -118,15 +118,24 @@ impl ServiceTable {
     /// Counts one observation of `service` at return site `offset` of a stub module.
     #[inline]
     pub fn record(&mut self, kind: ModuleKind, offset: u64, service: u64) {
+        self.record_n(kind, offset, service, 1);
+    }
+
+    /// Counts `n` observations at once (tallies made elsewhere).
+    #[inline]
+    pub fn record_n(&mut self, kind: ModuleKind, offset: u64, service: u64, n: u64) {
+        if n == 0 {
+            return;
+        }
         let site = self.sites.entry((kind, offset)).or_default();
         let n = match site.counts.iter_mut().find(|e| e.0 == service) {
             Some(e) => {
-                e.1 += 1;
+                e.1 += n;
                 e.1
             }
             None => {
-                site.counts.push((service, 1));
-                1
+                site.counts.push((service, n));
+                n
             }
         };
         if n > site.best_count || (n == site.best_count && service < site.best) {

@@ -423,12 +423,21 @@ pub struct EngineStats {
     pub service_checks_deferred: u64,
 }
 
-/// Counts of syscalls whose rule-5 decision is open, by what settles them.
-type DeferredCounts = std::collections::HashMap<
-    (ServiceCheck, u64, Verdict, Option<usize>),
-    u64,
-    fxhash::FxBuildHasher,
->;
+/// [`Learning::Deferred`]: what was seen at each return site, by stub
+/// module kind and offset: the observations the service table is built
+/// from at the end, and the counts of the syscalls whose rule-5 decision
+/// waits for it. One lookup per syscall does both.
+type SiteTallies = std::collections::HashMap<(ModuleKind, u64), Vec<Tally>, fxhash::FxBuildHasher>;
+
+/// Syscalls seen at one return site with one `SysCallAddress` and one
+/// outcome.
+#[derive(Debug, Clone, Copy)]
+struct Tally {
+    address: u64,
+    /// `None`: decided without the table (both names known).
+    open: Option<(Verdict, Option<usize>, Option<usize>)>,
+    count: u64,
+}
 
 const MAX_ERROR_SAMPLES: usize = 32;
 
@@ -471,7 +480,7 @@ pub struct Engine {
     now: u64,
     stats: EngineStats,
     parent_hooks: BTreeMap<ParentHook, u64>,
-    deferred: DeferredCounts,
+    tallies: SiteTallies,
     /// An always-empty table: classification consults it in
     /// [`Learning::Deferred`] mode, leaving rule 5 to the final one.
     no_services: ServiceTable,
@@ -500,7 +509,7 @@ impl Engine {
             now: 0,
             stats: EngineStats::default(),
             parent_hooks: BTreeMap::new(),
-            deferred: DeferredCounts::default(),
+            tallies: SiteTallies::default(),
             no_services: ServiceTable::new(),
         };
         e.update_window();
@@ -841,14 +850,24 @@ impl Engine {
                 c.mismatch_suppressed = self.allowlist.matching(&facts);
             }
         }
-        match service_check {
-            Some(c) => {
-                *self
-                    .deferred
-                    .entry((c, address, verdict, suppressed.map(|s| s.2)))
-                    .or_insert(0) += 1;
-                self.stats.service_checks_deferred += 1;
+        if let Some((kind, offset)) = observed {
+            let open =
+                service_check.map(|c| (verdict, suppressed.map(|s| s.2), c.mismatch_suppressed));
+            let v = self.tallies.entry((kind, offset)).or_default();
+            match v
+                .iter_mut()
+                .find(|t| t.address == address && t.open == open)
+            {
+                Some(t) => t.count += 1,
+                None => v.push(Tally {
+                    address,
+                    open,
+                    count: 1,
+                }),
             }
+        }
+        match service_check {
+            Some(_) => self.stats.service_checks_deferred += 1,
             None => {
                 if suppressed.is_some() {
                     self.stats.suppressed += 1;
@@ -873,9 +892,6 @@ impl Engine {
             service_check,
         };
         sink.verdict(&v);
-        if let Some((kind, offset)) = observed {
-            self.services.record(kind, offset, address);
-        }
     }
 
     /// Flushes every pending entry and returns the statistics.
@@ -889,14 +905,31 @@ impl Engine {
     /// [`Learning::Deferred`]: the service table is final; settles the
     /// counts of the syscalls whose rule-5 decision waited for it.
     fn settle_deferred(&mut self) {
-        for ((check, address, verdict, entry), n) in std::mem::take(&mut self.deferred) {
-            // Only the suppression's presence matters for the counts.
-            let suppressed = entry.map(|i| (verdict, None, i));
-            let s = check.settle(&self.services, address, verdict, None, suppressed);
-            self.stats.verdicts.add_n(s.verdict, n);
-            if let Some((_, _, i)) = s.suppressed {
-                self.stats.suppressed += n;
-                self.allowlist.count(i, n);
+        let tallies = std::mem::take(&mut self.tallies);
+        for (&(kind, offset), v) in &tallies {
+            for t in v {
+                self.services.record_n(kind, offset, t.address, t.count);
+            }
+        }
+        for ((kind, offset), v) in tallies {
+            for t in v {
+                let Some((verdict, entry, mismatch_suppressed)) = t.open else {
+                    continue;
+                };
+                let (address, n) = (t.address, t.count);
+                let check = ServiceCheck {
+                    kind,
+                    offset,
+                    mismatch_suppressed,
+                };
+                // Only the suppression's presence matters for the counts.
+                let suppressed = entry.map(|i| (verdict, None, i));
+                let s = check.settle(&self.services, address, verdict, None, suppressed);
+                self.stats.verdicts.add_n(s.verdict, n);
+                if let Some((_, _, i)) = s.suppressed {
+                    self.stats.suppressed += n;
+                    self.allowlist.count(i, n);
+                }
             }
         }
     }
