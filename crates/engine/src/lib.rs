@@ -232,32 +232,46 @@ impl<'a> Resolver<'a> {
     }
 
     pub fn describe(&self, addr: u64) -> String {
-        let Some(m) = self.module_of(addr) else {
-            let mut s = String::with_capacity(18);
-            push_hex(&mut s, addr);
-            return s;
-        };
-        let off = addr - m.base;
-        if let (Some(i), Some(sys)) = (m.system_dll, self.system_dlls) {
-            if let Some((name, d)) = sys
-                .dlls
-                .get(i)
-                .and_then(|d| d.export_near(u32::try_from(off).ok()?))
-            {
-                return format!("{}!{}+{:#x}", m.name, name, d);
+        match self.module_of(addr) {
+            Some(m) => describe_in(&m.name, m.base, m.system_dll, self.system_dlls, addr),
+            None => {
+                let mut s = String::with_capacity(18);
+                push_hex(&mut s, addr);
+                s
             }
         }
-        // Evidence is built for every new alert group: no `format!` here.
-        let mut s = String::with_capacity(m.name.len() + 19);
-        s.push_str(&m.name);
-        s.push('+');
-        push_hex(&mut s, off);
-        s
     }
 }
 
+/// `addr` in the module `name` loaded at `base`: `name+0xoffset`, or
+/// `name!Export+0xoffset` inside a supplied system DLL.
+pub(crate) fn describe_in(
+    name: &str,
+    base: u64,
+    system_dll: Option<usize>,
+    system_dlls: Option<&SystemDlls>,
+    addr: u64,
+) -> String {
+    let off = addr.wrapping_sub(base);
+    if let (Some(i), Some(sys)) = (system_dll, system_dlls) {
+        if let Some((export, d)) = sys
+            .dlls
+            .get(i)
+            .and_then(|d| d.export_near(u32::try_from(off).ok()?))
+        {
+            return format!("{name}!{export}+{d:#x}");
+        }
+    }
+    // Evidence is built for every new alert group: no `format!` here.
+    let mut s = String::with_capacity(name.len() + 19);
+    s.push_str(name);
+    s.push('+');
+    push_hex(&mut s, off);
+    s
+}
+
 /// Appends `v` as `{:#x}` would.
-fn push_hex(s: &mut String, v: u64) {
+pub(crate) fn push_hex(s: &mut String, v: u64) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     s.push_str("0x");
     let n = (64 - v.leading_zeros()).div_ceil(4).max(1);

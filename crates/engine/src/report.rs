@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, Write};
+use std::sync::Arc;
 
 use sentry_raw::{filetime_to_rfc3339, Clock, LogfileHeader};
 use serde::Serialize;
@@ -15,7 +16,11 @@ use serde_json::{json, Value};
 
 use crate::classify::{Reason, Verdict};
 use crate::fxhash::FxBuildHasher;
-use crate::{Engine, EngineStats, ServiceCheck, ServiceTable, SyscallVerdict, VerdictSink};
+use crate::sysdlls::SystemDlls;
+use crate::{
+    describe_in, push_hex, Engine, EngineStats, Resolver, ServiceCheck, ServiceTable,
+    SyscallVerdict, VerdictSink,
+};
 
 /// Alert line layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -110,6 +115,31 @@ struct PendingGroup {
     evidence: u32,
 }
 
+/// An address resolved when it was seen (modules come and go): its module
+/// as an interned name, or none (unbacked). Formatted only if its group
+/// turns out to be an alert.
+#[derive(Debug, Clone, Copy)]
+struct FrameRef {
+    addr: u64,
+    /// Index into `Report::names`; `u32::MAX`: no module.
+    module: u32,
+    base: u64,
+    system_dll: Option<usize>,
+}
+
+/// An open group's evidence, unformatted: most groups settle as normal
+/// and are never printed, and formatting every first stack was most of
+/// the cost of deferring. `alert` has the text of addresses left empty.
+#[derive(Debug)]
+struct Evidence {
+    alert: Alert,
+    call_site: Option<FrameRef>,
+    caller: Option<FrameRef>,
+    /// The routine, when no export name was known and a kernel module holds it.
+    service: Option<FrameRef>,
+    stack: Vec<FrameRef>,
+}
+
 /// An aggregated alert.
 #[derive(Debug, Clone, Serialize)]
 pub struct Alert {
@@ -198,7 +228,11 @@ pub struct Report {
     alert_order: Vec<AlertKey>,
     pending: HashMap<PendingKey, u32, FxBuildHasher>,
     groups: Vec<PendingGroup>,
-    evidence: Vec<Alert>,
+    evidence: Vec<Evidence>,
+    /// Module names of the evidence frames, interned by the address of
+    /// their shared string (kept alive here, so an address is never reused).
+    names: Vec<Arc<str>>,
+    name_ids: HashMap<usize, u32, FxBuildHasher>,
     checks_settled_early: u64,
     alerts_dropped: u64,
     /// Summary rows, by first appearance; `row_index` finds one by pid (or
@@ -231,6 +265,8 @@ impl Report {
             pending: HashMap::default(),
             groups: Vec::new(),
             evidence: Vec::new(),
+            names: Vec::new(),
+            name_ids: HashMap::default(),
             checks_settled_early: 0,
             alerts_dropped: 0,
             rows: Vec::new(),
@@ -346,6 +382,126 @@ impl Report {
             technique,
             seq: self.reported,
         }
+    }
+
+    fn frame_ref(&mut self, r: &Resolver<'_>, addr: u64) -> FrameRef {
+        let Some(m) = r.module_of(addr) else {
+            return FrameRef {
+                addr,
+                module: u32::MAX,
+                base: 0,
+                system_dll: None,
+            };
+        };
+        let key = Arc::as_ptr(&m.name) as *const u8 as usize;
+        let module = match self.name_ids.get(&key) {
+            Some(&i) => i,
+            None => {
+                let i = self.names.len() as u32;
+                self.names.push(Arc::clone(&m.name));
+                self.name_ids.insert(key, i);
+                i
+            }
+        };
+        FrameRef {
+            addr,
+            module,
+            base: m.base,
+            system_dll: m.system_dll,
+        }
+    }
+
+    /// What [`Resolver::describe`] said when the frame was seen.
+    fn render(&self, f: &FrameRef, system_dlls: Option<&SystemDlls>) -> String {
+        match self.names.get(f.module as usize) {
+            Some(name) => describe_in(name, f.base, f.system_dll, system_dlls, f.addr),
+            None => {
+                let mut s = String::with_capacity(18);
+                push_hex(&mut s, f.addr);
+                s
+            }
+        }
+    }
+
+    fn module_name(&self, f: Option<&FrameRef>) -> Option<String> {
+        f.and_then(|f| self.names.get(f.module as usize))
+            .map(|n| n.to_string())
+    }
+
+    /// [`Report::new_alert`]'s evidence, unformatted.
+    fn new_evidence(&mut self, v: &SyscallVerdict<'_>) -> Evidence {
+        let r = v.resolver;
+        let p = v.process;
+        let stack = v
+            .stack
+            .iter()
+            .take(self.cfg.max_stack_frames)
+            .map(|&a| self.frame_ref(&r, a))
+            .collect();
+        let call_site = v.first_user_frame().map(|a| self.frame_ref(&r, a));
+        let caller = v.caller_frame().map(|a| self.frame_ref(&r, a));
+        let service = match v.outcome.service_name {
+            Some(_) => None,
+            None => r
+                .kernel
+                .find(v.service_address)
+                .map(|_| self.frame_ref(&r, v.service_address)),
+        };
+        Evidence {
+            alert: Alert {
+                verdict: v.verdict.as_str(),
+                reason: v.reason.map(Reason::as_str),
+                pid: v.pid,
+                process: p.map(|p| p.image_file_name.clone()).unwrap_or_default(),
+                command_line: p.map(|p| p.command_line.clone()).unwrap_or_default(),
+                user_sid: p.map(|p| p.user_sid.clone()).unwrap_or_default(),
+                parent_pid: p.map(|p| p.parent_id),
+                wow64: p.is_some_and(|p| p.wow64),
+                tid: v.tid,
+                call_site: String::new(),
+                module: None,
+                caller: None,
+                caller_module: None,
+                service_address: String::new(),
+                service: v.outcome.service_name.map(|s| s.to_string()),
+                stub: v.outcome.stub_name.map(|s| s.to_string()),
+                stub_service_address: None,
+                count: 0,
+                first_timestamp: v.timestamp,
+                last_timestamp: v.timestamp,
+                first_seen: None,
+                last_seen: None,
+                stack: Vec::new(),
+                technique: technique(v.verdict, v.reason),
+                seq: self.reported,
+            },
+            call_site,
+            caller,
+            service,
+            stack,
+        }
+    }
+
+    /// The alert of settled evidence, as [`Report::new_alert`] would have
+    /// made it when the syscall was seen.
+    fn render_evidence(&self, e: Evidence, system_dlls: Option<&SystemDlls>) -> Alert {
+        let mut a = e.alert;
+        a.call_site = e
+            .call_site
+            .map(|f| self.render(&f, system_dlls))
+            .unwrap_or_default();
+        a.module = self.module_name(e.call_site.as_ref());
+        a.caller = e.caller.map(|f| self.render(&f, system_dlls));
+        a.caller_module = self.module_name(e.caller.as_ref());
+        if let Some(f) = &e.service {
+            a.service = Some(self.render(f, system_dlls));
+        }
+        a.stack = e
+            .stack
+            .iter()
+            .map(|f| self.render(f, system_dlls))
+            .collect();
+        a
     }
 
     fn alert_value(&self, a: &Alert, header: Option<&LogfileHeader>) -> Value {
@@ -464,7 +620,7 @@ impl Report {
             last: v.timestamp,
             evidence: self.evidence.len() as u32,
         };
-        let evidence = self.new_alert(v);
+        let evidence = self.new_evidence(v);
         self.evidence.push(evidence);
         match self.sites.get_mut(&(row_key, key.call_site)) {
             Some(site) if site.own.is_none() => site.own = Some(g),
@@ -478,13 +634,13 @@ impl Report {
     /// Settles the open rule-5 groups with the final service table: their
     /// counts go to the process rows, their alerts join the others (the
     /// evidence of whichever syscall came first).
-    fn settle(&mut self, services: &ServiceTable) {
+    fn settle(&mut self, services: &ServiceTable, system_dlls: Option<&SystemDlls>) {
         self.pending.clear();
         let mut groups = std::mem::take(&mut self.groups);
         groups.extend(self.sites.values_mut().filter_map(|s| s.own.take()));
         // In creation (= emission) order.
         groups.sort_unstable_by_key(|g| g.evidence);
-        let mut evidence: Vec<Option<Alert>> = std::mem::take(&mut self.evidence)
+        let mut evidence: Vec<Option<Evidence>> = std::mem::take(&mut self.evidence)
             .into_iter()
             .map(Some)
             .collect();
@@ -512,9 +668,11 @@ impl Report {
                 verdict: s.verdict,
                 reason: s.reason,
             };
-            let Some(mut a) = evidence.get_mut(g.evidence as usize).and_then(Option::take) else {
+            let Some(e) = evidence.get_mut(g.evidence as usize).and_then(Option::take) else {
                 continue;
             };
+            let mut a = self.render_evidence(e, system_dlls);
+            a.service_address = format!("{:#x}", k.service_address);
             a.verdict = s.verdict.as_str();
             a.reason = s.reason.map(Reason::as_str);
             a.technique = technique(s.verdict, s.reason);
@@ -651,7 +809,7 @@ impl Report {
     /// End of input: writes the alerts, flushes.
     pub fn finish(&mut self, engine: &Engine) -> io::Result<()> {
         self.clock = engine.clock().copied().or(self.clock);
-        self.settle(engine.services());
+        self.settle(engine.services(), engine.system_dlls());
         self.write_alerts(engine.header());
         self.flush()
     }

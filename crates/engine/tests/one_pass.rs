@@ -9,7 +9,9 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use sentry_engine::report::{Report, ReportConfig};
-use sentry_engine::{Allowlist, Engine, EngineConfig, EngineStats, Learning, NullSink};
+use sentry_engine::{
+    Allowlist, Engine, EngineConfig, EngineStats, Learning, NullSink, SystemDll, SystemDlls,
+};
 use sentry_etl::{EtlFile, Order};
 use sentry_synth::{generate, Options, Scenario};
 
@@ -34,20 +36,41 @@ struct Output {
 }
 
 fn trace(scenario: Scenario, seed: u64, syscalls: u64) -> Vec<u8> {
+    trace_and_dlls(scenario, seed, syscalls).0
+}
+
+/// A trace and the system DLLs matching its layout.
+fn trace_and_dlls(scenario: Scenario, seed: u64, syscalls: u64) -> (Vec<u8>, Arc<SystemDlls>) {
     let mut o = Options::new(scenario);
     o.seed = seed;
     o.syscalls = syscalls;
     let mut etl = Vec::new();
-    generate(&o, std::io::Cursor::new(&mut etl), None::<std::io::Sink>).unwrap();
-    etl
+    let (_, summary) = generate(&o, std::io::Cursor::new(&mut etl), None::<std::io::Sink>).unwrap();
+    let dlls = SystemDlls {
+        dlls: sentry_synth::pe::system_dlls(&summary.layout)
+            .into_iter()
+            .map(|(n, b)| SystemDll::parse(n, &b).unwrap())
+            .collect(),
+    };
+    (etl, Arc::new(dlls))
 }
 
 fn run(etl: &[u8], learning: Learning, allowlist: &Allowlist) -> Output {
+    run_with(etl, learning, allowlist, None)
+}
+
+fn run_with(
+    etl: &[u8],
+    learning: Learning,
+    allowlist: &Allowlist,
+    system_dlls: Option<Arc<SystemDlls>>,
+) -> Output {
     let file = EtlFile::from_bytes(etl.to_vec()).unwrap();
     let mut services = Default::default();
     if learning == Learning::Fixed {
         let mut learner = Engine::new(EngineConfig {
             learning: Learning::Only,
+            system_dlls: system_dlls.clone(),
             ..EngineConfig::default()
         });
         let mut r = file.events(Order::Time);
@@ -61,6 +84,7 @@ fn run(etl: &[u8], learning: Learning, allowlist: &Allowlist) -> Output {
         learning,
         services,
         allowlist: allowlist.clone(),
+        system_dlls,
         ..EngineConfig::default()
     });
     let buf = Shared::default();
@@ -180,4 +204,27 @@ fn deferral_matters_where_online_learning_is_wrong() {
     }
     eprintln!("online learning differs from two passes on {differing} of 12 traces");
     assert!(differing > 0, "no trace shows a late rule-5 decision");
+}
+
+/// With the system DLLs most rule-5 decisions are by export names, the rest
+/// still wait; evidence frames then name exports (`ntdll.dll!NtX+0x14`):
+/// rendered at the end, they must read as they would have when seen.
+#[test]
+fn one_pass_equals_two_passes_with_system_dlls() {
+    let none = Allowlist::default();
+    for s in [
+        Scenario::Mixed,
+        Scenario::IndirectRandomized,
+        Scenario::HeavensGate,
+    ] {
+        let (etl, dlls) = trace_and_dlls(s, 5, 4000);
+        let one = run_with(&etl, Learning::Deferred, &none, Some(Arc::clone(&dlls)));
+        let two = run_with(&etl, Learning::Fixed, &none, Some(dlls));
+        assert_same(s.name(), &one, &two);
+        assert!(
+            one.alerts.contains("!Nt"),
+            "{}: no export names in evidence",
+            s.name()
+        );
+    }
 }
