@@ -6,7 +6,7 @@
 //! first seen, so the hot path formats nothing. ECS field reference:
 //! [Elastic Common Schema](https://www.elastic.co/guide/en/ecs/current/ecs-field-reference.html).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
 use std::sync::Arc;
 
@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 
 use crate::classify::{Reason, Verdict};
 use crate::fxhash::FxBuildHasher;
+use crate::state::ProcessInfo;
 use crate::sysdlls::SystemDlls;
 use crate::{
     describe_in, push_hex, Engine, EngineStats, Resolver, ServiceCheck, ServiceTable,
@@ -75,7 +76,15 @@ pub struct ReportConfig {
     pub immediate: bool,
     /// Frames of the stack kept as evidence in an alert.
     pub max_stack_frames: usize,
+    /// Bytes of evidence kept for open rule-5 groups (0: 64 MiB). Past it
+    /// the oldest is dropped; should a dropped group settle as an alert,
+    /// `analyze` finds its evidence again in a second pass
+    /// ([`Report::evidence_request`]): memory stays bounded, alerts exact.
+    pub evidence_budget: usize,
 }
+
+/// Default [`ReportConfig::evidence_budget`].
+pub const DEFAULT_EVIDENCE_BUDGET: usize = 64 << 20;
 
 /// Dedup key of an alert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -121,24 +130,105 @@ struct PendingGroup {
 #[derive(Debug, Clone, Copy)]
 struct FrameRef {
     addr: u64,
+    /// `addr` minus the module's base.
+    offset: u64,
     /// Index into `Report::names`; `u32::MAX`: no module.
     module: u32,
-    base: u64,
-    system_dll: Option<usize>,
+    /// Index into the supplied system DLLs; `u32::MAX`: none.
+    system_dll: u32,
 }
 
 /// An open group's evidence, unformatted: most groups settle as normal
 /// and are never printed, and formatting every first stack was most of
-/// the cost of deferring. `alert` has the text of addresses left empty.
+/// the cost of deferring. Boxed and compact: one per call site and process.
 #[derive(Debug)]
 struct Evidence {
-    alert: Alert,
+    /// Index into `Report::processes`.
+    process: u32,
+    tid: Option<u32>,
+    /// Emission order of its syscall.
+    seq: u64,
+    service_name: Option<Arc<str>>,
+    stub_name: Option<Arc<str>>,
     call_site: Option<FrameRef>,
     caller: Option<FrameRef>,
     /// The routine, when no export name was known and a kernel module holds it.
     service: Option<FrameRef>,
-    stack: Vec<FrameRef>,
+    stack: Box<[FrameRef]>,
 }
+
+impl Evidence {
+    /// Bytes it holds, for the budget.
+    fn bytes(&self) -> usize {
+        std::mem::size_of::<Evidence>() + std::mem::size_of_val(&*self.stack)
+    }
+}
+
+/// The process facts of an alert, shared by the evidence of its groups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ProcessFacts {
+    name: String,
+    command_line: String,
+    user_sid: String,
+    parent_pid: Option<u32>,
+    wow64: bool,
+}
+
+impl ProcessFacts {
+    fn of(p: Option<&ProcessInfo>) -> ProcessFacts {
+        ProcessFacts {
+            name: p.map(|p| p.image_file_name.clone()).unwrap_or_default(),
+            command_line: p.map(|p| p.command_line.clone()).unwrap_or_default(),
+            user_sid: p.map(|p| p.user_sid.clone()).unwrap_or_default(),
+            parent_pid: p.map(|p| p.parent_id),
+            wow64: p.is_some_and(|p| p.wow64),
+        }
+    }
+
+    fn same_as(&self, p: Option<&ProcessInfo>) -> bool {
+        match p {
+            None => self.name.is_empty() && self.parent_pid.is_none(),
+            Some(p) => {
+                self.parent_pid == Some(p.parent_id)
+                    && self.wow64 == p.wow64
+                    && self.name == p.image_file_name
+                    && self.command_line == p.command_line
+                    && self.user_sid == p.user_sid
+            }
+        }
+    }
+}
+
+/// A settled alert whose evidence was dropped (see
+/// [`ReportConfig::evidence_budget`]).
+#[derive(Debug)]
+struct Missing {
+    key: PendingKey,
+    alert_key: AlertKey,
+    count: u64,
+    first: u64,
+    last: u64,
+    stub_service_address: Option<String>,
+}
+
+/// Which groups' evidence a recovery pass must find
+/// ([`Report::evidence_request`]).
+#[derive(Debug, Clone, Default)]
+pub struct EvidenceRequest(HashSet<PendingKey>);
+
+impl EvidenceRequest {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Evidence found by a recovery pass, rendered ([`Report::take_recovered`]).
+#[derive(Debug, Default)]
+pub struct RecoveredEvidence(HashMap<PendingKey, Alert>);
 
 /// An aggregated alert.
 #[derive(Debug, Clone, Serialize)]
@@ -228,7 +318,22 @@ pub struct Report {
     alert_order: Vec<AlertKey>,
     pending: HashMap<PendingKey, u32, FxBuildHasher>,
     groups: Vec<PendingGroup>,
-    evidence: Vec<Evidence>,
+    /// By group creation; `None`: dropped to stay within the budget (or,
+    /// in a recovery pass, not wanted).
+    evidence: Vec<Option<Box<Evidence>>>,
+    /// Process facts of the evidence, and the latest by pid.
+    processes: Vec<ProcessFacts>,
+    process_ids: HashMap<Option<u32>, u32, FxBuildHasher>,
+    evidence_bytes: usize,
+    /// Next evidence to drop when over budget (oldest first).
+    evict_next: usize,
+    evidence_dropped: u64,
+    /// Recovery pass: only these groups keep evidence.
+    wanted: Option<HashSet<PendingKey>>,
+    settled: bool,
+    /// Alerts settled without their evidence (dropped), until
+    /// [`Report::fill_evidence`].
+    missing: Vec<Missing>,
     /// Module names of the evidence frames, interned by the address of
     /// their shared string (kept alive here, so an address is never reused).
     names: Vec<Arc<str>>,
@@ -265,6 +370,14 @@ impl Report {
             pending: HashMap::default(),
             groups: Vec::new(),
             evidence: Vec::new(),
+            processes: Vec::new(),
+            process_ids: HashMap::default(),
+            evidence_bytes: 0,
+            evict_next: 0,
+            evidence_dropped: 0,
+            wanted: None,
+            settled: false,
+            missing: Vec::new(),
             names: Vec::new(),
             name_ids: HashMap::default(),
             checks_settled_early: 0,
@@ -388,9 +501,9 @@ impl Report {
         let Some(m) = r.module_of(addr) else {
             return FrameRef {
                 addr,
+                offset: 0,
                 module: u32::MAX,
-                base: 0,
-                system_dll: None,
+                system_dll: u32::MAX,
             };
         };
         let key = Arc::as_ptr(&m.name) as *const u8 as usize;
@@ -405,16 +518,25 @@ impl Report {
         };
         FrameRef {
             addr,
+            offset: addr.wrapping_sub(m.base),
             module,
-            base: m.base,
-            system_dll: m.system_dll,
+            system_dll: m
+                .system_dll
+                .and_then(|i| u32::try_from(i).ok())
+                .unwrap_or(u32::MAX),
         }
     }
 
     /// What [`Resolver::describe`] said when the frame was seen.
     fn render(&self, f: &FrameRef, system_dlls: Option<&SystemDlls>) -> String {
         match self.names.get(f.module as usize) {
-            Some(name) => describe_in(name, f.base, f.system_dll, system_dlls, f.addr),
+            Some(name) => describe_in(
+                name,
+                f.addr.wrapping_sub(f.offset),
+                (f.system_dll != u32::MAX).then_some(f.system_dll as usize),
+                system_dlls,
+                f.addr,
+            ),
             None => {
                 let mut s = String::with_capacity(18);
                 push_hex(&mut s, f.addr);
@@ -431,7 +553,6 @@ impl Report {
     /// [`Report::new_alert`]'s evidence, unformatted.
     fn new_evidence(&mut self, v: &SyscallVerdict<'_>) -> Evidence {
         let r = v.resolver;
-        let p = v.process;
         let stack = v
             .stack
             .iter()
@@ -447,34 +568,21 @@ impl Report {
                 .find(v.service_address)
                 .map(|_| self.frame_ref(&r, v.service_address)),
         };
+        let process = match self.process_ids.get(&v.pid) {
+            Some(&i) if self.processes[i as usize].same_as(v.process) => i,
+            _ => {
+                let i = self.processes.len() as u32;
+                self.processes.push(ProcessFacts::of(v.process));
+                self.process_ids.insert(v.pid, i);
+                i
+            }
+        };
         Evidence {
-            alert: Alert {
-                verdict: v.verdict.as_str(),
-                reason: v.reason.map(Reason::as_str),
-                pid: v.pid,
-                process: p.map(|p| p.image_file_name.clone()).unwrap_or_default(),
-                command_line: p.map(|p| p.command_line.clone()).unwrap_or_default(),
-                user_sid: p.map(|p| p.user_sid.clone()).unwrap_or_default(),
-                parent_pid: p.map(|p| p.parent_id),
-                wow64: p.is_some_and(|p| p.wow64),
-                tid: v.tid,
-                call_site: String::new(),
-                module: None,
-                caller: None,
-                caller_module: None,
-                service_address: String::new(),
-                service: v.outcome.service_name.map(|s| s.to_string()),
-                stub: v.outcome.stub_name.map(|s| s.to_string()),
-                stub_service_address: None,
-                count: 0,
-                first_timestamp: v.timestamp,
-                last_timestamp: v.timestamp,
-                first_seen: None,
-                last_seen: None,
-                stack: Vec::new(),
-                technique: technique(v.verdict, v.reason),
-                seq: self.reported,
-            },
+            process,
+            tid: v.tid,
+            seq: self.reported,
+            service_name: v.outcome.service_name.cloned(),
+            stub_name: v.outcome.stub_name.cloned(),
             call_site,
             caller,
             service,
@@ -483,25 +591,53 @@ impl Report {
     }
 
     /// The alert of settled evidence, as [`Report::new_alert`] would have
-    /// made it when the syscall was seen.
-    fn render_evidence(&self, e: Evidence, system_dlls: Option<&SystemDlls>) -> Alert {
-        let mut a = e.alert;
-        a.call_site = e
-            .call_site
-            .map(|f| self.render(&f, system_dlls))
-            .unwrap_or_default();
-        a.module = self.module_name(e.call_site.as_ref());
-        a.caller = e.caller.map(|f| self.render(&f, system_dlls));
-        a.caller_module = self.module_name(e.caller.as_ref());
-        if let Some(f) = &e.service {
-            a.service = Some(self.render(f, system_dlls));
+    /// made it when the syscall was seen; the caller sets what settling
+    /// decided (verdict, counts, times).
+    fn render_evidence(
+        &self,
+        e: &Evidence,
+        pid: Option<u32>,
+        service_address: u64,
+        system_dlls: Option<&SystemDlls>,
+    ) -> Alert {
+        let p = self.processes.get(e.process as usize);
+        Alert {
+            verdict: "",
+            reason: None,
+            pid,
+            process: p.map(|p| p.name.clone()).unwrap_or_default(),
+            command_line: p.map(|p| p.command_line.clone()).unwrap_or_default(),
+            user_sid: p.map(|p| p.user_sid.clone()).unwrap_or_default(),
+            parent_pid: p.and_then(|p| p.parent_pid),
+            wow64: p.is_some_and(|p| p.wow64),
+            tid: e.tid,
+            call_site: e
+                .call_site
+                .map(|f| self.render(&f, system_dlls))
+                .unwrap_or_default(),
+            module: self.module_name(e.call_site.as_ref()),
+            caller: e.caller.map(|f| self.render(&f, system_dlls)),
+            caller_module: self.module_name(e.caller.as_ref()),
+            service_address: format!("{service_address:#x}"),
+            service: match &e.service {
+                Some(f) => Some(self.render(f, system_dlls)),
+                None => e.service_name.as_ref().map(|s| s.to_string()),
+            },
+            stub: e.stub_name.as_ref().map(|s| s.to_string()),
+            stub_service_address: None,
+            count: 0,
+            first_timestamp: 0,
+            last_timestamp: 0,
+            first_seen: None,
+            last_seen: None,
+            stack: e
+                .stack
+                .iter()
+                .map(|f| self.render(f, system_dlls))
+                .collect(),
+            technique: "",
+            seq: e.seq,
         }
-        a.stack = e
-            .stack
-            .iter()
-            .map(|f| self.render(f, system_dlls))
-            .collect();
-        a
     }
 
     fn alert_value(&self, a: &Alert, header: Option<&LogfileHeader>) -> Value {
@@ -620,8 +756,15 @@ impl Report {
             last: v.timestamp,
             evidence: self.evidence.len() as u32,
         };
-        let evidence = self.new_evidence(v);
+        let evidence = match &self.wanted {
+            Some(w) => w.contains(&key).then(|| Box::new(self.new_evidence(v))),
+            None => Some(Box::new(self.new_evidence(v))),
+        };
+        if let Some(e) = &evidence {
+            self.evidence_bytes += e.bytes();
+        }
         self.evidence.push(evidence);
+        self.keep_within_budget();
         match self.sites.get_mut(&(row_key, key.call_site)) {
             Some(site) if site.own.is_none() => site.own = Some(g),
             _ => {
@@ -634,16 +777,103 @@ impl Report {
     /// Settles the open rule-5 groups with the final service table: their
     /// counts go to the process rows, their alerts join the others (the
     /// evidence of whichever syscall came first).
-    fn settle(&mut self, services: &ServiceTable, system_dlls: Option<&SystemDlls>) {
+    fn keep_within_budget(&mut self) {
+        if self.wanted.is_some() {
+            return;
+        }
+        let budget = match self.cfg.evidence_budget {
+            0 => DEFAULT_EVIDENCE_BUDGET,
+            b => b,
+        };
+        while self.evidence_bytes > budget && self.evict_next < self.evidence.len() {
+            if let Some(e) = self.evidence[self.evict_next].take() {
+                self.evidence_bytes -= e.bytes();
+                self.evidence_dropped += 1;
+            }
+            self.evict_next += 1;
+        }
+    }
+
+    /// Settles the open rule-5 groups (once; [`Report::finish`] does it if
+    /// not done). Call after [`Engine::finish`]. Then, if
+    /// [`Report::evidence_request`] is not empty, run a recovery pass.
+    pub fn settle(&mut self, engine: &Engine) {
+        if !self.settled {
+            self.settled = true;
+            self.settle_with(engine.services(), engine.system_dlls());
+        }
+    }
+
+    /// The groups that settled as alerts without their evidence (dropped
+    /// to stay within [`ReportConfig::evidence_budget`]).
+    pub fn evidence_request(&self) -> EvidenceRequest {
+        EvidenceRequest(self.missing.iter().map(|m| m.key).collect())
+    }
+
+    /// Evidence dropped to stay within the budget (groups).
+    pub fn evidence_dropped(&self) -> u64 {
+        self.evidence_dropped
+    }
+
+    /// A report for a recovery pass over the same input with the same
+    /// engine settings and filter: it keeps the evidence of the requested
+    /// groups only (the groups come out the same: the pass is deterministic).
+    pub fn recovery(cfg: ReportConfig, request: EvidenceRequest) -> Report {
+        let mut r = Report::new(cfg, Box::new(io::sink()));
+        r.wanted = Some(request.0);
+        r
+    }
+
+    /// The evidence a recovery pass found, rendered (after its
+    /// [`Engine::finish`]).
+    pub fn take_recovered(&mut self, engine: &Engine) -> RecoveredEvidence {
+        let sys = engine.system_dlls();
+        let mut out = HashMap::default();
+        let mut groups = std::mem::take(&mut self.groups);
+        groups.extend(self.sites.values_mut().filter_map(|s| s.own.take()));
+        for g in groups {
+            if let Some(e) = self
+                .evidence
+                .get_mut(g.evidence as usize)
+                .and_then(Option::take)
+            {
+                let a = self.render_evidence(&e, g.key.pid, g.key.service_address, sys);
+                out.insert(g.key, a);
+            }
+        }
+        RecoveredEvidence(out)
+    }
+
+    /// Completes the alerts whose evidence was dropped; returns how many
+    /// are still without it (none when the recovery pass saw the same input).
+    pub fn fill_evidence(&mut self, mut r: RecoveredEvidence) -> usize {
+        let mut lost = 0;
+        for m in std::mem::take(&mut self.missing) {
+            let Some(mut a) = r.0.remove(&m.key) else {
+                lost += 1;
+                continue;
+            };
+            let (verdict, reason) = (m.alert_key.verdict, m.alert_key.reason);
+            a.verdict = verdict.as_str();
+            a.reason = reason.map(Reason::as_str);
+            a.technique = technique(verdict, reason);
+            a.stub_service_address = m.stub_service_address;
+            a.count = m.count;
+            a.first_timestamp = m.first;
+            a.last_timestamp = m.last;
+            self.merge_alert(m.alert_key, a);
+        }
+        lost
+    }
+
+    fn settle_with(&mut self, services: &ServiceTable, system_dlls: Option<&SystemDlls>) {
         self.pending.clear();
         let mut groups = std::mem::take(&mut self.groups);
         groups.extend(self.sites.values_mut().filter_map(|s| s.own.take()));
         // In creation (= emission) order.
         groups.sort_unstable_by_key(|g| g.evidence);
-        let mut evidence: Vec<Option<Evidence>> = std::mem::take(&mut self.evidence)
-            .into_iter()
-            .map(Some)
-            .collect();
+        let mut evidence = std::mem::take(&mut self.evidence);
+        self.evidence_bytes = 0;
         for g in groups {
             let k = g.key;
             let s = k.check.settle(
@@ -668,17 +898,25 @@ impl Report {
                 verdict: s.verdict,
                 reason: s.reason,
             };
+            let stub_service_address = services
+                .service_of(k.check.kind, k.check.offset)
+                .map(|x| format!("{x:#x}"));
             let Some(e) = evidence.get_mut(g.evidence as usize).and_then(Option::take) else {
+                self.missing.push(Missing {
+                    key: k,
+                    alert_key: key,
+                    count: g.count,
+                    first: g.first,
+                    last: g.last,
+                    stub_service_address,
+                });
                 continue;
             };
-            let mut a = self.render_evidence(e, system_dlls);
-            a.service_address = format!("{:#x}", k.service_address);
+            let mut a = self.render_evidence(&e, k.pid, k.service_address, system_dlls);
             a.verdict = s.verdict.as_str();
             a.reason = s.reason.map(Reason::as_str);
             a.technique = technique(s.verdict, s.reason);
-            a.stub_service_address = services
-                .service_of(k.check.kind, k.check.offset)
-                .map(|x| format!("{x:#x}"));
+            a.stub_service_address = stub_service_address;
             a.count = g.count;
             a.first_timestamp = g.first;
             a.last_timestamp = g.last;
@@ -809,7 +1047,7 @@ impl Report {
     /// End of input: writes the alerts, flushes.
     pub fn finish(&mut self, engine: &Engine) -> io::Result<()> {
         self.clock = engine.clock().copied().or(self.clock);
-        self.settle(engine.services(), engine.system_dlls());
+        self.settle(engine);
         self.write_alerts(engine.header());
         self.flush()
     }

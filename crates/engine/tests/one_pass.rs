@@ -228,3 +228,68 @@ fn one_pass_equals_two_passes_with_system_dlls() {
         );
     }
 }
+
+/// Memory for the evidence of open groups is bounded: past the budget the
+/// oldest is dropped, and the alerts that need it get it from a recovery
+/// pass (as `analyze` runs it). Output equals two passes.
+#[test]
+fn dropped_evidence_is_recovered_exactly() {
+    let none = Allowlist::default();
+    for s in [Scenario::Mixed, Scenario::IndirectRandomized] {
+        let etl = trace(s, 11, 6000);
+        let two = run(&etl, Learning::Fixed, &none);
+        let file = EtlFile::from_bytes(etl.clone()).unwrap();
+        let cfg = ReportConfig {
+            evidence_budget: 4096,
+            ..ReportConfig::default()
+        };
+        let mut engine = Engine::new(EngineConfig {
+            learning: Learning::Deferred,
+            ..EngineConfig::default()
+        });
+        let buf = Shared::default();
+        let mut report = Report::new(cfg.clone(), Box::new(buf.clone()));
+        let mut r = file.events(Order::Time);
+        while let Some(ev) = r.next_event() {
+            engine.process(&ev, &mut report);
+        }
+        let stats = engine.finish(&mut report);
+        report.settle(&engine);
+        assert!(
+            report.evidence_dropped() > 0,
+            "{}: nothing dropped",
+            s.name()
+        );
+        let request = report.evidence_request();
+        assert!(
+            !request.is_empty(),
+            "{}: no alert lost its evidence",
+            s.name()
+        );
+        eprintln!(
+            "{}: {} evidence dropped, {} alerts recovered",
+            s.name(),
+            report.evidence_dropped(),
+            request.len()
+        );
+        let mut again = Engine::new(EngineConfig {
+            learning: Learning::Deferred,
+            ..EngineConfig::default()
+        });
+        let mut recovery = Report::recovery(cfg, request);
+        let mut r = file.events(Order::Time);
+        while let Some(ev) = r.next_event() {
+            again.process(&ev, &mut recovery);
+        }
+        again.finish(&mut recovery);
+        assert_eq!(report.fill_evidence(recovery.take_recovered(&again)), 0);
+        report.finish(&engine).unwrap();
+        let one = Output {
+            alerts: String::from_utf8(buf.0.lock().unwrap().clone()).unwrap(),
+            summary: report.summary_table(),
+            stats,
+            hits: engine.allowlist().hits.clone(),
+        };
+        assert_same(s.name(), &one, &two);
+    }
+}

@@ -43,6 +43,11 @@ pub struct Args {
     /// Until this time: RFC 3339 or seconds from the trace start.
     #[arg(long)]
     pub until: Option<String>,
+    /// Memory for the first stacks of syscalls whose verdict waits for the
+    /// end of the file (MiB). Past it the oldest are dropped and, if any
+    /// turns out to be an alert, found again by a second pass.
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    pub evidence_budget: usize,
     #[command(flatten)]
     pub report: ReportArgs,
 }
@@ -168,6 +173,9 @@ fn analyze_file(
         services = learner.into_services();
     }
 
+    // For a recovery pass, if one is needed (see below).
+    let base_again = base.clone();
+    let allowlist_again = allowlist.clone();
     // Classify (and, in one pass, learn).
     let done = file.len() * (passes - 1);
     let mut engine = Engine::new(EngineConfig {
@@ -182,15 +190,14 @@ fn analyze_file(
     });
     engine.set_header(file.header().clone(), clock.sync_raw);
     engine.set_clock(clock);
-    let mut report = Report::new(
-        ReportConfig {
-            format,
-            per_syscall: args.report.per_syscall,
-            filter,
-            ..ReportConfig::default()
-        },
-        out,
-    );
+    let report_cfg = ReportConfig {
+        format,
+        per_syscall: args.report.per_syscall,
+        filter,
+        evidence_budget: args.evidence_budget.max(1).saturating_mul(1 << 20),
+        ..ReportConfig::default()
+    };
+    let mut report = Report::new(report_cfg.clone(), out);
     report.set_clock(Some(clock));
     let mut reader = file.events(Order::Time);
     n = 0;
@@ -203,6 +210,36 @@ fn analyze_file(
     }
     let diag = reader.into_diagnostics();
     let stats = engine.finish(&mut report);
+    report.settle(&engine);
+    let request = report.evidence_request();
+    let mut recovery_pass = false;
+    if !request.is_empty() {
+        // Alerts whose first stack was dropped to keep memory within the
+        // evidence budget: a second pass (deterministic, same settings)
+        // finds exactly those stacks again.
+        recovery_pass = true;
+        let mut again = Engine::new(EngineConfig {
+            learning: Learning::Deferred,
+            allowlist: allowlist_again,
+            ..base_again
+        });
+        again.set_header(file.header().clone(), clock.sync_raw);
+        again.set_clock(clock);
+        let mut recovery = Report::recovery(report_cfg, request);
+        recovery.set_clock(Some(clock));
+        let mut reader = file.events(Order::Time);
+        while let Some(ev) = reader.next_event() {
+            again.process(&ev, &mut recovery);
+        }
+        again.finish(&mut recovery);
+        let lost = report.fill_evidence(recovery.take_recovered(&again));
+        if lost > 0 {
+            eprintln!(
+                "syscall-sentry: warning: {}: the evidence of {lost} alerts could not be found again (the file changed?)",
+                path.display()
+            );
+        }
+    }
     report.finish(&engine).context("writing output")?;
     progress.done();
     let wall = started.elapsed().as_secs_f64();
@@ -213,7 +250,8 @@ fn analyze_file(
         v["alerts"] = serde_json::json!(alerts);
         v["wall_seconds"] = serde_json::json!(wall);
         v["reader_errors"] = serde_json::json!(diag.error_count);
-        v["passes"] = serde_json::json!(passes);
+        v["passes"] = serde_json::json!(passes + u64::from(recovery_pass));
+        v["evidence_dropped"] = serde_json::json!(report.evidence_dropped());
         v["service_checks_settled_early"] = serde_json::json!(report.checks_settled_early());
         writeln!(f, "{v}")?;
     }
@@ -428,6 +466,7 @@ mod tests {
             system_dlls: None,
             since: None,
             until: None,
+            evidence_budget: 64,
             stats_json: None,
             report: ReportArgs {
                 allowlist: None,
