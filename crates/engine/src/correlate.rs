@@ -673,12 +673,18 @@ impl Correlator {
         let kb = self.kernel_boundary;
         // Innermost first: kernel frames precede user frames, so a part
         // holds user frames exactly when its outermost frame is a user one.
-        let outermost = frames.len().checked_sub(1).and_then(|i| frames.get(i));
+        let outermost = frames.last();
         let part = if outermost.is_some_and(|a| a < kb) {
             StackPart::User
         } else {
             StackPart::Kernel
         };
+        if part == StackPart::User && !self.count_co_parents {
+            if let Some(slot) = self.lone_young_parent(ts) {
+                self.complete_at_once(slot, processor, pid, tid, frames);
+                return;
+            }
+        }
         let slot = self.stack_slot(ts, processor, pid, tid, part);
         let e = &mut self.entries[slot as usize];
         match part {
@@ -692,6 +698,58 @@ impl Correlator {
             }
         }
         self.check(slot);
+    }
+
+    /// The common case: the newest entry is a parent without a stack at
+    /// `ts` and no other entry is at `ts`. A stack part at `ts` then goes to
+    /// it whatever its processor and thread ([`Correlator::stack_slot`] would
+    /// pick it too).
+    #[inline]
+    fn lone_young_parent(&self, ts: u64) -> Option<u32> {
+        let (&(t, slot, _), older) = self.young.split_last()?;
+        if t != ts {
+            return None;
+        }
+        let e = &self.entries[slot as usize];
+        if e.parent.is_none() || e.has_thread {
+            return None;
+        }
+        if older.iter().any(|y| y.0 == ts) {
+            return None;
+        }
+        if ts <= self.index_max && !self.index.is_empty() {
+            return None;
+        }
+        Some(slot)
+    }
+
+    /// Gives the lone young parent `slot` a complete (user) stack and
+    /// finalises it: what `stack_slot`, `check` and `finalize` do for it.
+    #[inline]
+    fn complete_at_once(
+        &mut self,
+        slot: u32,
+        processor: u16,
+        pid: u32,
+        tid: u32,
+        frames: &Frames<'_>,
+    ) {
+        let e = &mut self.entries[slot as usize];
+        // No stack part yet: no fragments, no key references.
+        e.has_thread = true;
+        e.pid = pid;
+        e.tid = tid;
+        e.stack_processor = processor;
+        e.fragments = 1;
+        push_frames(&mut e.user, frames);
+        e.has_user = true;
+        e.live = false;
+        e.home = Home::Nowhere;
+        self.young.pop();
+        self.live -= 1;
+        self.stats.matched += 1;
+        self.stats.stack_events_matched += 1;
+        self.ready.push_back((slot, Finish::Complete));
     }
 
     /// A stack-key reference (opcodes 37/38).
