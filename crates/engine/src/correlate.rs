@@ -206,7 +206,9 @@ pub struct Correlator {
     /// Entries waiting for a stack key, per process: such a process must
     /// outlive its end event until they are resolved.
     waiting_pids: HashMap<u32, u32, FxBuildHasher>,
-    ready: VecDeque<(u32, Finish)>,
+    /// Finalised entries not yet popped: `ready[ready_head..]`, in order.
+    ready: Vec<(u32, Finish)>,
+    ready_head: usize,
     kernel_boundary: u64,
     scratch: Vec<u64>,
     next_generation: u32,
@@ -234,7 +236,8 @@ impl Correlator {
             waiting: HashMap::default(),
             waiting_len: 0,
             waiting_pids: HashMap::default(),
-            ready: VecDeque::new(),
+            ready: Vec::new(),
+            ready_head: 0,
             kernel_boundary: 0xFFFF_8000_0000_0000,
             scratch: Vec::new(),
             next_generation: 0,
@@ -269,7 +272,13 @@ impl Correlator {
     /// The next finalised entry: read it with [`Correlator::entry`], then [`Correlator::release`] it.
     #[inline]
     pub fn pop_ready(&mut self) -> Option<(u32, Finish)> {
-        self.ready.pop_front()
+        let r = *self.ready.get(self.ready_head)?;
+        self.ready_head += 1;
+        if self.ready_head == self.ready.len() {
+            self.ready.clear();
+            self.ready_head = 0;
+        }
+        Some(r)
     }
 
     fn alloc(&mut self, ts: u64) -> u32 {
@@ -435,7 +444,7 @@ impl Correlator {
             }
             None => self.stats.stack_without_syscall += u64::from(e.fragments),
         }
-        self.ready.push_back((slot, why));
+        self.ready.push((slot, why));
     }
 
     /// Unlinks an indexed entry from its timestamp chain so later events do
@@ -749,7 +758,7 @@ impl Correlator {
         self.live -= 1;
         self.stats.matched += 1;
         self.stats.stack_events_matched += 1;
-        self.ready.push_back((slot, Finish::Complete));
+        self.ready.push((slot, Finish::Complete));
     }
 
     /// A stack-key reference (opcodes 37/38).
