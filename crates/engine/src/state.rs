@@ -102,8 +102,9 @@ pub struct ModuleMap {
     spans: Vec<(u64, u32)>,
     /// `bases`/`spans` mirror `by_base` (the map is not too big for them).
     sorted: bool,
-    /// (start, end, slot) of recent hits, most recent first; `end == 0`: empty.
-    hot: Cell<[(u64, u64, u32); 2]>,
+    /// (start, length, slot) of the last two hits, most recent first
+    /// (length 0: empty).
+    hot: [Cell<(u64, u64, u32)>; 2],
 }
 
 /// Maps with more modules than this are searched in the tree: inserting
@@ -115,16 +116,18 @@ impl ModuleMap {
     /// at or below `addr`, if it extends over `addr`.
     #[inline]
     pub fn find(&self, addr: u64) -> Option<&Module> {
-        let hot = self.hot.get();
-        for (start, end, slot) in hot {
-            if addr >= start && addr < end {
-                return self.modules.get(slot as usize);
-            }
+        let (start, len, slot) = self.hot[0].get();
+        if addr.wrapping_sub(start) < len {
+            return self.modules.get(slot as usize);
         }
-        self.find_slow(addr, hot)
+        let (start, len, slot) = self.hot[1].get();
+        if addr.wrapping_sub(start) < len {
+            return self.modules.get(slot as usize);
+        }
+        self.find_slow(addr)
     }
 
-    fn find_slow(&self, addr: u64, hot: [(u64, u64, u32); 2]) -> Option<&Module> {
+    fn find_slow(&self, addr: u64) -> Option<&Module> {
         let (base, slot, next) = if self.sorted {
             let i = self.bases.partition_point(|&b| b <= addr);
             let j = i.checked_sub(1)?;
@@ -149,13 +152,14 @@ impl ModuleMap {
         };
         let m = self.modules.get(slot as usize)?;
         let end = base.saturating_add(m.size).min(next);
-        self.hot.set([(base, end, slot), hot[0]]);
+        self.hot[1].set(self.hot[0].get());
+        self.hot[0].set((base, end - base, slot));
         Some(m)
     }
 
     /// Adds (or replaces) the module at `m.base`.
     pub fn insert(&mut self, m: Module) {
-        self.hot = Cell::default();
+        self.hot = Default::default();
         if let Some(&slot) = self.by_base.get(&m.base) {
             if self.sorted {
                 if let Ok(i) = self.bases.binary_search(&m.base) {
@@ -190,7 +194,7 @@ impl ModuleMap {
     }
 
     pub fn remove(&mut self, base: u64) -> Option<Module> {
-        self.hot = Cell::default();
+        self.hot = Default::default();
         let slot = self.by_base.remove(&base)?;
         self.free.push(slot);
         if self.sorted {
