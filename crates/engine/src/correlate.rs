@@ -281,6 +281,7 @@ impl Correlator {
         Some(r)
     }
 
+    #[inline(always)]
     fn alloc(&mut self, ts: u64) -> u32 {
         self.next_generation = self.next_generation.wrapping_add(1);
         let generation = self.next_generation;

@@ -41,16 +41,31 @@ impl ModuleKind {
     /// Classifies an NT path (case-insensitive), e.g.
     /// `\Device\HarddiskVolume3\Windows\System32\ntdll.dll`.
     pub fn from_path(path: &str) -> ModuleKind {
-        let lower = path.to_ascii_lowercase();
-        let lower = lower.replace('/', "\\");
-        let in_dir = |dir: &str, file: &str| {
-            lower.ends_with(&format!("\\{dir}\\{file}")) || lower == format!("{dir}\\{file}")
+        let p = path.as_bytes();
+        // `path` ends with `\<dir>\<file>` or is `<dir>\<file>`, compared
+        // case-insensitively with `/` read as `\` (no allocation).
+        let in_dir = |dir_file: &[u8]| {
+            let same = |tail: &[u8], want: &[u8]| {
+                tail.len() == want.len()
+                    && tail.iter().zip(want).all(|(&a, &b)| {
+                        let a = if a == b'/' {
+                            b'\\'
+                        } else {
+                            a.to_ascii_lowercase()
+                        };
+                        a == b
+                    })
+            };
+            let n = dir_file.len();
+            let sep = |b: u8| b == b'\\' || b == b'/';
+            (p.len() > n && sep(p[p.len() - n - 1]) && same(&p[p.len() - n..], dir_file))
+                || same(p, dir_file)
         };
-        if in_dir("system32", "ntdll.dll") {
+        if in_dir(b"system32\\ntdll.dll") {
             ModuleKind::Ntdll
-        } else if in_dir("system32", "win32u.dll") {
+        } else if in_dir(b"system32\\win32u.dll") {
             ModuleKind::Win32u
-        } else if in_dir("syswow64", "ntdll.dll") {
+        } else if in_dir(b"syswow64\\ntdll.dll") {
             ModuleKind::NtdllWow64
         } else {
             ModuleKind::Other
@@ -502,6 +517,69 @@ mod tests {
         assert_eq!(k(r"C:\Windows\SysWOW64\win32u.dll"), Other);
         assert_eq!(k(r"C:\Users\x\ntdll.dll"), Other);
         assert_eq!(k(r"C:\Windows\System32\kernel32.dll"), Other);
+    }
+
+    /// The allocation-free path test equals the lowercase-and-compare one.
+    #[test]
+    fn module_kinds_equal_the_lowercased_comparison() {
+        fn reference(path: &str) -> ModuleKind {
+            let lower = path.to_ascii_lowercase().replace('/', "\\");
+            let in_dir = |dir: &str, file: &str| {
+                lower.ends_with(&format!("\\{dir}\\{file}")) || lower == format!("{dir}\\{file}")
+            };
+            if in_dir("system32", "ntdll.dll") {
+                ModuleKind::Ntdll
+            } else if in_dir("system32", "win32u.dll") {
+                ModuleKind::Win32u
+            } else if in_dir("syswow64", "ntdll.dll") {
+                ModuleKind::NtdllWow64
+            } else {
+                ModuleKind::Other
+            }
+        }
+        let heads = [
+            "",
+            "\\",
+            "/",
+            "C:",
+            "\\Device\\HarddiskVolume3\\Windows",
+            "é",
+            "x",
+        ];
+        let dirs = [
+            "system32",
+            "SysWOW64",
+            "SYSTEM32",
+            "system3",
+            "ystem32",
+            "Système32",
+            "",
+        ];
+        let seps = ["\\", "/", "", "\\\\"];
+        let files = [
+            "ntdll.dll",
+            "NTDLL.DLL",
+            "win32u.dll",
+            "Win32U.dll",
+            "tdll.dll",
+            "ntdll.dl",
+            "",
+        ];
+        let mut n = 0;
+        for h in heads {
+            for s1 in seps {
+                for d in dirs {
+                    for s2 in seps {
+                        for f in files {
+                            let p = format!("{h}{s1}{d}{s2}{f}");
+                            assert_eq!(ModuleKind::from_path(&p), reference(&p), "{p}");
+                            n += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert!(n > 1000);
     }
 
     #[test]
