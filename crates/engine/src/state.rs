@@ -4,7 +4,7 @@
 //! [Thread_TypeGroup1](https://learn.microsoft.com/windows/win32/etw/thread-typegroup1),
 //! [Image_Load](https://learn.microsoft.com/windows/win32/etw/image-load).
 //! Module lookups are a binary search over the sorted image bases (a
-//! `BTreeMap` for huge maps), after a check of the last two hits.
+//! `BTreeMap` for huge maps), after a check of the last four hits.
 //! Ended processes are kept until the correlation window has passed (a
 //! syscall still pending may belong to them), then dropped: memory follows
 //! the live process set, not the trace length.
@@ -97,7 +97,7 @@ impl Module {
 
 /// The modules of one address space.
 ///
-/// Lookups first try the ranges of the last two hits: a stack's return
+/// Lookups first try the ranges of the last four hits: a stack's return
 /// addresses fall in a few modules (the stub DLL, its caller), so most
 /// lookups skip the search. A cached range ends at the module's end or at
 /// the next module's base, whichever comes first, so a hit gives exactly
@@ -117,9 +117,9 @@ pub struct ModuleMap {
     spans: Vec<(u64, u32)>,
     /// `bases`/`spans` mirror `by_base` (the map is not too big for them).
     sorted: bool,
-    /// (start, length, slot) of the last two hits, most recent first
+    /// (start, length, slot) of the last four hits, most recent first
     /// (length 0: empty).
-    hot: [Cell<(u64, u64, u32)>; 2],
+    hot: [Cell<(u64, u64, u32)>; 4],
 }
 
 /// Maps with more modules than this are searched in the tree: inserting
@@ -135,9 +135,11 @@ impl ModuleMap {
         if addr.wrapping_sub(start) < len {
             return self.modules.get(slot as usize);
         }
-        let (start, len, slot) = self.hot[1].get();
-        if addr.wrapping_sub(start) < len {
-            return self.modules.get(slot as usize);
+        for h in &self.hot[1..] {
+            let (start, len, slot) = h.get();
+            if addr.wrapping_sub(start) < len {
+                return self.modules.get(slot as usize);
+            }
         }
         self.find_slow(addr)
     }
@@ -167,6 +169,8 @@ impl ModuleMap {
         };
         let m = self.modules.get(slot as usize)?;
         let end = base.saturating_add(m.size).min(next);
+        self.hot[3].set(self.hot[2].get());
+        self.hot[2].set(self.hot[1].get());
         self.hot[1].set(self.hot[0].get());
         self.hot[0].set((base, end - base, slot));
         Some(m)
