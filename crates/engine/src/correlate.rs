@@ -206,7 +206,9 @@ pub struct Correlator {
     /// Entries waiting for a stack key, per process: such a process must
     /// outlive its end event until they are resolved.
     waiting_pids: HashMap<u32, u32, FxBuildHasher>,
-    ready: VecDeque<(u32, Finish)>,
+    /// Finalised entries not yet popped: `ready[ready_head..]`, in order.
+    ready: Vec<(u32, Finish)>,
+    ready_head: usize,
     kernel_boundary: u64,
     scratch: Vec<u64>,
     next_generation: u32,
@@ -234,7 +236,8 @@ impl Correlator {
             waiting: HashMap::default(),
             waiting_len: 0,
             waiting_pids: HashMap::default(),
-            ready: VecDeque::new(),
+            ready: Vec::new(),
+            ready_head: 0,
             kernel_boundary: 0xFFFF_8000_0000_0000,
             scratch: Vec::new(),
             next_generation: 0,
@@ -269,9 +272,16 @@ impl Correlator {
     /// The next finalised entry: read it with [`Correlator::entry`], then [`Correlator::release`] it.
     #[inline]
     pub fn pop_ready(&mut self) -> Option<(u32, Finish)> {
-        self.ready.pop_front()
+        let r = *self.ready.get(self.ready_head)?;
+        self.ready_head += 1;
+        if self.ready_head == self.ready.len() {
+            self.ready.clear();
+            self.ready_head = 0;
+        }
+        Some(r)
     }
 
+    #[inline(always)]
     fn alloc(&mut self, ts: u64) -> u32 {
         self.next_generation = self.next_generation.wrapping_add(1);
         let generation = self.next_generation;
@@ -435,7 +445,7 @@ impl Correlator {
             }
             None => self.stats.stack_without_syscall += u64::from(e.fragments),
         }
-        self.ready.push_back((slot, why));
+        self.ready.push((slot, why));
     }
 
     /// Unlinks an indexed entry from its timestamp chain so later events do
@@ -673,12 +683,18 @@ impl Correlator {
         let kb = self.kernel_boundary;
         // Innermost first: kernel frames precede user frames, so a part
         // holds user frames exactly when its outermost frame is a user one.
-        let outermost = frames.len().checked_sub(1).and_then(|i| frames.get(i));
+        let outermost = frames.last();
         let part = if outermost.is_some_and(|a| a < kb) {
             StackPart::User
         } else {
             StackPart::Kernel
         };
+        if part == StackPart::User && !self.count_co_parents {
+            if let Some(slot) = self.lone_young_parent(ts) {
+                self.complete_at_once(slot, processor, pid, tid, frames);
+                return;
+            }
+        }
         let slot = self.stack_slot(ts, processor, pid, tid, part);
         let e = &mut self.entries[slot as usize];
         match part {
@@ -692,6 +708,58 @@ impl Correlator {
             }
         }
         self.check(slot);
+    }
+
+    /// The common case: the newest entry is a parent without a stack at
+    /// `ts` and no other entry is at `ts`. A stack part at `ts` then goes to
+    /// it whatever its processor and thread ([`Correlator::stack_slot`] would
+    /// pick it too).
+    #[inline]
+    fn lone_young_parent(&self, ts: u64) -> Option<u32> {
+        let (&(t, slot, _), older) = self.young.split_last()?;
+        if t != ts {
+            return None;
+        }
+        let e = &self.entries[slot as usize];
+        if e.parent.is_none() || e.has_thread {
+            return None;
+        }
+        if older.iter().any(|y| y.0 == ts) {
+            return None;
+        }
+        if ts <= self.index_max && !self.index.is_empty() {
+            return None;
+        }
+        Some(slot)
+    }
+
+    /// Gives the lone young parent `slot` a complete (user) stack and
+    /// finalises it: what `stack_slot`, `check` and `finalize` do for it.
+    #[inline]
+    fn complete_at_once(
+        &mut self,
+        slot: u32,
+        processor: u16,
+        pid: u32,
+        tid: u32,
+        frames: &Frames<'_>,
+    ) {
+        let e = &mut self.entries[slot as usize];
+        // No stack part yet: no fragments, no key references.
+        e.has_thread = true;
+        e.pid = pid;
+        e.tid = tid;
+        e.stack_processor = processor;
+        e.fragments = 1;
+        push_frames(&mut e.user, frames);
+        e.has_user = true;
+        e.live = false;
+        e.home = Home::Nowhere;
+        self.young.pop();
+        self.live -= 1;
+        self.stats.matched += 1;
+        self.stats.stack_events_matched += 1;
+        self.ready.push((slot, Finish::Complete));
     }
 
     /// A stack-key reference (opcodes 37/38).

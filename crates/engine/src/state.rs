@@ -4,7 +4,7 @@
 //! [Thread_TypeGroup1](https://learn.microsoft.com/windows/win32/etw/thread-typegroup1),
 //! [Image_Load](https://learn.microsoft.com/windows/win32/etw/image-load).
 //! Module lookups are a binary search over the sorted image bases (a
-//! `BTreeMap` for huge maps), after a check of the last two hits.
+//! `BTreeMap` for huge maps), after a check of the last four hits.
 //! Ended processes are kept until the correlation window has passed (a
 //! syscall still pending may belong to them), then dropped: memory follows
 //! the live process set, not the trace length.
@@ -41,16 +41,31 @@ impl ModuleKind {
     /// Classifies an NT path (case-insensitive), e.g.
     /// `\Device\HarddiskVolume3\Windows\System32\ntdll.dll`.
     pub fn from_path(path: &str) -> ModuleKind {
-        let lower = path.to_ascii_lowercase();
-        let lower = lower.replace('/', "\\");
-        let in_dir = |dir: &str, file: &str| {
-            lower.ends_with(&format!("\\{dir}\\{file}")) || lower == format!("{dir}\\{file}")
+        let p = path.as_bytes();
+        // `path` ends with `\<dir>\<file>` or is `<dir>\<file>`, compared
+        // case-insensitively with `/` read as `\` (no allocation).
+        let in_dir = |dir_file: &[u8]| {
+            let same = |tail: &[u8], want: &[u8]| {
+                tail.len() == want.len()
+                    && tail.iter().zip(want).all(|(&a, &b)| {
+                        let a = if a == b'/' {
+                            b'\\'
+                        } else {
+                            a.to_ascii_lowercase()
+                        };
+                        a == b
+                    })
+            };
+            let n = dir_file.len();
+            let sep = |b: u8| b == b'\\' || b == b'/';
+            (p.len() > n && sep(p[p.len() - n - 1]) && same(&p[p.len() - n..], dir_file))
+                || same(p, dir_file)
         };
-        if in_dir("system32", "ntdll.dll") {
+        if in_dir(b"system32\\ntdll.dll") {
             ModuleKind::Ntdll
-        } else if in_dir("system32", "win32u.dll") {
+        } else if in_dir(b"system32\\win32u.dll") {
             ModuleKind::Win32u
-        } else if in_dir("syswow64", "ntdll.dll") {
+        } else if in_dir(b"syswow64\\ntdll.dll") {
             ModuleKind::NtdllWow64
         } else {
             ModuleKind::Other
@@ -82,7 +97,7 @@ impl Module {
 
 /// The modules of one address space.
 ///
-/// Lookups first try the ranges of the last two hits: a stack's return
+/// Lookups first try the ranges of the last four hits: a stack's return
 /// addresses fall in a few modules (the stub DLL, its caller), so most
 /// lookups skip the search. A cached range ends at the module's end or at
 /// the next module's base, whichever comes first, so a hit gives exactly
@@ -102,8 +117,9 @@ pub struct ModuleMap {
     spans: Vec<(u64, u32)>,
     /// `bases`/`spans` mirror `by_base` (the map is not too big for them).
     sorted: bool,
-    /// (start, end, slot) of recent hits, most recent first; `end == 0`: empty.
-    hot: Cell<[(u64, u64, u32); 2]>,
+    /// (start, length, slot) of the last four hits, most recent first
+    /// (length 0: empty).
+    hot: [Cell<(u64, u64, u32)>; 4],
 }
 
 /// Maps with more modules than this are searched in the tree: inserting
@@ -115,16 +131,20 @@ impl ModuleMap {
     /// at or below `addr`, if it extends over `addr`.
     #[inline]
     pub fn find(&self, addr: u64) -> Option<&Module> {
-        let hot = self.hot.get();
-        for (start, end, slot) in hot {
-            if addr >= start && addr < end {
+        let (start, len, slot) = self.hot[0].get();
+        if addr.wrapping_sub(start) < len {
+            return self.modules.get(slot as usize);
+        }
+        for h in &self.hot[1..] {
+            let (start, len, slot) = h.get();
+            if addr.wrapping_sub(start) < len {
                 return self.modules.get(slot as usize);
             }
         }
-        self.find_slow(addr, hot)
+        self.find_slow(addr)
     }
 
-    fn find_slow(&self, addr: u64, hot: [(u64, u64, u32); 2]) -> Option<&Module> {
+    fn find_slow(&self, addr: u64) -> Option<&Module> {
         let (base, slot, next) = if self.sorted {
             let i = self.bases.partition_point(|&b| b <= addr);
             let j = i.checked_sub(1)?;
@@ -149,13 +169,16 @@ impl ModuleMap {
         };
         let m = self.modules.get(slot as usize)?;
         let end = base.saturating_add(m.size).min(next);
-        self.hot.set([(base, end, slot), hot[0]]);
+        self.hot[3].set(self.hot[2].get());
+        self.hot[2].set(self.hot[1].get());
+        self.hot[1].set(self.hot[0].get());
+        self.hot[0].set((base, end - base, slot));
         Some(m)
     }
 
     /// Adds (or replaces) the module at `m.base`.
     pub fn insert(&mut self, m: Module) {
-        self.hot = Cell::default();
+        self.hot = Default::default();
         if let Some(&slot) = self.by_base.get(&m.base) {
             if self.sorted {
                 if let Ok(i) = self.bases.binary_search(&m.base) {
@@ -190,7 +213,7 @@ impl ModuleMap {
     }
 
     pub fn remove(&mut self, base: u64) -> Option<Module> {
-        self.hot = Cell::default();
+        self.hot = Default::default();
         let slot = self.by_base.remove(&base)?;
         self.free.push(slot);
         if self.sorted {
@@ -498,6 +521,69 @@ mod tests {
         assert_eq!(k(r"C:\Windows\SysWOW64\win32u.dll"), Other);
         assert_eq!(k(r"C:\Users\x\ntdll.dll"), Other);
         assert_eq!(k(r"C:\Windows\System32\kernel32.dll"), Other);
+    }
+
+    /// The allocation-free path test equals the lowercase-and-compare one.
+    #[test]
+    fn module_kinds_equal_the_lowercased_comparison() {
+        fn reference(path: &str) -> ModuleKind {
+            let lower = path.to_ascii_lowercase().replace('/', "\\");
+            let in_dir = |dir: &str, file: &str| {
+                lower.ends_with(&format!("\\{dir}\\{file}")) || lower == format!("{dir}\\{file}")
+            };
+            if in_dir("system32", "ntdll.dll") {
+                ModuleKind::Ntdll
+            } else if in_dir("system32", "win32u.dll") {
+                ModuleKind::Win32u
+            } else if in_dir("syswow64", "ntdll.dll") {
+                ModuleKind::NtdllWow64
+            } else {
+                ModuleKind::Other
+            }
+        }
+        let heads = [
+            "",
+            "\\",
+            "/",
+            "C:",
+            "\\Device\\HarddiskVolume3\\Windows",
+            "é",
+            "x",
+        ];
+        let dirs = [
+            "system32",
+            "SysWOW64",
+            "SYSTEM32",
+            "system3",
+            "ystem32",
+            "Système32",
+            "",
+        ];
+        let seps = ["\\", "/", "", "\\\\"];
+        let files = [
+            "ntdll.dll",
+            "NTDLL.DLL",
+            "win32u.dll",
+            "Win32U.dll",
+            "tdll.dll",
+            "ntdll.dl",
+            "",
+        ];
+        let mut n = 0;
+        for h in heads {
+            for s1 in seps {
+                for d in dirs {
+                    for s2 in seps {
+                        for f in files {
+                            let p = format!("{h}{s1}{d}{s2}{f}");
+                            assert_eq!(ModuleKind::from_path(&p), reference(&p), "{p}");
+                            n += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert!(n > 1000);
     }
 
     #[test]

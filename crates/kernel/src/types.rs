@@ -101,14 +101,27 @@ impl<'a> Frames<'a> {
         self.bytes
     }
 
+    #[inline]
     pub fn get(&self, i: usize) -> Option<u64> {
-        let ps = self.pointer_size as usize;
-        let b = self.bytes.get(i * ps..i * ps + ps)?;
-        Some(if ps == 4 {
-            u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        if self.pointer_size == 4 {
+            let b = self.bytes.get(i.checked_mul(4)?..)?.first_chunk::<4>()?;
+            Some(u64::from(u32::from_le_bytes(*b)))
         } else {
-            u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
-        })
+            let b = self.bytes.get(i.checked_mul(8)?..)?.first_chunk::<8>()?;
+            Some(u64::from_le_bytes(*b))
+        }
+    }
+
+    /// The outermost (last) frame.
+    #[inline]
+    pub fn last(&self) -> Option<u64> {
+        if self.pointer_size == 4 {
+            let b = self.bytes.last_chunk::<4>()?;
+            Some(u64::from(u32::from_le_bytes(*b)))
+        } else {
+            let b = self.bytes.last_chunk::<8>()?;
+            Some(u64::from_le_bytes(*b))
+        }
     }
 
     pub fn iter(&self) -> impl ExactSizeIterator<Item = u64> + 'a {
