@@ -269,6 +269,12 @@ impl Correlator {
         &self.entries[slot as usize]
     }
 
+    /// Whether [`Correlator::pop_ready`] has something.
+    #[inline]
+    pub fn has_ready(&self) -> bool {
+        self.ready_head < self.ready.len()
+    }
+
     /// The next finalised entry: read it with [`Correlator::entry`], then [`Correlator::release`] it.
     #[inline]
     pub fn pop_ready(&mut self) -> Option<(u32, Finish)> {

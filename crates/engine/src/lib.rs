@@ -296,7 +296,7 @@ pub struct SyscallVerdict<'a> {
     pub suppressed: Option<(Verdict, Option<Reason>, usize)>,
     /// Kernel part then user part, innermost first (empty if no stack).
     pub stack: &'a [u64],
-    pub outcome: Outcome<'a>,
+    pub outcome: &'a Outcome<'a>,
     pub process: Option<&'a ProcessInfo>,
     pub finish: Finish,
     pub resolver: Resolver<'a>,
@@ -728,7 +728,16 @@ impl Engine {
     }
 
     /// Emits every finalised entry.
+    #[inline]
     pub fn drain(&mut self, sink: &mut dyn VerdictSink) {
+        // Most events finalise nothing: no call then.
+        if self.corr.has_ready() {
+            self.drain_ready(sink);
+        }
+    }
+
+    #[inline(never)]
+    fn drain_ready(&mut self, sink: &mut dyn VerdictSink) {
         while let Some((slot, finish)) = self.corr.pop_ready() {
             self.emit(slot, finish, sink);
             self.corr.release(slot);
@@ -899,7 +908,7 @@ impl Engine {
             reason,
             suppressed,
             stack: stack.unwrap_or(&[]),
-            outcome,
+            outcome: &outcome,
             process,
             finish,
             resolver,
