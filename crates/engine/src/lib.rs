@@ -435,7 +435,13 @@ pub struct EngineStats {
     /// [`Learning::Deferred`]: syscalls whose rule-5 decision waited for
     /// the end of the input (settled in `verdicts` by [`Engine::finish`]).
     pub service_checks_deferred: u64,
+    /// Syscalls decided as if their stub matched because the tallies were
+    /// full (only a hostile trace gets there).
+    pub service_checks_settled_early: u64,
 }
+
+/// Distinct (return site, routine, outcome) tallies kept at most.
+const MAX_TALLIES: usize = 1 << 20;
 
 /// [`Learning::Deferred`]: what was seen at each return site, by stub
 /// module kind and offset: the observations the service table is built
@@ -495,6 +501,7 @@ pub struct Engine {
     stats: EngineStats,
     parent_hooks: BTreeMap<ParentHook, u64>,
     tallies: SiteTallies,
+    tally_entries: usize,
     /// An always-empty table: classification consults it in
     /// [`Learning::Deferred`] mode, leaving rule 5 to the final one.
     no_services: ServiceTable,
@@ -524,6 +531,7 @@ impl Engine {
             stats: EngineStats::default(),
             parent_hooks: BTreeMap::new(),
             tallies: SiteTallies::default(),
+            tally_entries: 0,
             no_services: ServiceTable::new(),
         };
         e.update_window();
@@ -876,17 +884,31 @@ impl Engine {
         if let Some((kind, offset)) = observed {
             let open =
                 service_check.map(|c| (verdict, suppressed.map(|s| s.2), c.mismatch_suppressed));
+            let full = self.tally_entries >= MAX_TALLIES;
             let v = self.tallies.entry((kind, offset)).or_default();
             match v
                 .iter_mut()
                 .find(|t| t.address == address && t.open == open)
             {
                 Some(t) => t.count += 1,
-                None => v.push(Tally {
-                    address,
-                    open,
-                    count: 1,
-                }),
+                None if !full => {
+                    v.push(Tally {
+                        address,
+                        open,
+                        count: 1,
+                    });
+                    self.tally_entries += 1;
+                }
+                None => {
+                    // Hostile input (return sites x routines without end):
+                    // bounded memory first. Not learned, decided as if the
+                    // stub matched, and counted.
+                    service_check = None;
+                    self.stats.service_checks_settled_early += 1;
+                    if let Some((_, _, i)) = suppressed {
+                        self.allowlist.count(i, 1);
+                    }
+                }
             }
         }
         match service_check {

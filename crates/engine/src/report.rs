@@ -301,6 +301,8 @@ struct Site {
 }
 
 const MAX_SITES_PER_PROCESS: usize = 4096;
+/// Call sites kept over all rows; later ones count as `other_sites`.
+const MAX_SITES: usize = 1 << 20;
 /// Summary rows kept; later processes share one `(other)` row (pid 0xFFFFFFFF).
 const MAX_PROCESS_ROWS: usize = 100_000;
 const OTHER_ROW: u32 = u32::MAX;
@@ -695,7 +697,7 @@ impl Report {
             let s = &mut self.rows[row as usize];
             if let Some(site) = self.sites.get_mut(&(key, u)) {
                 site.count += 1;
-            } else if s.site_count < MAX_SITES_PER_PROCESS {
+            } else if s.site_count < MAX_SITES_PER_PROCESS && self.sites.len() < MAX_SITES {
                 s.site_count += 1;
                 self.sites.insert(
                     (key, u),
