@@ -1240,8 +1240,10 @@ mod tests {
     /// in file order, then repeatedly the head with the smallest (timestamp,
     /// buffer offset), ties within a buffer in record order.
     fn reference(file: &EtlFile) -> Vec<(u64, u64)> {
+        // (timestamp, buffer offset, record offset) of each event.
+        type Stream = Vec<(u64, u64, u64)>;
         let buffers = file.buffers();
-        let mut streams: BTreeMap<u16, Vec<(u64, u64, u64)>> = BTreeMap::new();
+        let mut streams: BTreeMap<u16, Stream> = BTreeMap::new();
         let mut r = file.events(Order::File);
         while let Some(ev) = r.next_event() {
             let buf = buffers
@@ -1255,8 +1257,7 @@ mod tests {
                 .or_default()
                 .push((ev.timestamp, buf, ev.offset));
         }
-        let mut heads: Vec<(usize, Vec<(u64, u64, u64)>)> =
-            streams.into_values().map(|s| (0, s)).collect();
+        let mut heads: Vec<(usize, Stream)> = streams.into_values().map(|s| (0, s)).collect();
         let mut out = Vec::new();
         loop {
             let best = heads
