@@ -641,11 +641,11 @@ struct Cursor {
     // The hot part: the loaded buffer and the events read ahead.
     data: Vec<u8>,
     len: usize,
-    /// Records read ahead; the current event is `batch[cur]` (when `has`).
+    /// Records read ahead: `batch[..n]` ([`BATCH`] long once used); the
+    /// current event is `batch[cur]`, if `cur < n`.
     batch: Vec<Entry>,
+    n: usize,
     cur: usize,
-    /// There is a current event.
-    has: bool,
     /// Where reading goes on after the batch.
     pos: usize,
     /// File offset of the loaded buffer (orders ties in time order).
@@ -669,8 +669,8 @@ impl Cursor {
             data: Vec::new(),
             len: 0,
             batch: Vec::new(),
+            n: 0,
             cur: 0,
-            has: false,
             pos: 0,
             buf_offset: 0,
             processor: 0,
@@ -715,6 +715,7 @@ impl Cursor {
         sh.held -= self.data.capacity();
         self.data = Vec::new();
         self.batch = Vec::new();
+        (self.n, self.cur) = (0, 0);
         false
     }
 
@@ -748,36 +749,46 @@ impl Cursor {
     /// `pos` is anything else (left to [`Cursor::fill`]).
     #[inline(never)]
     fn read_ahead(&mut self, sh: &mut Shared) -> bool {
-        self.batch.clear();
-        self.cur = 0;
+        if self.batch.len() < BATCH {
+            self.batch.resize(BATCH, Entry::NONE);
+        }
         let data = self.data.get(..self.len).unwrap_or(&[]);
         let mut pos = self.pos;
-        while self.batch.len() < BATCH {
+        let mut n = 0;
+        while let Some(slot) = self.batch.get_mut(n) {
             let Some(p) = data.get(pos..).and_then(record::parse_plain_head) else {
                 break;
             };
-            self.batch.push(Entry {
+            *slot = Entry {
                 head: p.head,
                 ids: p.ids,
                 timestamp: p.timestamp,
                 pos: pos as u32,
                 size: p.size,
-            });
+            };
+            n += 1;
             pos += (p.size as usize + 7) & !7;
         }
         self.pos = pos;
-        self.has = !self.batch.is_empty();
-        if self.has {
+        self.n = n;
+        self.cur = 0;
+        if n > 0 {
             sh.diag.records += 1;
         }
-        self.has
+        n > 0
+    }
+
+    /// There is a current event.
+    #[inline(always)]
+    fn has(&self) -> bool {
+        self.cur < self.n
     }
 
     /// Makes the next event at or after `pos` current, loading buffers as
     /// needed; none at the end of the stream.
     #[inline(never)]
     fn fill(&mut self, file: &EtlFile, sh: &mut Shared) {
-        if self.has || self.done {
+        if self.has() || self.done {
             return;
         }
         if !self.started && !self.load_next(file, sh) {
@@ -827,15 +838,16 @@ impl Cursor {
 
     /// Makes the event at `at` of declared `size` current.
     fn set_general(&mut self, at: usize, size: u32, m: &EventMeta) {
-        self.batch.clear();
-        self.batch.push(Entry {
+        if self.batch.len() < BATCH {
+            self.batch.resize(BATCH, Entry::NONE);
+        }
+        self.batch[0] = Entry {
             timestamp: m.timestamp,
             pos: at as u32,
             size,
             ..Entry::NONE
-        });
-        self.cur = 0;
-        self.has = true;
+        };
+        (self.n, self.cur) = (1, 0);
         self.general = General {
             id: m.id,
             header: m.header,
@@ -851,13 +863,12 @@ impl Cursor {
     /// Moves past the current event to the next one.
     #[inline(always)]
     fn advance(&mut self, file: &EtlFile, sh: &mut Shared) {
-        if self.has {
+        if self.has() {
             self.cur += 1;
-            if self.cur < self.batch.len() {
+            if self.cur < self.n {
                 sh.diag.records += 1;
                 return;
             }
-            self.has = false;
             if self.read_ahead(sh) {
                 return;
             }
@@ -874,10 +885,11 @@ impl Cursor {
     /// The merge key of the current event (see [`Merge`]).
     #[inline(always)]
     fn key(&self) -> u128 {
-        if self.has {
-            u128::from(self.entry().timestamp) << 64 | u128::from(self.buf_offset)
-        } else {
-            DONE
+        match self.batch.get(self.cur) {
+            Some(e) if self.cur < self.n => {
+                u128::from(e.timestamp) << 64 | u128::from(self.buf_offset)
+            }
+            _ => DONE,
         }
     }
 
@@ -1124,7 +1136,7 @@ impl<'f> EventReader<'f> {
                     *started = true;
                     cursor.fill(file, sh);
                 }
-                if !cursor.has {
+                if !cursor.has() {
                     return None;
                 }
                 cursor
@@ -1140,8 +1152,8 @@ impl<'f> EventReader<'f> {
                     }
                 }
                 let c = m.cursors.get(m.winner)?;
-                m.delivered = c.has;
-                if !c.has {
+                m.delivered = c.has();
+                if !c.has() {
                     return None;
                 }
                 c
