@@ -3,7 +3,7 @@
 //! Prints one JSON line per run (open and read timed separately) and the
 //! best and median read times.
 //!
-//! `cargo run --release -p sentry-etl --example readspeed -- FILE [time|file] [REPEAT]`
+//! `cargo run --release -p sentry-etl --example readspeed -- FILE [time|file] [REPEAT] [mem]`
 
 use std::time::Instant;
 
@@ -19,10 +19,17 @@ fn main() {
         _ => Order::Time,
     };
     let repeat: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(5);
+    // `mem`: read the file into memory first (no file reads while timing).
+    let mem = args.next().as_deref() == Some("mem");
+    let bytes = mem.then(|| std::fs::read(&path).expect("read"));
     let mut reads = Vec::new();
     for run in 0..repeat.max(1) {
         let t0 = Instant::now();
-        let file = EtlFile::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let file = match &bytes {
+            Some(b) => EtlFile::from_bytes(b.clone()),
+            None => EtlFile::open(&path),
+        }
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
         let open = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         let mut r = file.events(order);

@@ -57,15 +57,17 @@ impl fmt::Display for XpressError {
 
 impl std::error::Error for XpressError {}
 
-/// Decompresses `input` into `out` (cleared first), producing at most
-/// `max_out` bytes. On error `out` keeps what was produced before it.
+/// Decompresses `input` into `out` (replacing its contents), producing at
+/// most `max_out` bytes. On error `out` keeps what was produced before it.
 pub fn decompress(input: &[u8], out: &mut Vec<u8>, max_out: usize) -> Result<(), XpressError> {
     // The declared size is exact for real buffers: one allocation (the
     // caller has checked it against its memory budget), written in place,
     // then cut to what was produced.
-    out.clear();
-    out.resize(max_out, 0);
-    let (produced, result) = run(input, out);
+    // Old bytes are not zeroed first: `run` reads only what it wrote.
+    if out.len() < max_out {
+        out.resize(max_out, 0);
+    }
+    let (produced, result) = run(input, &mut out[..max_out]);
     out.truncate(produced);
     result
 }
@@ -91,10 +93,13 @@ fn run(input: &[u8], out: &mut [u8]) -> (usize, Result<(), XpressError>) {
 
     while ip < len {
         if count == 0 {
-            let Some(w) = input.get(ip..ip + 4) else {
+            let Some(w) = input
+                .get(ip..ip + 4)
+                .and_then(|w| <[u8; 4]>::try_from(w).ok())
+            else {
                 fail!(XpressError::Truncated { at: ip });
             };
-            bits = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+            bits = u32::from_le_bytes(w);
             ip += 4;
             count = 32;
         }
@@ -128,10 +133,13 @@ fn run(input: &[u8], out: &mut [u8]) -> (usize, Result<(), XpressError>) {
             break;
         }
         let at = ip;
-        let Some(w) = input.get(ip..ip + 2) else {
+        let Some(w) = input
+            .get(ip..ip + 2)
+            .and_then(|w| <[u8; 2]>::try_from(w).ok())
+        else {
             fail!(XpressError::Truncated { at });
         };
-        let word = u16::from_le_bytes([w[0], w[1]]) as usize;
+        let word = u16::from_le_bytes(w) as usize;
         ip += 2;
         let offset = (word >> 3) + 1;
         let mut length = word & 7;
@@ -187,9 +195,39 @@ fn run(input: &[u8], out: &mut [u8]) -> (usize, Result<(), XpressError>) {
             fail!(XpressError::TooLong { at, limit: max_out });
         }
         let start = op - offset;
-        if offset >= 16 && length <= 16 && op + 16 <= max_out {
-            // Most matches: one fixed-size copy from well behind.
-            out.copy_within(start..start + 16, op);
+        if op + length + 16 <= max_out {
+            // Room to write up to 15 bytes past the match: fixed-size
+            // copies, no call to `memmove`. Each copy reads only bytes
+            // already produced (the chunk is no longer than the offset).
+            if offset >= 16 {
+                out.copy_within(start..start + 16, op);
+                let mut k = 16;
+                while k < length {
+                    out.copy_within(start + k..start + k + 16, op + k);
+                    k += 16;
+                }
+            } else if offset >= 8 {
+                let mut k = 0;
+                while k < length {
+                    out.copy_within(start + k..start + k + 8, op + k);
+                    k += 8;
+                }
+            } else {
+                // A pattern shorter than 8 bytes: bytes one at a time up to
+                // a whole number of patterns of at least 8 bytes, then
+                // 8-byte copies from that far back.
+                const PERIOD: [usize; 8] = [8, 8, 8, 9, 8, 10, 12, 14];
+                let period = PERIOD[offset & 7];
+                let head = length.min(period);
+                for k in 0..head {
+                    out[op + k] = out[start + k];
+                }
+                let mut k = head;
+                while k < length {
+                    out.copy_within(op + k - period..op + k - period + 8, op + k);
+                    k += 8;
+                }
+            }
         } else if offset >= length {
             out.copy_within(start..start + length, op);
         } else {
