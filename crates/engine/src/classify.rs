@@ -147,6 +147,10 @@ impl ServiceTable {
     /// The learned service of a return site.
     #[inline]
     pub fn service_of(&self, kind: ModuleKind, offset: u64) -> Option<u64> {
+        if self.sites.is_empty() {
+            // No hashing for the empty table (deferred learning).
+            return None;
+        }
         self.sites.get(&(kind, offset)).map(|s| s.best)
     }
 

@@ -593,11 +593,18 @@ impl Correlator {
             }
             false
         });
-        let slot = if best == NONE { self.alloc(ts) } else { best };
-        let e = &mut self.entries[slot as usize];
+        if best == NONE {
+            // A new entry has no stack: it cannot be complete yet.
+            let slot = self.alloc(ts);
+            let e = &mut self.entries[slot as usize];
+            e.parent = Some(parent);
+            e.parent_processor = processor;
+            return;
+        }
+        let e = &mut self.entries[best as usize];
         e.parent = Some(parent);
         e.parent_processor = processor;
-        self.check(slot);
+        self.check(best);
     }
 
     /// Finds the entry a stack part of (ts, tid) on `processor` belongs to,

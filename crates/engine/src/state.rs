@@ -282,17 +282,34 @@ pub struct StateStats {
 }
 
 /// Processes, threads and module maps.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct State {
     processes: HashMap<u32, ProcessInfo, FxBuildHasher>,
     threads: HashMap<u32, u32, FxBuildHasher>,
     kernel: ModuleMap,
     /// (drop after raw timestamp, pid, generation)
     ended: VecDeque<(u64, u32, u32)>,
+    /// The first deadline in `ended` (`u64::MAX`: none), read per event.
+    deadline: u64,
     next_generation: u32,
     pub stats: StateStats,
     /// Matches images to `--system-dlls` (name, size, TimeDateStamp).
     system_dlls: Option<Arc<SystemDlls>>,
+}
+
+impl Default for State {
+    fn default() -> State {
+        State {
+            processes: HashMap::default(),
+            threads: HashMap::default(),
+            kernel: ModuleMap::default(),
+            ended: VecDeque::new(),
+            deadline: u64::MAX,
+            next_generation: 0,
+            stats: StateStats::default(),
+            system_dlls: None,
+        }
+    }
 }
 
 impl State {
@@ -365,6 +382,7 @@ impl State {
                     let g = info.generation;
                     self.ended
                         .push_back((ts.saturating_add(linger), p.process_id, g));
+                    self.deadline = self.ended.front().map_or(u64::MAX, |e| e.0);
                 }
             }
         }
@@ -443,7 +461,7 @@ impl State {
     /// When the next ended process is due to be dropped (`u64::MAX`: none).
     #[inline]
     pub fn next_deadline(&self) -> u64 {
-        self.ended.front().map_or(u64::MAX, |e| e.0)
+        self.deadline
     }
 
     /// Drops processes whose end is older than their linger time, unless
@@ -469,6 +487,7 @@ impl State {
                 self.stats.processes_dropped += 1;
             }
         }
+        self.deadline = self.ended.front().map_or(u64::MAX, |e| e.0);
         self.stats.live_processes = self.processes.len() as u64;
     }
 }
@@ -645,13 +664,21 @@ mod tests {
             package_full_name: String::new(),
             application_id: String::new(),
         };
+        assert_eq!(s.next_deadline(), u64::MAX);
         s.on_process(&p, 100, 50);
+        assert_eq!(s.next_deadline(), u64::MAX);
         p.op = Lifecycle::End;
         s.on_process(&p, 200, 50);
+        assert_eq!(s.next_deadline(), 250);
         s.expire(249, 50, |_| false);
         assert!(s.process(7).is_some());
-        s.expire(250, 50, |_| false);
+        assert_eq!(s.next_deadline(), 250);
+        s.expire(250, 50, |_| true);
+        assert!(s.process(7).is_some(), "kept for pending work");
+        assert_eq!(s.next_deadline(), 300);
+        s.expire(300, 50, |_| false);
         assert!(s.process(7).is_none());
+        assert_eq!(s.next_deadline(), u64::MAX);
         // Reuse: the old end must not drop the new process.
         p.op = Lifecycle::Start;
         s.on_process(&p, 300, 50);
