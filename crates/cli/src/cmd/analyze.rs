@@ -46,8 +46,8 @@ pub struct Args {
     /// Memory for the first stacks of syscalls whose verdict waits for the
     /// end of the file (MiB). Past it the oldest are dropped and, if any
     /// turns out to be an alert, found again by a second pass.
-    #[arg(long, value_name = "MIB", default_value_t = 64)]
-    pub evidence_budget: usize,
+    #[arg(long, value_name = "MIB", default_value_t = 64.0)]
+    pub evidence_budget: f64,
     #[command(flatten)]
     pub report: ReportArgs,
 }
@@ -194,7 +194,7 @@ fn analyze_file(
         format,
         per_syscall: args.report.per_syscall,
         filter,
-        evidence_budget: args.evidence_budget.max(1).saturating_mul(1 << 20),
+        evidence_budget: evidence_budget_bytes(args.evidence_budget),
         ..ReportConfig::default()
     };
     let mut report = Report::new(report_cfg.clone(), out);
@@ -305,6 +305,15 @@ fn analyze_file(
         w.flush()?;
     }
     Ok((report.into_output(), alerts))
+}
+
+/// `--evidence-budget` MiB in bytes (at least one).
+fn evidence_budget_bytes(mib: f64) -> usize {
+    if mib.is_finite() && mib > 0.0 {
+        ((mib * 1048576.0) as usize).max(1)
+    } else {
+        1
+    }
 }
 
 /// Why a trace cannot (fully) show direct or indirect syscalls, if it cannot.
@@ -466,7 +475,7 @@ mod tests {
             system_dlls: None,
             since: None,
             until: None,
-            evidence_budget: 64,
+            evidence_budget: 64.0,
             stats_json: None,
             report: ReportArgs {
                 allowlist: None,
@@ -531,6 +540,75 @@ mod tests {
                 ExitCode::SUCCESS
             };
             assert_eq!(code, want, "{}", s.name());
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The default one pass, and the same with an evidence budget so small
+    /// that a recovery pass must complete the alerts, write the same lines
+    /// as `--per-syscall`'s two passes imply: every alert key of the
+    /// per-syscall lines, with its count.
+    #[test]
+    fn one_pass_and_recovery_pass_agree_with_two_passes_through_files() {
+        use sentry_synth::{generate, Options, Scenario};
+        let dir = std::env::temp_dir().join(format!("sentry-onepass-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut o = Options::new(Scenario::Mixed);
+        o.seed = 9;
+        o.syscalls = 6000;
+        let etl = dir.join("mixed.etl");
+        generate(&o, File::create(&etl).unwrap(), None::<std::io::Sink>).unwrap();
+        let read_alerts = |p: &Path| -> Vec<(String, u64)> {
+            let mut v: Vec<(String, u64)> = std::fs::read_to_string(p)
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    let a: serde_json::Value = serde_json::from_str(l).unwrap();
+                    let key = format!(
+                        "{} {} {} {}",
+                        a["pid"], a["call_site"], a["verdict"], a["reason"]
+                    );
+                    (key, a["count"].as_u64().unwrap())
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        // Two passes, one line per syscall: count the alert keys.
+        let per = dir.join("per.jsonl");
+        run(args(vec![etl.clone()], per.clone())).unwrap();
+        let mut want = std::collections::BTreeMap::<String, u64>::new();
+        for l in std::fs::read_to_string(&per).unwrap().lines() {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let verdict = v["verdict"].as_str().unwrap();
+            if verdict == "direct" || verdict == "indirect" {
+                let key = format!(
+                    "{} {} {} {}",
+                    v["pid"], v["call_site"], v["verdict"], v["reason"]
+                );
+                *want.entry(key).or_insert(0) += 1;
+            }
+        }
+        let want: Vec<(String, u64)> = want.into_iter().collect();
+        assert!(!want.is_empty());
+        for budget in [64.0, 0.004] {
+            let out = dir.join(format!("one-{budget}.jsonl"));
+            let stats = dir.join(format!("stats-{budget}.json"));
+            let mut a = args(vec![etl.clone()], out.clone());
+            a.report.per_syscall = false;
+            a.evidence_budget = budget;
+            a.stats_json = Some(stats.clone());
+            assert_eq!(run(a).unwrap(), ExitCode::from(1));
+            assert_eq!(read_alerts(&out), want, "budget {budget} MiB");
+            let st: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap();
+            let passes = st["passes"].as_u64().unwrap();
+            if budget < 1.0 {
+                assert!(st["evidence_dropped"].as_u64().unwrap() > 0);
+                assert_eq!(passes, 2, "a recovery pass was needed");
+            } else {
+                assert_eq!(passes, 1);
+            }
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
