@@ -191,10 +191,12 @@ pub struct Correlator {
     /// Entries past the window that still wait for a stack-key definition
     /// (Windows logs a key's frames only when it leaves the cache).
     parked: VecDeque<(u32, u32)>,
-    /// (deadline, slot, generation) of the first live entry of the expiry
-    /// sequence when `expire` last stopped: while it is live, nothing
-    /// expires before its deadline.
-    expire_hint: Option<(u64, u32, u32)>,
+    /// The deadline and slot of the first live entry of the expiry sequence
+    /// when `expire` last stopped: until that entry is finalised (which
+    /// clears the hint), nothing expires at or before its deadline. 0: no
+    /// hint.
+    hint_deadline: u64,
+    hint_slot: u32,
     live: usize,
     window_ticks: u64,
     max_pending: usize,
@@ -226,7 +228,8 @@ impl Correlator {
             young: Vec::with_capacity(YOUNG as usize),
             order: VecDeque::new(),
             parked: VecDeque::new(),
-            expire_hint: None,
+            hint_deadline: 0,
+            hint_slot: NONE,
             live: 0,
             window_ticks,
             max_pending: max_pending.max(1),
@@ -248,7 +251,7 @@ impl Correlator {
 
     pub fn set_window_ticks(&mut self, t: u64) {
         self.window_ticks = t;
-        self.expire_hint = None;
+        self.clear_hint();
     }
 
     pub fn window_ticks(&self) -> u64 {
@@ -408,6 +411,9 @@ impl Correlator {
     }
 
     fn finalize(&mut self, slot: u32, why: Finish) {
+        if slot == self.hint_slot {
+            self.clear_hint();
+        }
         let e = &mut self.entries[slot as usize];
         e.live = false;
         let ts = e.ts;
@@ -506,20 +512,19 @@ impl Correlator {
     /// Finalises entries older than the window before `now`.
     #[inline]
     pub fn expire(&mut self, now: u64) {
-        if let Some((deadline, s, g)) = self.expire_hint {
-            if deadline >= now {
-                if let Some(e) = self.entries.get(s as usize) {
-                    if e.live && e.generation == g {
-                        return;
-                    }
-                }
-            }
+        if now > self.hint_deadline {
+            self.expire_slow(now);
         }
-        self.expire_slow(now);
+    }
+
+    #[inline]
+    fn clear_hint(&mut self) {
+        self.hint_deadline = 0;
+        self.hint_slot = NONE;
     }
 
     fn expire_slow(&mut self, now: u64) {
-        self.expire_hint = None;
+        self.clear_hint();
         loop {
             if let Some(&(s, g)) = self.order.front() {
                 let e = &self.entries[s as usize];
@@ -529,7 +534,7 @@ impl Correlator {
                 }
                 let deadline = e.ts.saturating_add(self.window_ticks);
                 if deadline >= now {
-                    self.expire_hint = Some((deadline, s, g));
+                    (self.hint_deadline, self.hint_slot) = (deadline, s);
                     return;
                 }
                 self.order.pop_front();
@@ -548,12 +553,12 @@ impl Correlator {
                 continue;
             }
             // Young entries never wait for stack keys.
-            let Some(&(ts, s, g)) = self.young.first() else {
+            let Some(&(ts, s, _)) = self.young.first() else {
                 return;
             };
             let deadline = ts.saturating_add(self.window_ticks);
             if deadline >= now {
-                self.expire_hint = Some((deadline, s, g));
+                (self.hint_deadline, self.hint_slot) = (deadline, s);
                 return;
             }
             self.young.remove(0);
@@ -567,7 +572,7 @@ impl Correlator {
         while self.finalize_oldest(Finish::Flushed) {}
         self.order.clear();
         self.parked.clear();
-        self.expire_hint = None;
+        self.clear_hint();
     }
 
     #[inline]
@@ -768,6 +773,9 @@ impl Correlator {
         e.has_user = true;
         e.live = false;
         e.home = Home::Nowhere;
+        if slot == self.hint_slot {
+            self.clear_hint();
+        }
         self.young.pop();
         self.live -= 1;
         self.stats.matched += 1;
