@@ -462,10 +462,16 @@ struct Tally {
 const MAX_ERROR_SAMPLES: usize = 32;
 
 /// PerfInfo SysCallExit (opcode 52).
-const SYS_CALL_EXIT: EventId = EventId::Kernel {
-    group: KernelClass::GROUP_PERFINFO,
-    opcode: 52,
-};
+#[inline]
+fn is_sys_call_exit(id: EventId) -> bool {
+    matches!(
+        id,
+        EventId::Kernel {
+            group: KernelClass::GROUP_PERFINFO,
+            opcode: 52
+        }
+    )
+}
 
 /// Events a [`Learning::Only`] pass does not decode: nothing it learns
 /// depends on them (threads only map tids to pids for reports). Their
@@ -672,7 +678,7 @@ impl Engine {
         }
         // SysCallExit carries no address and pairs with nothing: a third of
         // a syscall trace's events, not decoded (nor counted as decoded).
-        if ev.id == SYS_CALL_EXIT
+        if is_sys_call_exit(ev.id)
             || (self.learning == Learning::Only && skipped_when_learning(ev.id))
         {
             self.drain(sink);
