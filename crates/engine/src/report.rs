@@ -286,18 +286,66 @@ struct ProcSummary {
     other_sites: u64,
 }
 
-/// A call site `U` of a process row.
+/// A call site `U` of a process row, in one cache line: nearly every
+/// syscall touches one (sites are many, so their size decides the cache
+/// misses); the description is kept apart.
 #[derive(Debug)]
 struct Site {
     /// Its row (index into `Report::rows`).
     row: u32,
+    /// Index of its description in `Report::site_names`.
+    name: u32,
     count: u64,
-    description: String,
-    /// The first open rule-5 group of this site, kept in place: nearly
-    /// every deferred syscall finds its group in the entry that the one
-    /// lookup of its call site already brought in. Others are in
-    /// `Report::groups`.
-    own: Option<PendingGroup>,
+    /// The site's first open rule-5 group (index into `Report::groups`,
+    /// `u32::MAX`: none) has its counters here, and what tells it apart
+    /// from other groups of the site: nearly every deferred syscall is
+    /// counted without touching anything else.
+    own: u32,
+    own_disc: Disc,
+    own_count: u64,
+    own_first: u64,
+    own_last: u64,
+}
+
+/// A [`PendingKey`] without what its site already says (pid, row, call
+/// site), packed; `None` from [`Disc::of`] when a field does not fit (then
+/// the group is not kept in its site).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Disc {
+    service_address: u64,
+    offset: u32,
+    /// Allowlist entry + 1 (0: none) of the `stub_mismatch` alternative.
+    mismatch_suppressed: u16,
+    /// Allowlist entry + 1 (0: none) that suppressed the verdict.
+    suppressed: u16,
+    kind: u8,
+    verdict: u8,
+    reason: u8,
+    suppressed_verdict: u8,
+    suppressed_reason: u8,
+}
+
+impl Disc {
+    fn of(k: &PendingKey) -> Option<Disc> {
+        let entry = |i: Option<usize>| -> Option<u16> {
+            match i {
+                None => Some(0),
+                Some(i) => u16::try_from(i).ok()?.checked_add(1),
+            }
+        };
+        let reason = |r: Option<Reason>| r.map_or(u8::MAX, |r| r as u8);
+        Some(Disc {
+            service_address: k.service_address,
+            offset: u32::try_from(k.check.offset).ok()?,
+            mismatch_suppressed: entry(k.check.mismatch_suppressed)?,
+            suppressed: entry(k.suppressed.map(|s| s.2))?,
+            kind: k.check.kind as u8,
+            verdict: k.verdict as u8,
+            reason: reason(k.reason),
+            suppressed_verdict: k.suppressed.map_or(u8::MAX, |s| s.0 as u8),
+            suppressed_reason: k.suppressed.map_or(u8::MAX, |s| reason(s.1)),
+        })
+    }
 }
 
 const MAX_SITES_PER_PROCESS: usize = 4096;
@@ -347,7 +395,9 @@ pub struct Report {
     /// one lookup per syscall finds both its site and its row.
     rows: Vec<ProcSummary>,
     row_index: HashMap<Option<u32>, u32, FxBuildHasher>,
-    sites: HashMap<(Option<u32>, u64), Site, FxBuildHasher>,
+    sites: HashMap<(Option<u32>, u64), u32, FxBuildHasher>,
+    site_list: Vec<Site>,
+    site_names: Vec<String>,
     reported: u64,
     line: Vec<u8>,
     io_error: Option<io::Error>,
@@ -387,6 +437,8 @@ impl Report {
             rows: Vec::new(),
             row_index: HashMap::default(),
             sites: HashMap::default(),
+            site_list: Vec::new(),
+            site_names: Vec::new(),
             reported: 0,
             line: Vec::with_capacity(512),
             io_error: None,
@@ -662,7 +714,8 @@ impl Report {
     fn summarise(&mut self, v: &SyscallVerdict<'_>) -> (u32, Option<u32>) {
         let u = v.first_user_frame();
         // Fast path: a known call site of the process knows its row.
-        if let Some(site) = u.and_then(|u| self.sites.get_mut(&(v.pid, u))) {
+        if let Some(&i) = u.and_then(|u| self.sites.get(&(v.pid, u))) {
+            let site = &mut self.site_list[i as usize];
             site.count += 1;
             let row = site.row;
             count_in_row(&mut self.rows[row as usize], v);
@@ -695,19 +748,23 @@ impl Report {
         count_in_row(&mut self.rows[row as usize], v);
         if let Some(u) = u {
             let s = &mut self.rows[row as usize];
-            if let Some(site) = self.sites.get_mut(&(key, u)) {
-                site.count += 1;
+            if let Some(&i) = self.sites.get(&(key, u)) {
+                self.site_list[i as usize].count += 1;
             } else if s.site_count < MAX_SITES_PER_PROCESS && self.sites.len() < MAX_SITES {
                 s.site_count += 1;
-                self.sites.insert(
-                    (key, u),
-                    Site {
-                        row,
-                        count: 1,
-                        description: v.resolver.describe(u),
-                        own: None,
-                    },
-                );
+                let i = self.site_list.len() as u32;
+                self.site_names.push(v.resolver.describe(u));
+                self.site_list.push(Site {
+                    row,
+                    name: i,
+                    count: 1,
+                    own: u32::MAX,
+                    own_disc: Disc::default(),
+                    own_count: 0,
+                    own_first: 0,
+                    own_last: 0,
+                });
+                self.sites.insert((key, u), i);
             } else {
                 s.other_sites += 1;
             }
@@ -724,18 +781,30 @@ impl Report {
         (row, row_key): (u32, Option<u32>),
     ) {
         let key = pending_key(v, check, row);
-        let site = self.sites.get_mut(&(row_key, key.call_site));
-        let group = match site {
-            Some(Site { own: Some(g), .. }) if g.key == key => Some(g),
-            _ => match self.pending.get(&key) {
-                Some(&i) => self.groups.get_mut(i as usize),
-                None => None,
-            },
-        };
-        if let Some(g) = group {
-            g.count += 1;
-            g.first = g.first.min(v.timestamp);
-            g.last = g.last.max(v.timestamp);
+        let ts = v.timestamp;
+        // A site keeps its group only where the site is the pid's own
+        // (not the shared `(other)` row).
+        let site = self
+            .sites
+            .get(&(row_key, key.call_site))
+            .copied()
+            .filter(|_| row_key == v.pid);
+        let disc = Disc::of(&key);
+        if let Some(si) = site {
+            let s = &mut self.site_list[si as usize];
+            if s.own != u32::MAX && disc == Some(s.own_disc) {
+                s.own_count += 1;
+                s.own_first = s.own_first.min(ts);
+                s.own_last = s.own_last.max(ts);
+                return;
+            }
+        }
+        if let Some(&gi) = self.pending.get(&key) {
+            if let Some(g) = self.groups.get_mut(gi as usize) {
+                g.count += 1;
+                g.first = g.first.min(ts);
+                g.last = g.last.max(ts);
+            }
             return;
         }
         if self.evidence.len() >= MAX_PENDING_GROUPS {
@@ -751,11 +820,12 @@ impl Report {
             self.add_alert(v);
             return;
         }
-        let g = PendingGroup {
+        let gi = self.groups.len() as u32;
+        let mut g = PendingGroup {
             key,
             count: 1,
-            first: v.timestamp,
-            last: v.timestamp,
+            first: ts,
+            last: ts,
             evidence: self.evidence.len() as u32,
         };
         let evidence = match &self.wanted {
@@ -767,18 +837,44 @@ impl Report {
         }
         self.evidence.push(evidence);
         self.keep_within_budget();
-        match self.sites.get_mut(&(row_key, key.call_site)) {
-            Some(site) if site.own.is_none() => site.own = Some(g),
-            _ => {
-                self.pending.insert(key, self.groups.len() as u32);
-                self.groups.push(g);
+        if let (Some(si), Some(d)) = (site, disc) {
+            let s = &mut self.site_list[si as usize];
+            if s.own == u32::MAX {
+                // Its counters live in the site from now on.
+                s.own = gi;
+                s.own_disc = d;
+                s.own_count = 1;
+                s.own_first = ts;
+                s.own_last = ts;
+                g.count = 0;
             }
         }
+        self.pending.insert(key, gi);
+        self.groups.push(g);
     }
 
-    /// Settles the open rule-5 groups with the final service table: their
-    /// counts go to the process rows, their alerts join the others (the
-    /// evidence of whichever syscall came first).
+    /// The groups, in creation (= emission) order, with the counters their
+    /// sites kept.
+    fn take_groups(&mut self) -> Vec<PendingGroup> {
+        let mut groups = std::mem::take(&mut self.groups);
+        for s in &mut self.site_list {
+            if let Some(g) = groups.get_mut(s.own as usize) {
+                if g.count == 0 {
+                    g.first = s.own_first;
+                    g.last = s.own_last;
+                } else {
+                    g.first = g.first.min(s.own_first);
+                    g.last = g.last.max(s.own_last);
+                }
+                g.count += s.own_count;
+            }
+            s.own = u32::MAX;
+            s.own_count = 0;
+        }
+        self.pending.clear();
+        groups
+    }
+
     fn keep_within_budget(&mut self) {
         if self.wanted.is_some() {
             return;
@@ -831,9 +927,7 @@ impl Report {
     pub fn take_recovered(&mut self, engine: &Engine) -> RecoveredEvidence {
         let sys = engine.system_dlls();
         let mut out = HashMap::default();
-        let mut groups = std::mem::take(&mut self.groups);
-        groups.extend(self.sites.values_mut().filter_map(|s| s.own.take()));
-        for g in groups {
+        for g in self.take_groups() {
             if let Some(e) = self
                 .evidence
                 .get_mut(g.evidence as usize)
@@ -868,12 +962,11 @@ impl Report {
         lost
     }
 
+    /// Settles the open rule-5 groups with the final service table: their
+    /// counts go to the process rows, their alerts join the others (the
+    /// evidence of whichever syscall came first).
     fn settle_with(&mut self, services: &ServiceTable, system_dlls: Option<&SystemDlls>) {
-        self.pending.clear();
-        let mut groups = std::mem::take(&mut self.groups);
-        groups.extend(self.sites.values_mut().filter_map(|s| s.own.take()));
-        // In creation (= emission) order.
-        groups.sort_unstable_by_key(|g| g.evidence);
+        let groups = self.take_groups();
         let mut evidence = std::mem::take(&mut self.evidence);
         self.evidence_bytes = 0;
         for g in groups {
@@ -980,9 +1073,12 @@ impl Report {
     /// The per-process summary table.
     pub fn summary_table(&self) -> String {
         let mut sites: Vec<Vec<(u64, &String)>> = vec![Vec::new(); self.rows.len()];
-        for site in self.sites.values() {
-            if let Some(v) = sites.get_mut(site.row as usize) {
-                v.push((site.count, &site.description));
+        for site in &self.site_list {
+            if let (Some(v), Some(d)) = (
+                sites.get_mut(site.row as usize),
+                self.site_names.get(site.name as usize),
+            ) {
+                v.push((site.count, d));
             }
         }
         let mut rows: Vec<(&ProcSummary, Vec<(u64, &String)>)> =
@@ -1074,13 +1170,15 @@ impl VerdictSink for Report {
         if let (Some(check), Some(u)) = (v.service_check, v.first_user_frame()) {
             // Fast path: the call site is known and its own group is this
             // syscall's: one lookup, one entry.
-            if let Some(site) = self.sites.get_mut(&(v.pid, u)) {
-                let key = pending_key(v, check, site.row);
-                if let Some(g) = site.own.as_mut().filter(|g| g.key == key) {
+            if let Some(&i) = self.sites.get(&(v.pid, u)) {
+                let site = &mut self.site_list[i as usize];
+                if site.own != u32::MAX
+                    && Disc::of(&pending_key(v, check, site.row)) == Some(site.own_disc)
+                {
                     site.count += 1;
-                    g.count += 1;
-                    g.first = g.first.min(v.timestamp);
-                    g.last = g.last.max(v.timestamp);
+                    site.own_count += 1;
+                    site.own_first = site.own_first.min(v.timestamp);
+                    site.own_last = site.own_last.max(v.timestamp);
                     count_in_row(&mut self.rows[site.row as usize], v);
                     return;
                 }
