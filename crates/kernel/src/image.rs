@@ -11,16 +11,7 @@
 use crate::reader::{Fail, Reader};
 use crate::{Image, KernelEvent, Lifecycle};
 
-pub(crate) fn image(
-    r: &mut Reader<'_>,
-    op: Lifecycle,
-    version: u8,
-) -> Result<KernelEvent<'static>, Fail> {
-    if version < 2 {
-        return Err(format!(
-            "version {version} is not supported (2 and later are)"
-        ));
-    }
+pub(crate) fn image(r: &mut Reader<'_>, op: Lifecycle) -> Result<KernelEvent<'static>, Fail> {
     let image_base = r.ptr("ImageBase")?;
     let image_size = r.ptr("ImageSize")?;
     let process_id = r.u32("ProcessId")?;

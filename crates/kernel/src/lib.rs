@@ -84,9 +84,14 @@ fn decode_general<'a>(ev: &RawEvent<'a>) -> Result<Option<KernelEvent<'a>>, Deco
             stackwalk::KEY_KERNEL => stackwalk::key_reference(r, StackPart::Kernel),
             _ => stackwalk::key_reference(r, StackPart::User),
         },
+        // The Process, Thread and Image layouts are documented from
+        // version 2 (the MOF classes' first version) on.
+        KernelClass::Process | KernelClass::Thread | KernelClass::Image if v < 2 => {
+            Err(format!("version {v} is not supported (2 and later are)"))
+        }
         KernelClass::Process => process::process(r, lifecycle(opcode), v),
         KernelClass::Thread => thread::thread(r, lifecycle(opcode), v),
-        KernelClass::Image => image::image(r, lifecycle(opcode), v),
+        KernelClass::Image => image::image(r, lifecycle(opcode)),
         KernelClass::EventTrace | KernelClass::Other(_) => return Ok(None),
     };
     decoded

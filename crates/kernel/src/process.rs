@@ -20,11 +20,6 @@ pub(crate) fn process(
     op: Lifecycle,
     version: u8,
 ) -> Result<KernelEvent<'static>, Fail> {
-    if version < 2 {
-        return Err(format!(
-            "version {version} is not supported (2 and later are)"
-        ));
-    }
     let unique_process_key = r.ptr("UniqueProcessKey")?;
     let process_id = r.u32("ProcessId")?;
     let parent_id = r.u32("ParentId")?;

@@ -15,11 +15,6 @@ pub(crate) fn thread(
     op: Lifecycle,
     version: u8,
 ) -> Result<KernelEvent<'static>, Fail> {
-    if version < 2 {
-        return Err(format!(
-            "version {version} is not supported (2 and later are)"
-        ));
-    }
     let process_id = r.u32("ProcessId")?;
     let thread_id = r.u32("TThreadId")?;
     let stack_base = r.ptr("StackBase")?;
