@@ -386,7 +386,91 @@ mod tests {
         Ok(out)
     }
 
+    /// Encodes literals (`None`) and matches (`Some((offset, length))`)
+    /// with every length escape; returns the stream and its expansion.
+    fn encode(tokens: &[(Option<(usize, usize)>, u8)]) -> (Vec<u8>, Vec<u8>) {
+        let (mut input, mut out) = (Vec::new(), Vec::new());
+        let mut half: Option<usize> = None;
+        for chunk in tokens.chunks(32) {
+            let at = input.len();
+            input.extend_from_slice(&[0; 4]);
+            let mut flags = 0u32;
+            for (i, &(m, lit)) in chunk.iter().enumerate() {
+                let Some((offset, length)) = m else {
+                    input.push(lit);
+                    out.push(lit);
+                    continue;
+                };
+                flags |= 1 << (31 - i);
+                let l = length - 3;
+                let word = ((offset - 1) << 3) as u16 | l.min(7) as u16;
+                input.extend_from_slice(&word.to_le_bytes());
+                if l >= 7 {
+                    let nibble = (l - 7).min(15) as u8;
+                    match half.take() {
+                        Some(p) => input[p] |= nibble << 4,
+                        None => {
+                            half = Some(input.len());
+                            input.push(nibble);
+                        }
+                    }
+                    if l - 7 >= 15 {
+                        let rest = l - 7 - 15;
+                        if rest < 255 {
+                            input.push(rest as u8);
+                        } else {
+                            input.push(255);
+                            input.extend_from_slice(&((length - 3) as u16).to_le_bytes());
+                        }
+                    }
+                }
+                for _ in 0..length {
+                    out.push(out[out.len() - offset]);
+                }
+            }
+            if chunk.len() < 32 {
+                flags |= (1u32 << (32 - chunk.len())) - 1;
+            }
+            input[at..at + 4].copy_from_slice(&flags.to_le_bytes());
+        }
+        (input, out)
+    }
+
     proptest::proptest! {
+        /// Long matches (every length escape), short and long offsets,
+        /// into an output buffer holding old bytes.
+        #[test]
+        fn long_and_overlapping_matches(
+            tokens in proptest::collection::vec(
+                (proptest::prelude::any::<bool>(), 0usize..9000, 0usize..1200, proptest::prelude::any::<u8>()),
+                1..120,
+            ),
+            dirty in 0usize..5000,
+        ) {
+            let mut produced = 0usize;
+            let tokens: Vec<(Option<(usize, usize)>, u8)> = tokens
+                .into_iter()
+                .map(|(is_match, o, l, lit)| {
+                    if is_match && produced > 0 {
+                        // Half the offsets short (overlapping copies).
+                        let offset = if o % 2 == 0 { 1 + o % 20 } else { 1 + o % 8192 };
+                        let length = 3 + if l % 3 == 0 { l % 40 } else { l };
+                        let offset = offset.min(produced);
+                        produced += length;
+                        (Some((offset, length)), lit)
+                    } else {
+                        produced += 1;
+                        (None, lit)
+                    }
+                })
+                .collect();
+            let (input, want) = encode(&tokens);
+            let mut out = vec![0xA5; dirty];
+            let fast = decompress(&input, &mut out, want.len() + 40).map(|()| out.clone());
+            proptest::prop_assert_eq!(fast.as_ref().ok(), Some(&want));
+            proptest::prop_assert_eq!(fast.ok(), reference(&input, want.len() + 40).ok());
+        }
+
         #[test]
         fn matches_the_reference(
             input in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400),
