@@ -213,16 +213,30 @@ fn run(input: &[u8], out: &mut [u8]) -> (usize, Result<(), XpressError>) {
                     k += 8;
                 }
             } else {
-                // A pattern shorter than 8 bytes: bytes one at a time up to
-                // a whole number of patterns of at least 8 bytes, then
-                // 8-byte copies from that far back.
+                // A pattern shorter than 8 bytes: its first 16 bytes
+                // gathered at once (`REPEAT` row `offset`: i % offset), then
+                // 8-byte copies from a whole number of patterns back.
+                const REPEAT: [[u8; 16]; 8] = {
+                    let mut t = [[0u8; 16]; 8];
+                    let mut p = 1;
+                    while p < 8 {
+                        let mut i = 0;
+                        while i < 16 {
+                            t[p][i] = (i % p) as u8;
+                            i += 1;
+                        }
+                        p += 1;
+                    }
+                    t
+                };
                 const PERIOD: [usize; 8] = [8, 8, 8, 9, 8, 10, 12, 14];
-                let period = PERIOD[offset & 7];
-                let head = length.min(period);
-                for k in 0..head {
-                    out[op + k] = out[start + k];
+                let mut pattern = [0u8; 16];
+                for (b, &i) in pattern.iter_mut().zip(&REPEAT[offset & 7]) {
+                    *b = out[start + usize::from(i)];
                 }
-                let mut k = head;
+                out[op..op + 16].copy_from_slice(&pattern);
+                let period = PERIOD[offset & 7];
+                let mut k = 16;
                 while k < length {
                     out.copy_within(op + k - period..op + k - period + 8, op + k);
                     k += 8;
