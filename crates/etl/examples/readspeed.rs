@@ -1,13 +1,15 @@
 //! Times the reader alone: opens FILE and iterates `next_event` in the given
-//! order, summing timestamps and payload lengths (no decoding), REPEAT times.
-//! Prints one JSON line per run (open and read timed separately) and the
-//! best and median read times.
+//! order, reading every field of every event (sums, no decoding), REPEAT
+//! times. Prints one JSON line per run (open and read timed separately) and
+//! the best and median read times. `mem`: the file is read into memory
+//! first and opened from there (no file reads while timing).
 //!
 //! `cargo run --release -p sentry-etl --example readspeed -- FILE [time|file] [REPEAT] [mem]`
 
 use std::time::Instant;
 
 use sentry_etl::{EtlFile, Order};
+use sentry_raw::EventId;
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -33,16 +35,31 @@ fn main() {
         let open = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         let mut r = file.events(order);
-        let (mut events, mut ts, mut payload) = (0u64, 0u64, 0u64);
+        let (mut events, mut ts, mut payload, mut other) = (0u64, 0u64, 0u64, 0u64);
         while let Some(ev) = r.next_event() {
             events += 1;
             ts = ts.wrapping_add(ev.timestamp);
             payload += ev.payload.len() as u64;
+            // Touch every field, as a decoder would.
+            let id = match ev.id {
+                EventId::Kernel { group, opcode } => u64::from(group) << 8 | u64::from(opcode),
+                EventId::Classic { opcode, .. } => u64::from(opcode),
+                EventId::Manifest { id, .. } => u64::from(id),
+            };
+            other = other
+                .wrapping_add(id)
+                .wrapping_add(ev.offset)
+                .wrapping_add(u64::from(ev.pid.unwrap_or(0)))
+                .wrapping_add(u64::from(ev.tid.unwrap_or(0)))
+                .wrapping_add(u64::from(ev.processor))
+                .wrapping_add(u64::from(ev.version) + u64::from(ev.pointer_size))
+                .wrapping_add(ev.header as u64)
+                .wrapping_add(ev.extended.0.len() as u64);
         }
         let secs = t1.elapsed().as_secs_f64();
         let d = r.diagnostics();
         println!(
-            "{{\"run\":{run},\"order\":\"{order:?}\",\"events\":{events},\"records\":{},\"errors\":{},\"ts_sum\":{ts},\"payload\":{payload},\"open_s\":{open:.6},\"read_s\":{secs:.6},\"events_per_s\":{:.0},\"mb_per_s\":{:.1}}}",
+            "{{\"run\":{run},\"order\":\"{order:?}\",\"events\":{events},\"records\":{},\"errors\":{},\"ts_sum\":{ts},\"payload\":{payload},\"fields\":{other},\"open_s\":{open:.6},\"read_s\":{secs:.6},\"events_per_s\":{:.0},\"mb_per_s\":{:.1}}}",
             d.records,
             d.error_count,
             events as f64 / secs,

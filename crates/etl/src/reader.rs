@@ -1125,6 +1125,7 @@ impl<'f> EventReader<'f> {
 
     /// The next event, or `None` at the end of the file.
     #[allow(clippy::should_implement_trait)]
+    #[inline]
     pub fn next_event(&mut self) -> Option<RawEvent<'_>> {
         let file = self.file;
         let sh = &mut self.shared;

@@ -213,16 +213,30 @@ fn run(input: &[u8], out: &mut [u8]) -> (usize, Result<(), XpressError>) {
                     k += 8;
                 }
             } else {
-                // A pattern shorter than 8 bytes: bytes one at a time up to
-                // a whole number of patterns of at least 8 bytes, then
-                // 8-byte copies from that far back.
+                // A pattern shorter than 8 bytes: its first 16 bytes
+                // gathered at once (`REPEAT` row `offset`: i % offset), then
+                // 8-byte copies from a whole number of patterns back.
+                const REPEAT: [[u8; 16]; 8] = {
+                    let mut t = [[0u8; 16]; 8];
+                    let mut p = 1;
+                    while p < 8 {
+                        let mut i = 0;
+                        while i < 16 {
+                            t[p][i] = (i % p) as u8;
+                            i += 1;
+                        }
+                        p += 1;
+                    }
+                    t
+                };
                 const PERIOD: [usize; 8] = [8, 8, 8, 9, 8, 10, 12, 14];
-                let period = PERIOD[offset & 7];
-                let head = length.min(period);
-                for k in 0..head {
-                    out[op + k] = out[start + k];
+                let mut pattern = [0u8; 16];
+                for (b, &i) in pattern.iter_mut().zip(&REPEAT[offset & 7]) {
+                    *b = out[start + usize::from(i)];
                 }
-                let mut k = head;
+                out[op..op + 16].copy_from_slice(&pattern);
+                let period = PERIOD[offset & 7];
+                let mut k = 16;
                 while k < length {
                     out.copy_within(op + k - period..op + k - period + 8, op + k);
                     k += 8;
@@ -386,7 +400,91 @@ mod tests {
         Ok(out)
     }
 
+    /// Encodes literals (`None`) and matches (`Some((offset, length))`)
+    /// with every length escape; returns the stream and its expansion.
+    fn encode(tokens: &[(Option<(usize, usize)>, u8)]) -> (Vec<u8>, Vec<u8>) {
+        let (mut input, mut out) = (Vec::new(), Vec::new());
+        let mut half: Option<usize> = None;
+        for chunk in tokens.chunks(32) {
+            let at = input.len();
+            input.extend_from_slice(&[0; 4]);
+            let mut flags = 0u32;
+            for (i, &(m, lit)) in chunk.iter().enumerate() {
+                let Some((offset, length)) = m else {
+                    input.push(lit);
+                    out.push(lit);
+                    continue;
+                };
+                flags |= 1 << (31 - i);
+                let l = length - 3;
+                let word = ((offset - 1) << 3) as u16 | l.min(7) as u16;
+                input.extend_from_slice(&word.to_le_bytes());
+                if l >= 7 {
+                    let nibble = (l - 7).min(15) as u8;
+                    match half.take() {
+                        Some(p) => input[p] |= nibble << 4,
+                        None => {
+                            half = Some(input.len());
+                            input.push(nibble);
+                        }
+                    }
+                    if l - 7 >= 15 {
+                        let rest = l - 7 - 15;
+                        if rest < 255 {
+                            input.push(rest as u8);
+                        } else {
+                            input.push(255);
+                            input.extend_from_slice(&((length - 3) as u16).to_le_bytes());
+                        }
+                    }
+                }
+                for _ in 0..length {
+                    out.push(out[out.len() - offset]);
+                }
+            }
+            if chunk.len() < 32 {
+                flags |= (1u32 << (32 - chunk.len())) - 1;
+            }
+            input[at..at + 4].copy_from_slice(&flags.to_le_bytes());
+        }
+        (input, out)
+    }
+
     proptest::proptest! {
+        /// Long matches (every length escape), short and long offsets,
+        /// into an output buffer holding old bytes.
+        #[test]
+        fn long_and_overlapping_matches(
+            tokens in proptest::collection::vec(
+                (proptest::prelude::any::<bool>(), 0usize..9000, 0usize..1200, proptest::prelude::any::<u8>()),
+                1..120,
+            ),
+            dirty in 0usize..5000,
+        ) {
+            let mut produced = 0usize;
+            let tokens: Vec<(Option<(usize, usize)>, u8)> = tokens
+                .into_iter()
+                .map(|(is_match, o, l, lit)| {
+                    if is_match && produced > 0 {
+                        // Half the offsets short (overlapping copies).
+                        let offset = if o % 2 == 0 { 1 + o % 20 } else { 1 + o % 8192 };
+                        let length = 3 + if l % 3 == 0 { l % 40 } else { l };
+                        let offset = offset.min(produced);
+                        produced += length;
+                        (Some((offset, length)), lit)
+                    } else {
+                        produced += 1;
+                        (None, lit)
+                    }
+                })
+                .collect();
+            let (input, want) = encode(&tokens);
+            let mut out = vec![0xA5; dirty];
+            let fast = decompress(&input, &mut out, want.len() + 40).map(|()| out.clone());
+            proptest::prop_assert_eq!(fast.as_ref().ok(), Some(&want));
+            proptest::prop_assert_eq!(fast.ok(), reference(&input, want.len() + 40).ok());
+        }
+
         #[test]
         fn matches_the_reference(
             input in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400),
