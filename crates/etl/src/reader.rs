@@ -4,14 +4,12 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::ops::ControlFlow;
 use std::path::Path;
-#[cfg(test)]
-use std::path::PathBuf;
 
 use sentry_raw::{Clock, EventId, ExtendedData, HeaderKind, LogfileHeader, RawEvent};
 
 use crate::buffer::{BufferHeader, BUFFER_HEADER_SIZE, MAX_BUFFER_SIZE};
 use crate::error::{Diagnostics, ErrorKind, EtlError};
-use crate::record::{self, EventMeta, Record};
+use crate::record::{self, EventMeta, PlainKind, Record};
 use crate::source::Source;
 use crate::xpress;
 
@@ -602,56 +600,37 @@ impl General {
     };
 }
 
-/// A record whose header was read ahead. A plain system record keeps its
-/// first 16 bytes as read (`head`: marker, size, hook id; `ids`: thread and
-/// process ids, or the PERFINFO timestamp) and its timestamp, and is decoded
-/// when delivered; any other event has `head` 0 (header type 0, no plain
-/// kind) and the cursor's `general` holds the rest.
-#[derive(Clone, Copy)]
-struct Entry {
-    head: u64,
-    ids: u64,
-    timestamp: u64,
-    /// Offset in the cursor's `data`.
-    pos: u32,
-    /// Declared size.
-    size: u32,
-}
-
-impl Entry {
-    const NONE: Entry = Entry {
-        head: 0,
-        ids: 0,
-        timestamp: 0,
-        pos: 0,
-        size: 0,
-    };
-}
-
-/// Plain system records read ahead at a time, per cursor: the hot loop
-/// reads their headers in one tight pass, the merge then looks only at
-/// their timestamps.
-const BATCH: usize = 128;
+/// [`Cursor::kind`] of a current event that is not a plain system record.
+const GENERAL: PlainKind = PlainKind {
+    fixed: 0,
+    header: HeaderKind::Live,
+    pointer_size: 0,
+};
 
 /// One stream of buffers (all of them, or one processor's) and the position
 /// of the next event in it. The stream is found by walking buffer headers
 /// forward from `scan`, skipping other processors' buffers: no list of
 /// buffers is kept.
 struct Cursor {
-    // The hot part: the loaded buffer and the events read ahead.
+    // The hot part: the loaded buffer and the current event.
     data: Vec<u8>,
     len: usize,
-    /// Records read ahead: `batch[..n]` ([`BATCH`] long once used); the
-    /// current event is `batch[cur]`, if `cur < n`.
-    batch: Vec<Entry>,
-    n: usize,
-    cur: usize,
-    /// Where reading goes on after the batch.
+    /// Start of the current record (or of the next one to parse).
     pos: usize,
+    /// End of the current record (`pos` + its declared size).
+    end: usize,
+    /// Start of the record after the current event.
+    next: usize,
+    /// There is a current event.
+    has: bool,
+    timestamp: u64,
+    /// The current event's plain system kind; [`GENERAL`] when `general`
+    /// holds it.
+    kind: PlainKind,
+    general: General,
     /// File offset of the loaded buffer (orders ties in time order).
     buf_offset: u64,
     processor: u16,
-    general: General,
     // The cold part: where the stream goes on.
     scan: Scan,
     /// Only this processor's buffers (time order); all (file order).
@@ -668,13 +647,15 @@ impl Cursor {
         Cursor {
             data: Vec::new(),
             len: 0,
-            batch: Vec::new(),
-            n: 0,
-            cur: 0,
             pos: 0,
+            end: 0,
+            next: 0,
+            has: false,
+            timestamp: 0,
+            kind: GENERAL,
+            general: General::NONE,
             buf_offset: 0,
             processor: 0,
-            general: General::NONE,
             scan,
             processor_filter,
             started: false,
@@ -714,8 +695,6 @@ impl Cursor {
         // Give the memory back: a finished stream holds nothing.
         sh.held -= self.data.capacity();
         self.data = Vec::new();
-        self.batch = Vec::new();
-        (self.n, self.cur) = (0, 0);
         false
     }
 
@@ -744,74 +723,72 @@ impl Cursor {
         }
     }
 
-    /// Reads ahead the plain system records from `pos` (up to [`BATCH`]),
-    /// the first becoming the current event; `false` when the record at
-    /// `pos` is anything else (left to [`Cursor::fill`]).
-    #[inline(never)]
-    fn read_ahead(&mut self, sh: &mut Shared) -> bool {
-        if self.batch.len() < BATCH {
-            self.batch.resize(BATCH, Entry::NONE);
-        }
-        let data = self.data.get(..self.len).unwrap_or(&[]);
-        let mut pos = self.pos;
-        let mut n = 0;
-        while let Some(slot) = self.batch.get_mut(n) {
-            let Some(p) = data.get(pos..).and_then(record::parse_plain_head) else {
-                break;
-            };
-            *slot = Entry {
-                head: p.head,
-                ids: p.ids,
-                timestamp: p.timestamp,
-                pos: pos as u32,
-                size: p.size,
-            };
-            n += 1;
-            pos += (p.size as usize + 7) & !7;
-        }
-        self.pos = pos;
-        self.n = n;
-        self.cur = 0;
-        if n > 0 {
-            sh.diag.records += 1;
-        }
-        n > 0
-    }
-
-    /// There is a current event.
+    /// Makes the record at `pos` (of declared `size`) the current event.
     #[inline(always)]
-    fn has(&self) -> bool {
-        self.cur < self.n
+    fn set(&mut self, size: u32, timestamp: u64, kind: PlainKind) {
+        self.end = self.pos + size as usize;
+        self.next = self.pos + ((size as usize + 7) & !7);
+        self.has = true;
+        self.timestamp = timestamp;
+        self.kind = kind;
     }
 
-    /// Makes the next event at or after `pos` current, loading buffers as
-    /// needed; none at the end of the stream.
+    /// The common case: a plain system record at `pos` becomes the current
+    /// event; `false` for anything else (left to [`Cursor::fill`]).
+    #[inline(always)]
+    fn try_plain(&mut self, sh: &mut Shared) -> bool {
+        let Some(rest) = self.data.get(self.pos..self.len) else {
+            return false;
+        };
+        match record::parse_plain(rest) {
+            Some(p) => {
+                sh.diag.records += 1;
+                self.set(p.size, p.timestamp, p.kind);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// [`Cursor::set`] for any event.
+    fn set_general(&mut self, size: u32, m: &EventMeta) {
+        self.set(size, m.timestamp, GENERAL);
+        self.general = General {
+            id: m.id,
+            header: m.header,
+            version: m.version,
+            pointer_size: m.pointer_size,
+            pid: m.pid,
+            tid: m.tid,
+            payload_start: m.payload_start,
+            extended: (m.extended_start, m.extended_end),
+        };
+    }
+
+    /// Makes `current` the next event at or after `pos`, loading buffers
+    /// as needed; none at the end of the stream.
     #[inline(never)]
     fn fill(&mut self, file: &EtlFile, sh: &mut Shared) {
-        if self.has() || self.done {
+        if self.has || self.done {
             return;
         }
         if !self.started && !self.load_next(file, sh) {
             return;
         }
         loop {
-            if self.read_ahead(sh) {
-                return;
-            }
             let rest = self.data.get(self.pos..self.len).unwrap_or(&[]);
             match record::parse(rest) {
                 Ok(Some(p)) => {
                     sh.diag.records += 1;
-                    let at = self.pos;
-                    self.pos += p.aligned_size();
                     match p.record {
                         Record::Event(m) => {
-                            self.set_general(at, p.size, &m);
+                            self.set_general(p.size, &m);
                             return;
                         }
                         Record::Message => sh.diag.message_records += 1,
                         Record::Other(t) => *sh.diag.other_records.entry(t).or_insert(0) += 1,
                     }
+                    self.pos += p.aligned_size();
                 }
                 Ok(None) => {
                     if !self.load_next(file, sh) {
@@ -836,92 +813,45 @@ impl Cursor {
         }
     }
 
-    /// Makes the event at `at` of declared `size` current.
-    fn set_general(&mut self, at: usize, size: u32, m: &EventMeta) {
-        if self.batch.len() < BATCH {
-            self.batch.resize(BATCH, Entry::NONE);
-        }
-        self.batch[0] = Entry {
-            timestamp: m.timestamp,
-            pos: at as u32,
-            size,
-            ..Entry::NONE
-        };
-        (self.n, self.cur) = (1, 0);
-        self.general = General {
-            id: m.id,
-            header: m.header,
-            version: m.version,
-            pointer_size: m.pointer_size,
-            pid: m.pid,
-            tid: m.tid,
-            payload_start: m.payload_start,
-            extended: (m.extended_start, m.extended_end),
-        };
-    }
-
     /// Moves past the current event to the next one.
     #[inline(always)]
     fn advance(&mut self, file: &EtlFile, sh: &mut Shared) {
-        if self.has() {
-            self.cur += 1;
-            if self.cur < self.n {
-                sh.diag.records += 1;
-                return;
-            }
-            if self.read_ahead(sh) {
+        if self.has {
+            self.has = false;
+            self.pos = self.next;
+            if self.try_plain(sh) {
                 return;
             }
         }
         self.fill(file, sh);
     }
 
-    /// The current entry; call only when `has`.
-    #[inline(always)]
-    fn entry(&self) -> &Entry {
-        self.batch.get(self.cur).unwrap_or(&Entry::NONE)
-    }
-
-    /// The merge key of the current event (see [`Merge`]).
-    #[inline(always)]
-    fn key(&self) -> u128 {
-        match self.batch.get(self.cur) {
-            Some(e) if self.cur < self.n => {
-                u128::from(e.timestamp) << 64 | u128::from(self.buf_offset)
-            }
-            _ => DONE,
-        }
-    }
-
     /// The current event, a plain system record; call only when `has`.
     #[inline(always)]
-    fn plain_event(&self, e: &Entry, kind: record::PlainKind) -> RawEvent<'_> {
-        let at = e.pos as usize;
-        let payload = self
-            .data
-            .get(at + usize::from(kind.fixed)..at + e.size as usize)
-            .unwrap_or(&[]);
-        let (id, version, pid, tid) = record::plain_fields(e.head, e.ids, kind);
+    fn plain_event(&self) -> RawEvent<'_> {
+        let rec = self.data.get(self.pos..self.end).unwrap_or(&[]);
+        let fixed = self.kind.fixed;
+        let (id, version, pid, tid) = record::plain_fields(rec, fixed);
+        let payload = rec.get(usize::from(fixed)..).unwrap_or(&[]);
         RawEvent {
-            header: kind.header,
+            header: self.kind.header,
             id,
             version,
             pid,
             tid,
             processor: self.processor,
-            timestamp: e.timestamp,
-            pointer_size: kind.pointer_size,
+            timestamp: self.timestamp,
+            pointer_size: self.kind.pointer_size,
             payload,
             extended: ExtendedData(&payload[..0]),
-            offset: self.buf_offset + HDR + e.pos as u64,
+            offset: self.buf_offset + HDR + self.pos as u64,
         }
     }
 
     /// The current event, any other; call only when `has`.
     #[inline(never)]
-    fn general_event(&self, e: &Entry) -> RawEvent<'_> {
-        let at = e.pos as usize;
-        let rec = self.data.get(at..at + e.size as usize).unwrap_or(&[]);
+    fn general_event(&self) -> RawEvent<'_> {
+        let rec = self.data.get(self.pos..self.end).unwrap_or(&[]);
         let g = &self.general;
         RawEvent {
             header: g.header,
@@ -930,14 +860,14 @@ impl Cursor {
             pid: g.pid,
             tid: g.tid,
             processor: self.processor,
-            timestamp: e.timestamp,
+            timestamp: self.timestamp,
             pointer_size: g.pointer_size,
             payload: rec.get(g.payload_start as usize..).unwrap_or(&[]),
             extended: ExtendedData(
                 rec.get(g.extended.0 as usize..g.extended.1 as usize)
                     .unwrap_or(&[]),
             ),
-            offset: self.buf_offset + HDR + e.pos as u64,
+            offset: self.buf_offset + HDR + self.pos as u64,
         }
     }
 }
@@ -951,121 +881,75 @@ enum Mode {
 /// offset of the buffer), smallest first, among the current events of the
 /// processor cursors; keys of different cursors never tie (their buffers are
 /// at different offsets), so any way of finding the smallest gives the same
-/// order.
+/// order. With few processors a linear scan finds it faster than a heap.
 ///
-/// A loser tree over the cursors finds the smallest: after the winner's key
-/// changes, one pass up its path (log2 of the processors) finds the new
-/// winner. Events come in runs from one processor: `limit` is the smallest
-/// key of the others (the least of the losers on the winner's path); while
-/// the winner's next key stays below it, no other key needs a look.
+/// Events come in runs from one processor: `last` is the cursor whose event
+/// was delivered last and `limit` the smallest timestamp of the others;
+/// while that cursor's next timestamp stays below the limit it is still the
+/// smallest and no other key needs a look. Equal timestamps take the full
+/// comparison.
 struct Merge {
     cursors: Vec<Cursor>,
-    /// Internal nodes `1..leaves`: the leaf that lost the match there with
-    /// its key (`timestamp << 64 | buffer offset`; [`DONE`] once done and
-    /// for the leaves past the last cursor) and the smallest key it had
-    /// beaten below. A loser's key does not change: only the winner
-    /// advances.
-    nodes: Vec<Node>,
-    /// Leaves: a power of two, at least the number of cursors.
-    leaves: usize,
-    winner: usize,
-    limit: u128,
-    /// The winner's event was delivered: advance it first.
-    delivered: bool,
-}
-
-#[derive(Clone, Copy)]
-struct Node {
-    key: u128,
-    /// The smallest key this leaf beat on its way up to here.
-    beaten: u128,
-    leaf: u32,
-}
-
-/// The key of a cursor with no event left.
-const DONE: u128 = u128::MAX;
-
-/// `if c { a } else { b }` with masks: the compiler would branch, and which
-/// side of a match wins is not predictable.
-#[inline(always)]
-fn pick(c: bool, a: u128, b: u128) -> u128 {
-    let m = u128::from(c).wrapping_neg();
-    (a & m) | (b & !m)
+    /// Each cursor's current timestamp; `u64::MAX` also when done.
+    ts: Vec<u64>,
+    /// Each cursor's buffer offset; `u64::MAX` when done.
+    off: Vec<u64>,
+    last: Option<usize>,
+    limit: u64,
 }
 
 impl Merge {
-    fn new(cursors: Vec<Cursor>) -> Merge {
-        let leaves = cursors.len().max(1).next_power_of_two();
-        // Play every match bottom-up: `win[node]` won at `node` (with what
-        // it beat in `beaten`), the leaves at `leaves..2 * leaves`.
-        let mut win: Vec<Node> = (0..2 * leaves)
-            .map(|i| {
-                let leaf = i.saturating_sub(leaves);
-                Node {
-                    key: match cursors.get(leaf) {
-                        Some(c) if i >= leaves => c.key(),
-                        _ => DONE,
-                    },
-                    beaten: DONE,
-                    leaf: leaf as u32,
-                }
-            })
-            .collect();
-        let mut nodes = vec![
-            Node {
-                key: DONE,
-                beaten: DONE,
-                leaf: 0,
-            };
-            leaves
-        ];
-        for node in (1..leaves).rev() {
-            let (a, b) = (win[2 * node], win[2 * node + 1]);
-            let (mut w, l) = if b.key < a.key { (b, a) } else { (a, b) };
-            w.beaten = w.beaten.min(l.key);
-            win[node] = w;
-            nodes[node] = l;
-        }
-        let top = if leaves > 1 { win[1] } else { win[leaves] };
-        Merge {
-            cursors,
-            nodes,
-            leaves,
-            winner: top.leaf as usize,
-            limit: top.beaten,
-            delivered: false,
+    #[inline(always)]
+    fn set_key(&mut self, i: usize) {
+        let c = &self.cursors[i];
+        let (t, o) = if c.has {
+            (c.timestamp, c.buf_offset)
+        } else {
+            (u64::MAX, u64::MAX)
+        };
+        if let (Some(ts), Some(off)) = (self.ts.get_mut(i), self.off.get_mut(i)) {
+            *ts = t;
+            *off = o;
         }
     }
 
-    /// The winner's key changed to `key` (not below `limit`): replays its
-    /// matches up to the root. The new limit is the smallest key the new
-    /// winner beat: the smallest of the others.
-    #[inline(never)]
-    fn replay(&mut self, key: u128) {
-        let mut w = self.winner as u32;
-        let mut wk = key;
-        let mut beaten = DONE;
-        let mut node = (self.winner + self.leaves) >> 1;
-        while node > 0 {
-            if let Some(n) = self.nodes.get_mut(node) {
-                let (lk, lb, l) = (n.key, n.beaten, n.leaf);
-                let swap = lk < wk;
-                let m32 = u32::from(swap).wrapping_neg();
-                // The loser of this match stays here with what it beat.
-                n.key = pick(swap, wk, lk);
-                n.beaten = pick(swap, beaten, lb);
-                n.leaf = (w & m32) | (l & !m32);
-                // The winner goes on, having beaten the loser too.
-                let (nk, nb) = (pick(swap, lk, wk), pick(swap, lb, beaten));
-                let lost = pick(swap, wk, lk);
-                beaten = pick(lost < nb, lost, nb);
-                wk = nk;
-                w = (l & m32) | (w & !m32);
-            }
-            node >>= 1;
+    /// Makes `last` the cursor with the smallest key and `limit` the
+    /// smallest timestamp of the others; `false` when all are done.
+    #[inline(always)]
+    fn select(&mut self) -> bool {
+        let (mut best, mut bi, mut second) = (u64::MAX, 0, u64::MAX);
+        for (i, &t) in self.ts.iter().enumerate() {
+            second = second.min(best.max(t));
+            bi = if t < best { i } else { bi };
+            best = best.min(t);
         }
-        self.winner = w as usize;
-        self.limit = beaten;
+        if best < second {
+            self.last = Some(bi);
+            self.limit = second;
+            true
+        } else {
+            self.select_tie()
+        }
+    }
+
+    /// [`Merge::select`] when the smallest timestamp is not unique (or all
+    /// are `u64::MAX`): by the full key; the limit then admits no run.
+    #[cold]
+    #[inline(never)]
+    fn select_tie(&mut self) -> bool {
+        let key = |i: usize| (self.ts[i], self.off[i]);
+        let Some(bi) = (0..self.ts.len()).min_by_key(|&i| key(i)) else {
+            return false;
+        };
+        if key(bi) == (u64::MAX, u64::MAX) {
+            self.last = None;
+            return false;
+        }
+        self.last = Some(bi);
+        // Equal to the best timestamp: the next event of this cursor goes
+        // through a full selection again.
+        self.limit = self.ts[bi];
+        true
     }
 }
 
@@ -1117,7 +1001,18 @@ impl<'f> EventReader<'f> {
                 for c in &mut cursors {
                     c.fill(file, &mut shared);
                 }
-                Mode::Time(Merge::new(cursors))
+                let n = cursors.len();
+                let mut m = Merge {
+                    cursors,
+                    ts: vec![u64::MAX; n],
+                    off: vec![u64::MAX; n],
+                    last: None,
+                    limit: 0,
+                };
+                for i in 0..n {
+                    m.set_key(i);
+                }
+                Mode::Time(m)
             }
         };
         EventReader { file, shared, mode }
@@ -1137,36 +1032,43 @@ impl<'f> EventReader<'f> {
                     *started = true;
                     cursor.fill(file, sh);
                 }
-                if !cursor.has() {
+                if !cursor.has {
                     return None;
                 }
                 cursor
             }
             Mode::Time(m) => {
-                if m.delivered {
-                    let c = m.cursors.get_mut(m.winner)?;
-                    c.advance(file, sh);
-                    let k = c.key();
-                    // Below the limit: still the smallest.
-                    if k >= m.limit {
-                        m.replay(k);
+                let run = match m.last {
+                    Some(i) => {
+                        let c = &mut m.cursors[i];
+                        c.advance(file, sh);
+                        if c.has && c.timestamp < m.limit {
+                            // Still the smallest.
+                            Some(i)
+                        } else {
+                            m.set_key(i);
+                            None
+                        }
                     }
-                }
-                let c = m.cursors.get(m.winner)?;
-                m.delivered = c.has();
-                if !c.has() {
-                    return None;
-                }
-                c
+                    None => None,
+                };
+                let i = match run {
+                    Some(i) => i,
+                    None => {
+                        if !m.select() {
+                            return None;
+                        }
+                        m.last?
+                    }
+                };
+                &m.cursors[i]
             }
         };
         sh.diag.events += 1;
-        let e = c.entry();
-        let kind = record::plain_kind(e.head);
-        if kind.fixed == 0 {
-            return Some(c.general_event(e));
+        if c.kind.fixed == 0 {
+            return Some(c.general_event());
         }
-        Some(c.plain_event(e, kind))
+        Some(c.plain_event())
     }
 
     /// What was skipped so far (including the file's index diagnostics).
@@ -1195,114 +1097,5 @@ impl<'f> EventReader<'f> {
     /// The file being read.
     pub fn file(&self) -> &'f EtlFile {
         self.file
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The corpus Win8 file's header buffer, then buffers of random
-    /// processors (`procs` of them), each with 1-9 PERFINFO64 or SYSTEM64
-    /// records whose timestamps are random in a small range: ties across and
-    /// within processors, streams that go back in time.
-    fn random_trace(procs: u16, buffers: usize, seed: u64) -> Vec<u8> {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus");
-        let win8 = std::fs::read(dir.join("win8-x64-compressed-stackcache.etl")).unwrap();
-        let template: [u8; 72] = win8[512..584].try_into().unwrap();
-        let mut bytes = win8[..512].to_vec();
-        let mut x = seed | 1;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
-        for _ in 0..buffers {
-            let mut records = Vec::new();
-            for _ in 0..1 + next() % 9 {
-                let ts = 2_000_000_000 + next() % 64;
-                if next() % 3 == 0 {
-                    // SYSTEM64, 0x20 header and 8 payload bytes.
-                    records.extend_from_slice(&[0x02, 0x00, 0x02, 0xC0, 0x28, 0, 0x0a, 0x03]);
-                    records.extend_from_slice(&7u32.to_le_bytes());
-                    records.extend_from_slice(&9u32.to_le_bytes());
-                    records.extend_from_slice(&ts.to_le_bytes());
-                    records.extend_from_slice(&[0; 16]);
-                } else {
-                    // PERFINFO64, 0x10 header and 12 payload bytes (padded).
-                    records.extend_from_slice(&[0x02, 0x00, 0x11, 0xC0, 0x1c, 0, 0x33, 0x0f]);
-                    records.extend_from_slice(&ts.to_le_bytes());
-                    records.extend_from_slice(&[0xAB; 16]);
-                }
-            }
-            let size = (72 + records.len()) as u32;
-            let mut h = template;
-            h[0..4].copy_from_slice(&size.to_le_bytes());
-            let p = (next() % u64::from(procs)) as u16;
-            h[0x28..0x2a].copy_from_slice(&p.to_le_bytes());
-            h[0x30..0x34].copy_from_slice(&size.to_le_bytes());
-            h[0x34..0x36].copy_from_slice(&0x20u16.to_le_bytes());
-            bytes.extend_from_slice(&h);
-            bytes.extend_from_slice(&records);
-        }
-        bytes
-    }
-
-    /// What time order must deliver, the plain way: each processor's stream
-    /// in file order, then repeatedly the head with the smallest (timestamp,
-    /// buffer offset), ties within a buffer in record order.
-    fn reference(file: &EtlFile) -> Vec<(u64, u64)> {
-        // (timestamp, buffer offset, record offset) of each event.
-        type Stream = Vec<(u64, u64, u64)>;
-        let buffers = file.buffers();
-        let mut streams: BTreeMap<u16, Stream> = BTreeMap::new();
-        let mut r = file.events(Order::File);
-        while let Some(ev) = r.next_event() {
-            let buf = buffers
-                .iter()
-                .rev()
-                .find(|b| b.offset < ev.offset)
-                .unwrap()
-                .offset;
-            streams
-                .entry(ev.processor)
-                .or_default()
-                .push((ev.timestamp, buf, ev.offset));
-        }
-        let mut heads: Vec<(usize, Stream)> = streams.into_values().map(|s| (0, s)).collect();
-        let mut out = Vec::new();
-        loop {
-            let best = heads
-                .iter()
-                .enumerate()
-                .filter_map(|(i, (at, s))| s.get(*at).map(|&(t, b, _)| ((t, b), i)))
-                .min();
-            let Some((_, i)) = best else { break };
-            let (at, s) = &mut heads[i];
-            out.push((s[*at].0, s[*at].2));
-            *at += 1;
-        }
-        out
-    }
-
-    #[test]
-    fn time_order_is_the_merge_by_timestamp_and_buffer_offset() {
-        for (procs, buffers) in [(1, 30), (2, 50), (3, 80), (5, 100), (8, 300), (13, 300)]
-            .into_iter()
-            .chain([(64, 600), (300, 1500)])
-        {
-            let file = EtlFile::from_bytes(random_trace(procs, buffers, u64::from(procs))).unwrap();
-            let mut r = file.events(Order::Time);
-            let mut got = Vec::new();
-            while let Some(ev) = r.next_event() {
-                got.push((ev.timestamp, ev.offset));
-            }
-            assert!(r.next_event().is_none());
-            assert!(r.diagnostics().is_clean(), "{:?}", r.diagnostics().errors);
-            let want = reference(&file);
-            assert_eq!(got.len(), want.len(), "{procs} processors");
-            assert_eq!(got, want, "{procs} processors");
-        }
     }
 }

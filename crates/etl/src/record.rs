@@ -142,7 +142,7 @@ pub struct PlainKind {
 
 /// [`PlainKind`] by header type byte: a table, so the hot path has no
 /// branch on the type.
-pub const PLAIN_KINDS: [PlainKind; 256] = {
+pub static PLAIN_KINDS: [PlainKind; 256] = {
     let none = PlainKind {
         fixed: 0,
         header: HeaderKind::Live,
@@ -170,23 +170,14 @@ pub const PLAIN_KINDS: [PlainKind; 256] = {
     t
 };
 
-/// A plain system record's first 16 bytes as read, its size and timestamp:
-/// what the hot path reads ahead; [`plain_fields`] decodes the rest.
+/// A plain system record as the hot path sees it first: where it ends and
+/// its merge key. [`plain_fields`] reads the rest.
 #[derive(Debug, Clone, Copy)]
-pub struct PlainHead {
-    /// Marker (version, header type, flags), size, hook id.
-    pub head: u64,
-    /// Thread and process ids (SYSTEM, COMPACT) or the timestamp (PERFINFO).
-    pub ids: u64,
-    /// Declared (unaligned) size; at least the fixed header size.
+pub struct Plain {
+    /// Declared (unaligned) size; at least `kind.fixed`.
     pub size: u32,
     pub timestamp: u64,
-}
-
-/// The [`PlainKind`] of a record's first 8 bytes (its header type byte).
-#[inline(always)]
-pub fn plain_kind(head: u64) -> PlainKind {
-    PLAIN_KINDS[usize::from((head >> 16) as u8)]
+    pub kind: PlainKind,
 }
 
 /// The common case, straight-line: a SYSTEM/COMPACT/PERFINFO header without
@@ -194,78 +185,78 @@ pub fn plain_kind(head: u64) -> PlainKind {
 /// the end marker and every error), which [`parse`] then handles in full;
 /// for what this accepts both produce the same record.
 #[inline(always)]
-pub fn parse_plain_head(rest: &[u8]) -> Option<PlainHead> {
-    // Every record accepted here has at least 16 bytes (its fixed header).
-    let first = rest.first_chunk::<16>()?;
-    let (head, ids) = first.split_at(8);
-    let head = u64::from_le_bytes(head.try_into().ok()?);
-    let ids = u64::from_le_bytes(ids.try_into().ok()?);
+pub fn parse_plain(rest: &[u8]) -> Option<Plain> {
+    let head = rest.first_chunk::<8>()?;
+    let w = u64::from_le_bytes(*head);
     // TRACE_HEADER_FLAG and TRACE_HEADER_EVENT_TRACE set; no PEBS index,
     // no PMC counters.
     let flags = MARKER_TRACE_HEADER | MARKER_EVENT_TRACE;
     let items = u32::from(PEBS_INDEX_FLAG | PMC_COUNTERS_MASK);
-    if (head as u32) & (flags | items) != flags {
+    if (w as u32) & (flags | items) != flags {
         return None;
     }
-    let fixed = u32::from(plain_kind(head).fixed);
-    let size = u32::from((head >> 32) as u16);
+    let kind = PLAIN_KINDS[usize::from((w >> 16) as u8)];
+    let size = u32::from((w >> 32) as u16);
+    let fixed = u32::from(kind.fixed);
     if fixed == 0 || size < fixed || size as usize > rest.len() {
         return None;
     }
     // PERFINFO: the timestamp at 8; SYSTEM and COMPACT: at 0x10.
-    let timestamp = if fixed == 0x10 {
-        ids
-    } else {
-        u64::from_le_bytes(rest.get(16..24)?.try_into().ok()?)
-    };
-    Some(PlainHead {
-        head,
-        ids,
+    let at = if fixed == 0x10 { 8 } else { 0x10 };
+    let ts = rest.get(at..at + 8)?;
+    Some(Plain {
         size,
-        timestamp,
+        timestamp: u64::from_le_bytes(ts.try_into().ok()?),
+        kind,
     })
 }
 
-/// Event id, version, process and thread ids of a plain record from its
-/// first 16 bytes.
+/// The fields of a record [`parse_plain`] accepted that it did not read:
+/// event id, version, process and thread ids. `rec` is the record.
 #[inline(always)]
-pub fn plain_fields(
-    head: u64,
-    ids: u64,
-    kind: PlainKind,
-) -> (EventId, u8, Option<u32>, Option<u32>) {
-    let id = EventId::Kernel {
-        group: (head >> 56) as u8,
-        opcode: (head >> 48) as u8,
+pub fn plain_fields(rec: &[u8], fixed: u8) -> (EventId, u8, Option<u32>, Option<u32>) {
+    let (id, version) = match rec.first_chunk::<8>() {
+        Some(h) => (
+            EventId::Kernel {
+                group: h[7],
+                opcode: h[6],
+            },
+            h[0],
+        ),
+        None => (
+            EventId::Kernel {
+                group: 0,
+                opcode: 0,
+            },
+            0,
+        ),
     };
-    let (pid, tid) = if kind.fixed == 0x10 {
-        (None, None)
-    } else {
-        (
-            sentry_raw::id_or_none((ids >> 32) as u32),
-            sentry_raw::id_or_none(ids as u32),
-        )
+    let (pid, tid) = match rec.get(8..16) {
+        Some(ids) if fixed != 0x10 => (
+            sentry_raw::id_or_none(u32::from_le_bytes([ids[4], ids[5], ids[6], ids[7]])),
+            sentry_raw::id_or_none(u32::from_le_bytes([ids[0], ids[1], ids[2], ids[3]])),
+        ),
+        _ => (None, None),
     };
-    (id, head as u8, pid, tid)
+    (id, version, pid, tid)
 }
 
-/// [`parse_plain_head`] and [`plain_fields`] as a [`Parsed`] record.
+/// [`parse_plain`] and [`plain_fields`] as a [`Parsed`] record.
 #[inline]
 fn parse_system_plain(rest: &[u8]) -> Option<Parsed> {
-    let p = parse_plain_head(rest)?;
-    let kind = plain_kind(p.head);
-    let (id, version, pid, tid) = plain_fields(p.head, p.ids, kind);
-    let fixed = u32::from(kind.fixed);
+    let p = parse_plain(rest)?;
+    let (id, version, pid, tid) = plain_fields(rest, p.kind.fixed);
+    let fixed = u32::from(p.kind.fixed);
     Some(Parsed {
         size: p.size,
         record: Record::Event(EventMeta {
-            header: kind.header,
+            header: p.kind.header,
             id,
             version,
             pid,
             tid,
             timestamp: p.timestamp,
-            pointer_size: kind.pointer_size,
+            pointer_size: p.kind.pointer_size,
             payload_start: fixed,
             extended_start: fixed,
             extended_end: fixed,
