@@ -146,6 +146,8 @@ pub struct Diagnostics {
     pub records: u64,
     /// Events yielded as [`sentry_raw::RawEvent`]s.
     pub events: u64,
+    /// Kernel events the caller asked not to get ([`crate::EtlFile::events_skipping`]).
+    pub skipped_events: u64,
     /// WPP/message records (`TRACE_HEADER_TYPE_MESSAGE`), counted and skipped.
     pub message_records: u64,
     /// Records of other header types (`TIMED`, `ERROR`, `WNODE_HEADER`, unknown),

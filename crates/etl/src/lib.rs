@@ -72,5 +72,6 @@ pub use buffer::BufferHeader;
 pub use error::{Diagnostics, ErrorKind, EtlError};
 pub use reader::{
     BufferInfo, Buffers, EtlFile, EventReader, Order, MAX_BUFFERED_BYTES, MAX_PROCESSORS,
+    MAX_SKIPPED_HOOKS,
 };
 pub use sentry_raw::{Clock, LogfileHeader, RawEvent};

@@ -185,14 +185,23 @@ impl EtlFile {
 
     /// A reader over the events in the given order.
     pub fn events(&self, order: Order) -> EventReader<'_> {
-        EventReader::new(self, order, MAX_BUFFERED_BYTES)
+        EventReader::new(self, order, MAX_BUFFERED_BYTES, Skip::default())
+    }
+
+    /// The same without the kernel events `(group, opcode)` listed (at most
+    /// [`MAX_SKIPPED_HOOKS`]; more are ignored): they are stepped over where
+    /// their header is read and never delivered, only counted
+    /// ([`Diagnostics::skipped_events`]). For consumers that ignore an event
+    /// a third of a trace consists of (SysCallExit for `analyze`).
+    pub fn events_skipping(&self, order: Order, hooks: &[(u8, u8)]) -> EventReader<'_> {
+        EventReader::new(self, order, MAX_BUFFERED_BYTES, Skip::new(hooks))
     }
 
     /// A reader holding at most `max_buffered_bytes` of buffer data (default
     /// [`MAX_BUFFERED_BYTES`]); buffers past it are skipped with
     /// [`ErrorKind::MemoryBudget`].
     pub fn events_with_budget(&self, order: Order, max_buffered_bytes: usize) -> EventReader<'_> {
-        EventReader::new(self, order, max_buffered_bytes)
+        EventReader::new(self, order, max_buffered_bytes, Skip::default())
     }
 
     /// Calls `f` for every event in `order` until it returns `Break`;
@@ -558,8 +567,45 @@ fn load_buffer(
 }
 
 /// State shared by the cursors of one reader.
+/// Most kernel hooks [`EtlFile::events_skipping`] takes.
+pub const MAX_SKIPPED_HOOKS: usize = 4;
+
+/// Kernel hooks (`opcode | group << 8`, as a record header holds them at
+/// offset 6) not to deliver.
+#[derive(Clone, Copy, Default)]
+struct Skip {
+    hooks: [u16; MAX_SKIPPED_HOOKS],
+    n: usize,
+}
+
+impl Skip {
+    fn new(list: &[(u8, u8)]) -> Skip {
+        let mut s = Skip::default();
+        for &(group, opcode) in list.iter().take(MAX_SKIPPED_HOOKS) {
+            s.hooks[s.n] = u16::from(opcode) | u16::from(group) << 8;
+            s.n += 1;
+        }
+        s
+    }
+
+    #[inline(always)]
+    fn has(&self, hook: u16) -> bool {
+        self.hooks[..self.n].contains(&hook)
+    }
+
+    fn has_id(&self, id: EventId) -> bool {
+        match id {
+            EventId::Kernel { group, opcode } if self.n > 0 => {
+                self.has(u16::from(opcode) | u16::from(group) << 8)
+            }
+            _ => false,
+        }
+    }
+}
+
 struct Shared {
     diag: Diagnostics,
+    skip: Skip,
     /// Compressed bytes of the buffer being decompressed.
     scratch: Vec<u8>,
     /// Bytes of buffer data the cursors hold (capacity of their `data`).
@@ -737,16 +783,25 @@ impl Cursor {
     /// event; `false` for anything else (left to [`Cursor::fill`]).
     #[inline(always)]
     fn try_plain(&mut self, sh: &mut Shared) -> bool {
-        let Some(rest) = self.data.get(self.pos..self.len) else {
-            return false;
-        };
-        match record::parse_plain(rest) {
-            Some(p) => {
-                sh.diag.records += 1;
-                self.set(p.size, p.timestamp, p.kind);
-                true
+        loop {
+            let Some(rest) = self.data.get(self.pos..self.len) else {
+                return false;
+            };
+            let Some(p) = record::parse_plain(rest) else {
+                return false;
+            };
+            sh.diag.records += 1;
+            if sh.skip.n > 0 {
+                if let Some(&[opcode, group]) = rest.get(6..8) {
+                    if sh.skip.has(u16::from(opcode) | u16::from(group) << 8) {
+                        sh.diag.skipped_events += 1;
+                        self.pos += (p.size as usize + 7) & !7;
+                        continue;
+                    }
+                }
             }
-            None => false,
+            self.set(p.size, p.timestamp, p.kind);
+            return true;
         }
     }
 
@@ -781,6 +836,9 @@ impl Cursor {
                 Ok(Some(p)) => {
                     sh.diag.records += 1;
                     match p.record {
+                        Record::Event(m) if sh.skip.has_id(m.id) => {
+                            sh.diag.skipped_events += 1;
+                        }
                         Record::Event(m) => {
                             self.set_general(p.size, &m);
                             return;
@@ -973,9 +1031,10 @@ pub struct EventReader<'f> {
 }
 
 impl<'f> EventReader<'f> {
-    fn new(file: &'f EtlFile, order: Order, limit: usize) -> EventReader<'f> {
+    fn new(file: &'f EtlFile, order: Order, limit: usize, skip: Skip) -> EventReader<'f> {
         let mut shared = Shared {
             diag: file.index_diagnostics.clone(),
+            skip,
             scratch: Vec::new(),
             held: 0,
             limit,

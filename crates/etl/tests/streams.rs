@@ -97,3 +97,64 @@ fn processors_past_the_cap_are_skipped_in_time_order_with_errors() {
         sentry_etl::ErrorKind::TooManyProcessors { processor } if usize::from(processor) >= MAX_PROCESSORS
     )));
 }
+
+/// `events_skipping` delivers exactly the other events, in the same order,
+/// and counts the skipped ones: on every corpus file, in both orders, for
+/// the commonest kernel hook of the file (plain and general records alike).
+#[test]
+fn skipping_hooks_removes_exactly_those_events() {
+    use sentry_raw::EventId;
+    let mut checked = 0;
+    for entry in std::fs::read_dir(corpus_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("etl") {
+            continue;
+        }
+        let Ok(file) = EtlFile::open(&path) else {
+            continue;
+        };
+        // The commonest kernel hook, and a second one.
+        let mut counts = std::collections::BTreeMap::<(u8, u8), u64>::new();
+        file.for_each_event(Order::File, |ev| {
+            if let EventId::Kernel { group, opcode } = ev.id {
+                *counts.entry((group, opcode)).or_insert(0) += 1;
+            }
+            std::ops::ControlFlow::Continue(())
+        });
+        let mut by_count: Vec<_> = counts.into_iter().collect();
+        by_count.sort_by_key(|&(h, n)| (std::cmp::Reverse(n), h));
+        let hooks: Vec<(u8, u8)> = by_count.iter().take(2).map(|&(h, _)| h).collect();
+        if hooks.is_empty() {
+            continue;
+        }
+        for order in [Order::File, Order::Time] {
+            let key = |ev: &sentry_raw::RawEvent<'_>| (ev.offset, ev.timestamp, ev.id);
+            let mut want = Vec::new();
+            let mut skipped = 0u64;
+            let mut r = file.events(order);
+            while let Some(ev) = r.next_event() {
+                match ev.id {
+                    EventId::Kernel { group, opcode } if hooks.contains(&(group, opcode)) => {
+                        skipped += 1
+                    }
+                    _ => want.push(key(&ev)),
+                }
+            }
+            let all = r.into_diagnostics();
+            let mut got = Vec::new();
+            let mut r = file.events_skipping(order, &hooks);
+            while let Some(ev) = r.next_event() {
+                got.push(key(&ev));
+            }
+            let d = r.into_diagnostics();
+            assert!(skipped > 0);
+            assert_eq!(got, want, "{} {order:?}", path.display());
+            assert_eq!(d.skipped_events, skipped, "{}", path.display());
+            assert_eq!(d.events + d.skipped_events, all.events);
+            assert_eq!(d.records, all.records);
+            assert_eq!(d.error_count, all.error_count);
+            checked += 1;
+        }
+    }
+    assert!(checked >= 8, "corpus files checked: {checked}");
+}
