@@ -6,7 +6,7 @@
 //!
 //! ```ignore
 //! use sentry_engine::{Engine, EngineConfig, report::{Report, ReportConfig}};
-//! let mut engine = Engine::new(EngineConfig::default());
+//! let mut engine = Engine::new(EngineConfig { learning: Learning::Deferred, ..Default::default() });
 //! // Optional: engine.set_clock(clock) when the logfile header is known out
 //! // of band (live sessions). Otherwise the engine picks the clock up from
 //! // the EventTrace header event (group 0, opcode 0) in the stream.
@@ -14,7 +14,13 @@
 //! for raw in events {                 // sentry_raw::RawEvent, in time order
 //!     engine.process(&raw, &mut report);  // decodes with sentry_kernel::decode
 //! }
-//! let stats = engine.finish(&mut report);  // flushes pending syscalls
+//! let stats = engine.finish(&mut report);  // flushes pending syscalls, settles counts
+//! report.settle(&engine);                  // settles open rule-5 groups
+//! if !report.evidence_request().is_empty() {
+//!     // Evidence dropped to stay within ReportConfig::evidence_budget:
+//!     // run the same input again into Report::recovery(cfg, request), then
+//!     // report.fill_evidence(recovery.take_recovered(&engine_again)).
+//! }
 //! report.finish(&engine)?;                 // deduplicated alerts, flush
 //! eprint!("{}", report.summary_table());   // per-process table
 //! eprint!("{}", sentry_engine::report::stats_text(&stats, wall_secs, report.alert_count()));
