@@ -18,9 +18,10 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use sentry_engine::report::{self, Filter, Format, Report, ReportConfig};
 use sentry_engine::{
-    Allowlist, Engine, EngineConfig, Learning, NullSink, ServiceTable, SystemDlls,
+    Allowlist, Engine, EngineConfig, EngineStats, Learning, NullSink, ServiceTable, SystemDlls,
+    VerdictSink,
 };
-use sentry_etl::{EtlFile, Order};
+use sentry_etl::{Diagnostics, EtlFile, Order};
 use sentry_raw::{Clock, KernelClass};
 
 use super::report_args::ReportArgs;
@@ -104,6 +105,35 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// trace. Every pass skips the same, so passes see the same events.
 const UNUSED_EVENTS: &[(u8, u8)] = &[(KernelClass::GROUP_PERFINFO, 52)];
 
+/// One pass over `file` in time order (without [`UNUSED_EVENTS`]): a new
+/// engine with `cfg` and the file's clock, every event into `sink`, then
+/// finished. `progress`: the bar and the bytes earlier passes covered.
+fn run_pass(
+    file: &EtlFile,
+    cfg: EngineConfig,
+    sink: &mut dyn VerdictSink,
+    progress: Option<(&Progress, u64)>,
+) -> (Engine, EngineStats, Diagnostics) {
+    let clock = file.clock();
+    let mut engine = Engine::new(cfg);
+    engine.set_header(file.header().clone(), clock.sync_raw);
+    engine.set_clock(clock);
+    let mut reader = file.events_skipping(Order::Time, UNUSED_EVENTS);
+    let mut n = 0u64;
+    while let Some(ev) = reader.next_event() {
+        engine.process(&ev, sink);
+        n += 1;
+        if n & 0xFFFF == 0 {
+            if let Some((bar, done)) = progress {
+                bar.set(done + ev.offset);
+            }
+        }
+    }
+    let diag = reader.into_diagnostics();
+    let stats = engine.finish(sink);
+    (engine, stats, diag)
+}
+
 /// Where the summary and the statistics go.
 struct Side<'a> {
     summary: Option<&'a mut Box<dyn Write>>,
@@ -156,45 +186,27 @@ fn analyze_file(
     };
 
     let mut services = ServiceTable::new();
-    let mut n = 0u64;
     if two_pass {
         // Learn the service of each return site.
-        let mut learner = Engine::new(EngineConfig {
+        let cfg = EngineConfig {
             learning: Learning::Only,
             ..base.clone()
-        });
-        learner.set_header(file.header().clone(), clock.sync_raw);
-        learner.set_clock(clock);
-        let mut sink = NullSink;
-        let mut reader = file.events_skipping(Order::Time, UNUSED_EVENTS);
-        while let Some(ev) = reader.next_event() {
-            learner.process(&ev, &mut sink);
-            n += 1;
-            if n & 0xFFFF == 0 {
-                progress.set(ev.offset);
-            }
-        }
-        learner.finish(&mut sink);
+        };
+        let (learner, _, _) = run_pass(&file, cfg, &mut NullSink, Some((&progress, 0)));
         services = learner.into_services();
     }
 
-    // For a recovery pass, if one is needed (see below).
-    let base_again = base.clone();
-    let allowlist_again = allowlist.clone();
     // Classify (and, in one pass, learn).
-    let done = file.len() * (passes - 1);
-    let mut engine = Engine::new(EngineConfig {
+    let cfg = EngineConfig {
         learning: if two_pass {
             Learning::Fixed
         } else {
             Learning::Deferred
         },
         services,
-        allowlist,
-        ..base
-    });
-    engine.set_header(file.header().clone(), clock.sync_raw);
-    engine.set_clock(clock);
+        allowlist: allowlist.clone(),
+        ..base.clone()
+    };
     let report_cfg = ReportConfig {
         format,
         per_syscall: args.report.per_syscall,
@@ -204,17 +216,8 @@ fn analyze_file(
     };
     let mut report = Report::new(report_cfg.clone(), out);
     report.set_clock(Some(clock));
-    let mut reader = file.events_skipping(Order::Time, UNUSED_EVENTS);
-    n = 0;
-    while let Some(ev) = reader.next_event() {
-        engine.process(&ev, &mut report);
-        n += 1;
-        if n & 0xFFFF == 0 {
-            progress.set(done + ev.offset);
-        }
-    }
-    let diag = reader.into_diagnostics();
-    let stats = engine.finish(&mut report);
+    let done = file.len() * (passes - 1);
+    let (engine, stats, diag) = run_pass(&file, cfg, &mut report, Some((&progress, done)));
     report.settle(&engine);
     let request = report.evidence_request();
     let mut recovery_pass = false;
@@ -223,20 +226,14 @@ fn analyze_file(
         // evidence budget: a second pass (deterministic, same settings)
         // finds exactly those stacks again.
         recovery_pass = true;
-        let mut again = Engine::new(EngineConfig {
+        let cfg = EngineConfig {
             learning: Learning::Deferred,
-            allowlist: allowlist_again,
-            ..base_again
-        });
-        again.set_header(file.header().clone(), clock.sync_raw);
-        again.set_clock(clock);
+            allowlist,
+            ..base
+        };
         let mut recovery = Report::recovery(report_cfg, request);
         recovery.set_clock(Some(clock));
-        let mut reader = file.events_skipping(Order::Time, UNUSED_EVENTS);
-        while let Some(ev) = reader.next_event() {
-            again.process(&ev, &mut recovery);
-        }
-        again.finish(&mut recovery);
+        let (again, _, _) = run_pass(&file, cfg, &mut recovery, None);
         let lost = report.fill_evidence(recovery.take_recovered(&again));
         if lost > 0 {
             eprintln!(
