@@ -199,16 +199,38 @@ impl ProcessFacts {
     }
 }
 
+/// What is decided about an alert's syscalls, as opposed to its evidence
+/// (what the first of them looked like).
+#[derive(Debug)]
+struct Decided {
+    verdict: Verdict,
+    reason: Option<Reason>,
+    stub_service_address: Option<String>,
+    count: u64,
+    first: u64,
+    last: u64,
+}
+
+impl Decided {
+    fn apply(self, mut a: Alert) -> Alert {
+        a.verdict = self.verdict.as_str();
+        a.reason = self.reason.map(Reason::as_str);
+        a.technique = technique(self.verdict, self.reason);
+        a.stub_service_address = self.stub_service_address;
+        a.count = self.count;
+        a.first_timestamp = self.first;
+        a.last_timestamp = self.last;
+        a
+    }
+}
+
 /// A settled alert whose evidence was dropped (see
 /// [`ReportConfig::evidence_budget`]).
 #[derive(Debug)]
 struct Missing {
     key: PendingKey,
     alert_key: AlertKey,
-    count: u64,
-    first: u64,
-    last: u64,
-    stub_service_address: Option<String>,
+    decided: Decided,
 }
 
 /// Which groups' evidence a recovery pass must find
@@ -506,49 +528,20 @@ impl Report {
         self.write_line(&o);
     }
 
-    fn new_alert(&self, v: &SyscallVerdict<'_>) -> Alert {
-        let r = &v.resolver;
-        let p = v.process;
-        let technique = technique(v.verdict, v.reason);
-        Alert {
-            verdict: v.verdict.as_str(),
-            reason: v.reason.map(Reason::as_str),
-            pid: v.pid,
-            process: p.map(|p| p.image_file_name.clone()).unwrap_or_default(),
-            command_line: p.map(|p| p.command_line.clone()).unwrap_or_default(),
-            user_sid: p.map(|p| p.user_sid.clone()).unwrap_or_default(),
-            parent_pid: p.map(|p| p.parent_id),
-            wow64: p.is_some_and(|p| p.wow64),
-            tid: v.tid,
-            call_site: v
-                .first_user_frame()
-                .map(|a| r.describe(a))
-                .unwrap_or_default(),
-            module: v.outcome.user_module.map(|m| m.name.to_string()),
-            caller: v.caller_frame().map(|a| r.describe(a)),
-            caller_module: v.outcome.caller_module.map(|m| m.name.to_string()),
-            service_address: format!("{:#x}", v.service_address),
-            service: v.outcome.service_name.map(|s| s.to_string()).or_else(|| {
-                r.kernel
-                    .find(v.service_address)
-                    .map(|_| r.describe(v.service_address))
-            }),
-            stub: v.outcome.stub_name.map(|s| s.to_string()),
+    /// The alert of `v` when its key is first seen: its evidence, rendered
+    /// at once (the same code renders the evidence of settled groups).
+    fn new_alert(&mut self, v: &SyscallVerdict<'_>) -> Alert {
+        let e = self.new_evidence(v);
+        let a = self.render_evidence(&e, v.pid, v.service_address, v.resolver.system_dlls);
+        Decided {
+            verdict: v.verdict,
+            reason: v.reason,
             stub_service_address: v.outcome.stub_service.map(|a| format!("{a:#x}")),
             count: 0,
-            first_timestamp: v.timestamp,
-            last_timestamp: v.timestamp,
-            first_seen: None,
-            last_seen: None,
-            stack: v
-                .stack
-                .iter()
-                .take(self.cfg.max_stack_frames)
-                .map(|&a| r.describe(a))
-                .collect(),
-            technique,
-            seq: self.reported,
+            first: v.timestamp,
+            last: v.timestamp,
         }
+        .apply(a)
     }
 
     fn frame_ref(&mut self, r: &Resolver<'_>, addr: u64) -> FrameRef {
@@ -945,19 +938,11 @@ impl Report {
     pub fn fill_evidence(&mut self, mut r: RecoveredEvidence) -> usize {
         let mut lost = 0;
         for m in std::mem::take(&mut self.missing) {
-            let Some(mut a) = r.0.remove(&m.key) else {
+            let Some(a) = r.0.remove(&m.key) else {
                 lost += 1;
                 continue;
             };
-            let (verdict, reason) = (m.alert_key.verdict, m.alert_key.reason);
-            a.verdict = verdict.as_str();
-            a.reason = reason.map(Reason::as_str);
-            a.technique = technique(verdict, reason);
-            a.stub_service_address = m.stub_service_address;
-            a.count = m.count;
-            a.first_timestamp = m.first;
-            a.last_timestamp = m.last;
-            self.merge_alert(m.alert_key, a);
+            self.merge_alert(m.alert_key, m.decided.apply(a));
         }
         lost
     }
@@ -993,29 +978,26 @@ impl Report {
                 verdict: s.verdict,
                 reason: s.reason,
             };
-            let stub_service_address = services
-                .service_of(k.check.kind, k.check.offset)
-                .map(|x| format!("{x:#x}"));
+            let decided = Decided {
+                verdict: s.verdict,
+                reason: s.reason,
+                stub_service_address: services
+                    .service_of(k.check.kind, k.check.offset)
+                    .map(|x| format!("{x:#x}")),
+                count: g.count,
+                first: g.first,
+                last: g.last,
+            };
             let Some(e) = evidence.get_mut(g.evidence as usize).and_then(Option::take) else {
                 self.missing.push(Missing {
                     key: k,
                     alert_key: key,
-                    count: g.count,
-                    first: g.first,
-                    last: g.last,
-                    stub_service_address,
+                    decided,
                 });
                 continue;
             };
-            let mut a = self.render_evidence(&e, k.pid, k.service_address, system_dlls);
-            a.verdict = s.verdict.as_str();
-            a.reason = s.reason.map(Reason::as_str);
-            a.technique = technique(s.verdict, s.reason);
-            a.stub_service_address = stub_service_address;
-            a.count = g.count;
-            a.first_timestamp = g.first;
-            a.last_timestamp = g.last;
-            self.merge_alert(key, a);
+            let a = self.render_evidence(&e, k.pid, k.service_address, system_dlls);
+            self.merge_alert(key, decided.apply(a));
         }
     }
 
