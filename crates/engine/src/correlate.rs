@@ -1095,38 +1095,33 @@ mod tests {
         (u32, u32, u16, u32),
     );
 
+    /// Moves finalised entries into `out`: the same code for both
+    /// correlators (their entry types differ, their fields do not).
+    macro_rules! drain {
+        ($c:expr, $out:expr) => {
+            while let Some((s, f)) = $c.pop_ready() {
+                let e = $c.entry(s);
+                $out.push((
+                    f,
+                    e.ts,
+                    e.parent,
+                    e.parent_processor,
+                    e.kernel.clone(),
+                    e.user.clone(),
+                    (e.has_kernel, e.has_user, e.has_thread),
+                    (e.pid, e.tid, e.stack_processor, e.fragments),
+                ));
+                $c.release(s);
+            }
+        };
+    }
+
     fn drain_new(c: &mut Correlator, out: &mut Vec<Out>) {
-        while let Some((s, f)) = c.pop_ready() {
-            let e = c.entry(s);
-            out.push((
-                f,
-                e.ts,
-                e.parent,
-                e.parent_processor,
-                e.kernel.clone(),
-                e.user.clone(),
-                (e.has_kernel, e.has_user, e.has_thread),
-                (e.pid, e.tid, e.stack_processor, e.fragments),
-            ));
-            c.release(s);
-        }
+        drain!(c, out);
     }
 
     fn drain_ref(c: &mut reference::RefCorrelator, out: &mut Vec<Out>) {
-        while let Some((s, f)) = c.pop_ready() {
-            let e = c.entry(s);
-            out.push((
-                f,
-                e.ts,
-                e.parent,
-                e.parent_processor,
-                e.kernel.clone(),
-                e.user.clone(),
-                (e.has_kernel, e.has_user, e.has_thread),
-                (e.pid, e.tid, e.stack_processor, e.fragments),
-            ));
-            c.release(s);
-        }
+        drain!(c, out);
     }
 
     /// Random event sequences (colliding timestamps, several processors and

@@ -696,6 +696,16 @@ mod tests {
 mod module_map_tests {
     use super::*;
 
+    /// A deterministic pseudo-random sequence (xorshift64) for the tests.
+    fn xorshift(mut x: u64) -> impl FnMut() -> u64 {
+        move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        }
+    }
+
     /// The tree lookup by definition: greatest base at or below, if it
     /// extends over the address.
     fn reference(mods: &BTreeMap<u64, u64>, addr: u64) -> Option<u64> {
@@ -708,13 +718,7 @@ mod module_map_tests {
     /// answer equals the reference lookup.
     #[test]
     fn cached_lookups_equal_tree_lookups() {
-        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut next = xorshift(0x2545_F491_4F6C_DD1D);
         let mut map = ModuleMap::default();
         let mut mods: BTreeMap<u64, u64> = BTreeMap::new();
         let name: Arc<str> = Arc::from("m.dll");
@@ -771,13 +775,7 @@ mod module_map_tests {
     /// and go back to the vectors when they shrink: the same answers.
     #[test]
     fn big_maps_answer_like_small_ones() {
-        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut next = xorshift(0x9E37_79B9_7F4A_7C15);
         let name: Arc<str> = Arc::from("m.dll");
         let module = |base: u64, size: u64| Module {
             base,
