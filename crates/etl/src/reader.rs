@@ -582,10 +582,15 @@ impl Skip {
     fn new(list: &[(u8, u8)]) -> Skip {
         let mut s = Skip::default();
         for &(group, opcode) in list.iter().take(MAX_SKIPPED_HOOKS) {
-            s.hooks[s.n] = u16::from(opcode) | u16::from(group) << 8;
+            s.hooks[s.n] = Skip::hook(group, opcode);
             s.n += 1;
         }
         s
+    }
+
+    #[inline(always)]
+    fn hook(group: u8, opcode: u8) -> u16 {
+        u16::from(opcode) | u16::from(group) << 8
     }
 
     #[inline(always)]
@@ -595,9 +600,7 @@ impl Skip {
 
     fn has_id(&self, id: EventId) -> bool {
         match id {
-            EventId::Kernel { group, opcode } if self.n > 0 => {
-                self.has(u16::from(opcode) | u16::from(group) << 8)
-            }
+            EventId::Kernel { group, opcode } if self.n > 0 => self.has(Skip::hook(group, opcode)),
             _ => false,
         }
     }
@@ -793,7 +796,7 @@ impl Cursor {
             sh.diag.records += 1;
             if sh.skip.n > 0 {
                 if let Some(&[opcode, group]) = rest.get(6..8) {
-                    if sh.skip.has(u16::from(opcode) | u16::from(group) << 8) {
+                    if sh.skip.has(Skip::hook(group, opcode)) {
                         sh.diag.skipped_events += 1;
                         self.pos += (p.size as usize + 7) & !7;
                         continue;
