@@ -57,9 +57,20 @@ pub struct Allowlist {
 }
 
 impl Allowlist {
+    /// Entries accepted at most: an entry index then fits the engine's
+    /// packed per-outcome counters (and no real list comes near it).
+    pub const MAX_ENTRIES: usize = 1 << 20;
+
     /// Parses and validates a TOML allowlist.
     pub fn parse(text: &str) -> Result<Allowlist, String> {
         let f: File = toml::from_str(text).map_err(|e| e.to_string())?;
+        if f.allow.len() > Allowlist::MAX_ENTRIES {
+            return Err(format!(
+                "{} entries: at most {} are accepted (split the list or use patterns)",
+                f.allow.len(),
+                Allowlist::MAX_ENTRIES
+            ));
+        }
         let mut call_sites = Vec::new();
         for (i, e) in f.allow.iter().enumerate() {
             let n = i + 1;

@@ -449,20 +449,66 @@ pub struct EngineStats {
 /// Distinct (return site, routine, outcome) tallies kept at most.
 const MAX_TALLIES: usize = 1 << 20;
 
-/// [`Learning::Deferred`]: what was seen at each return site, by stub
-/// module kind and offset: the observations the service table is built
-/// from at the end, and the counts of the syscalls whose rule-5 decision
-/// waits for it. One lookup per syscall does both.
-type SiteTallies = std::collections::HashMap<(ModuleKind, u64), Vec<Tally>, fxhash::FxBuildHasher>;
+/// [`Learning::Deferred`]: what was seen at each return site (stub module
+/// kind and offset) with each `SysCallAddress` and outcome, with its count:
+/// the observations the service table is built from at the end, and the
+/// counts of the syscalls whose rule-5 decision waits for it. One flat map,
+/// so a syscall costs one lookup and touches one bucket.
+type SiteTallies = std::collections::HashMap<TallyKey, u64, fxhash::FxBuildHasher>;
 
-/// Syscalls seen at one return site with one `SysCallAddress` and one
-/// outcome.
-#[derive(Debug, Clone, Copy)]
-struct Tally {
+/// One return site, one `SysCallAddress`, one outcome, in three words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct TallyKey {
+    offset: u64,
     address: u64,
-    /// `None`: decided without the table (both names known).
-    open: Option<(Verdict, Option<usize>, Option<usize>)>,
-    count: u64,
+    /// Module kind, then the open outcome ([`TallyKey::open`]).
+    packed: u64,
+}
+
+impl TallyKey {
+    /// `open`: `None` when decided without the table (both names known),
+    /// else (verdict if the stub matches, its allowlist entry, the
+    /// `stub_mismatch` alternative's entry). Entries are below
+    /// [`Allowlist::MAX_ENTRIES`], so each fits in 24 bits.
+    fn new(
+        kind: ModuleKind,
+        offset: u64,
+        address: u64,
+        open: Option<(Verdict, Option<usize>, Option<usize>)>,
+    ) -> TallyKey {
+        let entry = |i: Option<usize>| i.map_or(0, |i| (i as u64 + 1) & 0xFF_FFFF);
+        let open = open.map_or(0, |(v, e, m)| {
+            1 | (v as u64) << 1 | entry(e) << 8 | entry(m) << 32
+        });
+        TallyKey {
+            offset,
+            address,
+            packed: kind as u64 | open << 8,
+        }
+    }
+
+    fn kind(&self) -> ModuleKind {
+        const KINDS: [ModuleKind; 4] = [
+            ModuleKind::Ntdll,
+            ModuleKind::Win32u,
+            ModuleKind::NtdllWow64,
+            ModuleKind::Other,
+        ];
+        KINDS[(self.packed & 3) as usize]
+    }
+
+    fn open(&self) -> Option<(Verdict, Option<usize>, Option<usize>)> {
+        let o = self.packed >> 8;
+        if o & 1 == 0 {
+            return None;
+        }
+        let entry = |x: u64| (x & 0xFF_FFFF).checked_sub(1).map(|i| i as usize);
+        Some((
+            Verdict::ALL[((o >> 1) & 7) as usize % Verdict::ALL.len()],
+            entry(o >> 8),
+            entry(o >> 32),
+        ))
+    }
 }
 
 const MAX_ERROR_SAMPLES: usize = 32;
@@ -513,7 +559,6 @@ pub struct Engine {
     stats: EngineStats,
     parent_hooks: BTreeMap<ParentHook, u64>,
     tallies: SiteTallies,
-    tally_entries: usize,
     /// An always-empty table: classification consults it in
     /// [`Learning::Deferred`] mode, leaving rule 5 to the final one.
     no_services: ServiceTable,
@@ -543,7 +588,6 @@ impl Engine {
             stats: EngineStats::default(),
             parent_hooks: BTreeMap::new(),
             tallies: SiteTallies::default(),
-            tally_entries: 0,
             no_services: ServiceTable::new(),
         };
         e.update_window();
@@ -896,20 +940,12 @@ impl Engine {
         if let Some((kind, offset)) = observed {
             let open =
                 service_check.map(|c| (verdict, suppressed.map(|s| s.2), c.mismatch_suppressed));
-            let full = self.tally_entries >= MAX_TALLIES;
-            let v = self.tallies.entry((kind, offset)).or_default();
-            match v
-                .iter_mut()
-                .find(|t| t.address == address && t.open == open)
-            {
-                Some(t) => t.count += 1,
+            let key = TallyKey::new(kind, offset, address, open);
+            let full = self.tallies.len() >= MAX_TALLIES;
+            match self.tallies.get_mut(&key) {
+                Some(n) => *n += 1,
                 None if !full => {
-                    v.push(Tally {
-                        address,
-                        open,
-                        count: 1,
-                    });
-                    self.tally_entries += 1;
+                    self.tallies.insert(key, 1);
                 }
                 None => {
                     // Hostile input (return sites x routines without end):
@@ -963,30 +999,26 @@ impl Engine {
     /// counts of the syscalls whose rule-5 decision waited for it.
     fn settle_deferred(&mut self) {
         let tallies = std::mem::take(&mut self.tallies);
-        for (&(kind, offset), v) in &tallies {
-            for t in v {
-                self.services.record_n(kind, offset, t.address, t.count);
-            }
+        for (t, &n) in &tallies {
+            self.services.record_n(t.kind(), t.offset, t.address, n);
         }
-        for ((kind, offset), v) in tallies {
-            for t in v {
-                let Some((verdict, entry, mismatch_suppressed)) = t.open else {
-                    continue;
-                };
-                let (address, n) = (t.address, t.count);
-                let check = ServiceCheck {
-                    kind,
-                    offset,
-                    mismatch_suppressed,
-                };
-                // Only the suppression's presence matters for the counts.
-                let suppressed = entry.map(|i| (verdict, None, i));
-                let s = check.settle(&self.services, address, verdict, None, suppressed);
-                self.stats.verdicts.add_n(s.verdict, n);
-                if let Some((_, _, i)) = s.suppressed {
-                    self.stats.suppressed += n;
-                    self.allowlist.count(i, n);
-                }
+        for (t, n) in tallies {
+            let (kind, offset, address) = (t.kind(), t.offset, t.address);
+            let Some((verdict, entry, mismatch_suppressed)) = t.open() else {
+                continue;
+            };
+            let check = ServiceCheck {
+                kind,
+                offset,
+                mismatch_suppressed,
+            };
+            // Only the suppression's presence matters for the counts.
+            let suppressed = entry.map(|i| (verdict, None, i));
+            let s = check.settle(&self.services, address, verdict, None, suppressed);
+            self.stats.verdicts.add_n(s.verdict, n);
+            if let Some((_, _, i)) = s.suppressed {
+                self.stats.suppressed += n;
+                self.allowlist.count(i, n);
             }
         }
     }
@@ -1004,5 +1036,42 @@ mod hex_tests {
             super::push_hex(&mut s, v);
             assert_eq!(s, format!("{v:#x}"));
         }
+    }
+}
+
+#[cfg(test)]
+mod tally_key_tests {
+    use super::*;
+
+    /// Every field survives the packing, and different outcomes stay
+    /// different keys.
+    #[test]
+    fn tally_key_round_trips() {
+        let kinds = [
+            ModuleKind::Ntdll,
+            ModuleKind::Win32u,
+            ModuleKind::NtdllWow64,
+            ModuleKind::Other,
+        ];
+        let entries = [None, Some(0), Some(7), Some(Allowlist::MAX_ENTRIES - 1)];
+        let (mut outcomes, mut keys) = (Vec::new(), std::collections::HashSet::new());
+        for kind in kinds {
+            for v in Verdict::ALL {
+                for e in entries {
+                    for m in entries {
+                        outcomes.push((kind, Some((v, e, m))));
+                    }
+                }
+            }
+            outcomes.push((kind, None));
+        }
+        for &(kind, open) in &outcomes {
+            let k = TallyKey::new(kind, 0x1234, 0xffff_f800_0000_1000, open);
+            assert_eq!(k.kind(), kind);
+            assert_eq!(k.open(), open);
+            assert_eq!((k.offset, k.address), (0x1234, 0xffff_f800_0000_1000));
+            keys.insert(k);
+        }
+        assert_eq!(keys.len(), outcomes.len());
     }
 }
