@@ -272,6 +272,10 @@ impl Correlator {
         &self.entries[slot as usize]
     }
 
+    pub(crate) fn entry_mut(&mut self, slot: u32) -> &mut Entry {
+        &mut self.entries[slot as usize]
+    }
+
     /// Whether [`Correlator::pop_ready`] has something.
     #[inline]
     pub fn has_ready(&self) -> bool {
@@ -583,6 +587,44 @@ impl Correlator {
         }
     }
 
+    /// Whether a parent at `ts` may be kept outside the correlator until
+    /// the next event (see `Engine::process`): [`Correlator::add_parent`]
+    /// would make a new entry for it (no findable entry at `ts`) without
+    /// evicting anything. If so, the pending peak counts it now, as that
+    /// call would.
+    #[inline]
+    pub fn hold_parent(&mut self, ts: u64) -> bool {
+        if self.live >= self.max_pending || self.count_co_parents {
+            return false;
+        }
+        let mut found = false;
+        self.visit(ts, |_, _| {
+            found = true;
+            true
+        });
+        if found {
+            return false;
+        }
+        self.stats.peak_pending = self.stats.peak_pending.max(self.live as u64 + 1);
+        true
+    }
+
+    /// A held parent got its whole stack (a user part) from the next event:
+    /// counted as [`Correlator::add_parent`] then [`Correlator::add_stack`]
+    /// would have (one stack event, matched).
+    #[inline]
+    pub fn count_held_match(&mut self) {
+        self.stats.matched += 1;
+        self.stats.stack_events_matched += 1;
+    }
+
+    /// Whether a stack event's frames are a user part (its outermost frame
+    /// is a user address): such a part completes a syscall.
+    #[inline]
+    pub fn is_user_part(&self, frames: &Frames<'_>) -> bool {
+        frames.last().is_some_and(|a| a < self.kernel_boundary)
+    }
+
     /// A parent event at raw timestamp `ts`.
     pub fn add_parent(&mut self, ts: u64, processor: u16, parent: Parent) {
         let mut best = NONE;
@@ -698,11 +740,9 @@ impl Correlator {
 
     /// A StackWalk event (opcode 32).
     pub fn add_stack(&mut self, ts: u64, processor: u16, pid: u32, tid: u32, frames: &Frames<'_>) {
-        let kb = self.kernel_boundary;
         // Innermost first: kernel frames precede user frames, so a part
         // holds user frames exactly when its outermost frame is a user one.
-        let outermost = frames.last();
-        let part = if outermost.is_some_and(|a| a < kb) {
+        let part = if self.is_user_part(frames) {
             StackPart::User
         } else {
             StackPart::Kernel
@@ -890,19 +930,35 @@ impl Correlator {
     }
 }
 
+/// The frames as addresses without a copy, when they can be: 64-bit
+/// pointers, suitably aligned, on a little-endian host (the file's byte
+/// order).
+#[inline]
+pub(crate) fn frames_in_place<'a>(frames: &Frames<'a>) -> Option<&'a [u64]> {
+    if cfg!(target_endian = "little") && frames.pointer_size() == 8 {
+        bytemuck::try_cast_slice(frames.as_bytes()).ok()
+    } else {
+        None
+    }
+}
+
 /// Appends frames, converting with the pointer size known per branch (the
 /// hot loop of the correlator).
-fn push_frames(dst: &mut Vec<u64>, frames: &Frames<'_>) {
+pub(crate) fn push_frames(dst: &mut Vec<u64>, frames: &Frames<'_>) {
+    if let Some(a) = frames_in_place(frames) {
+        dst.extend_from_slice(a);
+        return;
+    }
     let b = frames.as_bytes();
     if frames.pointer_size() == 4 {
         dst.extend(
             b.chunks_exact(4)
-                .map(|c| u64::from(u32::from_le_bytes(c.try_into().unwrap_or([0; 4])))),
+                .map(|c| u64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
         );
     } else {
         dst.extend(
             b.chunks_exact(8)
-                .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))),
+                .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])),
         );
     }
 }

@@ -202,6 +202,10 @@ pub struct EngineConfig {
     pub services: ServiceTable,
     pub system_dlls: Option<Arc<SystemDlls>>,
     pub allowlist: Allowlist,
+    /// Classify a SysCallEnter with the StackWalk right after it without
+    /// the correlator (see [`Engine::process`]). The results are the same
+    /// either way; `false` exists to check that.
+    pub hold_syscalls: bool,
 }
 
 impl Default for EngineConfig {
@@ -214,6 +218,7 @@ impl Default for EngineConfig {
             services: ServiceTable::new(),
             system_dlls: None,
             allowlist: Allowlist::default(),
+            hold_syscalls: true,
         }
     }
 }
@@ -420,6 +425,9 @@ pub struct DecodeErrorSample {
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct EngineStats {
     pub events: u64,
+    /// Syscalls classified straight from the StackWalk that came right
+    /// after them, without the correlator (the common case).
+    pub held_pairs: u64,
     pub kernel_events_decoded: u64,
     pub decode_errors: u64,
     /// The first decode errors, with file offsets.
@@ -513,6 +521,45 @@ impl TallyKey {
 
 const MAX_ERROR_SAMPLES: usize = 32;
 
+/// What [`Engine::emit_syscall`] needs of a paired syscall besides its stack.
+#[derive(Debug, Clone, Copy)]
+struct Pair {
+    ts: u64,
+    parent_processor: u16,
+    address: u64,
+    has_stack: bool,
+    pid: u32,
+    tid: u32,
+}
+
+/// Which vector an emitted stack was taken from (it is given back).
+#[derive(Debug, Clone, Copy)]
+enum StackFrom {
+    User,
+    Kernel,
+    Buffer,
+}
+
+/// A SysCallEnter kept outside the correlator for one event.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    ts: u64,
+    processor: u16,
+    address: u64,
+}
+
+/// StackWalk stack (group 0x18, opcode 32).
+#[inline]
+fn is_stack_walk(id: EventId) -> bool {
+    matches!(
+        id,
+        EventId::Kernel {
+            group: KernelClass::GROUP_STACKWALK,
+            opcode: 32
+        }
+    )
+}
+
 /// PerfInfo SysCallExit (opcode 52).
 #[inline]
 fn is_sys_call_exit(id: EventId) -> bool {
@@ -559,6 +606,11 @@ pub struct Engine {
     stats: EngineStats,
     parent_hooks: BTreeMap<ParentHook, u64>,
     tallies: SiteTallies,
+    /// The last SysCallEnter, not yet given to the correlator: nearly
+    /// always the next event is its whole stack, and the pair is then
+    /// classified at once (see [`Engine::process`]).
+    held: Option<Held>,
+    hold_syscalls: bool,
     /// An always-empty table: classification consults it in
     /// [`Learning::Deferred`] mode, leaving rule 5 to the final one.
     no_services: ServiceTable,
@@ -588,6 +640,8 @@ impl Engine {
             stats: EngineStats::default(),
             parent_hooks: BTreeMap::new(),
             tallies: SiteTallies::default(),
+            held: None,
+            hold_syscalls: cfg.hold_syscalls,
             no_services: ServiceTable::new(),
         };
         e.update_window();
@@ -674,7 +728,15 @@ impl Engine {
 
     /// Pending entries in the correlator now.
     pub fn pending(&self) -> usize {
-        self.corr.pending()
+        self.corr.pending() + usize::from(self.held.is_some())
+    }
+
+    /// Gives the held syscall to the correlator.
+    fn release_held(&mut self) {
+        if let Some(h) = self.held.take() {
+            self.corr
+                .add_parent(h.ts, h.processor, Parent::SysCall { address: h.address });
+        }
     }
 
     /// Statistics so far.
@@ -682,7 +744,7 @@ impl Engine {
         let mut s = self.stats.clone();
         s.correlator = self.corr.stats.clone();
         s.state = self.state.stats.clone();
-        s.pending_now = self.corr.pending() as u64;
+        s.pending_now = self.pending() as u64;
         s.learned_return_sites = self.services.len() as u64;
         s.parent_hooks = self
             .parent_hooks
@@ -693,25 +755,23 @@ impl Engine {
     }
 
     /// Feeds one event (in time order).
+    ///
+    /// The common pair, a SysCallEnter whose next event is its StackWalk
+    /// holding the user part, never enters the correlator: the syscall is
+    /// held for one event ([`Correlator::hold_parent`] says when that is
+    /// exact), then classified straight from the StackWalk. Any other next
+    /// event first gives the held syscall to the correlator, as if it had
+    /// been added when it came; the verdicts, their order and every counter
+    /// are the same either way.
     pub fn process(&mut self, ev: &RawEvent<'_>, sink: &mut dyn VerdictSink) {
-        self.stats.events += 1;
-        if self.stats.first_timestamp.is_none() && ev.timestamp != 0 {
-            self.stats.first_timestamp = Some(ev.timestamp);
-        }
-        if ev.pointer_size != self.pointer_size {
-            self.set_pointer_size(ev.pointer_size);
-        }
-        if ev.timestamp > self.now {
-            self.now = ev.timestamp;
-            self.stats.last_timestamp = Some(ev.timestamp);
-            self.corr.expire(self.now);
-            if self.state.next_deadline() <= self.now {
-                let linger = self.corr.window_ticks().saturating_mul(2);
-                let corr = &self.corr;
-                self.state
-                    .expire(self.now, linger, |pid| corr.waits_for_keys(pid));
+        if let Some(h) = self.held {
+            if self.complete_held(h, ev, sink) {
+                self.held = None;
+                return;
             }
+            self.release_held();
         }
+        self.advance(ev);
         if self.pairing == Pairing::AnyEvent {
             let hook = match ev.id {
                 EventId::Kernel { group, .. } if group == KernelClass::GROUP_STACKWALK => None,
@@ -735,6 +795,19 @@ impl Engine {
             return;
         }
         match sentry_kernel::decode(ev) {
+            Ok(Some(KernelEvent::SysCallEnter(s)))
+                if self.hold_syscalls
+                    && self.pairing == Pairing::SysCallEnter
+                    && self.corr.hold_parent(ev.timestamp) =>
+            {
+                self.stats.kernel_events_decoded += 1;
+                self.stats.syscalls += 1;
+                self.held = Some(Held {
+                    ts: ev.timestamp,
+                    processor: ev.processor,
+                    address: s.sys_call_address,
+                });
+            }
             Ok(Some(k)) => {
                 self.stats.kernel_events_decoded += 1;
                 self.on_kernel_event(ev, k);
@@ -753,9 +826,78 @@ impl Engine {
         self.drain(sink);
     }
 
+    /// What every event does first: counts, the clock, expiry.
+    #[inline]
+    fn advance(&mut self, ev: &RawEvent<'_>) {
+        self.stats.events += 1;
+        if self.stats.first_timestamp.is_none() && ev.timestamp != 0 {
+            self.stats.first_timestamp = Some(ev.timestamp);
+        }
+        if ev.pointer_size != self.pointer_size {
+            self.set_pointer_size(ev.pointer_size);
+        }
+        if ev.timestamp > self.now {
+            self.now = ev.timestamp;
+            self.stats.last_timestamp = Some(ev.timestamp);
+            self.corr.expire(self.now);
+            if self.state.next_deadline() <= self.now {
+                let linger = self.corr.window_ticks().saturating_mul(2);
+                let corr = &self.corr;
+                self.state
+                    .expire(self.now, linger, |pid| corr.waits_for_keys(pid));
+            }
+        }
+    }
+
+    /// `ev` is the StackWalk of the held syscall `h` with the user part
+    /// (so the correlator would complete `h` with it at once): processes
+    /// `ev` and emits the syscall; `false` (nothing done) otherwise.
+    #[inline]
+    fn complete_held(&mut self, h: Held, ev: &RawEvent<'_>, sink: &mut dyn VerdictSink) -> bool {
+        if !is_stack_walk(ev.id)
+            || ev.pointer_size != self.pointer_size
+            // The held entry would expire at this event.
+            || h.ts.saturating_add(self.corr.window_ticks()) < ev.timestamp.max(self.now)
+        {
+            return false;
+        }
+        let Ok(Some(KernelEvent::StackWalk(sw))) = sentry_kernel::decode(ev) else {
+            return false;
+        };
+        if sw.event_timestamp != h.ts || !self.corr.is_user_part(&sw.frames) {
+            return false;
+        }
+        self.advance(ev);
+        self.stats.kernel_events_decoded += 1;
+        // What this event's expiry finalised goes first, as it would.
+        self.drain(sink);
+        self.corr.count_held_match();
+        self.stats.held_pairs += 1;
+        let pair = Pair {
+            ts: h.ts,
+            parent_processor: h.processor,
+            address: h.address,
+            has_stack: true,
+            pid: sw.stack_process,
+            tid: sw.stack_thread,
+        };
+        // Read in place from the event where the layout allows (no copy).
+        if let Some(stack) = correlate::frames_in_place(&sw.frames) {
+            self.emit_syscall(pair, stack, Finish::Complete, sink);
+        } else {
+            let mut stack = std::mem::take(&mut self.stack_buf);
+            stack.clear();
+            correlate::push_frames(&mut stack, &sw.frames);
+            self.emit_syscall(pair, &stack, Finish::Complete, sink);
+            self.stack_buf = stack;
+        }
+        true
+    }
+
     /// Applies one decoded kernel event (exposed for tests and for callers
     /// that decode themselves); call [`Engine::drain`] afterwards.
     pub fn on_kernel_event(&mut self, ev: &RawEvent<'_>, k: KernelEvent<'_>) {
+        self.release_held();
         match k {
             KernelEvent::SysCallEnter(s) => {
                 self.stats.syscalls += 1;
@@ -813,20 +955,95 @@ impl Engine {
         let Some(parent) = e.parent else {
             return;
         };
-        // The full stack: the kernel part then the user part. Most stacks
-        // come in one event (one part): then it is borrowed, not copied.
-        let stack_all: &[u64] = if e.kernel.is_empty() {
-            &e.user
-        } else if e.user.is_empty() {
-            &e.kernel
-        } else {
-            self.stack_buf.clear();
-            self.stack_buf.extend_from_slice(&e.kernel);
-            self.stack_buf.extend_from_slice(&e.user);
-            &self.stack_buf
-        };
         let has_stack = e.has_stack();
         let (pid, tid) = (e.pid, e.tid);
+        let address = match parent {
+            Parent::SysCall { address } => address,
+            Parent::Other(hook) => {
+                if has_stack {
+                    let stack_all: &[u64] = if e.kernel.is_empty() {
+                        &e.user
+                    } else if e.user.is_empty() {
+                        &e.kernel
+                    } else {
+                        self.stack_buf.clear();
+                        self.stack_buf.extend_from_slice(&e.kernel);
+                        self.stack_buf.extend_from_slice(&e.user);
+                        &self.stack_buf
+                    };
+                    let resolver = Resolver {
+                        modules: self.state.process(pid).map(|p| &p.modules),
+                        kernel: self.state.kernel_modules(),
+                        kernel_boundary: self.kernel_boundary,
+                        system_dlls: self.system_dlls.as_deref(),
+                    };
+                    *self.parent_hooks.entry(hook).or_insert(0) += u64::from(e.fragments);
+                    sink.stack_pair(&StackPair {
+                        timestamp: e.ts,
+                        parent: hook,
+                        pid,
+                        tid,
+                        stack: stack_all,
+                        fragments: e.fragments,
+                        process: self.state.process(pid),
+                        resolver,
+                    });
+                }
+                return;
+            }
+        };
+        let pair = Pair {
+            ts: e.ts,
+            parent_processor: e.parent_processor,
+            address,
+            has_stack,
+            pid,
+            tid,
+        };
+        // The full stack: the kernel part then the user part, owned for the
+        // call and given back. Most stacks come in one event (one part).
+        let e = self.corr.entry_mut(slot);
+        let (mut stack, from) = if e.kernel.is_empty() {
+            (std::mem::take(&mut e.user), StackFrom::User)
+        } else if e.user.is_empty() {
+            (std::mem::take(&mut e.kernel), StackFrom::Kernel)
+        } else {
+            let mut b = std::mem::take(&mut self.stack_buf);
+            b.clear();
+            b.extend_from_slice(&e.kernel);
+            b.extend_from_slice(&e.user);
+            (b, StackFrom::Buffer)
+        };
+        self.emit_syscall(pair, &stack, finish, sink);
+        let e = self.corr.entry_mut(slot);
+        match from {
+            StackFrom::User => e.user = stack,
+            StackFrom::Kernel => e.kernel = stack,
+            StackFrom::Buffer => {
+                stack.clear();
+                self.stack_buf = stack;
+            }
+        }
+    }
+
+    /// Classifies one syscall (its stack: kernel part then user part,
+    /// innermost first; ignored without `has_stack`) and hands the verdict
+    /// to `sink`.
+    fn emit_syscall(
+        &mut self,
+        pair: Pair,
+        stack_all: &[u64],
+        finish: Finish,
+        sink: &mut dyn VerdictSink,
+    ) {
+        let Pair {
+            ts,
+            parent_processor,
+            address,
+            has_stack,
+            pid,
+            tid,
+        } = pair;
         let process = if has_stack {
             self.state.process(pid)
         } else {
@@ -837,25 +1054,6 @@ impl Engine {
             kernel: self.state.kernel_modules(),
             kernel_boundary: self.kernel_boundary,
             system_dlls: self.system_dlls.as_deref(),
-        };
-        let address = match parent {
-            Parent::SysCall { address } => address,
-            Parent::Other(hook) => {
-                if has_stack {
-                    *self.parent_hooks.entry(hook).or_insert(0) += u64::from(e.fragments);
-                    sink.stack_pair(&StackPair {
-                        timestamp: e.ts,
-                        parent: hook,
-                        pid,
-                        tid,
-                        stack: stack_all,
-                        fragments: e.fragments,
-                        process,
-                        resolver,
-                    });
-                }
-                return;
-            }
         };
         let stack = has_stack.then_some(stack_all);
         if matches!(self.learning, Learning::Online | Learning::Only) {
@@ -969,8 +1167,8 @@ impl Engine {
             }
         }
         let v = SyscallVerdict {
-            timestamp: e.ts,
-            processor: e.parent_processor,
+            timestamp: ts,
+            processor: parent_processor,
             service_address: address,
             pid: has_stack.then_some(pid),
             tid: has_stack.then_some(tid),
@@ -989,6 +1187,7 @@ impl Engine {
 
     /// Flushes every pending entry and returns the statistics.
     pub fn finish(&mut self, sink: &mut dyn VerdictSink) -> EngineStats {
+        self.release_held();
         self.corr.flush();
         self.drain(sink);
         self.settle_deferred();
