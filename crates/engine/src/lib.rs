@@ -548,18 +548,6 @@ struct Held {
     address: u64,
 }
 
-/// StackWalk stack (group 0x18, opcode 32).
-#[inline]
-fn is_stack_walk(id: EventId) -> bool {
-    matches!(
-        id,
-        EventId::Kernel {
-            group: KernelClass::GROUP_STACKWALK,
-            opcode: 32
-        }
-    )
-}
-
 /// PerfInfo SysCallExit (opcode 52).
 #[inline]
 fn is_sys_call_exit(id: EventId) -> bool {
@@ -794,20 +782,25 @@ impl Engine {
             self.drain(sink);
             return;
         }
-        match sentry_kernel::decode(ev) {
-            Ok(Some(KernelEvent::SysCallEnter(s)))
-                if self.hold_syscalls
-                    && self.pairing == Pairing::SysCallEnter
-                    && self.corr.hold_parent(ev.timestamp) =>
+        if let Some(s) = sentry_kernel::sys_call_enter(ev) {
+            self.stats.kernel_events_decoded += 1;
+            if self.hold_syscalls
+                && self.pairing == Pairing::SysCallEnter
+                && self.corr.hold_parent(ev.timestamp)
             {
-                self.stats.kernel_events_decoded += 1;
                 self.stats.syscalls += 1;
                 self.held = Some(Held {
                     ts: ev.timestamp,
                     processor: ev.processor,
                     address: s.sys_call_address,
                 });
+            } else {
+                self.on_kernel_event(ev, KernelEvent::SysCallEnter(s));
             }
+            self.drain(sink);
+            return;
+        }
+        match sentry_kernel::decode(ev) {
             Ok(Some(k)) => {
                 self.stats.kernel_events_decoded += 1;
                 self.on_kernel_event(ev, k);
@@ -854,14 +847,13 @@ impl Engine {
     /// `ev` and emits the syscall; `false` (nothing done) otherwise.
     #[inline]
     fn complete_held(&mut self, h: Held, ev: &RawEvent<'_>, sink: &mut dyn VerdictSink) -> bool {
-        if !is_stack_walk(ev.id)
-            || ev.pointer_size != self.pointer_size
+        if ev.pointer_size != self.pointer_size
             // The held entry would expire at this event.
             || h.ts.saturating_add(self.corr.window_ticks()) < ev.timestamp.max(self.now)
         {
             return false;
         }
-        let Ok(Some(KernelEvent::StackWalk(sw))) = sentry_kernel::decode(ev) else {
+        let Some(sw) = sentry_kernel::stack_walk(ev) else {
             return false;
         };
         if sw.event_timestamp != h.ts || !self.corr.is_user_part(&sw.frames) {

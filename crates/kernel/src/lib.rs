@@ -103,45 +103,80 @@ fn decode_general<'a>(ev: &RawEvent<'a>) -> Result<Option<KernelEvent<'a>>, Deco
 /// the general path (which decides errors and the other events).
 #[inline]
 fn fast_path(group: u8, opcode: u8, ps: u8, p: &[u8]) -> Option<KernelEvent<'_>> {
-    let u32_at =
-        |o: usize| -> Option<u32> { Some(u32::from_le_bytes(p.get(o..o + 4)?.try_into().ok()?)) };
-    let u64_at =
-        |o: usize| -> Option<u64> { Some(u64::from_le_bytes(p.get(o..o + 8)?.try_into().ok()?)) };
     match (group, opcode) {
         (KernelClass::GROUP_PERFINFO, perfinfo::SYSCALL_ENTER) => {
-            let sys_call_address = match ps {
-                8 => u64_at(0)?,
-                4 => u64::from(u32_at(0)?),
-                _ => return None,
-            };
-            Some(KernelEvent::SysCallEnter(SysCallEnter { sys_call_address }))
+            sys_call_enter_at(ps, p).map(KernelEvent::SysCallEnter)
         }
         (KernelClass::GROUP_PERFINFO, perfinfo::SYSCALL_EXIT) if ps == 4 || ps == 8 => {
             Some(KernelEvent::SysCallExit(SysCallExit {
-                sys_call_ntstatus: u32_at(0)?,
+                sys_call_ntstatus: u32::from_le_bytes(*p.first_chunk::<4>()?),
             }))
         }
         (KernelClass::GROUP_STACKWALK, stackwalk::STACK) => {
-            let (head, frames) = p.split_first_chunk::<16>()?;
-            // A whole number of pointers (masks, not divisions).
-            let whole = match ps {
-                8 => frames.len() & 7 == 0,
-                4 => frames.len() & 3 == 0,
-                _ => false,
-            };
-            if !whole {
-                return None;
-            }
-            let [t0, t1, t2, t3, t4, t5, t6, t7, p0, p1, p2, p3, h0, h1, h2, h3] = *head;
-            Some(KernelEvent::StackWalk(StackWalk {
-                event_timestamp: u64::from_le_bytes([t0, t1, t2, t3, t4, t5, t6, t7]),
-                stack_process: u32::from_le_bytes([p0, p1, p2, p3]),
-                stack_thread: u32::from_le_bytes([h0, h1, h2, h3]),
-                frames: Frames::whole(frames, ps),
-            }))
+            stack_walk_at(ps, p).map(KernelEvent::StackWalk)
         }
         _ => None,
     }
+}
+
+/// `ev` decoded as a SysCallEnter, if it is one whose payload fits the
+/// layout: what [`decode`] gives for it (which also names the errors),
+/// without building a [`KernelEvent`]. For callers handling the syscall
+/// events apart from the rest.
+#[inline]
+pub fn sys_call_enter(ev: &RawEvent<'_>) -> Option<SysCallEnter> {
+    match ev.id {
+        EventId::Kernel {
+            group: KernelClass::GROUP_PERFINFO,
+            opcode: perfinfo::SYSCALL_ENTER,
+        } => sys_call_enter_at(ev.pointer_size, ev.payload),
+        _ => None,
+    }
+}
+
+/// `ev` decoded as a StackWalk stack event, if it is one whose payload fits
+/// the layout: what [`decode`] gives for it, without building a
+/// [`KernelEvent`] (see [`sys_call_enter`]).
+#[inline]
+pub fn stack_walk<'a>(ev: &RawEvent<'a>) -> Option<StackWalk<'a>> {
+    match ev.id {
+        EventId::Kernel {
+            group: KernelClass::GROUP_STACKWALK,
+            opcode: stackwalk::STACK,
+        } => stack_walk_at(ev.pointer_size, ev.payload),
+        _ => None,
+    }
+}
+
+#[inline(always)]
+fn sys_call_enter_at(ps: u8, p: &[u8]) -> Option<SysCallEnter> {
+    let sys_call_address = match ps {
+        8 => u64::from_le_bytes(*p.first_chunk::<8>()?),
+        4 => u64::from(u32::from_le_bytes(*p.first_chunk::<4>()?)),
+        _ => return None,
+    };
+    Some(SysCallEnter { sys_call_address })
+}
+
+#[inline(always)]
+fn stack_walk_at(ps: u8, p: &[u8]) -> Option<StackWalk<'_>> {
+    let (head, frames) = p.split_first_chunk::<16>()?;
+    // A whole number of pointers (masks, not divisions).
+    let whole = match ps {
+        8 => frames.len() & 7 == 0,
+        4 => frames.len() & 3 == 0,
+        _ => false,
+    };
+    if !whole {
+        return None;
+    }
+    let [t0, t1, t2, t3, t4, t5, t6, t7, p0, p1, p2, p3, h0, h1, h2, h3] = *head;
+    Some(StackWalk {
+        event_timestamp: u64::from_le_bytes([t0, t1, t2, t3, t4, t5, t6, t7]),
+        stack_process: u32::from_le_bytes([p0, p1, p2, p3]),
+        stack_thread: u32::from_le_bytes([h0, h1, h2, h3]),
+        frames: Frames::whole(frames, ps),
+    })
 }
 
 /// Lifecycle of a Process/Thread/Image opcode already known to be of

@@ -1,9 +1,10 @@
 //! Property: `decode` never panics and never reads past the payload, for
 //! arbitrary bytes under every (class, opcode, version, pointer size) it
-//! dispatches on, plus neighbours it must ignore.
+//! dispatches on, plus neighbours it must ignore; and the SysCallEnter and
+//! StackWalk shortcuts give exactly what it gives.
 
 use proptest::prelude::*;
-use sentry_kernel::{decode, KernelEvent};
+use sentry_kernel::{decode, stack_walk, sys_call_enter, KernelEvent};
 use sentry_raw::{EventId, ExtendedData, HeaderKind, RawEvent};
 
 use sentry_kernel::fuzzing::HOOKS;
@@ -22,7 +23,17 @@ fn check(group: u8, opcode: u8, version: u8, ps: u8, payload: &[u8]) {
         extended: ExtendedData::default(),
         offset: 77,
     };
-    match decode(&ev) {
+    // The engine's shortcuts for the syscall events agree with `decode`.
+    let decoded = decode(&ev);
+    match &decoded {
+        Ok(Some(KernelEvent::SysCallEnter(e))) => assert_eq!(sys_call_enter(&ev), Some(*e)),
+        _ => assert_eq!(sys_call_enter(&ev), None),
+    }
+    match &decoded {
+        Ok(Some(KernelEvent::StackWalk(s))) => assert_eq!(stack_walk(&ev).as_ref(), Some(s)),
+        _ => assert!(stack_walk(&ev).is_none()),
+    }
+    match decoded {
         Ok(Some(KernelEvent::StackWalk(s))) => {
             assert_eq!(16 + s.frames.len() * usize::from(ps), payload.len());
         }
