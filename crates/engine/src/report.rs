@@ -350,23 +350,42 @@ struct Disc {
 
 impl Disc {
     fn of(k: &PendingKey) -> Option<Disc> {
+        Disc::of_parts(
+            k.check,
+            k.service_address,
+            k.verdict,
+            k.reason,
+            k.suppressed,
+        )
+    }
+
+    /// The disc of a syscall's group, from its parts (the per-syscall fast
+    /// path builds no [`PendingKey`]).
+    #[inline]
+    fn of_parts(
+        check: ServiceCheck,
+        service_address: u64,
+        verdict: Verdict,
+        reason: Option<Reason>,
+        suppressed: Option<(Verdict, Option<Reason>, usize)>,
+    ) -> Option<Disc> {
         let entry = |i: Option<usize>| -> Option<u16> {
             match i {
                 None => Some(0),
                 Some(i) => u16::try_from(i).ok()?.checked_add(1),
             }
         };
-        let reason = |r: Option<Reason>| r.map_or(u8::MAX, |r| r as u8);
+        let code = |r: Option<Reason>| r.map_or(u8::MAX, |r| r as u8);
         Some(Disc {
-            service_address: k.service_address,
-            offset: u32::try_from(k.check.offset).ok()?,
-            mismatch_suppressed: entry(k.check.mismatch_suppressed)?,
-            suppressed: entry(k.suppressed.map(|s| s.2))?,
-            kind: k.check.kind as u8,
-            verdict: k.verdict as u8,
-            reason: reason(k.reason),
-            suppressed_verdict: k.suppressed.map_or(u8::MAX, |s| s.0 as u8),
-            suppressed_reason: k.suppressed.map_or(u8::MAX, |s| reason(s.1)),
+            service_address,
+            offset: u32::try_from(check.offset).ok()?,
+            mismatch_suppressed: entry(check.mismatch_suppressed)?,
+            suppressed: entry(suppressed.map(|s| s.2))?,
+            kind: check.kind as u8,
+            verdict: verdict as u8,
+            reason: code(reason),
+            suppressed_verdict: suppressed.map_or(u8::MAX, |s| s.0 as u8),
+            suppressed_reason: suppressed.map_or(u8::MAX, |s| code(s.1)),
         })
     }
 }
@@ -1149,7 +1168,8 @@ impl VerdictSink for Report {
             // syscall's: one lookup, one entry.
             if let Some(site) = self.sites.get_mut(&(v.pid, u)) {
                 if site.own != u32::MAX
-                    && Disc::of(&pending_key(v, check, site.row)) == Some(site.own_disc)
+                    && Disc::of_parts(check, v.service_address, v.verdict, v.reason, v.suppressed)
+                        == Some(site.own_disc)
                 {
                     site.count += 1;
                     site.own_count += 1;
