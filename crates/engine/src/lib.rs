@@ -346,6 +346,9 @@ pub struct StackPair<'a> {
 /// Receives verdicts.
 pub trait VerdictSink {
     fn verdict(&mut self, v: &SyscallVerdict<'_>);
+    /// A hint, before classification: the next verdict is likely of
+    /// process `pid` at call site `call_site` (its first user frame).
+    fn prefetch(&mut self, _pid: u32, _call_site: u64) {}
     /// Only in [`Pairing::AnyEvent`] mode.
     fn stack_pair(&mut self, _p: &StackPair<'_>) {}
 }
@@ -1061,6 +1064,13 @@ impl Engine {
             }
             if self.learning == Learning::Only {
                 return;
+            }
+        }
+        if let Some(s) = stack {
+            // The sink's per-call-site state is a large random-access table:
+            // start that lookup now, so it overlaps the classification.
+            if let Some(&u) = s.iter().find(|&&a| a < self.kernel_boundary) {
+                sink.prefetch(pid, u);
             }
         }
         let deferred = self.learning == Learning::Deferred;
