@@ -963,6 +963,10 @@ struct Merge {
     /// `keys[0]` is stale while its cursor's run goes on.
     order: Box<[u16; SLOTS]>,
     keys: Box<[u128; SLOTS]>,
+    /// `order[0]`.
+    cur: usize,
+    /// `keys[1]`.
+    limit: u128,
     /// `Fresh` until the first event, `Done` after the last.
     state: MergeState,
 }
@@ -983,15 +987,15 @@ impl Merge {
             cursors,
             order: Box::new([0; SLOTS]),
             keys: Box::new([u128::MAX; SLOTS]),
+            cur: 0,
+            limit: 0,
             state: MergeState::Fresh,
         };
         for (j, (k, i)) in by_key.into_iter().enumerate() {
             m.keys[j] = k;
             m.order[j] = i as u16;
         }
-        if m.keys[0] == u128::MAX {
-            m.state = MergeState::Done;
-        }
+        m.crown();
         m
     }
 
@@ -999,7 +1003,7 @@ impl Merge {
     /// down to its place. `false` when every stream is done.
     #[inline(always)]
     fn reorder(&mut self, k: u128) -> bool {
-        let i = self.order[0];
+        let i = self.cur as u16;
         let (keys, order) = (&mut self.keys[..], &mut self.order[..]);
         let mut j = 1;
         // The sentinel past the last cursor stops this (no key is above
@@ -1014,6 +1018,15 @@ impl Merge {
         }
         keys[j - 1] = k;
         order[j - 1] = i;
+        self.crown()
+    }
+
+    /// Takes the first of the order as the current cursor and the second's
+    /// key as the limit; `false` when every stream is done.
+    #[inline(always)]
+    fn crown(&mut self) -> bool {
+        self.cur = usize::from(self.order[0]);
+        self.limit = self.keys[1];
         if self.keys[0] == u128::MAX {
             self.state = MergeState::Done;
             return false;
@@ -1027,18 +1040,18 @@ impl Merge {
         if self.state != MergeState::Running {
             return self.next_cold();
         }
-        let i = usize::from(self.order[0]);
+        let i = self.cur;
         let c = self.cursors.get_mut(i)?;
         c.advance(file, sh);
         let k = c.key();
-        if k < self.keys[1] {
+        if k < self.limit {
             // Still the smallest.
             return self.cursors.get(i);
         }
         if !self.reorder(k) {
             return None;
         }
-        self.cursors.get(usize::from(self.order[0]))
+        self.cursors.get(self.cur)
     }
 
     #[cold]
@@ -1047,7 +1060,7 @@ impl Merge {
         match self.state {
             MergeState::Fresh => {
                 self.state = MergeState::Running;
-                self.cursors.get(usize::from(self.order[0]))
+                self.cursors.get(self.cur)
             }
             _ => None,
         }
