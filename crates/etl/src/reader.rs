@@ -923,13 +923,22 @@ impl Cursor {
     #[inline(always)]
     fn event(&self) -> RawEvent<'_> {
         let mut ev: RawEvent<'_> = self.event;
-        ev.payload = self.data.get(self.payload.0..self.payload.1).unwrap_or(&[]);
+        ev.payload = match self.data.get(self.payload.0..self.payload.1) {
+            Some(p) => p,
+            None => empty(),
+        };
         let (x0, x1) = self.extended;
         if x0 != x1 {
             ev.extended = ExtendedData(self.data.get(x0..x1).unwrap_or(&[]));
         }
         ev
     }
+}
+
+/// An empty slice, on the unlikely path.
+#[cold]
+fn empty<'a>() -> &'a [u8] {
+    &[]
 }
 
 enum Mode {
