@@ -654,6 +654,11 @@ struct Cursor {
     /// these ranges of `data`; its processor is the loaded buffer's.
     /// Delivering an event is a copy of this and one slice.
     event: RawEvent<'static>,
+    /// The current event's process id, raw (`u32::MAX`: none); `event.pid`
+    /// stays `None`. Set apart so that the delivered event's pid (where an
+    /// `Option<RawEvent>` keeps its `None`) is a fresh value, not a copy the
+    /// compiler must test.
+    pid: u32,
     payload: (usize, usize),
     extended: (usize, usize),
     /// There is a current event.
@@ -681,6 +686,7 @@ impl Cursor {
             pos: 0,
             next: 0,
             event: NO_EVENT,
+            pid: u32::MAX,
             payload: (0, 0),
             extended: (0, 0),
             has: false,
@@ -790,12 +796,9 @@ impl Cursor {
             // PERFINFO: the timestamp at 8, no ids; SYSTEM and COMPACT:
             // thread and process ids at 8, the timestamp at 0x10.
             let (pid, tid) = if perfinfo {
-                (None, None)
+                (u32::MAX, None)
             } else {
-                (
-                    sentry_raw::id_or_none((ids >> 32) as u32),
-                    sentry_raw::id_or_none(ids as u32),
-                )
+                ((ids >> 32) as u32, sentry_raw::id_or_none(ids as u32))
             };
             let ev = &mut self.event;
             ev.header = kind.header;
@@ -804,11 +807,11 @@ impl Cursor {
                 opcode: (head >> 48) as u8,
             };
             ev.version = head as u8;
-            ev.pid = pid;
             ev.tid = tid;
             ev.timestamp = if perfinfo { ids } else { record::word(h, 16) };
             ev.pointer_size = kind.pointer_size;
             ev.offset = self.base + pos as u64;
+            self.pid = pid;
             self.payload = (pos + usize::from(kind.fixed), pos + size as usize);
             self.extended = (0, 0);
             self.next = next;
@@ -833,7 +836,8 @@ impl Cursor {
         ev.header = m.header;
         ev.id = m.id;
         ev.version = m.version;
-        ev.pid = m.pid;
+        // `id_or_none` made it: never `Some(u32::MAX)`.
+        self.pid = m.pid.unwrap_or(u32::MAX);
         ev.tid = m.tid;
         ev.timestamp = m.timestamp;
         ev.pointer_size = m.pointer_size;
@@ -923,6 +927,7 @@ impl Cursor {
     #[inline(always)]
     fn event(&self) -> RawEvent<'_> {
         let mut ev: RawEvent<'_> = self.event;
+        ev.pid = sentry_raw::id_or_none(self.pid);
         ev.payload = match self.data.get(self.payload.0..self.payload.1) {
             Some(p) => p,
             None => empty(),
