@@ -571,19 +571,41 @@ fn load_buffer(
 pub const MAX_SKIPPED_HOOKS: usize = 4;
 
 /// Kernel hooks (`opcode | group << 8`, as a record header holds them at
-/// offset 6) not to deliver.
-#[derive(Clone, Copy, Default)]
+/// offset 6) not to deliver. The first apart, as a `u32` that is never a
+/// hook when there is none: the common list of one is one comparison.
+#[derive(Clone, Copy)]
 struct Skip {
-    hooks: [u16; MAX_SKIPPED_HOOKS],
-    n: usize,
+    first: u32,
+    rest: [u16; MAX_SKIPPED_HOOKS - 1],
+    n_rest: usize,
+}
+
+impl Default for Skip {
+    fn default() -> Skip {
+        Skip {
+            first: Skip::NONE,
+            rest: [0; MAX_SKIPPED_HOOKS - 1],
+            n_rest: 0,
+        }
+    }
 }
 
 impl Skip {
+    /// [`Skip::first`] of an empty list: no hook equals it.
+    const NONE: u32 = 0x1_0000;
+
     fn new(list: &[(u8, u8)]) -> Skip {
         let mut s = Skip::default();
-        for &(group, opcode) in list.iter().take(MAX_SKIPPED_HOOKS) {
-            s.hooks[s.n] = Skip::hook(group, opcode);
-            s.n += 1;
+        let mut hooks = list
+            .iter()
+            .take(MAX_SKIPPED_HOOKS)
+            .map(|&(group, opcode)| Skip::hook(group, opcode));
+        if let Some(h) = hooks.next() {
+            s.first = u32::from(h);
+        }
+        for (slot, h) in s.rest.iter_mut().zip(hooks) {
+            *slot = h;
+            s.n_rest += 1;
         }
         s
     }
@@ -595,12 +617,16 @@ impl Skip {
 
     #[inline(always)]
     fn has(&self, hook: u16) -> bool {
-        self.hooks[..self.n].contains(&hook)
+        u32::from(hook) == self.first || (self.n_rest > 0 && self.has_rest(hook))
+    }
+
+    fn has_rest(&self, hook: u16) -> bool {
+        self.rest.iter().take(self.n_rest).any(|&h| h == hook)
     }
 
     fn has_id(&self, id: EventId) -> bool {
         match id {
-            EventId::Kernel { group, opcode } if self.n > 0 => self.has(Skip::hook(group, opcode)),
+            EventId::Kernel { group, opcode } => self.has(Skip::hook(group, opcode)),
             _ => false,
         }
     }
@@ -786,7 +812,7 @@ impl Cursor {
             sh.diag.records += 1;
             let next = pos + ((size as usize + 7) & !7);
             let hook = (head >> 48) as u16;
-            if sh.skip.n > 0 && sh.skip.has(hook) {
+            if sh.skip.has(hook) {
                 sh.diag.skipped_events += 1;
                 self.pos = next;
                 continue;
