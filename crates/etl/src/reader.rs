@@ -977,10 +977,10 @@ enum Mode {
     Time(Merge),
 }
 
-/// Slots of the time-order merge's arrays: more than [`MAX_PROCESSORS`]
-/// (the slot after the last cursor holds a sentinel), a power of two so
-/// that indexing modulo it needs no bounds check.
-const SLOTS: usize = (MAX_PROCESSORS + 1).next_power_of_two();
+/// Slots of the time-order merge's arrays: one per cursor and one for the
+/// sentinel after the last. Fixed, so that the hot path's constant indices
+/// need no bounds checks.
+const SLOTS: usize = MAX_PROCESSORS + 1;
 
 /// The time-order merge. Events are delivered by key (timestamp, file
 /// offset of the buffer, as one `u128`), smallest first, among the current
