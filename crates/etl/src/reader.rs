@@ -9,7 +9,7 @@ use sentry_raw::{Clock, EventId, ExtendedData, HeaderKind, LogfileHeader, RawEve
 
 use crate::buffer::{BufferHeader, BUFFER_HEADER_SIZE, MAX_BUFFER_SIZE};
 use crate::error::{Diagnostics, ErrorKind, EtlError};
-use crate::record::{self, EventMeta, PlainKind, Record};
+use crate::record::{self, EventMeta, Record};
 use crate::source::Source;
 use crate::xpress;
 
@@ -571,19 +571,41 @@ fn load_buffer(
 pub const MAX_SKIPPED_HOOKS: usize = 4;
 
 /// Kernel hooks (`opcode | group << 8`, as a record header holds them at
-/// offset 6) not to deliver.
-#[derive(Clone, Copy, Default)]
+/// offset 6) not to deliver. The first apart, as a `u32` that is never a
+/// hook when there is none: the common list of one is one comparison.
+#[derive(Clone, Copy)]
 struct Skip {
-    hooks: [u16; MAX_SKIPPED_HOOKS],
-    n: usize,
+    first: u32,
+    rest: [u16; MAX_SKIPPED_HOOKS - 1],
+    n_rest: usize,
+}
+
+impl Default for Skip {
+    fn default() -> Skip {
+        Skip {
+            first: Skip::NONE,
+            rest: [0; MAX_SKIPPED_HOOKS - 1],
+            n_rest: 0,
+        }
+    }
 }
 
 impl Skip {
+    /// [`Skip::first`] of an empty list: no hook equals it.
+    const NONE: u32 = 0x1_0000;
+
     fn new(list: &[(u8, u8)]) -> Skip {
         let mut s = Skip::default();
-        for &(group, opcode) in list.iter().take(MAX_SKIPPED_HOOKS) {
-            s.hooks[s.n] = Skip::hook(group, opcode);
-            s.n += 1;
+        let mut hooks = list
+            .iter()
+            .take(MAX_SKIPPED_HOOKS)
+            .map(|&(group, opcode)| Skip::hook(group, opcode));
+        if let Some(h) = hooks.next() {
+            s.first = u32::from(h);
+        }
+        for (slot, h) in s.rest.iter_mut().zip(hooks) {
+            *slot = h;
+            s.n_rest += 1;
         }
         s
     }
@@ -595,12 +617,16 @@ impl Skip {
 
     #[inline(always)]
     fn has(&self, hook: u16) -> bool {
-        self.hooks[..self.n].contains(&hook)
+        u32::from(hook) == self.first || (self.n_rest > 0 && self.has_rest(hook))
+    }
+
+    fn has_rest(&self, hook: u16) -> bool {
+        self.rest.iter().take(self.n_rest).any(|&h| h == hook)
     }
 
     fn has_id(&self, id: EventId) -> bool {
         match id {
-            EventId::Kernel { group, opcode } if self.n > 0 => self.has(Skip::hook(group, opcode)),
+            EventId::Kernel { group, opcode } => self.has(Skip::hook(group, opcode)),
             _ => false,
         }
     }
@@ -619,41 +645,22 @@ struct Shared {
     headers: Option<HeaderCache>,
 }
 
-/// A cursor's current event when it is not a plain system record: what
-/// [`RawEvent`] needs, ranges relative to the record.
-#[derive(Clone, Copy)]
-struct General {
-    id: EventId,
-    header: HeaderKind,
-    version: u8,
-    pointer_size: u8,
-    pid: Option<u32>,
-    tid: Option<u32>,
-    payload_start: u32,
-    extended: (u32, u32),
-}
-
-impl General {
-    const NONE: General = General {
-        id: EventId::Kernel {
-            group: 0,
-            opcode: 0,
-        },
-        header: HeaderKind::Live,
-        version: 0,
-        pointer_size: 0,
-        pid: None,
-        tid: None,
-        payload_start: 0,
-        extended: (0, 0),
-    };
-}
-
-/// [`Cursor::kind`] of a current event that is not a plain system record.
-const GENERAL: PlainKind = PlainKind {
-    fixed: 0,
+/// A cursor's event before it is current: nothing.
+const NO_EVENT: RawEvent<'static> = RawEvent {
     header: HeaderKind::Live,
+    id: EventId::Kernel {
+        group: 0,
+        opcode: 0,
+    },
+    version: 0,
+    pid: None,
+    tid: None,
+    processor: 0,
+    timestamp: 0,
     pointer_size: 0,
+    payload: &[],
+    extended: ExtendedData(&[]),
+    offset: 0,
 };
 
 /// One stream of buffers (all of them, or one processor's) and the position
@@ -663,23 +670,29 @@ const GENERAL: PlainKind = PlainKind {
 struct Cursor {
     // The hot part: the loaded buffer and the current event.
     data: Vec<u8>,
+    /// Bytes of records in `data`.
     len: usize,
     /// Start of the current record (or of the next one to parse).
     pos: usize,
-    /// End of the current record (`pos` + its declared size).
-    end: usize,
     /// Start of the record after the current event.
     next: usize,
+    /// The current event but for its payload and extended data, which are
+    /// these ranges of `data`; its processor is the loaded buffer's.
+    /// Delivering an event is a copy of this and one slice.
+    event: RawEvent<'static>,
+    /// The current event's process id, raw (`u32::MAX`: none); `event.pid`
+    /// stays `None`. Set apart so that the delivered event's pid (where an
+    /// `Option<RawEvent>` keeps its `None`) is a fresh value, not a copy the
+    /// compiler must test.
+    pid: u32,
+    payload: (usize, usize),
+    extended: (usize, usize),
     /// There is a current event.
     has: bool,
-    timestamp: u64,
-    /// The current event's plain system kind; [`GENERAL`] when `general`
-    /// holds it.
-    kind: PlainKind,
-    general: General,
+    /// File offset of the loaded buffer's records (`buf_offset` + header).
+    base: u64,
     /// File offset of the loaded buffer (orders ties in time order).
     buf_offset: u64,
-    processor: u16,
     // The cold part: where the stream goes on.
     scan: Scan,
     /// Only this processor's buffers (time order); all (file order).
@@ -697,14 +710,14 @@ impl Cursor {
             data: Vec::new(),
             len: 0,
             pos: 0,
-            end: 0,
             next: 0,
+            event: NO_EVENT,
+            pid: u32::MAX,
+            payload: (0, 0),
+            extended: (0, 0),
             has: false,
-            timestamp: 0,
-            kind: GENERAL,
-            general: General::NONE,
+            base: HDR,
             buf_offset: 0,
-            processor: 0,
             scan,
             processor_filter,
             started: false,
@@ -718,7 +731,8 @@ impl Cursor {
         self.started = true;
         while let Some(info) = self.next_buffer(file, sh) {
             self.buf_offset = info.offset;
-            self.processor = info.header.processor;
+            self.base = info.offset + HDR;
+            self.event.processor = info.header.processor;
             self.pos = 0;
             self.partial = false;
             let before = self.data.capacity();
@@ -772,55 +786,92 @@ impl Cursor {
         }
     }
 
-    /// Makes the record at `pos` (of declared `size`) the current event.
-    #[inline(always)]
-    fn set(&mut self, size: u32, timestamp: u64, kind: PlainKind) {
-        self.end = self.pos + size as usize;
-        self.next = self.pos + ((size as usize + 7) & !7);
-        self.has = true;
-        self.timestamp = timestamp;
-        self.kind = kind;
-    }
-
     /// The common case: a plain system record at `pos` becomes the current
-    /// event; `false` for anything else (left to [`Cursor::fill`]).
+    /// event; `false` for anything else (left to [`Cursor::fill`]). The
+    /// same checks as [`record::parse_plain`], written out so that nothing
+    /// but the record's words passes between them.
     #[inline(always)]
     fn try_plain(&mut self, sh: &mut Shared) -> bool {
         loop {
-            let Some(rest) = self.data.get(self.pos..self.len) else {
+            let pos = self.pos;
+            let Some(rest) = self.data.get(pos..self.len) else {
                 return false;
             };
-            let Some(p) = record::parse_plain(rest) else {
+            let Some(h) = rest.first_chunk() else {
                 return false;
             };
-            sh.diag.records += 1;
-            if sh.skip.n > 0 {
-                if let Some(&[opcode, group]) = rest.get(6..8) {
-                    if sh.skip.has(Skip::hook(group, opcode)) {
-                        sh.diag.skipped_events += 1;
-                        self.pos += (p.size as usize + 7) & !7;
-                        continue;
-                    }
-                }
+            let head = record::word(h, 0);
+            if !record::plain_marker(head) {
+                return false;
             }
-            self.set(p.size, p.timestamp, p.kind);
+            let kind = record::plain_kind(head);
+            let size = record::plain_size(head);
+            if size < kind.min_size || size as usize > rest.len() {
+                return false;
+            }
+            sh.diag.records += 1;
+            let next = pos + ((size as usize + 7) & !7);
+            let hook = (head >> 48) as u16;
+            if sh.skip.has(hook) {
+                sh.diag.skipped_events += 1;
+                self.pos = next;
+                continue;
+            }
+            let ids = record::word(h, 8);
+            let perfinfo = kind.fixed == 0x10;
+            // PERFINFO: the timestamp at 8, no ids; SYSTEM and COMPACT:
+            // thread and process ids at 8, the timestamp at 0x10.
+            let (pid, tid) = if perfinfo {
+                (u32::MAX, None)
+            } else {
+                ((ids >> 32) as u32, sentry_raw::id_or_none(ids as u32))
+            };
+            let ev = &mut self.event;
+            ev.header = kind.header;
+            ev.id = EventId::Kernel {
+                group: (head >> 56) as u8,
+                opcode: (head >> 48) as u8,
+            };
+            ev.version = head as u8;
+            ev.tid = tid;
+            ev.timestamp = if perfinfo { ids } else { record::word(h, 16) };
+            ev.pointer_size = kind.pointer_size;
+            ev.offset = self.base + pos as u64;
+            self.pid = pid;
+            self.payload = (pos + usize::from(kind.fixed), pos + size as usize);
+            self.extended = (0, 0);
+            self.next = next;
+            self.has = true;
             return true;
         }
     }
 
-    /// [`Cursor::set`] for any event.
+    /// Makes `m` (of declared `size`, at `pos`) the current event.
     fn set_general(&mut self, size: u32, m: &EventMeta) {
-        self.set(size, m.timestamp, GENERAL);
-        self.general = General {
-            id: m.id,
-            header: m.header,
-            version: m.version,
-            pointer_size: m.pointer_size,
-            pid: m.pid,
-            tid: m.tid,
-            payload_start: m.payload_start,
-            extended: (m.extended_start, m.extended_end),
+        let pos = self.pos;
+        // Ranges of the record (empty where they do not fit it) as ranges
+        // of the buffer.
+        let within = |a: u32, b: u32| {
+            if a <= b && b <= size {
+                (pos + a as usize, pos + b as usize)
+            } else {
+                (0, 0)
+            }
         };
+        let ev = &mut self.event;
+        ev.header = m.header;
+        ev.id = m.id;
+        ev.version = m.version;
+        // `id_or_none` made it: never `Some(u32::MAX)`.
+        self.pid = m.pid.unwrap_or(u32::MAX);
+        ev.tid = m.tid;
+        ev.timestamp = m.timestamp;
+        ev.pointer_size = m.pointer_size;
+        ev.offset = self.base + pos as u64;
+        self.payload = within(m.payload_start, size);
+        self.extended = within(m.extended_start, m.extended_end);
+        self.next = pos + ((size as usize + 7) & !7);
+        self.has = true;
     }
 
     /// Makes `current` the next event at or after `pos`, loading buffers
@@ -859,7 +910,7 @@ impl Cursor {
                 Err(kind) => {
                     if !self.partial {
                         sh.diag.error(EtlError::in_buffer(
-                            self.buf_offset + HDR + self.pos as u64,
+                            self.base + self.pos as u64,
                             self.buf_offset,
                             kind,
                         ));
@@ -878,59 +929,47 @@ impl Cursor {
     #[inline(always)]
     fn advance(&mut self, file: &EtlFile, sh: &mut Shared) {
         if self.has {
-            self.has = false;
             self.pos = self.next;
             if self.try_plain(sh) {
                 return;
             }
+            self.has = false;
         }
         self.fill(file, sh);
     }
 
-    /// The current event, a plain system record; call only when `has`.
+    /// The merge key of the current event: timestamp, then buffer offset;
+    /// the largest when the stream is done.
     #[inline(always)]
-    fn plain_event(&self) -> RawEvent<'_> {
-        let rec = self.data.get(self.pos..self.end).unwrap_or(&[]);
-        let fixed = self.kind.fixed;
-        let (id, version, pid, tid) = record::plain_fields(rec, fixed);
-        let payload = rec.get(usize::from(fixed)..).unwrap_or(&[]);
-        RawEvent {
-            header: self.kind.header,
-            id,
-            version,
-            pid,
-            tid,
-            processor: self.processor,
-            timestamp: self.timestamp,
-            pointer_size: self.kind.pointer_size,
-            payload,
-            extended: ExtendedData(&payload[..0]),
-            offset: self.buf_offset + HDR + self.pos as u64,
+    fn key(&self) -> u128 {
+        if self.has {
+            u128::from(self.event.timestamp) << 64 | u128::from(self.buf_offset)
+        } else {
+            u128::MAX
         }
     }
 
-    /// The current event, any other; call only when `has`.
-    #[inline(never)]
-    fn general_event(&self) -> RawEvent<'_> {
-        let rec = self.data.get(self.pos..self.end).unwrap_or(&[]);
-        let g = &self.general;
-        RawEvent {
-            header: g.header,
-            id: g.id,
-            version: g.version,
-            pid: g.pid,
-            tid: g.tid,
-            processor: self.processor,
-            timestamp: self.timestamp,
-            pointer_size: g.pointer_size,
-            payload: rec.get(g.payload_start as usize..).unwrap_or(&[]),
-            extended: ExtendedData(
-                rec.get(g.extended.0 as usize..g.extended.1 as usize)
-                    .unwrap_or(&[]),
-            ),
-            offset: self.buf_offset + HDR + self.pos as u64,
+    /// The current event; call only when `has`.
+    #[inline(always)]
+    fn event(&self) -> RawEvent<'_> {
+        let mut ev: RawEvent<'_> = self.event;
+        ev.pid = sentry_raw::id_or_none(self.pid);
+        ev.payload = match self.data.get(self.payload.0..self.payload.1) {
+            Some(p) => p,
+            None => empty(),
+        };
+        let (x0, x1) = self.extended;
+        if x0 != x1 {
+            ev.extended = ExtendedData(self.data.get(x0..x1).unwrap_or(&[]));
         }
+        ev
     }
+}
+
+/// An empty slice, on the unlikely path.
+#[cold]
+fn empty<'a>() -> &'a [u8] {
+    &[]
 }
 
 enum Mode {
@@ -938,79 +977,133 @@ enum Mode {
     Time(Merge),
 }
 
+/// Slots of the time-order merge's arrays: one per cursor and one for the
+/// sentinel after the last. Fixed, so that the hot path's constant indices
+/// need no bounds checks.
+const SLOTS: usize = MAX_PROCESSORS + 1;
+
 /// The time-order merge. Events are delivered by key (timestamp, file
-/// offset of the buffer), smallest first, among the current events of the
-/// processor cursors; keys of different cursors never tie (their buffers are
-/// at different offsets), so any way of finding the smallest gives the same
-/// order. With few processors a linear scan finds it faster than a heap.
+/// offset of the buffer, as one `u128`), smallest first, among the current
+/// events of the processor cursors; keys of different cursors never tie
+/// (their buffers are at different offsets), so any way of finding the
+/// smallest gives the same order.
 ///
-/// Events come in runs from one processor: `last` is the cursor whose event
-/// was delivered last and `limit` the smallest timestamp of the others;
-/// while that cursor's next timestamp stays below the limit it is still the
-/// smallest and no other key needs a look. Equal timestamps take the full
-/// comparison.
+/// The cursors are kept sorted by key: the first is the current one, the
+/// second's key is the limit. Events come in runs from one processor:
+/// while the current cursor's next key stays below the limit it is still
+/// the smallest and nothing moves. When it passes the limit, it moves down
+/// the order to its new place, the others up by one: a few steps with a
+/// handful of processors (fewer than a full scan or a tree's replay and
+/// the new limit), at most one per processor.
 struct Merge {
     cursors: Vec<Cursor>,
-    /// Each cursor's current timestamp; `u64::MAX` also when done.
-    ts: Vec<u64>,
-    /// Each cursor's buffer offset; `u64::MAX` when done.
-    off: Vec<u64>,
-    last: Option<usize>,
-    limit: u64,
+    /// `order[j]` is the cursor with the `j`-th smallest key, `keys[j]`;
+    /// a stream that is done has key `u128::MAX`, and so has every slot
+    /// past the last cursor (the sentinel that stops the move down).
+    /// `keys[0]` is stale while its cursor's run goes on.
+    order: Box<[u16; SLOTS]>,
+    keys: Box<[u128; SLOTS]>,
+    /// `order[0]`.
+    cur: usize,
+    /// `keys[1]`.
+    limit: u128,
+    /// `Fresh` until the first event, `Done` after the last.
+    state: MergeState,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum MergeState {
+    Fresh,
+    Running,
+    Done,
 }
 
 impl Merge {
-    #[inline(always)]
-    fn set_key(&mut self, i: usize) {
-        let c = &self.cursors[i];
-        let (t, o) = if c.has {
-            (c.timestamp, c.buf_offset)
-        } else {
-            (u64::MAX, u64::MAX)
+    fn new(mut cursors: Vec<Cursor>) -> Merge {
+        cursors.truncate(MAX_PROCESSORS);
+        let mut by_key: Vec<(u128, usize)> = cursors.iter().map(Cursor::key).zip(0..).collect();
+        by_key.sort_unstable();
+        let mut m = Merge {
+            cursors,
+            order: Box::new([0; SLOTS]),
+            keys: Box::new([u128::MAX; SLOTS]),
+            cur: 0,
+            limit: 0,
+            state: MergeState::Fresh,
         };
-        if let (Some(ts), Some(off)) = (self.ts.get_mut(i), self.off.get_mut(i)) {
-            *ts = t;
-            *off = o;
+        for (j, (k, i)) in by_key.into_iter().enumerate() {
+            m.keys[j] = k;
+            m.order[j] = i as u16;
         }
+        m.crown();
+        m
     }
 
-    /// Makes `last` the cursor with the smallest key and `limit` the
-    /// smallest timestamp of the others; `false` when all are done.
+    /// The current cursor's key changed to `k`, past the limit: moves it
+    /// down to its place. `false` when every stream is done.
     #[inline(always)]
-    fn select(&mut self) -> bool {
-        let (mut best, mut bi, mut second) = (u64::MAX, 0, u64::MAX);
-        for (i, &t) in self.ts.iter().enumerate() {
-            second = second.min(best.max(t));
-            bi = if t < best { i } else { bi };
-            best = best.min(t);
+    fn reorder(&mut self, k: u128) -> bool {
+        let i = self.cur as u16;
+        let (keys, order) = (&mut self.keys[..], &mut self.order[..]);
+        let mut j = 1;
+        // The sentinel past the last cursor stops this (no key is above
+        // it), before the end of the arrays.
+        while let (Some(&kj), Some(&oj)) = (keys.get(j), order.get(j)) {
+            if kj >= k {
+                break;
+            }
+            keys[j - 1] = kj;
+            order[j - 1] = oj;
+            j += 1;
         }
-        if best < second {
-            self.last = Some(bi);
-            self.limit = second;
-            true
-        } else {
-            self.select_tie()
-        }
+        keys[j - 1] = k;
+        order[j - 1] = i;
+        self.crown()
     }
 
-    /// [`Merge::select`] when the smallest timestamp is not unique (or all
-    /// are `u64::MAX`): by the full key; the limit then admits no run.
+    /// Takes the first of the order as the current cursor and the second's
+    /// key as the limit; `false` when every stream is done.
+    #[inline(always)]
+    fn crown(&mut self) -> bool {
+        self.cur = usize::from(self.order[0]);
+        self.limit = self.keys[1];
+        if self.keys[0] == u128::MAX {
+            self.state = MergeState::Done;
+            return false;
+        }
+        true
+    }
+
+    /// The cursor holding the next event in time order, if any.
+    #[inline(always)]
+    fn next(&mut self, file: &EtlFile, sh: &mut Shared) -> Option<&Cursor> {
+        if self.state != MergeState::Running {
+            return self.next_cold();
+        }
+        let i = self.cur;
+        let c = self.cursors.get_mut(i)?;
+        c.advance(file, sh);
+        let k = c.key();
+        if k < self.limit {
+            // Still the smallest.
+            return self.cursors.get(i);
+        }
+        if !self.reorder(k) {
+            return None;
+        }
+        self.cursors.get(self.cur)
+    }
+
     #[cold]
     #[inline(never)]
-    fn select_tie(&mut self) -> bool {
-        let key = |i: usize| (self.ts[i], self.off[i]);
-        let Some(bi) = (0..self.ts.len()).min_by_key(|&i| key(i)) else {
-            return false;
-        };
-        if key(bi) == (u64::MAX, u64::MAX) {
-            self.last = None;
-            return false;
+    fn next_cold(&mut self) -> Option<&Cursor> {
+        match self.state {
+            MergeState::Fresh => {
+                self.state = MergeState::Running;
+                self.cursors.get(self.cur)
+            }
+            _ => None,
         }
-        self.last = Some(bi);
-        // Equal to the best timestamp: the next event of this cursor goes
-        // through a full selection again.
-        self.limit = self.ts[bi];
-        true
     }
 }
 
@@ -1063,18 +1156,7 @@ impl<'f> EventReader<'f> {
                 for c in &mut cursors {
                     c.fill(file, &mut shared);
                 }
-                let n = cursors.len();
-                let mut m = Merge {
-                    cursors,
-                    ts: vec![u64::MAX; n],
-                    off: vec![u64::MAX; n],
-                    last: None,
-                    limit: 0,
-                };
-                for i in 0..n {
-                    m.set_key(i);
-                }
-                Mode::Time(m)
+                Mode::Time(Merge::new(cursors))
             }
         };
         EventReader { file, shared, mode }
@@ -1099,38 +1181,10 @@ impl<'f> EventReader<'f> {
                 }
                 cursor
             }
-            Mode::Time(m) => {
-                let run = match m.last {
-                    Some(i) => {
-                        let c = &mut m.cursors[i];
-                        c.advance(file, sh);
-                        if c.has && c.timestamp < m.limit {
-                            // Still the smallest.
-                            Some(i)
-                        } else {
-                            m.set_key(i);
-                            None
-                        }
-                    }
-                    None => None,
-                };
-                let i = match run {
-                    Some(i) => i,
-                    None => {
-                        if !m.select() {
-                            return None;
-                        }
-                        m.last?
-                    }
-                };
-                &m.cursors[i]
-            }
+            Mode::Time(m) => m.next(file, sh)?,
         };
         sh.diag.events += 1;
-        if c.kind.fixed == 0 {
-            return Some(c.general_event());
-        }
-        Some(c.plain_event())
+        Some(c.event())
     }
 
     /// What was skipped so far (including the file's index diagnostics).

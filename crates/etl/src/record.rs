@@ -133,6 +133,10 @@ fn guid_at(b: &[u8], o: usize) -> Guid {
 /// What the reader's hot path needs to know of a header type byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PlainKind {
+    /// Smallest size a record of this type may declare: its fixed header
+    /// size for a plain type, and `0x1_0000` (more than a 16-bit size can
+    /// say) for every other type, so one comparison rejects both.
+    pub min_size: u32,
     /// Fixed header size of a SYSTEM (0x20), COMPACT (0x18) or PERFINFO
     /// (0x10) header; 0 for every other type.
     pub fixed: u8,
@@ -142,8 +146,9 @@ pub struct PlainKind {
 
 /// [`PlainKind`] by header type byte: a table, so the hot path has no
 /// branch on the type.
-pub static PLAIN_KINDS: [PlainKind; 256] = {
+pub const PLAIN_KINDS: [PlainKind; 256] = {
     let none = PlainKind {
+        min_size: 0x1_0000,
         fixed: 0,
         header: HeaderKind::Live,
         pointer_size: 0,
@@ -161,6 +166,7 @@ pub static PLAIN_KINDS: [PlainKind; 256] = {
     while i < kinds.len() {
         let (htype, header, fixed, pointer_size) = kinds[i];
         t[htype as usize] = PlainKind {
+            min_size: fixed as u32,
             fixed,
             header,
             pointer_size,
@@ -170,89 +176,141 @@ pub static PLAIN_KINDS: [PlainKind; 256] = {
     t
 };
 
-/// A plain system record as the hot path sees it first: where it ends and
-/// its merge key. [`plain_fields`] reads the rest.
+/// Bytes [`parse_plain`] looks at: every field of a SYSTEM, COMPACT or
+/// PERFINFO header but the SYSTEM header's kernel/user times.
+pub const PLAIN_HEAD: usize = 24;
+
+/// A plain system record as the hot path reads it: its first 16 bytes as
+/// two words (the other fields are bit ranges of them) and its timestamp.
 #[derive(Debug, Clone, Copy)]
 pub struct Plain {
-    /// Declared (unaligned) size; at least `kind.fixed`.
-    pub size: u32,
+    /// Bytes 0..8: version (low byte), header type, marker flags, size
+    /// (bits 32..48), hook id (opcode bits 48..56, group 56..64).
+    pub head: u64,
+    /// Bytes 8..16: thread id (low half) and process id (high half) of a
+    /// SYSTEM or COMPACT header; the timestamp of a PERFINFO header.
+    pub ids: u64,
     pub timestamp: u64,
     pub kind: PlainKind,
 }
 
-/// The common case, straight-line: a SYSTEM/COMPACT/PERFINFO header without
-/// PEBS or PMC items whose size fits. `None` for anything else (including
-/// the end marker and every error), which [`parse`] then handles in full;
-/// for what this accepts both produce the same record.
+impl Plain {
+    /// Declared (unaligned) size; at least `kind.fixed`.
+    #[inline(always)]
+    pub fn size(&self) -> u32 {
+        u32::from((self.head >> 32) as u16)
+    }
+
+    /// Bytes to the next record (8-byte aligned).
+    #[inline(always)]
+    pub fn aligned_size(&self) -> usize {
+        (self.size() as usize + 7) & !7
+    }
+
+    /// The hook id as the header holds it at offset 6: `opcode | group << 8`.
+    #[inline(always)]
+    pub fn hook(&self) -> u16 {
+        (self.head >> 48) as u16
+    }
+
+    #[inline(always)]
+    pub fn id(&self) -> EventId {
+        EventId::Kernel {
+            group: (self.head >> 56) as u8,
+            opcode: (self.head >> 48) as u8,
+        }
+    }
+
+    #[inline(always)]
+    pub fn version(&self) -> u8 {
+        self.head as u8
+    }
+
+    /// Process and thread ids (none in a PERFINFO header).
+    #[inline(always)]
+    pub fn pid_tid(&self) -> (Option<u32>, Option<u32>) {
+        if self.kind.fixed == 0x10 {
+            (None, None)
+        } else {
+            (
+                sentry_raw::id_or_none((self.ids >> 32) as u32),
+                sentry_raw::id_or_none(self.ids as u32),
+            )
+        }
+    }
+}
+
+/// The first word of a record (its first 8 bytes, little-endian) has
+/// `TRACE_HEADER_FLAG` and `TRACE_HEADER_EVENT_TRACE` set and announces no
+/// PEBS index and no PMC counters: a plain record if its type is one.
 #[inline(always)]
-pub fn parse_plain(rest: &[u8]) -> Option<Plain> {
-    let head = rest.first_chunk::<8>()?;
-    let w = u64::from_le_bytes(*head);
-    // TRACE_HEADER_FLAG and TRACE_HEADER_EVENT_TRACE set; no PEBS index,
-    // no PMC counters.
+pub fn plain_marker(head: u64) -> bool {
     let flags = MARKER_TRACE_HEADER | MARKER_EVENT_TRACE;
     let items = u32::from(PEBS_INDEX_FLAG | PMC_COUNTERS_MASK);
-    if (w as u32) & (flags | items) != flags {
+    (head as u32) & (flags | items) == flags
+}
+
+/// The [`PlainKind`] of a record's header type (byte 2 of `head`).
+#[inline(always)]
+pub fn plain_kind(head: u64) -> PlainKind {
+    PLAIN_KINDS[usize::from((head >> 16) as u8)]
+}
+
+/// The declared size of a SYSTEM/COMPACT/PERFINFO record (bytes 4..6).
+#[inline(always)]
+pub fn plain_size(head: u64) -> u32 {
+    u32::from((head >> 32) as u16)
+}
+
+/// The little-endian word at `i` (0, 8 or 16) of a record's first
+/// [`PLAIN_HEAD`] bytes.
+#[inline(always)]
+pub fn word(h: &[u8; PLAIN_HEAD], i: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&h[i..i + 8]);
+    u64::from_le_bytes(a)
+}
+
+/// The common case, straight-line: a SYSTEM/COMPACT/PERFINFO header without
+/// PEBS or PMC items whose size fits in `room` bytes. `h` is the record's
+/// first [`PLAIN_HEAD`] bytes (a record with fewer left in its buffer takes
+/// the general path). `None` for anything else (including the end marker
+/// and every error), which [`parse`] then handles in full; for what this
+/// accepts both produce the same record.
+#[inline(always)]
+pub fn parse_plain(h: &[u8; PLAIN_HEAD], room: usize) -> Option<Plain> {
+    let head = word(h, 0);
+    if !plain_marker(head) {
         return None;
     }
-    let kind = PLAIN_KINDS[usize::from((w >> 16) as u8)];
-    let size = u32::from((w >> 32) as u16);
-    let fixed = u32::from(kind.fixed);
-    if fixed == 0 || size < fixed || size as usize > rest.len() {
+    let kind = plain_kind(head);
+    let size = plain_size(head);
+    if size < kind.min_size || size as usize > room {
         return None;
     }
+    let ids = word(h, 8);
     // PERFINFO: the timestamp at 8; SYSTEM and COMPACT: at 0x10.
-    let at = if fixed == 0x10 { 8 } else { 0x10 };
-    let ts = rest.get(at..at + 8)?;
+    let timestamp = if kind.fixed == 0x10 { ids } else { word(h, 16) };
     Some(Plain {
-        size,
-        timestamp: u64::from_le_bytes(ts.try_into().ok()?),
+        head,
+        ids,
+        timestamp,
         kind,
     })
 }
 
-/// The fields of a record [`parse_plain`] accepted that it did not read:
-/// event id, version, process and thread ids. `rec` is the record.
-#[inline(always)]
-pub fn plain_fields(rec: &[u8], fixed: u8) -> (EventId, u8, Option<u32>, Option<u32>) {
-    let (id, version) = match rec.first_chunk::<8>() {
-        Some(h) => (
-            EventId::Kernel {
-                group: h[7],
-                opcode: h[6],
-            },
-            h[0],
-        ),
-        None => (
-            EventId::Kernel {
-                group: 0,
-                opcode: 0,
-            },
-            0,
-        ),
-    };
-    let (pid, tid) = match rec.get(8..16) {
-        Some(ids) if fixed != 0x10 => (
-            sentry_raw::id_or_none(u32::from_le_bytes([ids[4], ids[5], ids[6], ids[7]])),
-            sentry_raw::id_or_none(u32::from_le_bytes([ids[0], ids[1], ids[2], ids[3]])),
-        ),
-        _ => (None, None),
-    };
-    (id, version, pid, tid)
-}
-
-/// [`parse_plain`] and [`plain_fields`] as a [`Parsed`] record.
+/// [`parse_plain`] as a [`Parsed`] record.
 #[inline]
 fn parse_system_plain(rest: &[u8]) -> Option<Parsed> {
-    let p = parse_plain(rest)?;
-    let (id, version, pid, tid) = plain_fields(rest, p.kind.fixed);
+    let p = parse_plain(rest.first_chunk()?, rest.len())?;
+    let (pid, tid) = p.pid_tid();
     let fixed = u32::from(p.kind.fixed);
     Some(Parsed {
-        size: p.size,
+        size: p.size(),
         record: Record::Event(EventMeta {
             header: p.kind.header,
-            id,
-            version,
+            id: p.id(),
+            version: p.version(),
             pid,
             tid,
             timestamp: p.timestamp,
