@@ -54,6 +54,12 @@
 //! * Output formatting (JSON lines, ECS, summary table, statistics) is in
 //!   [`report`], shared by `analyze` and `live` (`Report::set_header` gives
 //!   ECS `host.os` to alerts printed before `finish`).
+//! * The common pair, a SysCallEnter whose very next event is its StackWalk
+//!   with the user part, skips the correlator: the syscall is held for one
+//!   event and classified from the StackWalk's frames in place. Anything
+//!   else hands it to the correlator first; results and counters are the
+//!   same either way (`tests/held_pairs.rs`; `EngineStats::held_pairs`
+//!   counts the shortcut).
 //! * Stack caching: Windows logs a key's frames when it deletes the key
 //!   (opcode 35) or at rundown (36), after the references (37/38). A syscall
 //!   waiting for a key is parked past the window (still under the cap) and
