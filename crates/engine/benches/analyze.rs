@@ -4,7 +4,9 @@
 //! what `analyze` runs (open, read in time order, decode, one pass with
 //! deferred rule-5 decisions into the alert report, settle and write) and
 //! prints syscall+stack pairs/s end to end, next to reading alone and
-//! reading plus decoding, and the peak RSS of the analysis, for N and 10 N.
+//! reading plus decoding, and the peak RSS of the analysis, for N and 10 N;
+//! then the peak RSS for N and 10 N syscalls of a fixed process population
+//! (memory follows the processes, not the trace length).
 //!
 //! `cargo bench -p sentry-engine --bench analyze` (N from
 //! `SENTRY_BENCH_SYSCALLS`, default 200,000).
@@ -40,9 +42,16 @@ fn reset_peak_rss() {
 }
 
 fn make(path: &Path, syscalls: u64) {
+    make_with(path, syscalls, true);
+}
+
+/// `churn`: short-lived processes come and go (see
+/// `Options::process_churn`); without, the population is fixed.
+fn make_with(path: &Path, syscalls: u64, churn: bool) {
     let mut o = Options::new(Scenario::Mixed);
     o.syscalls = syscalls;
     o.seed = 42;
+    o.process_churn = churn;
     let f = BufWriter::with_capacity(1 << 20, File::create(path).unwrap());
     generate(&o, f, None::<std::io::Sink>).unwrap();
 }
@@ -247,6 +256,24 @@ fn main() {
             st.images_loaded,
             r.growth_kib.map_or("?".into(), |k| k.to_string()),
             r.read_growth_kib.map_or("?".into(), |k| k.to_string())
+        );
+        let _ = std::fs::remove_file(&path);
+    }
+    // Memory against trace length with the population held fixed: the
+    // churning traces above see 7x more processes at 10N (the summary keeps
+    // a row per process seen), so here the processes stay the same and
+    // only the length grows.
+    for size in [n, n * 10] {
+        let path = dir.join(format!("fixed-{size}.etl"));
+        make_with(&path, size, false);
+        let r = run(&path);
+        println!(
+            "fixed population, syscalls {size}: pairs {} | processes seen {}, live {} | analyze peak RSS {} KiB, growth +{} KiB",
+            r.pairs,
+            r.stats.state.processes_seen,
+            r.stats.state.live_processes,
+            r.peak_kib.map_or("?".into(), |k| k.to_string()),
+            r.growth_kib.map_or("?".into(), |k| k.to_string()),
         );
         let _ = std::fs::remove_file(&path);
     }

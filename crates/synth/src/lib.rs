@@ -112,6 +112,12 @@ pub struct Options {
     pub processors: u16,
     pub compress: bool,
     pub stack_cache: bool,
+    /// Short-lived processes start and exit every 4,000 syscalls (as on a
+    /// real host). Off: the processes of the rundown and the scenario's
+    /// own stay the same throughout, a fixed population whatever the
+    /// length (for showing that memory follows the population, not the
+    /// trace length).
+    pub process_churn: bool,
 }
 
 impl Options {
@@ -124,6 +130,7 @@ impl Options {
             processors: 8,
             compress: false,
             stack_cache: false,
+            process_churn: true,
         }
     }
 }
@@ -849,7 +856,7 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
 
     /// Background life: short-lived processes come and go, threads start.
     fn churn(&mut self, i: u64) -> Result<(), SynthError> {
-        if i % 4000 == 1000 {
+        if self.o.process_churn && i % 4000 == 1000 {
             let transient = self
                 .procs
                 .iter()
@@ -866,7 +873,7 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
                 self.launch(4520, name, ProcKind::Native, 2)?;
             }
         }
-        if i % 4000 == 3500 {
+        if self.o.process_churn && i % 4000 == 3500 {
             // The oldest transient benign process exits.
             if let Some(ix) = self
                 .procs

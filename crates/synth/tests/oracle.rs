@@ -162,6 +162,7 @@ fn opts(s: Scenario, ps: u8, compress: bool, stack_cache: bool) -> Options {
         processors: 8,
         compress,
         stack_cache,
+        process_churn: true,
     }
 }
 

@@ -305,6 +305,7 @@ fn opts(s: Scenario, ps: u8, compress: bool, stack_cache: bool, seed: u64) -> Op
         processors: 8,
         compress,
         stack_cache,
+        process_churn: true,
     }
 }
 
@@ -350,4 +351,38 @@ fn same_seed_same_bytes() {
         .0
         .into_inner();
     assert_eq!(a, b);
+}
+
+/// Process starts and ends past the rundown.
+fn process_lifecycle_events(etl: Vec<u8>) -> (usize, usize) {
+    let file = EtlFile::from_bytes(etl).unwrap();
+    let mut r = file.events(Order::Time);
+    let (mut starts, mut ends) = (0, 0);
+    while let Some(ev) = r.next_event() {
+        if let Ok(Some(KernelEvent::Process(p))) = decode(&ev) {
+            match p.op {
+                Lifecycle::Start => starts += 1,
+                Lifecycle::End => ends += 1,
+                _ => {}
+            }
+        }
+    }
+    (starts, ends)
+}
+
+#[test]
+fn a_fixed_population_has_no_short_lived_processes_and_the_same_truth() {
+    let churning = opts(Scenario::Mixed, 8, false, false, 5);
+    let fixed = Options {
+        process_churn: false,
+        ..churning.clone()
+    };
+    let gen = |o: &Options| generate(o, Cursor::new(Vec::new()), None::<Vec<u8>>).unwrap();
+    let (with, _) = process_lifecycle_events(gen(&churning).0.into_inner());
+    let (without_starts, without_ends) = process_lifecycle_events(gen(&fixed).0.into_inner());
+    // 4,000 syscalls: one short-lived process starts (at 1,000) and ends
+    // (at 3,500) with churn; none without (implants start at the outset).
+    assert!(with > without_starts, "{with} vs {without_starts}");
+    assert_eq!(without_ends, 0);
+    check(&fixed);
 }

@@ -32,6 +32,10 @@ pub struct Args {
     /// Stack caching (StackWalk key events 35-38 instead of opcode 32).
     #[arg(long)]
     pub stack_cache: bool,
+    /// No short-lived processes starting and exiting: the same processes
+    /// throughout, however long the trace (for memory measurements).
+    #[arg(long)]
+    pub fixed_population: bool,
     /// Do not write X.truth.json (for throughput runs).
     #[arg(long)]
     pub no_truth: bool,
@@ -69,6 +73,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         processors: a.processors,
         compress: a.compress,
         stack_cache: a.stack_cache,
+        process_churn: !a.fixed_population,
     };
     let started = Instant::now();
     let etl = BufWriter::with_capacity(
