@@ -308,15 +308,14 @@ struct ProcSummary {
     other_sites: u64,
 }
 
-/// A call site `U` of a process row, stored in the hash table next to its
-/// key: nearly every syscall touches one, and sites are many (processes x
-/// services), so the lookup is the one cache miss it costs; the
-/// description is kept apart.
+/// A call site `U` of a process row, in one cache line: nearly every
+/// syscall touches one (sites are many, so their size decides the cache
+/// misses); the description is kept apart.
 #[derive(Debug)]
 struct Site {
     /// Its row (index into `Report::rows`).
     row: u32,
-    /// Index of its description in `Report::site_names` (= creation order).
+    /// Index of its description in `Report::site_names`.
     name: u32,
     count: u64,
     /// The site's first open rule-5 group (index into `Report::groups`,
@@ -437,7 +436,11 @@ pub struct Report {
     /// one lookup per syscall finds both its site and its row.
     rows: Vec<ProcSummary>,
     row_index: HashMap<Option<u32>, u32, FxBuildHasher>,
-    sites: HashMap<(Option<u32>, u64), Site, FxBuildHasher>,
+    sites: HashMap<(Option<u32>, u64), u32, FxBuildHasher>,
+    site_list: Vec<Site>,
+    /// The last [`VerdictSink::prefetch`] hint and the site it found: the
+    /// verdict that follows uses it instead of a second lookup.
+    hinted: ((Option<u32>, u64), u32),
     site_names: Vec<String>,
     reported: u64,
     line: Vec<u8>,
@@ -478,6 +481,8 @@ impl Report {
             rows: Vec::new(),
             row_index: HashMap::default(),
             sites: HashMap::default(),
+            site_list: Vec::new(),
+            hinted: ((None, 0), u32::MAX),
             site_names: Vec::new(),
             reported: 0,
             line: Vec::with_capacity(512),
@@ -725,7 +730,8 @@ impl Report {
     fn summarise(&mut self, v: &SyscallVerdict<'_>) -> (u32, Option<u32>) {
         let u = v.first_user_frame();
         // Fast path: a known call site of the process knows its row.
-        if let Some(site) = u.and_then(|u| self.sites.get_mut(&(v.pid, u))) {
+        if let Some(&i) = u.and_then(|u| self.sites.get(&(v.pid, u))) {
+            let site = &mut self.site_list[i as usize];
             site.count += 1;
             let row = site.row;
             count_in_row(&mut self.rows[row as usize], v);
@@ -758,25 +764,26 @@ impl Report {
         count_in_row(&mut self.rows[row as usize], v);
         if let Some(u) = u {
             let s = &mut self.rows[row as usize];
-            if let Some(site) = self.sites.get_mut(&(key, u)) {
-                site.count += 1;
+            if let Some(&i) = self.sites.get(&(key, u)) {
+                self.site_list[i as usize].count += 1;
             } else if s.site_count < MAX_SITES_PER_PROCESS && self.sites.len() < MAX_SITES {
                 s.site_count += 1;
-                let i = self.site_names.len() as u32;
+                let i = self.site_list.len() as u32;
                 self.site_names.push(v.resolver.describe(u));
-                self.sites.insert(
-                    (key, u),
-                    Site {
-                        row,
-                        name: i,
-                        count: 1,
-                        own: u32::MAX,
-                        own_disc: Disc::default(),
-                        own_count: 0,
-                        own_first: 0,
-                        own_last: 0,
-                    },
-                );
+                self.site_list.push(Site {
+                    row,
+                    name: i,
+                    count: 1,
+                    own: u32::MAX,
+                    own_disc: Disc::default(),
+                    own_count: 0,
+                    own_first: 0,
+                    own_last: 0,
+                });
+                self.sites.insert((key, u), i);
+                if self.hinted.0 == (key, u) {
+                    self.hinted.1 = i;
+                }
             } else {
                 s.other_sites += 1;
             }
@@ -796,10 +803,14 @@ impl Report {
         let ts = v.timestamp;
         // A site keeps its group only where the site is the pid's own
         // (not the shared `(other)` row).
-        let site_key = (row_key, key.call_site);
-        let own_site = row_key == v.pid;
+        let site = self
+            .sites
+            .get(&(row_key, key.call_site))
+            .copied()
+            .filter(|_| row_key == v.pid);
         let disc = Disc::of(&key);
-        if let Some(s) = self.sites.get_mut(&site_key).filter(|_| own_site) {
+        if let Some(si) = site {
+            let s = &mut self.site_list[si as usize];
             if s.own != u32::MAX && disc == Some(s.own_disc) {
                 s.own_count += 1;
                 s.own_first = s.own_first.min(ts);
@@ -845,7 +856,8 @@ impl Report {
         }
         self.evidence.push(evidence);
         self.keep_within_budget();
-        if let (Some(s), Some(d)) = (self.sites.get_mut(&site_key).filter(|_| own_site), disc) {
+        if let (Some(si), Some(d)) = (site, disc) {
+            let s = &mut self.site_list[si as usize];
             if s.own == u32::MAX {
                 // Its counters live in the site from now on.
                 s.own = gi;
@@ -864,7 +876,7 @@ impl Report {
     /// sites kept.
     fn take_groups(&mut self) -> Vec<PendingGroup> {
         let mut groups = std::mem::take(&mut self.groups);
-        for s in self.sites.values_mut() {
+        for s in &mut self.site_list {
             if let Some(g) = groups.get_mut(s.own as usize) {
                 if g.count == 0 {
                     g.first = s.own_first;
@@ -1069,7 +1081,7 @@ impl Report {
     /// The per-process summary table.
     pub fn summary_table(&self) -> String {
         let mut sites: Vec<Vec<(u64, &String)>> = vec![Vec::new(); self.rows.len()];
-        for site in self.sites.values() {
+        for site in &self.site_list {
             if let (Some(v), Some(d)) = (
                 sites.get_mut(site.row as usize),
                 self.site_names.get(site.name as usize),
@@ -1160,9 +1172,12 @@ impl Report {
 impl VerdictSink for Report {
     #[inline]
     fn prefetch(&mut self, pid: u32, call_site: u64) {
-        // A lookup whose result is kept (so not optimised away): the cache
-        // line of the site is on its way while the engine classifies.
-        std::hint::black_box(self.sites.get(&(Some(pid), call_site)).map(|s| s.own_last));
+        // The site's lookup now, and a read of it kept (so not optimised
+        // away): its cache line is on its way while the engine classifies.
+        let key = (Some(pid), call_site);
+        let i = self.sites.get(&key).copied().unwrap_or(u32::MAX);
+        std::hint::black_box(self.site_list.get(i as usize).map(|s| s.own_last));
+        self.hinted = (key, i);
     }
 
     fn verdict(&mut self, v: &SyscallVerdict<'_>) {
@@ -1173,7 +1188,13 @@ impl VerdictSink for Report {
         if let (Some(check), Some(u)) = (v.service_check, v.first_user_frame()) {
             // Fast path: the call site is known and its own group is this
             // syscall's: one lookup, one entry.
-            if let Some(site) = self.sites.get_mut(&(v.pid, u)) {
+            let key = (v.pid, u);
+            let i = if self.hinted.0 == key {
+                Some(self.hinted.1).filter(|&i| i != u32::MAX)
+            } else {
+                self.sites.get(&key).copied()
+            };
+            if let Some(site) = i.and_then(|i| self.site_list.get_mut(i as usize)) {
                 if site.own != u32::MAX
                     && Disc::of_parts(check, v.service_address, v.verdict, v.reason, v.suppressed)
                         == Some(site.own_disc)
