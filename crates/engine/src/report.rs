@@ -308,26 +308,28 @@ struct ProcSummary {
     other_sites: u64,
 }
 
-/// A call site `U` of a process row, in one cache line: nearly every
-/// syscall touches one (sites are many, so their size decides the cache
-/// misses); the description is kept apart.
+/// A call site `U` of a process row, in one cache line (64 bytes, so
+/// aligned): nearly every syscall touches one, and sites are many, so one
+/// line each is one cache miss each; the description is kept apart (in
+/// `Report::site_names`, at the same index).
 #[derive(Debug)]
+#[repr(C, align(64))]
 struct Site {
     /// Its row (index into `Report::rows`).
     row: u32,
-    /// Index of its description in `Report::site_names`.
-    name: u32,
-    count: u64,
     /// The site's first open rule-5 group (index into `Report::groups`,
     /// `u32::MAX`: none) has its counters here, and what tells it apart
     /// from other groups of the site: nearly every deferred syscall is
     /// counted without touching anything else.
     own: u32,
+    count: u64,
     own_disc: Disc,
     own_count: u64,
     own_first: u64,
     own_last: u64,
 }
+
+const _: () = assert!(std::mem::size_of::<Site>() == 64);
 
 /// A [`PendingKey`] without what its site already says (pid, row, call
 /// site), packed; `None` from [`Disc::of`] when a field does not fit (then
@@ -772,7 +774,6 @@ impl Report {
                 self.site_names.push(v.resolver.describe(u));
                 self.site_list.push(Site {
                     row,
-                    name: i,
                     count: 1,
                     own: u32::MAX,
                     own_disc: Disc::default(),
@@ -1081,11 +1082,8 @@ impl Report {
     /// The per-process summary table.
     pub fn summary_table(&self) -> String {
         let mut sites: Vec<Vec<(u64, &String)>> = vec![Vec::new(); self.rows.len()];
-        for site in &self.site_list {
-            if let (Some(v), Some(d)) = (
-                sites.get_mut(site.row as usize),
-                self.site_names.get(site.name as usize),
-            ) {
+        for (site, d) in self.site_list.iter().zip(&self.site_names) {
+            if let Some(v) = sites.get_mut(site.row as usize) {
                 v.push((site.count, d));
             }
         }
