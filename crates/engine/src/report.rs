@@ -726,13 +726,24 @@ impl Report {
         }
     }
 
+    /// The site of (row pid, `U`): the last prefetch hint's answer when it
+    /// was for this key, else a lookup.
+    #[inline]
+    fn site_of(&self, key: (Option<u32>, u64)) -> Option<u32> {
+        if self.hinted.0 == key {
+            Some(self.hinted.1).filter(|&i| i != u32::MAX)
+        } else {
+            self.sites.get(&key).copied()
+        }
+    }
+
     /// Adds `v` to its process row; returns the row (index, pid key) and
     /// the open rule-5 group last used at its call site. The verdict counts
     /// of a syscall with an open rule-5 decision are added when it settles.
     fn summarise(&mut self, v: &SyscallVerdict<'_>) -> (u32, Option<u32>) {
         let u = v.first_user_frame();
         // Fast path: a known call site of the process knows its row.
-        if let Some(&i) = u.and_then(|u| self.sites.get(&(v.pid, u))) {
+        if let Some(i) = u.and_then(|u| self.site_of((v.pid, u))) {
             let site = &mut self.site_list[i as usize];
             site.count += 1;
             let row = site.row;
@@ -765,8 +776,9 @@ impl Report {
         };
         count_in_row(&mut self.rows[row as usize], v);
         if let Some(u) = u {
+            let known = self.site_of((key, u));
             let s = &mut self.rows[row as usize];
-            if let Some(&i) = self.sites.get(&(key, u)) {
+            if let Some(i) = known {
                 self.site_list[i as usize].count += 1;
             } else if s.site_count < MAX_SITES_PER_PROCESS && self.sites.len() < MAX_SITES {
                 s.site_count += 1;
@@ -805,9 +817,7 @@ impl Report {
         // A site keeps its group only where the site is the pid's own
         // (not the shared `(other)` row).
         let site = self
-            .sites
-            .get(&(row_key, key.call_site))
-            .copied()
+            .site_of((row_key, key.call_site))
             .filter(|_| row_key == v.pid);
         let disc = Disc::of(&key);
         if let Some(si) = site {
@@ -1186,12 +1196,7 @@ impl VerdictSink for Report {
         if let (Some(check), Some(u)) = (v.service_check, v.first_user_frame()) {
             // Fast path: the call site is known and its own group is this
             // syscall's: one lookup, one entry.
-            let key = (v.pid, u);
-            let i = if self.hinted.0 == key {
-                Some(self.hinted.1).filter(|&i| i != u32::MAX)
-            } else {
-                self.sites.get(&key).copied()
-            };
+            let i = self.site_of((v.pid, u));
             if let Some(site) = i.and_then(|i| self.site_list.get_mut(i as usize)) {
                 if site.own != u32::MAX
                     && Disc::of_parts(check, v.service_address, v.verdict, v.reason, v.suppressed)
