@@ -957,50 +957,8 @@ impl Engine {
             return;
         };
         let has_stack = e.has_stack();
-        let (pid, tid) = (e.pid, e.tid);
-        let address = match parent {
-            Parent::SysCall { address } => address,
-            Parent::Other(hook) => {
-                if has_stack {
-                    let stack_all: &[u64] = if e.kernel.is_empty() {
-                        &e.user
-                    } else if e.user.is_empty() {
-                        &e.kernel
-                    } else {
-                        self.stack_buf.clear();
-                        self.stack_buf.extend_from_slice(&e.kernel);
-                        self.stack_buf.extend_from_slice(&e.user);
-                        &self.stack_buf
-                    };
-                    let resolver = Resolver {
-                        modules: self.state.process(pid).map(|p| &p.modules),
-                        kernel: self.state.kernel_modules(),
-                        kernel_boundary: self.kernel_boundary,
-                        system_dlls: self.system_dlls.as_deref(),
-                    };
-                    *self.parent_hooks.entry(hook).or_insert(0) += u64::from(e.fragments);
-                    sink.stack_pair(&StackPair {
-                        timestamp: e.ts,
-                        parent: hook,
-                        pid,
-                        tid,
-                        stack: stack_all,
-                        fragments: e.fragments,
-                        process: self.state.process(pid),
-                        resolver,
-                    });
-                }
-                return;
-            }
-        };
-        let pair = Pair {
-            ts: e.ts,
-            parent_processor: e.parent_processor,
-            address,
-            has_stack,
-            pid,
-            tid,
-        };
+        let (ts, pid, tid, fragments) = (e.ts, e.pid, e.tid, e.fragments);
+        let parent_processor = e.parent_processor;
         // The full stack: the kernel part then the user part, owned for the
         // call and given back. Most stacks come in one event (one part).
         let e = self.corr.entry_mut(slot);
@@ -1015,7 +973,40 @@ impl Engine {
             b.extend_from_slice(&e.user);
             (b, StackFrom::Buffer)
         };
-        self.emit_syscall(pair, &stack, finish, sink);
+        match parent {
+            Parent::SysCall { address } => {
+                let pair = Pair {
+                    ts,
+                    parent_processor,
+                    address,
+                    has_stack,
+                    pid,
+                    tid,
+                };
+                self.emit_syscall(pair, &stack, finish, sink);
+            }
+            Parent::Other(hook) if has_stack => {
+                let process = self.state.process(pid);
+                let resolver = Resolver {
+                    modules: process.map(|p| &p.modules),
+                    kernel: self.state.kernel_modules(),
+                    kernel_boundary: self.kernel_boundary,
+                    system_dlls: self.system_dlls.as_deref(),
+                };
+                *self.parent_hooks.entry(hook).or_insert(0) += u64::from(fragments);
+                sink.stack_pair(&StackPair {
+                    timestamp: ts,
+                    parent: hook,
+                    pid,
+                    tid,
+                    stack: &stack,
+                    fragments,
+                    process,
+                    resolver,
+                });
+            }
+            Parent::Other(_) => {}
+        }
         let e = self.corr.entry_mut(slot);
         match from {
             StackFrom::User => e.user = stack,
