@@ -373,13 +373,11 @@ mod tests {
     /// The kept answer equals the argmax over the counts (ties: lowest).
     #[test]
     fn learned_service_equals_the_argmax_of_the_counts() {
-        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut rng = crate::testutil::Xorshift(0x2545_F491_4F6C_DD1D);
         let mut t = ServiceTable::new();
         let mut counts: HashMap<u64, HashMap<u64, u64>> = HashMap::new();
         for _ in 0..20_000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            let x = rng.next();
             let (site, svc) = (x % 7, (x >> 8) % 5);
             t.record(ModuleKind::Ntdll, site, svc);
             *counts.entry(site).or_default().entry(svc).or_default() += 1;

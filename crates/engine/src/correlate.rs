@@ -1124,21 +1124,7 @@ mod tests {
         );
     }
 
-    /// A small xorshift generator for the differential tests.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
+    use crate::testutil::Xorshift;
 
     type Out = (
         Finish,
@@ -1188,7 +1174,8 @@ mod tests {
     #[test]
     fn same_results_as_the_reference_correlator() {
         for seed in 1..=300u64 {
-            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ seed.wrapping_mul(0x2545_F491_4F6C_DD1D));
+            let mut rng =
+                Xorshift(0x9E37_79B9_7F4A_7C15 ^ seed.wrapping_mul(0x2545_F491_4F6C_DD1D));
             let window = 1 + rng.below(200);
             let cap = 1 + rng.below(if seed % 3 == 0 { 8 } else { 80 }) as usize;
             let mut a = Correlator::new(window, cap);

@@ -1226,6 +1226,9 @@ impl Engine {
 mod tests;
 
 #[cfg(test)]
+mod testutil;
+
+#[cfg(test)]
 mod hex_tests {
     #[test]
     fn push_hex_matches_format() {

@@ -696,13 +696,22 @@ mod tests {
 mod module_map_tests {
     use super::*;
 
-    /// A deterministic pseudo-random sequence (xorshift64) for the tests.
-    fn xorshift(mut x: u64) -> impl FnMut() -> u64 {
-        move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
+    /// [`Xorshift`] as a closure.
+    fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+        let mut r = crate::testutil::Xorshift(seed);
+        move || r.next()
+    }
+
+    /// A module of the given range (the rest does not matter to lookups).
+    fn module(name: &Arc<str>, base: u64, size: u64) -> Module {
+        Module {
+            base,
+            size,
+            name: name.clone(),
+            path: name.clone(),
+            kind: ModuleKind::Other,
+            time_date_stamp: 0,
+            system_dll: None,
         }
     }
 
@@ -729,15 +738,7 @@ mod module_map_tests {
                 0 => {
                     let base = (next() % 64) * 0x1000;
                     let size = 1 + next() % 0x4000;
-                    map.insert(Module {
-                        base,
-                        size,
-                        name: name.clone(),
-                        path: name.clone(),
-                        kind: ModuleKind::Other,
-                        time_date_stamp: 0,
-                        system_dll: None,
-                    });
+                    map.insert(module(&name, base, size));
                     mods.insert(base, size);
                 }
                 1 => {
@@ -777,15 +778,6 @@ mod module_map_tests {
     fn big_maps_answer_like_small_ones() {
         let mut next = xorshift(0x9E37_79B9_7F4A_7C15);
         let name: Arc<str> = Arc::from("m.dll");
-        let module = |base: u64, size: u64| Module {
-            base,
-            size,
-            name: name.clone(),
-            path: name.clone(),
-            kind: ModuleKind::Other,
-            time_date_stamp: 0,
-            system_dll: None,
-        };
         let mut map = ModuleMap::default();
         let mut mods: BTreeMap<u64, u64> = BTreeMap::new();
         let check = |map: &ModuleMap, mods: &BTreeMap<u64, u64>, next: &mut dyn FnMut() -> u64| {
@@ -798,7 +790,7 @@ mod module_map_tests {
             while mods.len() < 1500 {
                 let base = (next() % 0x3000) * 0x1000;
                 let size = 1 + next() % 0x8000;
-                map.insert(module(base, size));
+                map.insert(module(&name, base, size));
                 mods.insert(base, size);
                 if mods.len() % 250 == 0 {
                     check(&map, &mods, &mut next);

@@ -547,13 +547,8 @@ fn per_syscall_lines_respect_filters() {
 /// and every decoded SysCallEnter gets exactly one verdict.
 #[test]
 fn random_payloads_never_panic() {
-    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
-    let mut rnd = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut rng = crate::testutil::Xorshift(0x9E37_79B9_7F4A_7C15);
+    let mut rnd = move || rng.next();
     let kinds: [(u8, u8); 14] = [
         (0x0f, 51),
         (0x0f, 52),
