@@ -13,6 +13,7 @@
 
 use std::fs::File;
 use std::io::BufWriter;
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::time::Instant;
 
@@ -110,9 +111,10 @@ fn run(path: &Path) -> Run {
     let mut report = Report::new(ReportConfig::default(), Box::new(std::io::sink()));
     // As `analyze`: SysCallExit stepped over by the reader.
     let mut r = file.events_skipping(Order::Time, SKIP);
-    while let Some(ev) = r.next_event() {
-        engine.process(&ev, &mut report);
-    }
+    r.for_each(|ev| {
+        engine.process(ev, &mut report);
+        ControlFlow::Continue(())
+    });
     let stats = engine.finish(&mut report);
     report.finish(&engine).unwrap();
     let analyze_s = t.elapsed().as_secs_f64();
@@ -177,9 +179,10 @@ fn one_pass(path: &Path, pass: &str) -> u64 {
                 ..EngineConfig::default()
             });
             let mut report = Report::new(ReportConfig::default(), Box::new(std::io::sink()));
-            while let Some(ev) = r.next_event() {
-                e.process(&ev, &mut report);
-            }
+            r.for_each(|ev| {
+                e.process(ev, &mut report);
+                ControlFlow::Continue(())
+            });
             let stats = e.finish(&mut report);
             report.finish(&e).unwrap();
             stats.correlator.matched

@@ -211,11 +211,7 @@ impl EtlFile {
         F: FnMut(&RawEvent<'_>) -> ControlFlow<()>,
     {
         let mut r = self.events(order);
-        while let Some(ev) = r.next_event() {
-            if f(&ev).is_break() {
-                break;
-            }
-        }
+        r.for_each(&mut f);
         r.into_diagnostics()
     }
 
@@ -1185,6 +1181,43 @@ impl<'f> EventReader<'f> {
         };
         sh.diag.events += 1;
         Some(c.event())
+    }
+
+    /// Calls `f` with every remaining event until it returns `Break`: the
+    /// same events as [`EventReader::next_event`], each built in place for
+    /// the call (no `Option` to move it through).
+    #[inline]
+    pub fn for_each<F>(&mut self, mut f: F)
+    where
+        F: FnMut(&RawEvent<'_>) -> ControlFlow<()>,
+    {
+        let file = self.file;
+        let sh = &mut self.shared;
+        match &mut self.mode {
+            Mode::File { cursor, started } => loop {
+                if *started {
+                    cursor.advance(file, sh);
+                } else {
+                    *started = true;
+                    cursor.fill(file, sh);
+                }
+                if !cursor.has {
+                    return;
+                }
+                sh.diag.events += 1;
+                if f(&cursor.event()).is_break() {
+                    return;
+                }
+            },
+            Mode::Time(m) => {
+                while let Some(c) = m.next(file, sh) {
+                    sh.diag.events += 1;
+                    if f(&c.event()).is_break() {
+                        return;
+                    }
+                }
+            }
+        }
     }
 
     /// What was skipped so far (including the file's index diagnostics).

@@ -131,6 +131,44 @@ fn in_memory_reader_matches_file_reader() {
 }
 
 #[test]
+fn for_each_delivers_what_next_event_does() {
+    for path in corpus_files() {
+        let file = EtlFile::open(&path).unwrap();
+        for order in [Order::File, Order::Time] {
+            let mut expected = Vec::new();
+            let mut r = file.events(order);
+            while let Some(ev) = r.next_event() {
+                expected.push(format!("{ev:?}"));
+            }
+            let mut got = Vec::new();
+            let mut r = file.events(order);
+            r.for_each(|ev| {
+                got.push(format!("{ev:?}"));
+                std::ops::ControlFlow::Continue(())
+            });
+            assert!(!got.is_empty(), "{}", path.display());
+            assert_eq!(got, expected, "{} {order:?}", path.display());
+            assert_eq!(r.diagnostics().events, expected.len() as u64);
+            // `Break` stops at once; the reader goes on from there.
+            let mut r = file.events(order);
+            let mut n = 0;
+            r.for_each(|_| {
+                n += 1;
+                if n == 3 {
+                    std::ops::ControlFlow::Break(())
+                } else {
+                    std::ops::ControlFlow::Continue(())
+                }
+            });
+            assert_eq!(n, 3.min(expected.len()));
+            if let Some(next) = expected.get(3) {
+                assert_eq!(&format!("{:?}", r.next_event().unwrap()), next);
+            }
+        }
+    }
+}
+
+#[test]
 fn processors_come_from_the_buffer_context() {
     // Win7: 8-bit processor at 0x28 (0x0803 is processor 3); Win10: 16-bit
     // index with the PROC_INDEX flag. Every processor index is below the

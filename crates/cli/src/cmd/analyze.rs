@@ -10,6 +10,7 @@
 
 use std::fs::File;
 use std::io::{IsTerminal, Write};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -120,15 +121,16 @@ fn run_pass(
     engine.set_clock(clock);
     let mut reader = file.events_skipping(Order::Time, UNUSED_EVENTS);
     let mut n = 0u64;
-    while let Some(ev) = reader.next_event() {
-        engine.process(&ev, sink);
+    reader.for_each(|ev| {
+        engine.process(ev, sink);
         n += 1;
         if n & 0xFFFF == 0 {
             if let Some((bar, done)) = progress {
                 bar.set(done + ev.offset);
             }
         }
-    }
+        ControlFlow::Continue(())
+    });
     let diag = reader.into_diagnostics();
     let stats = engine.finish(sink);
     (engine, stats, diag)
