@@ -23,6 +23,9 @@ use crate::{
     SyscallVerdict, VerdictSink,
 };
 
+mod sites;
+use sites::{SiteTable, NAMED};
+
 /// Alert line layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Format {
@@ -300,36 +303,15 @@ fn technique(verdict: Verdict, reason: Option<Reason>) -> &'static str {
 struct ProcSummary {
     pid: Option<u32>,
     name: String,
-    syscalls: u64,
+    /// Syscalls counted in no call site of the row (without a user frame,
+    /// or past the site caps); the others are in their sites' totals.
+    siteless: u64,
     counts: [u64; 6],
     suppressed: u64,
     /// Call sites of this row in `Report::sites`.
     site_count: usize,
     other_sites: u64,
 }
-
-/// A call site `U` of a process row, in one cache line (64 bytes, so
-/// aligned): nearly every syscall touches one, and sites are many, so one
-/// line each is one cache miss each; the description is kept apart (in
-/// `Report::site_names`, at the same index).
-#[derive(Debug)]
-#[repr(C, align(64))]
-struct Site {
-    /// Its row (index into `Report::rows`).
-    row: u32,
-    /// The site's first open rule-5 group (index into `Report::groups`,
-    /// `u32::MAX`: none) has its counters here, and what tells it apart
-    /// from other groups of the site: nearly every deferred syscall is
-    /// counted without touching anything else.
-    own: u32,
-    count: u64,
-    own_disc: Disc,
-    own_count: u64,
-    own_first: u64,
-    own_last: u64,
-}
-
-const _: () = assert!(std::mem::size_of::<Site>() == 64);
 
 /// A [`PendingKey`] without what its site already says (pid, row, call
 /// site), packed; `None` from [`Disc::of`] when a field does not fit (then
@@ -350,6 +332,18 @@ struct Disc {
 }
 
 impl Disc {
+    const NONE: Disc = Disc {
+        service_address: 0,
+        offset: 0,
+        mismatch_suppressed: 0,
+        suppressed: 0,
+        kind: 0,
+        verdict: 0,
+        reason: 0,
+        suppressed_verdict: 0,
+        suppressed_reason: 0,
+    };
+
     fn of(k: &PendingKey) -> Option<Disc> {
         Disc::of_parts(
             k.check,
@@ -438,12 +432,10 @@ pub struct Report {
     /// one lookup per syscall finds both its site and its row.
     rows: Vec<ProcSummary>,
     row_index: HashMap<Option<u32>, u32, FxBuildHasher>,
-    sites: HashMap<(Option<u32>, u64), u32, FxBuildHasher>,
-    site_list: Vec<Site>,
-    /// The last [`VerdictSink::prefetch`] hint and the site it found: the
-    /// verdict that follows uses it instead of a second lookup.
-    hinted: ((Option<u32>, u64), u32),
-    site_names: Vec<String>,
+    sites: SiteTable,
+    /// The last [`VerdictSink::prefetch`] hint (pid, `U`) and the slot it
+    /// found: the verdict that follows uses it instead of a second lookup.
+    hinted: Option<(u32, u64, Option<usize>)>,
     reported: u64,
     line: Vec<u8>,
     io_error: Option<io::Error>,
@@ -482,10 +474,8 @@ impl Report {
             alerts_dropped: 0,
             rows: Vec::new(),
             row_index: HashMap::default(),
-            sites: HashMap::default(),
-            site_list: Vec::new(),
-            hinted: ((None, 0), u32::MAX),
-            site_names: Vec::new(),
+            sites: SiteTable::default(),
+            hinted: None,
             reported: 0,
             line: Vec::with_capacity(512),
             io_error: None,
@@ -726,28 +716,41 @@ impl Report {
         }
     }
 
-    /// The site of (row pid, `U`): the last prefetch hint's answer when it
-    /// was for this key, else a lookup.
+    /// The slot of the site (row pid, `U`): the last prefetch hint's
+    /// answer when it was for this key, else a lookup.
     #[inline]
-    fn site_of(&self, key: (Option<u32>, u64)) -> Option<u32> {
-        if self.hinted.0 == key {
-            Some(self.hinted.1).filter(|&i| i != u32::MAX)
-        } else {
-            self.sites.get(&key).copied()
+    fn site_of(&self, pid: Option<u32>, u: u64) -> Option<usize> {
+        let pid = pid?;
+        match self.hinted {
+            Some((p, a, found)) if p == pid && a == u => found,
+            _ => self.sites.find(pid, u),
         }
     }
 
-    /// Adds `v` to its process row; returns the row (index, pid key) and
-    /// the open rule-5 group last used at its call site. The verdict counts
-    /// of a syscall with an open rule-5 decision are added when it settles.
+    /// `v` counted in its row by a site: the row's name, and whether the
+    /// site may skip looking at it from now on.
+    fn count_at_site(&mut self, row: u32, slot: usize, v: &SyscallVerdict<'_>) {
+        let r = &mut self.rows[row as usize];
+        count_in_row(r, v);
+        if !r.name.is_empty() {
+            self.sites.slot_mut(slot).row |= NAMED;
+        }
+    }
+
+    /// Adds `v` to its process row and call site; returns the row (index,
+    /// pid key). The verdict counts of a syscall with an open rule-5
+    /// decision are added when it settles, and when its site is its pid's
+    /// own, [`Report::defer`] counts it there (in the group it joins).
     fn summarise(&mut self, v: &SyscallVerdict<'_>) -> (u32, Option<u32>) {
         let u = v.first_user_frame();
+        let deferred = v.service_check.is_some();
         // Fast path: a known call site of the process knows its row.
-        if let Some(i) = u.and_then(|u| self.site_of((v.pid, u))) {
-            let site = &mut self.site_list[i as usize];
-            site.count += 1;
-            let row = site.row;
-            count_in_row(&mut self.rows[row as usize], v);
+        if let Some(i) = u.and_then(|u| self.site_of(v.pid, u)) {
+            let row = self.sites.slot(i).row & !NAMED;
+            if !deferred {
+                self.sites.cold_mut(i).count += 1;
+            }
+            self.count_at_site(row, i, v);
             return (row, v.pid);
         }
         let key = if self.rows.len() >= MAX_PROCESS_ROWS && !self.row_index.contains_key(&v.pid) {
@@ -774,34 +777,41 @@ impl Report {
                 r
             }
         };
-        count_in_row(&mut self.rows[row as usize], v);
-        if let Some(u) = u {
-            let known = self.site_of((key, u));
+        // Counted here unless `defer` counts it in the site.
+        let here = u64::from(!(deferred && key == v.pid));
+        let (Some(u), Some(pid)) = (u, key) else {
             let s = &mut self.rows[row as usize];
-            if let Some(i) = known {
-                self.site_list[i as usize].count += 1;
-            } else if s.site_count < MAX_SITES_PER_PROCESS && self.sites.len() < MAX_SITES {
-                s.site_count += 1;
-                let i = self.site_list.len() as u32;
-                self.site_names.push(v.resolver.describe(u));
-                self.site_list.push(Site {
-                    row,
-                    count: 1,
-                    own: u32::MAX,
-                    own_disc: Disc::default(),
-                    own_count: 0,
-                    own_first: 0,
-                    own_last: 0,
-                });
-                self.sites.insert((key, u), i);
-                if self.hinted.0 == (key, u) {
-                    self.hinted.1 = i;
-                }
-            } else {
-                s.other_sites += 1;
-            }
+            count_in_row(s, v);
+            s.siteless += 1;
+            return (row, key);
+        };
+        if let Some(i) = self.site_of(key, u) {
+            self.sites.cold_mut(i).count += here;
+            self.count_at_site(row, i, v);
+            return (row, key);
+        }
+        let s = &mut self.rows[row as usize];
+        count_in_row(s, v);
+        if s.site_count < MAX_SITES_PER_PROCESS && self.sites.len() < MAX_SITES {
+            s.site_count += 1;
+            let named = if s.name.is_empty() { 0 } else { NAMED };
+            let i = self
+                .sites
+                .insert(pid, u, row | named, here, v.resolver.describe(u));
+            // Slots found before may have moved.
+            self.hinted = Some((pid, u, Some(i)));
+        } else {
+            s.other_sites += 1;
+            s.siteless += 1;
         }
         (row, key)
+    }
+
+    /// Counts `v` in its site apart from the site's own group.
+    fn count_apart(&mut self, site: Option<usize>) {
+        if let Some(i) = site {
+            self.sites.cold_mut(i).count += 1;
+        }
     }
 
     /// A syscall whose rule-5 decision is open: grouped until
@@ -814,18 +824,22 @@ impl Report {
     ) {
         let key = pending_key(v, check, row);
         let ts = v.timestamp;
-        // A site keeps its group only where the site is the pid's own
-        // (not the shared `(other)` row).
-        let site = self
-            .site_of((row_key, key.call_site))
-            .filter(|_| row_key == v.pid);
+        // A site keeps its group, and counts the syscall, only where the
+        // site is the pid's own (not the shared `(other)` row).
+        let site = match v.first_user_frame() {
+            Some(u) if row_key == v.pid => self.site_of(v.pid, u),
+            _ => None,
+        };
         let disc = Disc::of(&key);
         if let Some(si) = site {
-            let s = &mut self.site_list[si as usize];
+            let s = self.sites.slot_mut(si);
             if s.own != u32::MAX && disc == Some(s.own_disc) {
                 s.own_count += 1;
-                s.own_first = s.own_first.min(ts);
                 s.own_last = s.own_last.max(ts);
+                let own = s.own as usize;
+                if let Some(g) = self.groups.get_mut(own) {
+                    g.first = g.first.min(ts);
+                }
                 return;
             }
         }
@@ -835,9 +849,11 @@ impl Report {
                 g.first = g.first.min(ts);
                 g.last = g.last.max(ts);
             }
+            self.count_apart(site);
             return;
         }
         if self.evidence.len() >= MAX_PENDING_GROUPS {
+            self.count_apart(site);
             // Bounded memory over exactness: report it as if the stub
             // matched, and say so in the statistics.
             self.checks_settled_early += 1;
@@ -867,17 +883,17 @@ impl Report {
         }
         self.evidence.push(evidence);
         self.keep_within_budget();
-        if let (Some(si), Some(d)) = (site, disc) {
-            let s = &mut self.site_list[si as usize];
-            if s.own == u32::MAX {
-                // Its counters live in the site from now on.
+        match (site, disc) {
+            (Some(si), Some(d)) if self.sites.slot(si).own == u32::MAX => {
+                // Its count and latest time live in the site from now on.
+                let s = self.sites.slot_mut(si);
                 s.own = gi;
                 s.own_disc = d;
                 s.own_count = 1;
-                s.own_first = ts;
                 s.own_last = ts;
                 g.count = 0;
             }
+            _ => self.count_apart(site),
         }
         self.pending.insert(key, gi);
         self.groups.push(g);
@@ -887,20 +903,17 @@ impl Report {
     /// sites kept.
     fn take_groups(&mut self) -> Vec<PendingGroup> {
         let mut groups = std::mem::take(&mut self.groups);
-        for s in &mut self.site_list {
+        self.sites.for_each_mut(|s, c| {
             if let Some(g) = groups.get_mut(s.own as usize) {
-                if g.count == 0 {
-                    g.first = s.own_first;
-                    g.last = s.own_last;
-                } else {
-                    g.first = g.first.min(s.own_first);
-                    g.last = g.last.max(s.own_last);
-                }
+                // `first` is the group's own (kept there by `defer`).
+                g.last = g.last.max(s.own_last);
                 g.count += s.own_count;
             }
+            // The site's total stays `count + own_count`.
+            c.count += s.own_count;
             s.own = u32::MAX;
             s.own_count = 0;
-        }
+        });
         self.pending.clear();
         groups
     }
@@ -1092,18 +1105,20 @@ impl Report {
     /// The per-process summary table.
     pub fn summary_table(&self) -> String {
         let mut sites: Vec<Vec<(u64, &String)>> = vec![Vec::new(); self.rows.len()];
-        for (site, d) in self.site_list.iter().zip(&self.site_names) {
-            if let Some(v) = sites.get_mut(site.row as usize) {
-                v.push((site.count, d));
+        let mut syscalls: Vec<u64> = self.rows.iter().map(|r| r.siteless).collect();
+        for (c, n) in self.sites.in_order() {
+            if let Some(v) = sites.get_mut(c.row as usize) {
+                v.push((n, &c.name));
+                syscalls[c.row as usize] += n;
             }
         }
-        let mut rows: Vec<(&ProcSummary, Vec<(u64, &String)>)> =
-            self.rows.iter().zip(sites).collect();
-        rows.sort_by(|(a, _), (b, _)| {
-            let al = |s: &ProcSummary| s.counts[1] + s.counts[2];
-            al(b)
-                .cmp(&al(a))
-                .then(b.syscalls.cmp(&a.syscalls))
+        let alerts = |s: &ProcSummary| s.counts[1] + s.counts[2];
+        let mut order: Vec<usize> = (0..self.rows.len()).collect();
+        order.sort_by(|&i, &j| {
+            let (a, b) = (&self.rows[i], &self.rows[j]);
+            alerts(b)
+                .cmp(&alerts(a))
+                .then(syscalls[j].cmp(&syscalls[i]))
                 .then(a.pid.cmp(&b.pid))
         });
         let mut t = String::new();
@@ -1120,7 +1135,8 @@ impl Report {
             "trunc",
             "suppr"
         ));
-        for (s, mut sites) in rows {
+        for i in order {
+            let (s, syscalls, sites) = (&self.rows[i], syscalls[i], &mut sites[i]);
             sites.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
             let top: Vec<String> = sites
                 .iter()
@@ -1136,7 +1152,7 @@ impl Report {
                 } else {
                     &s.name
                 },
-                s.syscalls,
+                syscalls,
                 c[Verdict::Normal.index()],
                 c[Verdict::Direct.index()],
                 c[Verdict::Indirect.index()],
@@ -1180,12 +1196,9 @@ impl Report {
 impl VerdictSink for Report {
     #[inline]
     fn prefetch(&mut self, pid: u32, call_site: u64) {
-        // The site's lookup now, and a read of it kept (so not optimised
-        // away): its cache line is on its way while the engine classifies.
-        let key = (Some(pid), call_site);
-        let i = self.sites.get(&key).copied().unwrap_or(u32::MAX);
-        std::hint::black_box(self.site_list.get(i as usize).map(|s| s.own_last));
-        self.hinted = (key, i);
+        // The site's lookup now (its line is on its way while the engine
+        // classifies), kept for the verdict.
+        self.hinted = Some((pid, call_site, self.sites.find(pid, call_site)));
     }
 
     fn verdict(&mut self, v: &SyscallVerdict<'_>) {
@@ -1194,19 +1207,19 @@ impl VerdictSink for Report {
         }
         self.reported += 1;
         if let (Some(check), Some(u)) = (v.service_check, v.first_user_frame()) {
-            // Fast path: the call site is known and its own group is this
-            // syscall's: one lookup, one entry.
-            let i = self.site_of((v.pid, u));
-            if let Some(site) = i.and_then(|i| self.site_list.get_mut(i as usize)) {
+            // Fast path: the call site is known, its own group is this
+            // syscall's and it comes in time order, its row has its name:
+            // one line.
+            if let Some(i) = self.site_of(v.pid, u) {
+                let site = self.sites.slot_mut(i);
                 if site.own != u32::MAX
+                    && site.row & NAMED != 0
+                    && v.timestamp >= site.own_last
                     && Disc::of_parts(check, v.service_address, v.verdict, v.reason, v.suppressed)
                         == Some(site.own_disc)
                 {
-                    site.count += 1;
                     site.own_count += 1;
-                    site.own_first = site.own_first.min(v.timestamp);
-                    site.own_last = site.own_last.max(v.timestamp);
-                    count_in_row(&mut self.rows[site.row as usize], v);
+                    site.own_last = v.timestamp;
                     return;
                 }
             }
@@ -1274,7 +1287,6 @@ fn count_in_row(s: &mut ProcSummary, v: &SyscallVerdict<'_>) {
             s.name.clone_from(&p.image_file_name);
         }
     }
-    s.syscalls += 1;
     if v.service_check.is_none() {
         s.counts[v.verdict.index()] += 1;
         if v.suppressed.is_some() {
