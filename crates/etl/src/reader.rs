@@ -224,12 +224,14 @@ impl EtlFile {
         data: &mut Vec<u8>,
         scratch: &mut Vec<u8>,
         budget: usize,
+        headers: Option<&mut HeaderCache>,
     ) -> Result<usize, (EtlError, usize)> {
         let limits = Limits {
             max_filled: self.max_filled,
             budget,
+            len: self.len,
         };
-        load_buffer(&self.source, info, data, scratch, limits)
+        load_buffer(&self.source, info, data, scratch, limits, headers)
     }
 }
 
@@ -341,7 +343,7 @@ impl HeaderCache {
     fn get(&mut self, source: &Source, off: u64) -> Result<BufferHeader, EtlError> {
         // Buffers are 8-byte aligned and usually a power of two apart:
         // mix the bits so consecutive buffers land in different slots.
-        let slot = ((off >> 3).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as usize % Self::SLOTS;
+        let slot = Self::slot(off);
         if let Some((o, h)) = self.slots[slot] {
             if o == off {
                 return Ok(h);
@@ -350,6 +352,15 @@ impl HeaderCache {
         let h = read_header(source, off)?;
         self.slots[slot] = Some((off, h));
         Ok(h)
+    }
+
+    fn slot(off: u64) -> usize {
+        ((off >> 3).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as usize % Self::SLOTS
+    }
+
+    /// The header at `off`, read with something else.
+    fn put(&mut self, off: u64, h: BufferHeader) {
+        self.slots[Self::slot(off)] = Some((off, h));
     }
 }
 
@@ -462,8 +473,10 @@ fn first_logfile_header(
     let limits = Limits {
         max_filled: MAX_BUFFER_SIZE,
         budget: MAX_BUFFER_SIZE as usize,
+        len: 0,
     };
-    let len = load_buffer(source, info, &mut data, &mut scratch, limits).map_err(|(e, _)| e)?;
+    let len =
+        load_buffer(source, info, &mut data, &mut scratch, limits, None).map_err(|(e, _)| e)?;
     let base = info.offset + HDR;
     let no = |why: String| EtlError::in_buffer(base, info.offset, ErrorKind::NoLogfileHeader(why));
     let parsed = record::parse(&data[..len])
@@ -492,15 +505,25 @@ struct Limits {
     max_filled: u32,
     /// Bytes `data` may grow to within the reader's memory budget.
     budget: usize,
+    /// The file's length.
+    len: u64,
 }
 
-/// See [`EtlFile::load`].
+/// Most bytes between a buffer's records and its end read to reach the
+/// next buffer's header in the same read.
+const MAX_PEEK_GAP: usize = 4096;
+
+/// See [`EtlFile::load`]. With `headers` (time order), an uncompressed
+/// buffer is read on to the end of the next buffer's header when little
+/// lies between (buffers are nearly full): that header goes into the cache
+/// the processor cursors walk, which then mostly costs no read of its own.
 fn load_buffer(
     source: &Source,
     info: &BufferInfo,
     data: &mut Vec<u8>,
     scratch: &mut Vec<u8>,
     limits: Limits,
+    headers: Option<&mut HeaderCache>,
 ) -> Result<usize, (EtlError, usize)> {
     let h = &info.header;
     let base = info.offset + HDR;
@@ -551,10 +574,28 @@ fn load_buffer(
         if n > limits.budget {
             return Err((err(ErrorKind::MemoryBudget { need: n as u64 }), 0));
         }
-        if data.len() < n {
-            data.resize(n, 0);
+        let next = info.offset + u64::from(h.buffer_size);
+        let gap = stored - n;
+        let peek = headers.filter(|_| {
+            stored + BUFFER_HEADER_SIZE == h.buffer_size as usize
+                && gap <= MAX_PEEK_GAP
+                && next + HDR <= limits.len
+                && n + gap + BUFFER_HEADER_SIZE <= limits.budget
+        });
+        let total = if peek.is_some() {
+            n + gap + BUFFER_HEADER_SIZE
+        } else {
+            n
+        };
+        if data.len() < total {
+            data.resize(total, 0);
         }
-        source.read_exact_at(&mut data[..n], base).map_err(io)?;
+        source.read_exact_at(&mut data[..total], base).map_err(io)?;
+        if let (Some(cache), Some(hdr)) = (peek, data.get(n + gap..total)) {
+            if let Ok(hdr) = <&[u8; BUFFER_HEADER_SIZE]>::try_from(hdr) {
+                cache.put(next, BufferHeader::parse(hdr));
+            }
+        }
         match bad {
             Some(e) => Err((e, n)),
             None => Ok(n),
@@ -733,7 +774,13 @@ impl Cursor {
             self.partial = false;
             let before = self.data.capacity();
             let budget = sh.limit.saturating_sub(sh.held - before);
-            let loaded = file.load(&info, &mut self.data, &mut sh.scratch, budget);
+            let loaded = file.load(
+                &info,
+                &mut self.data,
+                &mut sh.scratch,
+                budget,
+                sh.headers.as_mut(),
+            );
             sh.held = sh.held - before + self.data.capacity();
             match loaded {
                 Ok(n) => self.len = n,
