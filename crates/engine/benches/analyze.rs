@@ -8,6 +8,10 @@
 //! then the peak RSS for N and 10 N syscalls of a fixed process population
 //! (memory follows the processes, not the trace length).
 //!
+//! The end-to-end pass runs [`REPEATS`] times per trace; the best and the
+//! median are printed (shared hosts are noisy: compare medians, and the
+//! best as what the code can do when nothing else runs).
+//!
 //! `cargo bench -p sentry-engine --bench analyze` (N from
 //! `SENTRY_BENCH_SYSCALLS`, default 200,000).
 
@@ -21,6 +25,9 @@ use sentry_engine::report::{Report, ReportConfig};
 use sentry_engine::{Engine, EngineConfig, Learning, NullSink};
 use sentry_etl::{EtlFile, Order};
 use sentry_synth::{generate, Options, Scenario};
+
+/// End-to-end passes per trace.
+const REPEATS: usize = 5;
 
 /// What `analyze` has the reader step over: PerfInfo SysCallExit.
 const SKIP: &[(u8, u8)] = &[(0x0F, 52)];
@@ -237,16 +244,24 @@ fn main() {
         );
         let r = run(&path);
         let p = r.pairs as f64;
+        let mut times = vec![r.analyze_s];
+        for _ in 1..REPEATS {
+            let t = Instant::now();
+            assert_eq!(one_pass(&path, "analyze"), r.pairs);
+            times.push(t.elapsed().as_secs_f64());
+        }
+        times.sort_by(f64::total_cmp);
+        let (best, median) = (times[0], times[times.len() / 2]);
         println!(
-            "syscalls {size}: pairs {} | read only {:.3} s ({:.2} M pairs/s) | read+decode {:.3} s ({:.2} M pairs/s) | analyze end to end {:.3} s ({:.2} M pairs/s, {:.0} MB/s) | peak RSS {} KiB | alerts {}",
+            "syscalls {size}: pairs {} | read only {:.3} s ({:.2} M pairs/s) | read+decode {:.3} s ({:.2} M pairs/s) | analyze end to end, {REPEATS} runs: best {best:.3} s ({:.2} M pairs/s, {:.0} MB/s), median {median:.3} s ({:.2} M pairs/s) | peak RSS {} KiB | alerts {}",
             r.pairs,
             r.read_s,
             p / r.read_s / 1e6,
             r.decode_s,
             p / r.decode_s / 1e6,
-            r.analyze_s,
-            p / r.analyze_s / 1e6,
-            mb / r.analyze_s,
+            p / best / 1e6,
+            mb / best,
+            p / median / 1e6,
             r.peak_kib.map_or("?".into(), |k| k.to_string()),
             r.alerts
         );
