@@ -13,7 +13,8 @@
 //! best as what the code can do when nothing else runs).
 //!
 //! `cargo bench -p sentry-engine --bench analyze` (N from
-//! `SENTRY_BENCH_SYSCALLS`, default 200,000).
+//! `SENTRY_BENCH_SYSCALLS`, default 200,000); with the release build's
+//! profiles (`scripts/build-release`), as the README shows.
 
 use std::fs::File;
 use std::io::BufWriter;
