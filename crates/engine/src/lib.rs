@@ -240,6 +240,21 @@ pub struct Resolver<'a> {
 }
 
 impl<'a> Resolver<'a> {
+    /// Addresses as seen by `process` (user mode) and the kernel.
+    fn of(
+        process: Option<&'a ProcessInfo>,
+        state: &'a State,
+        kernel_boundary: u64,
+        system_dlls: Option<&'a SystemDlls>,
+    ) -> Resolver<'a> {
+        Resolver {
+            modules: process.map(|p| &p.modules),
+            kernel: state.kernel_modules(),
+            kernel_boundary,
+            system_dlls,
+        }
+    }
+
     pub fn module_of(&self, addr: u64) -> Option<&'a Module> {
         if addr >= self.kernel_boundary {
             self.kernel.find(addr)
@@ -987,12 +1002,12 @@ impl Engine {
             }
             Parent::Other(hook) if has_stack => {
                 let process = self.state.process(pid);
-                let resolver = Resolver {
-                    modules: process.map(|p| &p.modules),
-                    kernel: self.state.kernel_modules(),
-                    kernel_boundary: self.kernel_boundary,
-                    system_dlls: self.system_dlls.as_deref(),
-                };
+                let resolver = Resolver::of(
+                    process,
+                    &self.state,
+                    self.kernel_boundary,
+                    self.system_dlls.as_deref(),
+                );
                 *self.parent_hooks.entry(hook).or_insert(0) += u64::from(fragments);
                 sink.stack_pair(&StackPair {
                     timestamp: ts,
@@ -1041,12 +1056,12 @@ impl Engine {
         } else {
             None
         };
-        let resolver = Resolver {
-            modules: process.map(|p| &p.modules),
-            kernel: self.state.kernel_modules(),
-            kernel_boundary: self.kernel_boundary,
-            system_dlls: self.system_dlls.as_deref(),
-        };
+        let resolver = Resolver::of(
+            process,
+            &self.state,
+            self.kernel_boundary,
+            self.system_dlls.as_deref(),
+        );
         let stack = has_stack.then_some(stack_all);
         if matches!(self.learning, Learning::Online | Learning::Only) {
             if let Some(s) = stack {
