@@ -316,7 +316,7 @@ struct ProcSummary {
 /// A [`PendingKey`] without what its site already says (pid, row, call
 /// site), packed; `None` from [`Disc::of`] when a field does not fit (then
 /// the group is not kept in its site).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Disc {
     service_address: u64,
     offset: u32,
@@ -1106,10 +1106,10 @@ impl Report {
     pub fn summary_table(&self) -> String {
         let mut sites: Vec<Vec<(u64, &String)>> = vec![Vec::new(); self.rows.len()];
         let mut syscalls: Vec<u64> = self.rows.iter().map(|r| r.siteless).collect();
-        for (c, n) in self.sites.in_order() {
-            if let Some(v) = sites.get_mut(c.row as usize) {
-                v.push((n, &c.name));
-                syscalls[c.row as usize] += n;
+        for (row, name, n) in self.sites.in_order() {
+            if let Some(v) = sites.get_mut(row as usize) {
+                v.push((n, name));
+                syscalls[row as usize] += n;
             }
         }
         let alerts = |s: &ProcSummary| s.counts[1] + s.counts[2];

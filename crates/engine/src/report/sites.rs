@@ -6,12 +6,12 @@
 //! the streamed trace buffers keep pushing them out. A map from key to an
 //! index into a list of sites costs two dependent misses per syscall (the
 //! map's bucket, then the site); here the key is in the site, so finding it
-//! is one line (linear probing at most half full: about 1.5 lines for a hit
-//! on average, and the second is the next line).
+//! is one line (linear probing, at most half full: a hit rarely looks past
+//! its first slot, and the next one is the next line).
 //!
-//! What the per-syscall path does not need (the description, the row's
-//! index for the summary, the count of syscalls outside the site's own
-//! group) is kept apart, by the site's `id` (its creation order).
+//! What the per-syscall path does not need (the description, the count of
+//! syscalls outside the site's own group) is kept apart, by the site's `id`
+//! (its creation order).
 
 use super::Disc;
 
@@ -60,7 +60,6 @@ const EMPTY_SLOT: Slot = Slot {
 /// The part of a site the per-syscall path does not touch.
 #[derive(Debug)]
 pub(super) struct Cold {
-    pub row: u32,
     /// Syscalls at the site not counted in its slot's `own_count`: the
     /// site's total is `count + own_count`.
     pub count: u64,
@@ -117,11 +116,7 @@ impl SiteTable {
             self.grow();
         }
         let id = self.cold.len() as u32;
-        self.cold.push(Cold {
-            row: row & !NAMED,
-            count,
-            name,
-        });
+        self.cold.push(Cold { count, name });
         self.place(Slot {
             addr,
             pid,
@@ -176,13 +171,17 @@ impl SiteTable {
         }
     }
 
-    /// Every site in creation order: its cold part and its total count.
-    pub fn in_order(&self) -> impl Iterator<Item = (&Cold, u64)> {
-        let mut own = vec![0u64; self.cold.len()];
+    /// Every site in creation order: its row, its description and its
+    /// total count.
+    pub fn in_order(&self) -> impl Iterator<Item = (u32, &String, u64)> {
+        let mut hot = vec![(0u32, 0u64); self.cold.len()];
         for s in self.slots.iter().filter(|s| s.id != EMPTY) {
-            own[s.id as usize] = s.own_count;
+            hot[s.id as usize] = (s.row & !NAMED, s.own_count);
         }
-        self.cold.iter().zip(own).map(|(c, o)| (c, c.count + o))
+        self.cold
+            .iter()
+            .zip(hot)
+            .map(|(c, (row, own))| (row, &c.name, c.count + own))
     }
 }
 
@@ -258,7 +257,7 @@ mod tests {
     }
 
     /// A site's total is its cold count plus its slot's own count, listed
-    /// in creation order.
+    /// in creation order with its row (without [`NAMED`]).
     #[test]
     fn totals_in_creation_order() {
         let mut t = SiteTable::default();
@@ -266,13 +265,15 @@ mod tests {
             .map(|i| ((i % 5) as u32, 0x1000 + 0x20 * i))
             .collect();
         for (k, &(pid, addr)) in keys.iter().enumerate() {
-            t.insert(pid, addr, 0, k as u64, String::new());
+            let named = if k % 2 == 0 { NAMED } else { 0 };
+            t.insert(pid, addr, (k % 3) as u32 | named, k as u64, String::new());
         }
         for &(pid, addr) in &keys {
             let i = t.find(pid, addr).unwrap();
             t.slot_mut(i).own_count = 10;
         }
-        let totals: Vec<u64> = t.in_order().map(|(_, n)| n).collect();
-        assert_eq!(totals, (0..3000u64).map(|k| k + 10).collect::<Vec<_>>());
+        let listed: Vec<(u32, u64)> = t.in_order().map(|(row, _, n)| (row, n)).collect();
+        let want: Vec<(u32, u64)> = (0..3000u64).map(|k| ((k % 3) as u32, k + 10)).collect();
+        assert_eq!(listed, want);
     }
 }
