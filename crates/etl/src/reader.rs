@@ -968,6 +968,19 @@ impl Cursor {
         }
     }
 
+    /// File order: makes the next event current (the first on the first
+    /// call); `false` at the end.
+    #[inline(always)]
+    fn step(&mut self, started: &mut bool, file: &EtlFile, sh: &mut Shared) -> bool {
+        if *started {
+            self.advance(file, sh);
+        } else {
+            *started = true;
+            self.fill(file, sh);
+        }
+        self.has
+    }
+
     /// Moves past the current event to the next one.
     #[inline(always)]
     fn advance(&mut self, file: &EtlFile, sh: &mut Shared) {
@@ -1213,13 +1226,7 @@ impl<'f> EventReader<'f> {
         let sh = &mut self.shared;
         let c: &Cursor = match &mut self.mode {
             Mode::File { cursor, started } => {
-                if *started {
-                    cursor.advance(file, sh);
-                } else {
-                    *started = true;
-                    cursor.fill(file, sh);
-                }
-                if !cursor.has {
+                if !cursor.step(started, file, sh) {
                     return None;
                 }
                 cursor
@@ -1241,21 +1248,14 @@ impl<'f> EventReader<'f> {
         let file = self.file;
         let sh = &mut self.shared;
         match &mut self.mode {
-            Mode::File { cursor, started } => loop {
-                if *started {
-                    cursor.advance(file, sh);
-                } else {
-                    *started = true;
-                    cursor.fill(file, sh);
+            Mode::File { cursor, started } => {
+                while cursor.step(started, file, sh) {
+                    sh.diag.events += 1;
+                    if f(&cursor.event()).is_break() {
+                        return;
+                    }
                 }
-                if !cursor.has {
-                    return;
-                }
-                sh.diag.events += 1;
-                if f(&cursor.event()).is_break() {
-                    return;
-                }
-            },
+            }
             Mode::Time(m) => {
                 while let Some(c) = m.next(file, sh) {
                     sh.diag.events += 1;
