@@ -63,8 +63,8 @@ pub struct ImageFile {
 #[derive(Debug)]
 pub struct Image {
     pub bits: Bits,
-    /// SHA-256 of the whole file (Elastic's `hash.sha256` of a module).
-    pub sha256: [u8; 32],
+    /// SHA-256 of the whole file, computed on first use.
+    sha256: OnceLock<[u8; 32]>,
     bytes: Vec<u8>,
     sections: Vec<Section>,
     /// Export RVA -> name.
@@ -194,13 +194,19 @@ impl Images {
                     .map_err(|e| format!("{}: {e}", f.path.display()))?
                     .len();
                 if len > MAX_FILE {
-                    return Err(format!("{}: larger than {MAX_FILE} bytes", f.path.display()));
+                    return Err(format!(
+                        "{}: larger than {MAX_FILE} bytes",
+                        f.path.display()
+                    ));
                 }
                 let bytes =
                     std::fs::read(&f.path).map_err(|e| format!("{}: {e}", f.path.display()))?;
                 let img = Image::parse(bytes).map_err(|e| format!("{}: {e}", f.path.display()))?;
                 if img.identity_mismatch(&f.identity) {
-                    return Err(format!("{}: changed since it was indexed", f.path.display()));
+                    return Err(format!(
+                        "{}: changed since it was indexed",
+                        f.path.display()
+                    ));
                 }
                 Ok(Arc::new(img))
             })
@@ -216,20 +222,26 @@ fn index_file(path: &Path) -> Result<Option<ImageFile>, String> {
     file.take(64 << 10)
         .read_to_end(&mut head)
         .map_err(|e| e.to_string())?;
-    Ok(header_identity(path, &head)?.map(|(identity, bits)| ImageFile {
-        identity,
-        path: path.to_path_buf(),
-        bits,
-        loaded: OnceLock::new(),
-    }))
+    Ok(
+        header_identity(path, &head)?.map(|(identity, bits)| ImageFile {
+            identity,
+            path: path.to_path_buf(),
+            bits,
+            loaded: OnceLock::new(),
+        }),
+    )
 }
 
 fn u16_at(b: &[u8], o: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(o..o.checked_add(2)?)?.try_into().ok()?))
+    Some(u16::from_le_bytes(
+        b.get(o..o.checked_add(2)?)?.try_into().ok()?,
+    ))
 }
 
 fn u32_at(b: &[u8], o: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(o..o.checked_add(4)?)?.try_into().ok()?))
+    Some(u32::from_le_bytes(
+        b.get(o..o.checked_add(4)?)?.try_into().ok()?,
+    ))
 }
 
 /// Identity from the headers: `Ok(None)` for files that are not PE at all
@@ -248,11 +260,9 @@ fn header_identity(path: &Path, head: &[u8]) -> Result<Option<(Identity, Bits)>,
     let bits = match (magic, machine) {
         (0x20B, 0x8664) => Bits::B64,
         (0x10B, 0x014C) => Bits::B32,
-        _ => {
-            return Err(format!(
-                "machine {machine:#x} / optional header {magic:#x}: only x86 and x64 images are used"
-            ))
-        }
+        _ => return Err(format!(
+            "machine {machine:#x} / optional header {magic:#x}: only x86 and x64 images are used"
+        )),
     };
     let size = u32_at(head, pe + 24 + 56).ok_or("truncated optional header")?;
     let name = path
@@ -314,23 +324,21 @@ impl NotDone {
 impl Image {
     /// Parses a PE32 or PE32+ image (x86 or x64).
     pub fn parse(bytes: Vec<u8>) -> Result<Image, String> {
-        let (bits, sections, exports) = match object::FileKind::parse(&*bytes)
-            .map_err(|e| e.to_string())?
-        {
-            object::FileKind::Pe64 => {
-                let (s, e) = layout::<ImageNtHeaders64>(&bytes)?;
-                (Bits::B64, s, e)
-            }
-            object::FileKind::Pe32 => {
-                let (s, e) = layout::<ImageNtHeaders32>(&bytes)?;
-                (Bits::B32, s, e)
-            }
-            k => return Err(format!("not a PE image ({k:?})")),
-        };
-        let sha256 = Sha256::digest(&bytes).into();
+        let (bits, sections, exports) =
+            match object::FileKind::parse(&*bytes).map_err(|e| e.to_string())? {
+                object::FileKind::Pe64 => {
+                    let (s, e) = layout::<ImageNtHeaders64>(&bytes)?;
+                    (Bits::B64, s, e)
+                }
+                object::FileKind::Pe32 => {
+                    let (s, e) = layout::<ImageNtHeaders32>(&bytes)?;
+                    (Bits::B32, s, e)
+                }
+                k => return Err(format!("not a PE image ({k:?})")),
+            };
         Ok(Image {
             bits,
-            sha256,
+            sha256: OnceLock::new(),
             bytes,
             sections,
             exports,
@@ -344,9 +352,15 @@ impl Image {
             .is_none_or(|(i, _)| i != *id)
     }
 
-    /// SHA-256 as lower-case hex.
+    /// SHA-256 of the whole file (Elastic's `hash.sha256` of a module).
+    pub fn sha256(&self) -> &[u8; 32] {
+        self.sha256
+            .get_or_init(|| Sha256::digest(&self.bytes).into())
+    }
+
+    /// [`Image::sha256`] as lower-case hex.
     pub fn sha256_hex(&self) -> String {
-        self.sha256.iter().map(|b| format!("{b:02x}")).collect()
+        self.sha256().iter().map(|b| format!("{b:02x}")).collect()
     }
 
     fn section(&self, rva: u32) -> Option<&Section> {
@@ -424,9 +438,11 @@ fn layout<H: ImageNtHeaders>(bytes: &[u8]) -> Result<Layout, String> {
         let file = file as usize;
         // File-backed part, clipped to the file and to the virtual size.
         let in_file = bytes.len().saturating_sub(file) as u64;
-        let len = u64::from(raw)
-            .min(in_file)
-            .min(if vsize == 0 { u64::from(raw) } else { u64::from(vsize) });
+        let len = u64::from(raw).min(in_file).min(if vsize == 0 {
+            u64::from(raw)
+        } else {
+            u64::from(vsize)
+        });
         let len = u32::try_from(len).unwrap_or(0);
         if len == 0 || rva.checked_add(len).is_none() {
             continue;

@@ -296,29 +296,44 @@ mod tests {
         }
         // 32-bit: 66 E8 is rel16, 67 switches to 16-bit ModR/M, 9A is far.
         let b32 = Bits::B32;
-        assert_eq!(decode_call(&[0x66, 0xE8, 1, 2], b32), Some((CallForm::Relative, 4)));
-        assert_eq!(decode_call(&[0x67, 0xFF, 0x16, 1, 2], b32), Some((CallForm::Memory, 5)));
-        assert_eq!(decode_call(&[0x9A, 1, 2, 3, 4, 5, 6], b32), Some((CallForm::Far, 7)));
+        assert_eq!(
+            decode_call(&[0x66, 0xE8, 1, 2], b32),
+            Some((CallForm::Relative, 4))
+        );
+        assert_eq!(
+            decode_call(&[0x67, 0xFF, 0x16, 1, 2], b32),
+            Some((CallForm::Memory, 5))
+        );
+        assert_eq!(
+            decode_call(&[0x9A, 1, 2, 3, 4, 5, 6], b32),
+            Some((CallForm::Far, 7))
+        );
         assert_eq!(decode_call(&[0x9A, 1, 2, 3, 4, 5, 6], b64), None);
-        assert_eq!(decode_call(&[0xFF, 0x15, 1, 2, 3, 4], b32), Some((CallForm::Memory, 6)));
+        assert_eq!(
+            decode_call(&[0xFF, 0x15, 1, 2, 3, 4], b32),
+            Some((CallForm::Memory, 6))
+        );
     }
 
     #[test]
     fn non_calls_are_not_calls() {
         let b64 = Bits::B64;
         for code in [
-            &[0xFF, 0xE0][..],       // jmp rax
+            &[0xFF, 0xE0][..],         // jmp rax
             &[0xFF, 0x25, 0, 0, 0, 0], // jmp [rip]
-            &[0xFF, 0xD8],           // FF /3 with a register: invalid
-            &[0xF0, 0xFF, 0xD0],     // lock call: invalid
-            &[0xE8, 1, 2, 3],        // truncated
+            &[0xFF, 0xD8],             // FF /3 with a register: invalid
+            &[0xF0, 0xFF, 0xD0],       // lock call: invalid
+            &[0xE8, 1, 2, 3],          // truncated
             &[0xFF],
             &[],
         ] {
             assert_eq!(decode_call(code, b64), None, "{code:02x?}");
         }
         // The bytes before a return site of a syscall stub end in 0F 05.
-        let stub = [0x4C, 0x8B, 0xD1, 0xB8, 0x18, 0, 0, 0, 0xF6, 0x04, 0x25, 0x08, 0x03, 0xFE, 0x7F, 0x01, 0x75, 0x03, 0x0F, 0x05];
+        let stub = [
+            0x4C, 0x8B, 0xD1, 0xB8, 0x18, 0, 0, 0, 0xF6, 0x04, 0x25, 0x08, 0x03, 0xFE, 0x7F, 0x01,
+            0x75, 0x03, 0x0F, 0x05,
+        ];
         assert_eq!(call_ending_at(&stub, b64), None);
         assert_eq!(transition_ending_at(&stub), Some(Transition::Syscall));
     }
@@ -333,7 +348,10 @@ mod tests {
         assert_eq!(gadget_at(&[0xFF, 0x13], b), Some(Gadget::CallMemory));
         assert_eq!(gadget_at(&[0x53, 0xC3], b), Some(Gadget::PushRet));
         assert_eq!(gadget_at(&[0x5B, 0xC3], b), Some(Gadget::PopRet));
-        assert_eq!(gadget_at(&[0x48, 0x83, 0xC4, 0x68, 0xC3], b), Some(Gadget::AddSpRet));
+        assert_eq!(
+            gadget_at(&[0x48, 0x83, 0xC4, 0x68, 0xC3], b),
+            Some(Gadget::AddSpRet)
+        );
         // Ordinary code after a call: not a gadget.
         assert_eq!(gadget_at(&[0x48, 0x8B, 0xC8], b), None);
         assert_eq!(gadget_at(&[0xFF, 0x15, 1, 2, 3, 4], b), None); // call [rip+X]

@@ -31,7 +31,9 @@ fn bits_of(b: bool) -> Bits {
 /// A call encoding: legacy prefixes, optional REX (64-bit), opcode and operand.
 fn call_encoding() -> impl Strategy<Value = (bool, Vec<u8>)> {
     let legacy = prop::collection::vec(
-        prop::sample::select(vec![0x26u8, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF2, 0xF3]),
+        prop::sample::select(vec![
+            0x26u8, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF2, 0xF3,
+        ]),
         0..4,
     );
     (
@@ -67,7 +69,7 @@ fn call_encoding() -> impl Strategy<Value = (bool, Vec<u8>)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(20_000))]
+    #![proptest_config(ProptestConfig::with_cases(8_000))]
 
     #[test]
     fn generated_calls_match_iced((b64, code) in call_encoding()) {

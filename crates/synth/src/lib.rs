@@ -51,6 +51,7 @@ use std::io::{self, Seek, Write};
 use sentry_etl_writer::payload::{self, ImagePayload, ProcessPayload, ThreadPayload};
 use sentry_etl_writer::{EtlWriter, HeaderClass, Record, TraceConfig, WriteStats};
 
+pub mod evasion;
 pub mod pe;
 mod rng;
 pub mod world;
@@ -69,6 +70,12 @@ pub enum Scenario {
     HeavensGate,
     Degraded,
     Mixed,
+    // Call-stack evasion and its look-alikes (`evasion`).
+    ClonedNtdll,
+    RopFrames,
+    StackTruncation,
+    Wow64Bypass,
+    Lookalikes,
 }
 
 impl Scenario {
@@ -83,6 +90,16 @@ impl Scenario {
         Scenario::Mixed,
     ];
 
+    /// The call-stack evasion scenarios and their benign look-alikes
+    /// (`evasion`); `wow64-bypass` needs a 64-bit trace.
+    pub const EVASION: [Scenario; 5] = [
+        Scenario::ClonedNtdll,
+        Scenario::RopFrames,
+        Scenario::StackTruncation,
+        Scenario::Wow64Bypass,
+        Scenario::Lookalikes,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Scenario::Benign => "benign",
@@ -93,11 +110,19 @@ impl Scenario {
             Scenario::HeavensGate => "heavens-gate",
             Scenario::Degraded => "degraded",
             Scenario::Mixed => "mixed",
+            Scenario::ClonedNtdll => "cloned-ntdll",
+            Scenario::RopFrames => "rop-frames",
+            Scenario::StackTruncation => "stack-truncation",
+            Scenario::Wow64Bypass => "wow64-bypass",
+            Scenario::Lookalikes => "evasion-lookalikes",
         }
     }
 
     pub fn from_name(s: &str) -> Option<Scenario> {
-        Scenario::ALL.into_iter().find(|x| x.name() == s)
+        Scenario::ALL
+            .into_iter()
+            .chain(Scenario::EVASION)
+            .find(|x| x.name() == s)
     }
 }
 
@@ -149,6 +174,9 @@ pub struct Summary {
     /// their own service (must be empty for the truth to be learnable).
     pub unlearnable_sites: Vec<u64>,
     pub layout: Layout,
+    /// The bytes behind the trace's return addresses, for
+    /// [`pe::images`] (`--images`).
+    pub code: evasion::CodeMap,
 }
 
 impl Summary {
@@ -204,6 +232,7 @@ enum Tech {
     Randomized,
     StubGadget,
     HeavensGate,
+    Evasion(evasion::Ev),
 }
 
 /// How the syscall's stack reaches the trace.
@@ -249,6 +278,11 @@ fn plan(s: Scenario) -> Plan {
                 (D::Lost, 10),
             ],
         ),
+        Scenario::ClonedNtdll
+        | Scenario::RopFrames
+        | Scenario::StackTruncation
+        | Scenario::Wow64Bypass
+        | Scenario::Lookalikes => (evasion::plan(s), vec![]),
         Scenario::Mixed => (
             vec![
                 (T::Sw2Image, 8),
@@ -300,6 +334,8 @@ struct Call {
     reason: Option<&'static str>,
     technique: &'static str,
     module: Option<String>,
+    /// Verdict and reason without `--images` (when they differ).
+    alt: Option<(&'static str, Option<&'static str>)>,
 }
 
 /// Bounded FIFO stack cache (Windows 8+ stack caching): frames -> key.
@@ -339,6 +375,7 @@ struct Gen<W: Write + Seek, T: Write> {
     jumper_variant: usize,
     kframes: Vec<u64>,
     uframes: Vec<u64>,
+    code: evasion::CodeMap,
 }
 
 /// Writes the trace to `etl` and the truth JSON to `truth` (if any).
@@ -352,7 +389,7 @@ pub fn generate<W: Write + Seek, T: Write>(
             "pointer size must be 4 or 8".into(),
         ));
     }
-    if o.scenario == Scenario::HeavensGate && o.pointer_size == 4 {
+    if matches!(o.scenario, Scenario::HeavensGate | Scenario::Wow64Bypass) && o.pointer_size == 4 {
         return Err(SynthError::Unsupported(
             "heavens-gate needs a 64-bit trace (WoW64): use --pointer-size 8".into(),
         ));
@@ -368,7 +405,9 @@ pub fn generate<W: Write + Seek, T: Write>(
     let (mut attack, delivery) = plan(o.scenario);
     let wow = o.pointer_size == 8;
     if !wow {
-        attack.retain(|(t, _)| *t != Tech::HeavensGate);
+        attack.retain(|(t, _)| {
+            *t != Tech::HeavensGate && !matches!(t, Tech::Evasion(e) if e.needs_wow64())
+        });
     }
     let benign_w = BENIGN
         .iter()
@@ -424,6 +463,7 @@ pub fn generate<W: Write + Seek, T: Write>(
         jumper_variant: 0,
         kframes: Vec::with_capacity(16),
         uframes: Vec::with_capacity(MAX_FRAMES),
+        code: evasion::CodeMap::new(),
     };
     g.truth_start()?;
     g.rundown_start()?;
@@ -851,7 +891,7 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
         if techs.contains(&Tech::HeavensGate) {
             self.launch(4520, "setup32.exe", ProcKind::Wow64Implant, 2)?;
         }
-        Ok(())
+        self.start_evasion()
     }
 
     /// Background life: short-lived processes come and go, threads start.
@@ -973,6 +1013,11 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
         let ps8 = self.ps() == 8;
         let mut module = None;
         let (pi, service, verdict, reason, technique) = match tech {
+            Tech::Evasion(e) => {
+                let r = self.build_evasion(e, user);
+                user.truncate(MAX_FRAMES - kernel.len());
+                return r;
+            }
             Tech::Ntdll | Tech::Jit => {
                 let pi = if tech == Tech::Jit {
                     self.pick_proc(&[ProcKind::JitHost], None)?
@@ -1171,6 +1216,7 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
                 reason,
                 technique,
                 module,
+                alt: None,
             },
         ))
     }
@@ -1212,6 +1258,7 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
         let Some((pi, mut call)) = built else {
             return Ok(());
         };
+        self.record_code(user);
         let mut delivery = Delivery::Single;
         if call.verdict == "normal" {
             let roll = self.rng.range(0, 1000) as u32;
@@ -1457,6 +1504,13 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
         if let Some(m) = &call.module {
             write!(t, ", \"module\": \"{m}\"")?;
         }
+        if let Some((v, r)) = call.alt {
+            let r = r.map_or("null".to_string(), |r| format!("\"{r}\""));
+            write!(
+                t,
+                ", \"without_images\": {{\"verdict\": \"{v}\", \"reason\": {r}}}"
+            )?;
+        }
         t.write_all(b"}")?;
         Ok(())
     }
@@ -1518,6 +1572,7 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
                 stats,
                 unlearnable_sites: unlearnable,
                 layout: self.l,
+                code: self.code,
             },
         ))
     }
@@ -1525,11 +1580,10 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
 
 /// An address inside `m` that is not a stub return site (for callers).
 fn site(m: &Module, salt: u64) -> u64 {
-    let span = m.size.saturating_sub(0x2000).max(0x100);
-    let mut off = 0x1000 + (salt.wrapping_mul(0x9E37_79B9) ^ (salt >> 7)) % span;
-    if off % 0x20 == 0x14 {
-        off += 3;
-    }
+    // On a 16-byte grid at 0xB (never a 0x14 return-site offset; 16 bytes
+    // apart, so each gets its own `call` in the `--images` files).
+    let span = m.size.saturating_sub(0x2000).max(0x100) / 16;
+    let off = 0x1000 + (salt.wrapping_mul(0x9E37_79B9) ^ (salt >> 7)) % span * 16 + 0xB;
     m.base + off
 }
 

@@ -11,7 +11,13 @@
 //! `.text` (stubs, file-backed up to the last stub) and `.edata` at the end
 //! of the image (export directory, address/name/ordinal tables, names).
 
-use crate::world::{Layout, Module, SERVICES};
+use std::collections::HashMap;
+
+use crate::evasion::{
+    CodeKind, CodeMap, GadgetKind, KI_USER_APC_DISPATCHER, KI_USER_CALLBACK_DISPATCHER,
+    KI_USER_EXCEPTION_DISPATCHER,
+};
+use crate::world::{Layout, ModKind, Module, SERVICES};
 
 const FILE_ALIGN: u32 = 0x200;
 const HEADERS_SIZE: u32 = 0x400;
@@ -69,6 +75,186 @@ pub fn system_dlls(l: &Layout) -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
+/// The user-mode system DLLs of the layout as a copy of the host's
+/// `System32` (and `SysWOW64`) for `analyze --images`: `(relative path,
+/// bytes)`. Every return address the trace used ([`CodeMap`]) gets the bytes
+/// its kind says: a `call` ending right before a genuine return address
+/// (forms vary with the address, so every decoder path is exercised end to
+/// end), the gadget or faulting bytes the techniques use, and nothing for
+/// `wow64cpu.dll` (its frames are where 32-bit code re-enters 64-bit mode,
+/// not calls). ntdll and win32u also hold their stubs and exports,
+/// including the `KiUser*Dispatcher` entry points.
+pub fn images(l: &Layout, code: &CodeMap) -> Vec<(String, Vec<u8>)> {
+    let mut by_module: HashMap<usize, Vec<(u32, CodeKind)>> = HashMap::new();
+    let mods = user_modules(l);
+    for (&addr, &kind) in code {
+        if let Some(i) = mods
+            .iter()
+            .position(|(_, m, _)| addr >= m.base && addr - m.base < m.size)
+        {
+            by_module
+                .entry(i)
+                .or_default()
+                .push(((addr - mods[i].1.base) as u32, kind));
+        }
+    }
+    let mut nt_exports = Vec::new();
+    let mut w32_exports = Vec::new();
+    for s in SERVICES {
+        if s.is_win32k() {
+            w32_exports.push((
+                s.name.to_string(),
+                (l.stub(s) - l.win32u.base) as u32,
+                s.ssn,
+            ));
+        } else {
+            let rva = (l.stub(s) - l.ntdll.base) as u32;
+            nt_exports.push((s.name.to_string(), rva, s.ssn));
+            nt_exports.push((format!("Zw{}", &s.name[2..]), rva, s.ssn));
+        }
+    }
+    for (name, rva) in [
+        ("RtlUserThreadStart", Layout::RTL_USER_THREAD_START - 0x21),
+        ("KiUserExceptionDispatcher", KI_USER_EXCEPTION_DISPATCHER),
+        ("KiUserCallbackDispatcher", KI_USER_CALLBACK_DISPATCHER),
+        ("KiUserApcDispatcher", KI_USER_APC_DISPATCHER),
+    ] {
+        nt_exports.push((name.to_string(), rva as u32, 0));
+    }
+    let k32_exports = vec![(
+        "BaseThreadInitThunk".to_string(),
+        (Layout::BASE_THREAD_INIT_THUNK - 0x14) as u32,
+        0,
+    )];
+    let mut out = Vec::new();
+    for (i, (dir, m, pe64)) in mods.iter().enumerate() {
+        let mut sites = by_module.remove(&i).unwrap_or_default();
+        sites.sort_unstable_by_key(|s| s.0);
+        let no_calls = m.kind == ModKind::Wow64Cpu;
+        let patches = code_patches(&sites, *pe64, no_calls);
+        let (exports, stubs): (&[(String, u32, u16)], bool) = match m.kind {
+            ModKind::Ntdll => (&nt_exports, true),
+            ModKind::Win32u => (&w32_exports, true),
+            ModKind::Kernel32 => (&k32_exports, false),
+            _ => (&[], false),
+        };
+        let name = m.file_name().to_string();
+        let bytes = image_with(
+            m,
+            &name.to_ascii_lowercase(),
+            exports,
+            stubs,
+            *pe64,
+            &patches,
+        );
+        out.push((format!("{dir}/{name}"), bytes));
+    }
+    out
+}
+
+/// `(folder, module, PE32+)` of every user-mode system DLL of the layout.
+fn user_modules(l: &Layout) -> Vec<(&'static str, &Module, bool)> {
+    let pe64 = l.pointer_size == 8;
+    let mut v = vec![
+        ("System32", &l.ntdll, pe64),
+        ("System32", &l.kernel32, pe64),
+        ("System32", &l.kernelbase, pe64),
+        ("System32", &l.win32u, pe64),
+        ("System32", &l.user32, pe64),
+        ("System32", &l.gdi32, pe64),
+    ];
+    v.extend(l.others.iter().map(|m| ("System32", m, pe64)));
+    if let Some(w) = &l.wow64 {
+        for m in w {
+            let wow = matches!(
+                m.kind,
+                ModKind::Ntdll32 | ModKind::Kernel32Wow | ModKind::KernelBaseWow
+            );
+            v.push(if wow {
+                ("SysWOW64", m, false)
+            } else {
+                ("System32", m, true)
+            });
+        }
+    }
+    v
+}
+
+/// Call forms written before genuine return addresses: `(bytes, 64-bit)`.
+/// Displacements avoid `E8`/`FF` bytes so that no other call decodes into
+/// the following addresses.
+const CALLS_64: &[&[u8]] = &[
+    &[0xE8, 0x10, 0x32, 0x04, 0x00],                   // call rel32
+    &[0xFF, 0x15, 0x22, 0x6A, 0x0B, 0x00],             // call [rip+disp32] (import)
+    &[0xFF, 0xD0],                                     // call rax
+    &[0x41, 0xFF, 0xD2],                               // call r10
+    &[0xFF, 0x50, 0x18],                               // call [rax+18h] (vtable)
+    &[0xFF, 0x54, 0x24, 0x28],                         // call [rsp+28h]
+    &[0x48, 0xFF, 0x15, 0x5A, 0x31, 0x02, 0x00],       // rex.w call [rip+disp32]
+    &[0x3E, 0xFF, 0xD3],                               // notrack call rbx
+    &[0x41, 0xFF, 0x94, 0xC4, 0x30, 0x01, 0x00, 0x00], // call [r12+rax*8+130h]
+];
+const CALLS_32: &[&[u8]] = &[
+    &[0xE8, 0x10, 0x32, 0x04, 0x00],
+    &[0xFF, 0x15, 0x2C, 0x11, 0x01, 0x10], // call [abs32] (import)
+    &[0xFF, 0xD6],                         // call esi
+    &[0xFF, 0x50, 0x18],
+    &[0xFF, 0x14, 0x85, 0x40, 0x12, 0x00, 0x10], // call [eax*4+abs32]
+    &[0xFF, 0x55, 0x08],                         // call [ebp+8]
+];
+
+/// The bytes for sorted `(rva, kind)` sites. Genuine return addresses at
+/// least 16 apart each get their own `call`; closer ones get the longest
+/// form that fits after the previous site.
+fn code_patches(sites: &[(u32, CodeKind)], pe64: bool, no_calls: bool) -> Vec<(u32, Vec<u8>)> {
+    let calls = if pe64 { CALLS_64 } else { CALLS_32 };
+    let mut out = Vec::new();
+    let mut free_from = 0u32;
+    for &(rva, kind) in sites {
+        match kind {
+            CodeKind::Return if !no_calls => {
+                let room = rva.saturating_sub(free_from) as usize;
+                let pick = calls[(rva as usize / 16) % calls.len()];
+                let c = if pick.len() <= room {
+                    Some(pick)
+                } else {
+                    calls
+                        .iter()
+                        .filter(|c| c.len() <= room)
+                        .max_by_key(|c| c.len())
+                        .copied()
+                };
+                if let Some(c) = c {
+                    out.push((rva - c.len() as u32, c.to_vec()));
+                }
+                free_from = rva;
+            }
+            CodeKind::Gadget(g) => {
+                // mov rbx,[rsp+30h] (no call can end at the gadget), then it.
+                let mut b = vec![0x48, 0x8B, 0x5C, 0x24, 0x30];
+                b.extend_from_slice(match g {
+                    GadgetKind::JmpRbx => &[0xFF, 0x23],
+                    GadgetKind::PushRet => &[0x53, 0xC3],
+                });
+                out.push((rva - 5, b));
+                free_from = rva + 2;
+            }
+            CodeKind::Fault => {
+                // mov eax,[rcx] (the access that faulted), after a `nop`.
+                out.push((rva - 1, vec![0x90, 0x8B, 0x01]));
+                free_from = rva + 2;
+            }
+            CodeKind::Return => {
+                // wow64cpu: the code there, but no call before it.
+                out.push((rva.saturating_sub(2), vec![0x90, 0x90]));
+                free_from = rva;
+            }
+            CodeKind::Keep => free_from = rva,
+        }
+    }
+    out
+}
+
 fn align(v: u32, a: u32) -> u32 {
     v.div_ceil(a) * a
 }
@@ -82,7 +268,19 @@ fn image(
     exports: &[(String, u32, u16)],
     stubs: bool,
 ) -> Vec<u8> {
-    let pe64 = l.pointer_size == 8;
+    image_with(m, dll_name, exports, stubs, l.pointer_size == 8, &[])
+}
+
+/// [`image`] with the bitness given and code `patches` (`(rva, bytes)`)
+/// written into `.text` after the stubs.
+fn image_with(
+    m: &Module,
+    dll_name: &str,
+    exports: &[(String, u32, u16)],
+    stubs: bool,
+    pe64: bool,
+    patches: &[(u32, Vec<u8>)],
+) -> Vec<u8> {
     let size_of_image = m.size as u32;
     // .edata: the last 0x1000-aligned pages of the image.
     let mut sorted: Vec<&(String, u32, u16)> = exports.iter().collect();
@@ -104,7 +302,14 @@ fn image(
             .max(text_rva + 0x10)
     } else {
         text_rva + 0x10
-    };
+    }
+    .max(
+        patches
+            .iter()
+            .map(|p| p.0 + p.1.len() as u32)
+            .max()
+            .unwrap_or(0),
+    );
     let text_raw = align(text_end - text_rva, FILE_ALIGN);
     let text_ptr = HEADERS_SIZE;
     let edata_raw = align(edata_len, FILE_ALIGN);
@@ -218,6 +423,10 @@ fn image(
                 f[at..at + 32].copy_from_slice(&stub_bytes(*ssn));
             }
         }
+    }
+    for (rva, bytes) in patches {
+        let at = (text_ptr + rva - text_rva) as usize;
+        f[at..at + bytes.len()].copy_from_slice(bytes);
     }
     // Export directory.
     let e = edata_ptr as usize;

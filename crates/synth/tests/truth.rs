@@ -17,6 +17,8 @@ use serde_json::Value;
 struct Image {
     base: u64,
     end: u64,
+    size: u64,
+    tds: u32,
     path: String,
     from: u64,
     to: u64,
@@ -101,6 +103,8 @@ fn derive(etl: Vec<u8>) -> (BTreeMap<u64, Derived>, u32) {
                     Lifecycle::Start | Lifecycle::DcStart => v.push(Image {
                         base: i.image_base,
                         end: i.image_base + i.image_size,
+                        size: i.image_size,
+                        tds: i.time_date_stamp,
                         path: i.file_name.clone(),
                         from: ev.timestamp,
                         to: u64::MAX,
@@ -141,6 +145,48 @@ fn derive(etl: Vec<u8>) -> (BTreeMap<u64, Derived>, u32) {
             .get(&pid)?
             .iter()
             .find(|m| a >= m.base && a < m.end && m.from <= ts && ts < m.to)
+    };
+    // The stub modules are the System32 ntdll/win32u at the base first
+    // seen; another mapping named so, or with their size and timestamp, is
+    // a clone (rule 3a).
+    let mut primary: Vec<(u64, u64, u32)> = Vec::new();
+    for v in images.values() {
+        for m in v {
+            if is_stub_module(&m.path) && !primary.iter().any(|p| p.1 == m.size && p.2 == m.tds) {
+                primary.push((m.base, m.size, m.tds));
+            }
+        }
+    }
+    // (Rundown order: the first process's mapping is the primary one.)
+    let first_base = |m: &Image| {
+        let mut best: Option<(u64, u64)> = None;
+        for v in images.values() {
+            for x in v {
+                if is_stub_module(&x.path) && x.size == m.size && x.tds == m.tds {
+                    best = match best {
+                        Some((f, b)) if f <= x.from => Some((f, b)),
+                        _ => Some((x.from, x.base)),
+                    };
+                }
+            }
+        }
+        best.map(|b| b.1)
+    };
+    let is_clone = |m: &Image| {
+        let name = m
+            .path
+            .rsplit('\\')
+            .next()
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let wow = m
+            .path
+            .to_ascii_lowercase()
+            .ends_with("\\syswow64\\ntdll.dll");
+        let like = name == "ntdll.dll"
+            || name == "win32u.dll"
+            || primary.iter().any(|p| p.1 == m.size && p.2 == m.tds);
+        like && !wow && !(is_stub_module(&m.path) && first_base(m) == Some(m.base))
     };
     let mut seen: HashMap<u64, BTreeMap<u64, u64>> = HashMap::new();
     for (ts, (_, addr)) in &enters {
@@ -189,7 +235,36 @@ fn derive(etl: Vec<u8>) -> (BTreeMap<u64, Derived>, u32) {
                 None => d.verdict = "kernel_origin",
                 Some(&u) => {
                     let um = module_at(pid, ts, u);
-                    if !um.is_some_and(|m| is_stub_module(&m.path)) {
+                    let name_of = |a: u64| {
+                        module_at(pid, ts, a).map(|m| {
+                            m.path
+                                .rsplit('\\')
+                                .next()
+                                .unwrap_or("")
+                                .to_ascii_lowercase()
+                        })
+                    };
+                    // Rule 8: the first frame past the native stub module.
+                    let past_stub = p.user[1..]
+                        .iter()
+                        .find(|&&a| name_of(a).as_deref() != Some("ntdll.dll"))
+                        .map(|&a| name_of(a));
+                    let bypass = wow64
+                        && past_stub.is_some_and(|n| {
+                            !matches!(
+                                n.as_deref(),
+                                Some("wow64.dll" | "wow64win.dll" | "wow64cpu.dll")
+                            )
+                        });
+                    // Rule 10: the walk ends in an image that is not ntdll.
+                    let last = *p.user.last().unwrap();
+                    let cut = p.kernel.len() + p.user.len() < 192
+                        && module_at(pid, ts, last).is_some()
+                        && name_of(last).as_deref() != Some("ntdll.dll");
+                    if um.is_some_and(&is_clone) {
+                        d.verdict = "indirect";
+                        d.reason = Some("cloned_stub_module");
+                    } else if !um.is_some_and(|m| is_stub_module(&m.path)) {
                         d.verdict = "direct";
                         d.reason = Some(if wow64 {
                             "heavens_gate"
@@ -210,6 +285,12 @@ fn derive(etl: Vec<u8>) -> (BTreeMap<u64, Derived>, u32) {
                     } else if module_at(pid, ts, p.user[1]).is_none() {
                         d.verdict = "indirect";
                         d.reason = Some("unbacked_caller");
+                    } else if bypass {
+                        d.verdict = "indirect";
+                        d.reason = Some("wow64_bypass");
+                    } else if cut {
+                        d.verdict = "indirect";
+                        d.reason = Some("truncated_stack");
                     }
                 }
             }
@@ -240,8 +321,11 @@ fn check(o: &Options) {
         let ts = e["timestamp"].as_u64().unwrap();
         let d = &derived[&ts];
         let ctx = format!("{:?} entry {e}", o.scenario);
-        assert_eq!(e["verdict"], d.verdict, "{ctx}");
-        assert_eq!(e["reason"].as_str(), d.reason, "{ctx}");
+        // This derivation has no module bytes: what the truth says for an
+        // analysis without `--images`.
+        let e_v = e.get("without_images").unwrap_or(e);
+        assert_eq!(e_v["verdict"], d.verdict, "{ctx}");
+        assert_eq!(e_v["reason"].as_str(), d.reason, "{ctx}");
         assert_eq!(
             e["processor"].as_u64(),
             Some(u64::from(d.processor)),
@@ -257,7 +341,9 @@ fn check(o: &Options) {
             "{ctx}"
         );
         assert_eq!(e["module"].as_str(), d.module.as_deref(), "{ctx}");
-        *counts.entry(d.verdict.to_string()).or_default() += 1;
+        *counts
+            .entry(e["verdict"].as_str().unwrap().to_string())
+            .or_default() += 1;
     }
     for (k, v) in &counts {
         assert_eq!(t["counts"][k].as_u64(), Some(*v), "count of {k}");
@@ -265,6 +351,7 @@ fn check(o: &Options) {
     // Each scenario shows what it is about.
     let n = |k: &str| counts.get(k).copied().unwrap_or(0);
     let r = |k: &str| entries.iter().filter(|e| e["reason"] == k).count();
+    let t_count = |k: &str| entries.iter().filter(|e| e["technique"] == k).count();
     assert!(
         n("normal") > entries.len() as u64 / 2,
         "benign traffic dominates"
@@ -279,6 +366,25 @@ fn check(o: &Options) {
         Scenario::Degraded => {
             assert!(n("no_stack") > 0 && n("truncated") > 0 && lost > 0);
             assert_eq!(n("direct") + n("indirect"), 0);
+        }
+        Scenario::ClonedNtdll => assert!(r("cloned_stub_module") > 0),
+        Scenario::RopFrames => {
+            assert!(r("not_call_preceded") > 0);
+            assert!(entries.iter().all(|e| e["reason"] != "not_call_preceded"
+                || e["without_images"]["verdict"] == "normal"));
+        }
+        Scenario::StackTruncation => assert!(r("truncated_stack") > 0),
+        Scenario::Wow64Bypass => assert!(r("wow64_bypass") > 0),
+        Scenario::Lookalikes => {
+            assert_eq!(n("direct") + n("indirect"), 0);
+            for t in [
+                "benign-second-ntdll-mapped",
+                "benign-exception-handler",
+                "benign-window-callback",
+                "benign-deep-recursion",
+            ] {
+                assert!(t_count(t) > 0, "{t}");
+            }
         }
         Scenario::Mixed => {
             for reason in [
@@ -323,6 +429,16 @@ fn every_scenario_32bit() {
         .filter(|s| *s != Scenario::HeavensGate)
     {
         check(&opts(s, 4, false, false, 2));
+    }
+}
+
+#[test]
+fn every_evasion_scenario_both_pointer_sizes() {
+    for s in Scenario::EVASION {
+        check(&opts(s, 8, false, false, 3));
+        if s != Scenario::Wow64Bypass {
+            check(&opts(s, 4, true, true, 4));
+        }
     }
 }
 

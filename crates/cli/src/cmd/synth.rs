@@ -13,7 +13,9 @@ use sentry_synth::{Options, Scenario};
 #[derive(clap::Args)]
 pub struct Args {
     /// benign, direct-image, direct-unbacked, indirect-jumper,
-    /// indirect-randomized, heavens-gate, degraded or mixed.
+    /// indirect-randomized, heavens-gate, degraded, mixed, or the call-stack
+    /// evasion ones: cloned-ntdll, rop-frames, stack-truncation,
+    /// wow64-bypass, evasion-lookalikes.
     #[arg(long, default_value = "mixed")]
     pub scenario: String,
     #[arg(long, default_value_t = 1)]
@@ -43,6 +45,10 @@ pub struct Args {
     /// whose exports match the trace's layout (for `analyze --system-dlls`).
     #[arg(long, value_name = "DIR")]
     pub system_dlls_out: Option<PathBuf>,
+    /// Also write the user-mode system DLLs (System32/, SysWOW64/) with the
+    /// code bytes behind the trace's return addresses (for `analyze --images`).
+    #[arg(long, value_name = "DIR")]
+    pub images_out: Option<PathBuf>,
     /// Output .etl file.
     #[arg(short, long)]
     pub output: PathBuf,
@@ -55,7 +61,11 @@ pub fn truth_path(etl: &Path) -> PathBuf {
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let scenario = Scenario::from_name(&a.scenario).with_context(|| {
-        let names: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
+        let names: Vec<&str> = Scenario::ALL
+            .iter()
+            .chain(&Scenario::EVASION)
+            .map(|s| s.name())
+            .collect();
         format!(
             "unknown scenario `{}` (one of: {})",
             a.scenario,
@@ -97,6 +107,16 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         for (name, bytes) in sentry_synth::pe::system_dlls(&summary.layout) {
             let p = dir.join(name);
+            std::fs::write(&p, bytes).with_context(|| format!("writing {}", p.display()))?;
+        }
+    }
+    if let Some(dir) = &a.images_out {
+        for (rel, bytes) in sentry_synth::pe::images(&summary.layout, &summary.code) {
+            let p = dir.join(rel);
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("creating {}", parent.display()))?;
+            }
             std::fs::write(&p, bytes).with_context(|| format!("writing {}", p.display()))?;
         }
     }
