@@ -79,6 +79,13 @@ pub struct ReportConfig {
     pub immediate: bool,
     /// Frames of the stack kept as evidence in an alert.
     pub max_stack_frames: usize,
+    /// The input's name, written in every line (`file`; ECS
+    /// `log.file.path`) so that lines of several files stay apart.
+    pub file: Option<String>,
+    /// ECS `host.name` (`--host`; the machine's name in `live`).
+    pub host: Option<String>,
+    /// Rows of the summary table (0: all).
+    pub summary_rows: usize,
     /// Bytes of evidence kept for open rule-5 groups (0: 64 MiB). Past it
     /// the oldest is dropped; should a dropped group settle as an alert,
     /// `analyze` finds its evidence again in a second pass
@@ -285,6 +292,13 @@ pub struct Alert {
     pub last_seen: Option<String>,
     pub stack: Vec<String>,
     pub technique: &'static str,
+    /// Events may be missing somewhere in the input (not where this
+    /// alert's state came from: that would have made it `unresolved`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub trace_incomplete: bool,
+    /// The input file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
     /// Emission order of the syscall the evidence comes from.
     #[serde(skip)]
     seq: u64,
@@ -306,7 +320,7 @@ struct ProcSummary {
     /// Syscalls counted in no call site of the row (without a user frame,
     /// or past the site caps); the others are in their sites' totals.
     siteless: u64,
-    counts: [u64; 6],
+    counts: [u64; Verdict::ALL.len()],
     suppressed: u64,
     /// Call sites of this row in `Report::sites`.
     site_count: usize,
@@ -440,6 +454,8 @@ pub struct Report {
     line: Vec<u8>,
     io_error: Option<io::Error>,
     header: Option<LogfileHeader>,
+    /// Events may be missing somewhere in the input.
+    trace_incomplete: bool,
 }
 
 /// MITRE ATT&CK technique for both verdicts: T1106 Native API.
@@ -480,7 +496,14 @@ impl Report {
             line: Vec::with_capacity(512),
             io_error: None,
             header: None,
+            trace_incomplete: false,
         }
+    }
+
+    /// Events may be missing somewhere in the input: alerts say so
+    /// (`trace_incomplete`). [`Report::finish`] also takes it from the engine.
+    pub fn set_trace_incomplete(&mut self, yes: bool) {
+        self.trace_incomplete = yes;
     }
 
     /// The clock for UTC times (else raw timestamps only).
@@ -534,6 +557,9 @@ impl Report {
             "call_site": v.first_user_frame().map(|a| r.describe(a)),
             "caller": v.caller_frame().map(|a| r.describe(a)),
         });
+        if let Some(f) = &self.cfg.file {
+            o["file"] = json!(f);
+        }
         if let Some((sv, sr, i)) = v.suppressed {
             o["suppressed"] = json!(true);
             o["suppressed_verdict"] = json!(sv.as_str());
@@ -698,6 +724,8 @@ impl Report {
                 .map(|f| self.render(f, system_dlls))
                 .collect(),
             technique: "",
+            trace_incomplete: false,
+            file: None,
             seq: e.seq,
         }
     }
@@ -706,6 +734,8 @@ impl Report {
         let mut a = a.clone();
         a.first_seen = self.time(a.first_timestamp);
         a.last_seen = self.time(a.last_timestamp);
+        a.trace_incomplete = self.trace_incomplete;
+        a.file.clone_from(&self.cfg.file);
         match self.cfg.format {
             Format::Json => {
                 let mut v = serde_json::to_value(&a).unwrap_or(Value::Null);
@@ -1112,18 +1142,27 @@ impl Report {
                 syscalls[row as usize] += n;
             }
         }
+        // Alerting processes first, then unresolved ones, then by volume.
         let alerts = |s: &ProcSummary| s.counts[1] + s.counts[2];
+        let unresolved = |s: &ProcSummary| s.counts[Verdict::Unresolved.index()];
         let mut order: Vec<usize> = (0..self.rows.len()).collect();
         order.sort_by(|&i, &j| {
             let (a, b) = (&self.rows[i], &self.rows[j]);
             alerts(b)
                 .cmp(&alerts(a))
+                .then(unresolved(b).cmp(&unresolved(a)))
                 .then(syscalls[j].cmp(&syscalls[i]))
                 .then(a.pid.cmp(&b.pid))
         });
+        // Every alerting process is listed, whatever the limit.
+        let alerting = order.iter().filter(|&&i| alerts(&self.rows[i]) > 0).count();
+        let shown = match self.cfg.summary_rows {
+            0 => order.len(),
+            n => n.max(alerting).min(order.len()),
+        };
         let mut t = String::new();
         t.push_str(&format!(
-            "{:>7} {:<24} {:>10} {:>10} {:>7} {:>8} {:>7} {:>8} {:>6} {:>6}  top call sites\n",
+            "{:>7} {:<24} {:>10} {:>10} {:>7} {:>8} {:>7} {:>8} {:>6} {:>6} {:>6}  top call sites\n",
             "pid",
             "process",
             "syscalls",
@@ -1133,9 +1172,10 @@ impl Report {
             "kernel",
             "no_stack",
             "trunc",
+            "unres",
             "suppr"
         ));
-        for i in order {
+        for &i in &order[..shown] {
             let (s, syscalls, sites) = (&self.rows[i], syscalls[i], &mut sites[i]);
             sites.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
             let top: Vec<String> = sites
@@ -1145,10 +1185,12 @@ impl Report {
                 .collect();
             let c = &s.counts;
             t.push_str(&format!(
-                "{:>7} {:<24} {:>10} {:>10} {:>7} {:>8} {:>7} {:>8} {:>6} {:>6}  {}\n",
+                "{:>7} {:<24} {:>10} {:>10} {:>7} {:>8} {:>7} {:>8} {:>6} {:>6} {:>6}  {}\n",
                 s.pid.map_or("-".to_string(), |p| p.to_string()),
                 if s.pid.is_none() {
                     "(no stack)"
+                } else if s.name.is_empty() {
+                    "(unknown)"
                 } else {
                     &s.name
                 },
@@ -1159,8 +1201,22 @@ impl Report {
                 c[Verdict::KernelOrigin.index()],
                 c[Verdict::NoStack.index()],
                 c[Verdict::Truncated.index()],
+                c[Verdict::Unresolved.index()],
                 s.suppressed,
                 top.join(", ")
+            ));
+        }
+        if shown < order.len() {
+            let rest = &order[shown..];
+            let n: u64 = rest.iter().map(|&i| syscalls[i]).sum();
+            t.push_str(&format!(
+                "  ... and {} more processes ({n} syscalls, no alerts{}); --summary-rows 0 lists all\n",
+                rest.len(),
+                if rest.iter().any(|&i| unresolved(&self.rows[i]) > 0) {
+                    ""
+                } else {
+                    ", none unresolved"
+                }
             ));
         }
         t
@@ -1177,6 +1233,7 @@ impl Report {
     /// End of input: writes the alerts, flushes.
     pub fn finish(&mut self, engine: &Engine) -> io::Result<()> {
         self.clock = engine.clock().copied().or(self.clock);
+        self.trace_incomplete |= engine.completeness().incomplete();
         self.settle(engine);
         self.write_alerts(engine.header());
         self.flush()
@@ -1383,15 +1440,22 @@ pub fn stats_text(s: &EngineStats, wall_seconds: f64, alerts: usize) -> String {
         ));
     }
     t.push_str(&format!(
-        "events lost (logfile header): {}, buffers lost: {}\n",
+        "events the session could not log (logfile header EventsLost): {}, buffers it could not write (BuffersLost): {}\n",
         s.events_lost.map_or("unknown".into(), |v| v.to_string()),
         s.buffers_lost.map_or("unknown".into(), |v| v.to_string())
     ));
     let v = &s.verdicts;
     t.push_str(&format!(
-        "syscalls: {}, normal {}, direct {}, indirect {}, kernel_origin {}, no_stack {}, truncated {}, suppressed {}; alerts (deduplicated): {}\n",
-        s.syscalls, v.normal, v.direct, v.indirect, v.kernel_origin, v.no_stack, v.truncated, s.suppressed, alerts
+        "syscalls: {}, normal {}, direct {}, indirect {}, kernel_origin {}, no_stack {}, truncated {}, unresolved {}, suppressed {}; alerts (deduplicated): {}\n",
+        s.syscalls, v.normal, v.direct, v.indirect, v.kernel_origin, v.no_stack, v.truncated, v.unresolved, s.suppressed, alerts
     ));
+    if v.unresolved > 0 {
+        let u = &s.unresolved;
+        t.push_str(&format!(
+            "unresolved: process_unknown {}, modules_incomplete {}, events_lost {}\n",
+            u.process_unknown, u.modules_incomplete, u.events_lost
+        ));
+    }
     let c = &s.correlator;
     t.push_str(&format!(
         "correlator: matched {}, syscall without stack {}, stack without syscall {}, expired {}, fragments stitched {}, evicted {}, peak pending {}, keys resolved {}, keys unresolved {}\n",
