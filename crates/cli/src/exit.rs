@@ -14,7 +14,8 @@ pub const ALERTS: u8 = 1;
 pub const ERROR: u8 = 2;
 /// Nothing found, but the input was damaged or incomplete (reader errors,
 /// missing buffers, events the session lost, unresolved syscalls, a trace
-/// without SysCallEnter stacks, or one of several files unreadable).
+/// without SysCallEnter stacks, filters that matched no syscall, or one of
+/// several files unreadable).
 pub const INCOMPLETE: u8 = 3;
 /// The reader of the output went away (`| head`): 128 + SIGPIPE, what a
 /// shell reports for a program stopped by a closed pipe.

@@ -560,6 +560,9 @@ impl Report {
         if let Some(f) = &self.cfg.file {
             o["file"] = json!(f);
         }
+        if self.cfg.format == Format::Ecs {
+            o = ecs_syscall(&o, &self.ecs_context(self.header.as_ref()));
+        }
         if let Some((sv, sr, i)) = v.suppressed {
             o["suppressed"] = json!(true);
             o["suppressed_verdict"] = json!(sv.as_str());
@@ -730,6 +733,14 @@ impl Report {
         }
     }
 
+    fn ecs_context<'a>(&'a self, header: Option<&'a LogfileHeader>) -> EcsContext<'a> {
+        EcsContext {
+            header,
+            file: self.cfg.file.as_deref(),
+            host: self.cfg.host.as_deref(),
+        }
+    }
+
     fn alert_value(&self, a: &Alert, header: Option<&LogfileHeader>) -> Value {
         let mut a = a.clone();
         a.first_seen = self.time(a.first_timestamp);
@@ -742,7 +753,7 @@ impl Report {
                 v["type"] = json!("alert");
                 v
             }
-            Format::Ecs => ecs(&a, header),
+            Format::Ecs => ecs(&a, &self.ecs_context(header)),
         }
     }
 
@@ -1352,25 +1363,134 @@ fn count_in_row(s: &mut ProcSummary, v: &SyscallVerdict<'_>) {
     }
 }
 
-/// The ECS document of an alert.
-fn ecs(a: &Alert, header: Option<&LogfileHeader>) -> Value {
-    let action = a.technique;
-    let rule = match a.reason {
-        Some(r) => format!("{}_syscall.{}", a.verdict, r),
-        None => format!("{}_syscall", a.verdict),
-    };
-    let mut os = json!({"family": "windows", "type": "windows", "platform": "windows"});
-    if let Some(h) = header {
-        os["version"] = json!(h.os_version_string());
-        os["kernel"] = json!(format!("{}", h.provider_version));
+/// The ECS version the documents follow (`ecs.version`, required in every
+/// event). Field names and types checked against ECS 9.4.0's published
+/// `generated/csv/fields.csv` (elastic/ecs, tag v9.4.0) by the CLI's
+/// `ecs_fields` test; fields of our own are under `syscall_sentry.`.
+pub const ECS_VERSION: &str = "9.4.0";
+
+/// What every ECS document of one input shares.
+struct EcsContext<'a> {
+    header: Option<&'a LogfileHeader>,
+    file: Option<&'a str>,
+    host: Option<&'a str>,
+}
+
+impl EcsContext<'_> {
+    fn host(&self) -> Value {
+        let mut os = json!({"family": "windows", "type": "windows", "platform": "windows"});
+        if let Some(h) = self.header {
+            os["version"] = json!(h.os_version_string());
+            os["kernel"] = json!(format!("{}", h.provider_version));
+        }
+        let mut host = json!({ "os": os });
+        if let Some(n) = self.host {
+            host["name"] = json!(n);
+        }
+        host
     }
+}
+
+/// A stable id from the parts that make a line unique (FNV-1a, 64 bits):
+/// the same input gives the same ids, so a re-shipped file deduplicates.
+fn event_id(parts: &[&str]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in p.bytes().chain([0xFF]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
+/// Drops what is unknown (null, empty strings, empty objects/arrays)
+/// instead of writing it as a value.
+fn prune(v: &mut Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => {
+            a.retain_mut(prune);
+            !a.is_empty()
+        }
+        Value::Object(o) => {
+            o.retain(|_, x| prune(x));
+            !o.is_empty()
+        }
+        _ => true,
+    }
+}
+
+fn rule_of(verdict: &str, reason: Option<&str>) -> (String, String) {
+    match reason {
+        Some(r) => (
+            format!("syscall-sentry.{verdict}.{r}"),
+            format!("{verdict}_syscall.{r}"),
+        ),
+        None => (
+            format!("syscall-sentry.{verdict}"),
+            format!("{verdict}_syscall"),
+        ),
+    }
+}
+
+fn threat() -> Value {
     json!({
+        "framework": "MITRE ATT&CK",
+        "technique": {
+            "id": [TECHNIQUE_ID],
+            "name": [TECHNIQUE_NAME],
+            "reference": ["https://attack.mitre.org/techniques/T1106/"],
+        },
+        "tactic": {"id": ["TA0002"], "name": ["Execution"]},
+    })
+}
+
+/// The ECS document of an alert.
+fn ecs(a: &Alert, cx: &EcsContext<'_>) -> Value {
+    let (rule_id, rule_name) = rule_of(a.verdict, a.reason);
+    let who = if a.process.is_empty() {
+        format!("pid {}", a.pid.map_or("?".into(), |p| p.to_string()))
+    } else {
+        format!(
+            "{} (pid {})",
+            a.process,
+            a.pid.map_or("?".into(), |p| p.to_string())
+        )
+    };
+    let message = format!(
+        "{} syscall{} by {who} from {}, {} time{}",
+        if a.verdict == "direct" {
+            "Direct"
+        } else {
+            "Indirect"
+        },
+        a.reason.map(|r| format!(" ({r})")).unwrap_or_default(),
+        a.call_site,
+        a.count,
+        if a.count == 1 { "" } else { "s" }
+    );
+    let pid = a.pid.map_or(String::new(), |p| p.to_string());
+    let first = a.first_timestamp.to_string();
+    let id = event_id(&[
+        cx.file.unwrap_or(""),
+        &pid,
+        &a.call_site,
+        a.verdict,
+        a.reason.unwrap_or(""),
+        &first,
+    ]);
+    let mut v = json!({
         "@timestamp": a.first_seen,
+        "message": message,
+        "ecs": {"version": ECS_VERSION},
         "event": {
             "kind": "alert",
+            "id": id,
             "category": ["process"],
             "type": ["info"],
-            "action": action,
+            "action": a.technique,
             "module": "syscall_sentry",
             "dataset": "syscall_sentry.alert",
             "provider": "syscall-sentry",
@@ -1387,20 +1507,14 @@ fn ecs(a: &Alert, header: Option<&LogfileHeader>) -> Value {
         },
         "user": {"id": a.user_sid},
         "rule": {
-            "name": rule,
+            "id": rule_id,
+            "name": rule_name,
             "category": "syscall provenance",
             "ruleset": "syscall-sentry verdicts",
         },
-        "threat": {
-            "framework": "MITRE ATT&CK",
-            "technique": {
-                "id": [TECHNIQUE_ID],
-                "name": [TECHNIQUE_NAME],
-                "reference": ["https://attack.mitre.org/techniques/T1106/"],
-            },
-            "tactic": {"id": ["TA0002"], "name": ["Execution"]},
-        },
-        "host": {"os": os},
+        "threat": threat(),
+        "host": cx.host(),
+        "log": {"file": {"path": cx.file}},
         "syscall_sentry": {
             "verdict": a.verdict,
             "reason": a.reason,
@@ -1417,8 +1531,85 @@ fn ecs(a: &Alert, header: Option<&LogfileHeader>) -> Value {
             "first_timestamp": a.first_timestamp,
             "last_timestamp": a.last_timestamp,
             "stack": a.stack,
+            "trace_incomplete": a.trace_incomplete,
         },
-    })
+    });
+    prune(&mut v);
+    v
+}
+
+/// The ECS document of one syscall (`--per-syscall --format ecs`), from
+/// its own-layout line: an `alert` for direct/indirect, else an `event`.
+fn ecs_syscall(o: &Value, cx: &EcsContext<'_>) -> Value {
+    let verdict = o["verdict"].as_str().unwrap_or("");
+    let reason = o["reason"].as_str();
+    let alert = verdict == "direct" || verdict == "indirect";
+    let (rule_id, rule_name) = rule_of(verdict, reason);
+    let process = o["process"].as_str().unwrap_or("");
+    let message = format!(
+        "Syscall {} by {}{}: {verdict}{}",
+        o["service"]
+            .as_str()
+            .unwrap_or_else(|| o["service_address"].as_str().unwrap_or("")),
+        if process.is_empty() { "pid " } else { process },
+        o["pid"]
+            .as_u64()
+            .map(|p| if process.is_empty() {
+                p.to_string()
+            } else {
+                format!(" (pid {p})")
+            })
+            .unwrap_or_else(|| "an unknown process".into()),
+        reason.map(|r| format!(" ({r})")).unwrap_or_default(),
+    );
+    let ts = o["timestamp"].as_u64().unwrap_or(0).to_string();
+    let mut v = json!({
+        "@timestamp": o["time"],
+        "message": message,
+        "ecs": {"version": ECS_VERSION},
+        "event": {
+            "kind": if alert { "alert" } else { "event" },
+            "id": event_id(&[cx.file.unwrap_or(""), &ts]),
+            "category": ["process"],
+            "type": ["info"],
+            "action": if alert { technique(Verdict::parse(verdict).unwrap_or(Verdict::Normal), reason.and_then(Reason::parse)) } else { "syscall" },
+            "module": "syscall_sentry",
+            "dataset": "syscall_sentry.syscall",
+            "provider": "syscall-sentry",
+        },
+        "process": {
+            "pid": o["pid"],
+            "name": process,
+            "thread": {"id": o["tid"]},
+        },
+        "host": cx.host(),
+        "log": {"file": {"path": cx.file}},
+        "syscall_sentry": {
+            "verdict": verdict,
+            "reason": reason,
+            "timestamp": o["timestamp"],
+            "processor": o["processor"],
+            "call_site": o["call_site"],
+            "caller": o["caller"],
+            "service_address": o["service_address"],
+            "service": o["service"],
+            "suppressed": o.get("suppressed"),
+            "suppressed_verdict": o.get("suppressed_verdict"),
+            "suppressed_reason": o.get("suppressed_reason"),
+            "allow_entry": o.get("allow_entry"),
+        },
+    });
+    if alert {
+        v["rule"] = json!({
+            "id": rule_id,
+            "name": rule_name,
+            "category": "syscall provenance",
+            "ruleset": "syscall-sentry verdicts",
+        });
+        v["threat"] = threat();
+    }
+    prune(&mut v);
+    v
 }
 
 /// Human-readable statistics (for stderr or the summary file).

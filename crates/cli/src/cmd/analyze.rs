@@ -408,6 +408,7 @@ fn analyze_file(
     let (mut report, pass) = loop {
         let mut report = Report::new(report_cfg.clone(), out);
         report.set_clock(Some(clock));
+        report.set_header(Some(file.header().clone()));
         let pass = run_pass(
             &file,
             cfg.clone(),
@@ -496,7 +497,8 @@ fn analyze_file(
     let incomplete = damage.damaged()
         || stats.trace_incomplete
         || stats.verdicts.unresolved > 0
-        || coverage_warning(&stats).is_some();
+        || coverage_warning(&stats).is_some()
+        || filter_warning(args, &report, &stats).is_some();
     if let Some(w) = summary {
         let mut t = format!("== {name} ==\n");
         t.push_str(&report.summary_table());
