@@ -6,6 +6,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use sentry_images::{Gadget, Images, Preceded};
+
 use crate::fxhash::FxBuildHasher;
 use crate::state::{Module, ModuleKind, ModuleMap, ProcessInfo};
 use crate::sysdlls::SystemDlls;
@@ -71,6 +73,16 @@ pub enum Reason {
     NotReturnSite,
     StubMismatch,
     UnbackedCaller,
+    /// Rule 3a: `U` is in a second ntdll/win32u (unhooking by a clone).
+    ClonedStubModule,
+    /// Rule 8: a WoW64 process's native stub called with no WoW64 layer
+    /// frame (`wow64*.dll`) before the next module (Heaven's Gate variant).
+    Wow64Bypass,
+    /// Rule 9 (`--images`): a frame past `U` has no `call` before it (ROP
+    /// gadget, synthetic frame).
+    NotCallPreceded,
+    /// Rule 10: the walk ends in an image that is not the thread start.
+    TruncatedStack,
     /// Unresolved: no start or rundown of the process was seen.
     ProcessUnknown,
     /// Unresolved: the process's `\System32\ntdll.dll` mapping was not seen.
@@ -81,13 +93,17 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 13] = [
         Reason::Image,
         Reason::Unbacked,
         Reason::HeavensGate,
         Reason::NotReturnSite,
         Reason::StubMismatch,
         Reason::UnbackedCaller,
+        Reason::ClonedStubModule,
+        Reason::Wow64Bypass,
+        Reason::NotCallPreceded,
+        Reason::TruncatedStack,
         Reason::ProcessUnknown,
         Reason::ModulesIncomplete,
         Reason::EventsLost,
@@ -101,6 +117,10 @@ impl Reason {
             Reason::NotReturnSite => "not_return_site",
             Reason::StubMismatch => "stub_mismatch",
             Reason::UnbackedCaller => "unbacked_caller",
+            Reason::ClonedStubModule => "cloned_stub_module",
+            Reason::Wow64Bypass => "wow64_bypass",
+            Reason::NotCallPreceded => "not_call_preceded",
+            Reason::TruncatedStack => "truncated_stack",
             Reason::ProcessUnknown => "process_unknown",
             Reason::ModulesIncomplete => "modules_incomplete",
             Reason::EventsLost => "events_lost",
@@ -189,6 +209,33 @@ pub struct Context<'a> {
     pub kernel_boundary: u64,
     pub system_dlls: Option<&'a SystemDlls>,
     pub services: &'a ServiceTable,
+    /// `--images`: the module bytes rule 9 reads.
+    pub images: Option<&'a Images>,
+}
+
+/// Frames a StackWalk event holds at most (`StackWalk_Event`: `Stack1` ..
+/// `Stack192`,
+/// <https://learn.microsoft.com/windows/win32/etw/stackwalk-event>). A
+/// stack this long was cut by the logger, not by the thread.
+pub const MAX_STACK_FRAMES: usize = 192;
+
+/// The frame rule 9 found: its index in the stack and what precedes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameCheck {
+    pub index: usize,
+    pub preceded: Preceded,
+    pub gadget: Option<Gadget>,
+}
+
+/// How far rule 9 got, for the statistics (`not done` is never `passed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BytesChecked {
+    /// Frames whose bytes were read and checked.
+    pub checked: u16,
+    /// Frames past `U` whose bytes were not available (no image matched,
+    /// unbacked, outside code), or skipped by rule (wow64cpu, the frame an
+    /// exception interrupted).
+    pub not_done: u16,
 }
 
 /// The rules' result with the evidence they looked at.
@@ -208,6 +255,10 @@ pub struct Outcome<'a> {
     pub service_name: Option<&'a Arc<str>>,
     /// The service the stub belongs to, when learned from the trace.
     pub stub_service: Option<u64>,
+    /// Rule 9's finding.
+    pub frame_check: Option<FrameCheck>,
+    /// Rule 9's coverage (zero without `--images`).
+    pub bytes: BytesChecked,
 }
 
 impl Outcome<'_> {
@@ -222,6 +273,8 @@ impl Outcome<'_> {
             stub_name: None,
             service_name: None,
             stub_service: None,
+            frame_check: None,
+            bytes: BytesChecked::default(),
         }
     }
 }
@@ -311,6 +364,12 @@ pub fn classify<'a>(ctx: &Context<'a>, stack: Option<&[u64]>, service_address: u
             modules.and_then(|m| m.find(c))
         }
     });
+    // Rule 3a.
+    if um.is_some_and(|m| m.kind == ModuleKind::ClonedStub) {
+        out.verdict = Verdict::Indirect;
+        out.reason = Some(Reason::ClonedStubModule);
+        return out;
+    }
     // Rule 3.
     let m = match um {
         Some(m) if m.kind.is_stub_module() => m,
@@ -362,7 +421,128 @@ pub fn classify<'a>(ctx: &Context<'a>, stack: Option<&[u64]>, service_address: u
         out.reason = Some(Reason::UnbackedCaller);
         return out;
     }
+    let Some(modules) = modules else {
+        return out;
+    };
+    let user = &stack[ui..];
+    // Rule 8.
+    if ctx.process.is_some_and(|p| p.wow64) && wow64_bypassed(modules, user) {
+        out.verdict = Verdict::Indirect;
+        out.reason = Some(Reason::Wow64Bypass);
+        return out;
+    }
+    // Rule 9.
+    if let Some(images) = ctx.images {
+        let (found, bytes) = first_not_call_preceded(images, modules, user);
+        out.bytes = bytes;
+        if let Some(mut f) = found {
+            f.index += ui;
+            out.frame_check = Some(f);
+            out.verdict = Verdict::Indirect;
+            out.reason = Some(Reason::NotCallPreceded);
+            return out;
+        }
+    }
+    // Rule 10.
+    if stack.len() < MAX_STACK_FRAMES && truncated(modules, user) {
+        out.verdict = Verdict::Indirect;
+        out.reason = Some(Reason::TruncatedStack);
+        return out;
+    }
     out
+}
+
+/// WoW64's 64-bit layer: what a 32-bit process's native stub is called by.
+fn is_wow64_layer(name: &str) -> bool {
+    ["wow64.dll", "wow64win.dll", "wow64cpu.dll", "wow64base.dll", "wow64con.dll"]
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n))
+}
+
+/// Rule 8: past the native stub module, the first frame is not WoW64's
+/// layer (in a module or not). `user[0]` is `U`.
+fn wow64_bypassed(modules: &ModuleMap, user: &[u64]) -> bool {
+    for &a in &user[1..] {
+        match modules.find(a) {
+            Some(m) if m.kind.is_stub_module() => continue,
+            Some(m) => return !is_wow64_layer(&m.name),
+            None => return true,
+        }
+    }
+    false
+}
+
+/// Rule 10: the last frame is in an image, not in ntdll (native or
+/// WoW64's 32-bit one, where every thread starts) nor in the WoW64 layer
+/// (where a 32-bit thread's 64-bit walk may end).
+fn truncated(modules: &ModuleMap, user: &[u64]) -> bool {
+    let Some(&last) = user.last() else {
+        return false;
+    };
+    match modules.find(last) {
+        Some(m) => {
+            !matches!(m.kind, ModuleKind::Ntdll | ModuleKind::NtdllWow64)
+                && !is_wow64_layer(&m.name)
+        }
+        // An unbacked end (JIT code the walk could not unwind through) is
+        // not evidence of tampering.
+        None => false,
+    }
+}
+
+/// Rule 9: the first frame past `U` (`user[0]`) whose module's bytes show
+/// no `call` (nor a kernel transition) right before it, with the frames
+/// checked and not. Skipped: frames in `wow64cpu.dll` (where 32-bit code
+/// re-enters 64-bit mode, by a jump), and the frame after
+/// `KiUserExceptionDispatcher` (the faulting instruction) — or after any
+/// ntdll frame when that ntdll's exports are not in `--images`.
+fn first_not_call_preceded(
+    images: &Images,
+    modules: &ModuleMap,
+    user: &[u64],
+) -> (Option<FrameCheck>, BytesChecked) {
+    let mut bytes = BytesChecked::default();
+    let mut skip_next = false;
+    for (j, &a) in user.iter().enumerate().skip(1) {
+        let Some(m) = modules.find(a) else {
+            bytes.not_done = bytes.not_done.saturating_add(1);
+            skip_next = false;
+            continue;
+        };
+        let skip = std::mem::take(&mut skip_next);
+        let img = m.image.and_then(|i| images.image(i).ok());
+        let rva = u32::try_from(a - m.base).unwrap_or(u32::MAX);
+        if matches!(m.kind, ModuleKind::Ntdll | ModuleKind::NtdllWow64) {
+            skip_next = match &img {
+                Some(img) => img
+                    .export_near(rva)
+                    .is_some_and(|(n, _)| n.starts_with("KiUserExceptionDispatcher")),
+                None => true,
+            };
+        }
+        let Some(img) = img else {
+            bytes.not_done = bytes.not_done.saturating_add(1);
+            continue;
+        };
+        if skip || m.name.eq_ignore_ascii_case("wow64cpu.dll") {
+            bytes.not_done = bytes.not_done.saturating_add(1);
+            continue;
+        }
+        match img.preceded(rva) {
+            Preceded::NotDone(_) => bytes.not_done = bytes.not_done.saturating_add(1),
+            Preceded::Nothing => {
+                bytes.checked = bytes.checked.saturating_add(1);
+                let check = FrameCheck {
+                    index: j,
+                    preceded: Preceded::Nothing,
+                    gadget: img.gadget(rva),
+                };
+                return (Some(check), bytes);
+            }
+            _ => bytes.checked = bytes.checked.saturating_add(1),
+        }
+    }
+    (None, bytes)
 }
 
 /// The service routine's export name at `SysCallAddress`, when the kernel

@@ -94,8 +94,12 @@ impl Completeness {
         process: Option<&ProcessInfo>,
         ts: u64,
     ) -> Option<Reason> {
-        let needs_map =
-            outcome.verdict == Verdict::Direct || outcome.reason == Some(Reason::UnbackedCaller);
+        // Rule 8 also claims a frame is in no WoW64 module.
+        let needs_map = outcome.verdict == Verdict::Direct
+            || matches!(
+                outcome.reason,
+                Some(Reason::UnbackedCaller | Reason::Wow64Bypass)
+            );
         if !needs_map {
             return None;
         }

@@ -100,6 +100,8 @@ pub use completeness::{Completeness, LossGap, UnresolvedCounts};
 pub use correlate::{CorrelatorStats, Finish, Parent, ParentHook};
 pub use state::{Module, ModuleKind, ModuleMap, ProcessInfo, StateStats};
 pub use sysdlls::{SystemDll, SystemDlls};
+pub use sentry_images::Images;
+pub use classify::{BytesChecked, FrameCheck, MAX_STACK_FRAMES};
 
 use classify::Context;
 use correlate::Correlator;
@@ -209,6 +211,8 @@ pub struct EngineConfig {
     /// Learned service identity (from a first pass).
     pub services: ServiceTable,
     pub system_dlls: Option<Arc<SystemDlls>>,
+    /// `--images`: module bytes for rule 9 (call-preceded return addresses).
+    pub images: Option<Arc<Images>>,
     pub allowlist: Allowlist,
     /// Classify a SysCallEnter with the StackWalk right after it without
     /// the correlator (see [`Engine::process`]). The results are the same
@@ -225,6 +229,7 @@ impl Default for EngineConfig {
             learning: Learning::Fixed,
             services: ServiceTable::new(),
             system_dlls: None,
+            images: None,
             allowlist: Allowlist::default(),
             hold_syscalls: true,
         }
@@ -334,6 +339,8 @@ pub struct SyscallVerdict<'a> {
     pub process: Option<&'a ProcessInfo>,
     pub finish: Finish,
     pub resolver: Resolver<'a>,
+    /// `--images`, for evidence (bytes, module hashes).
+    pub images: Option<&'a Images>,
     /// [`Learning::Deferred`] only: rule 5 is still open; `verdict`,
     /// `reason` and `suppressed` hold the outcome if the stub matches.
     pub service_check: Option<ServiceCheck>,
@@ -621,6 +628,7 @@ pub struct Engine {
     corr: Correlator,
     services: ServiceTable,
     system_dlls: Option<Arc<SystemDlls>>,
+    images: Option<Arc<Images>>,
     allowlist: Allowlist,
     clock: Option<Clock>,
     header: Option<LogfileHeader>,
@@ -649,6 +657,9 @@ impl Engine {
         if let Some(sys) = &cfg.system_dlls {
             state.set_system_dlls(Arc::clone(sys));
         }
+        if let Some(i) = &cfg.images {
+            state.set_images(Arc::clone(i));
+        }
         let mut e = Engine {
             pairing: cfg.pairing,
             learning: cfg.learning,
@@ -657,6 +668,7 @@ impl Engine {
             corr: Correlator::new(0, cfg.max_pending),
             services: cfg.services,
             system_dlls: cfg.system_dlls,
+            images: cfg.images,
             allowlist: cfg.allowlist,
             clock: None,
             header: None,
@@ -1139,6 +1151,7 @@ impl Engine {
             } else {
                 &self.services
             },
+            images: self.images.as_deref(),
         };
         let outcome = classify::classify(&ctx, stack, address);
         let u = outcome.user_index.map_or(0, |i| stack_all[i]);
@@ -1244,6 +1257,7 @@ impl Engine {
             process,
             finish,
             resolver,
+            images: self.images.as_deref(),
             service_check,
         };
         sink.verdict(&v);

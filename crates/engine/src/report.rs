@@ -23,7 +23,9 @@ use crate::{
     SyscallVerdict, VerdictSink,
 };
 
+mod callstack;
 mod sites;
+pub use callstack::{CallStackFacts, FinalUserModule, ReturnEvidence};
 use sites::{SiteTable, NAMED};
 
 /// Alert line layout.
@@ -165,12 +167,18 @@ struct Evidence {
     /// The routine, when no export name was known and a kernel module holds it.
     service: Option<FrameRef>,
     stack: Box<[FrameRef]>,
+    /// Elastic-compatible call-stack facts.
+    call_stack: Option<Box<CallStackFacts>>,
 }
 
 impl Evidence {
     /// Bytes it holds, for the budget.
     fn bytes(&self) -> usize {
-        std::mem::size_of::<Evidence>() + std::mem::size_of_val(&*self.stack)
+        std::mem::size_of::<Evidence>()
+            + std::mem::size_of_val(&*self.stack)
+            + self.call_stack.as_ref().map_or(0, |c| {
+                std::mem::size_of::<CallStackFacts>() + c.call_stack_summary.len() + 256
+            })
     }
 }
 
@@ -226,6 +234,7 @@ impl Decided {
         a.verdict = self.verdict.as_str();
         a.reason = self.reason.map(Reason::as_str);
         a.technique = technique(self.verdict, self.reason);
+        a.behaviors = callstack::behaviors(self.verdict, self.reason);
         a.stub_service_address = self.stub_service_address;
         a.count = self.count;
         a.first_timestamp = self.first;
@@ -292,6 +301,12 @@ pub struct Alert {
     pub last_seen: Option<String>,
     pub stack: Vec<String>,
     pub technique: &'static str,
+    /// Elastic's `process.Ext.api.behaviors` values the verdict implies.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub behaviors: Vec<&'static str>,
+    /// Elastic-compatible call-stack facts (summary, final user module, ...).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub call_stack: Option<CallStackFacts>,
     /// Events may be missing somewhere in the input (not where this
     /// alert's state came from: that would have made it `unresolved`).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -678,6 +693,7 @@ impl Report {
             caller,
             service,
             stack,
+            call_stack: callstack::facts(v).map(Box::new),
         }
     }
 
@@ -727,6 +743,8 @@ impl Report {
                 .map(|f| self.render(f, system_dlls))
                 .collect(),
             technique: "",
+            behaviors: Vec::new(),
+            call_stack: e.call_stack.as_deref().cloned(),
             trace_incomplete: false,
             file: None,
             seq: e.seq,
@@ -1534,6 +1552,13 @@ fn ecs(a: &Alert, cx: &EcsContext<'_>) -> Value {
             "trace_incomplete": a.trace_incomplete,
         },
     });
+    if let Some(f) = &a.call_stack {
+        let api = a.stub.as_deref().or(a.service.as_deref());
+        let extra = callstack::ecs_process_fields(f, &a.behaviors, api, &a.stack);
+        if let (Some(p), Value::Object(x)) = (v["process"].as_object_mut(), extra) {
+            p.extend(x);
+        }
+    }
     prune(&mut v);
     v
 }

@@ -18,6 +18,7 @@ use sentry_kernel::{Image, Lifecycle, Process, Thread};
 
 use crate::fxhash::FxBuildHasher;
 use crate::sysdlls::SystemDlls;
+use sentry_images::Images;
 
 /// What a module is, for the verdict rules (docs/verdicts.md, "Address spaces").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -28,6 +29,12 @@ pub enum ModuleKind {
     Win32u,
     /// The 32-bit `ntdll.dll` in `\Windows\SysWOW64\`: marks a WoW64 process; not a stub module.
     NtdllWow64,
+    /// A second ntdll or win32u (docs/verdicts.md, rule 3a): the System32
+    /// file mapped again at another base than the machine's (KnownDlls or
+    /// the file remapped), a file of that name elsewhere, or any file with
+    /// the primary one's `SizeOfImage` and `TimeDateStamp` (a renamed copy).
+    /// Not a stub module: its stubs run outside the hooked, loaded copy.
+    ClonedStub,
     /// Anything else.
     Other,
 }
@@ -87,6 +94,9 @@ pub struct Module {
     /// Index into the supplied system DLLs (`--system-dlls`) this module was
     /// matched to by name, image size and TimeDateStamp.
     pub system_dll: Option<usize>,
+    /// Index into `--images` of the file with its name, image size and
+    /// TimeDateStamp.
+    pub image: Option<usize>,
 }
 
 impl Module {
@@ -301,6 +311,12 @@ pub struct State {
     pub stats: StateStats,
     /// Matches images to `--system-dlls` (name, size, TimeDateStamp).
     system_dlls: Option<Arc<SystemDlls>>,
+    /// Matches images to `--images` (name, size, TimeDateStamp).
+    images: Option<Arc<Images>>,
+    /// The machine's ntdll and win32u: (base, size, TimeDateStamp) of the
+    /// first System32 mapping seen in a user process. Windows maps a
+    /// KnownDll at one base in every process until reboot.
+    primary: [Option<(u64, u64, u32)>; 2],
 }
 
 impl Default for State {
@@ -314,6 +330,8 @@ impl Default for State {
             next_generation: 0,
             stats: StateStats::default(),
             system_dlls: None,
+            images: None,
+            primary: [None; 2],
         }
     }
 }
@@ -326,6 +344,35 @@ impl State {
     /// The supplied system DLLs images are matched to.
     pub fn set_system_dlls(&mut self, s: Arc<SystemDlls>) {
         self.system_dlls = Some(s);
+    }
+
+    /// The `--images` files images are matched to.
+    pub fn set_images(&mut self, i: Arc<Images>) {
+        self.images = Some(i);
+    }
+
+    /// A native ntdll/win32u mapping that is not the machine's primary one
+    /// (rule 3a), given the kind its path says.
+    fn cloned(&mut self, kind: ModuleKind, name: &str, i: &Image) -> bool {
+        let slot = match kind {
+            ModuleKind::Ntdll => Some(0),
+            ModuleKind::Win32u => Some(1),
+            _ => None,
+        };
+        if let Some(k) = slot {
+            let p = self.primary[k].get_or_insert((i.image_base, i.image_size, i.time_date_stamp));
+            return p.0 != i.image_base;
+        }
+        if kind != ModuleKind::Other {
+            return false;
+        }
+        name.eq_ignore_ascii_case("ntdll.dll")
+            || name.eq_ignore_ascii_case("win32u.dll")
+            || self
+                .primary
+                .iter()
+                .flatten()
+                .any(|p| p.1 == i.image_size && p.2 == i.time_date_stamp)
     }
 
     pub fn process(&self, pid: u32) -> Option<&ProcessInfo> {
@@ -425,11 +472,18 @@ impl State {
                     .next()
                     .unwrap_or(&i.file_name);
                 let name: Arc<str> = Arc::from(name_str);
-                let kind = if kernel {
+                let mut kind = if kernel {
                     ModuleKind::Other
                 } else {
                     ModuleKind::from_path(&i.file_name)
                 };
+                if !kernel && self.cloned(kind, name_str, i) {
+                    kind = ModuleKind::ClonedStub;
+                }
+                let image = self
+                    .images
+                    .as_ref()
+                    .and_then(|s| s.find(name_str, i.image_size, i.time_date_stamp));
                 let system_dll = self
                     .system_dlls
                     .as_ref()
@@ -442,6 +496,7 @@ impl State {
                     kind,
                     time_date_stamp: i.time_date_stamp,
                     system_dll,
+                    image,
                 };
                 self.stats.images_loaded += 1;
                 if kernel {
@@ -725,6 +780,7 @@ mod module_map_tests {
             kind: ModuleKind::Other,
             time_date_stamp: 0,
             system_dll: None,
+            image: None,
         }
     }
 

@@ -388,11 +388,10 @@ impl Image {
     }
 
     /// Whether a call (or a kernel transition) precedes the return address
-    /// at `rva`, and the gadget shape at it.
-    pub fn check_return(&self, rva: u32) -> ReturnCheck {
-        let leading = self.bytes_before(rva, EVIDENCE_BYTES).unwrap_or(&[]);
-        let trailing = self.bytes_at(rva, EVIDENCE_BYTES).unwrap_or(&[]);
-        let preceded = match self.section(rva.wrapping_sub(1)) {
+    /// at `rva` (no allocation: the per-frame check).
+    pub fn preceded(&self, rva: u32) -> Preceded {
+        let leading = self.bytes_before(rva, x86::MAX_INSN).unwrap_or(&[]);
+        match self.section(rva.wrapping_sub(1)) {
             None => Preceded::NotDone(NotDone::NoBytes),
             Some(s) if !s.executable => Preceded::NotDone(NotDone::NotCode),
             Some(_) => {
@@ -404,13 +403,36 @@ impl Image {
                     Preceded::Nothing
                 }
             }
-        };
-        ReturnCheck {
-            preceded,
-            gadget: x86::gadget_at(trailing, self.bits),
-            leading: leading.to_vec(),
-            trailing: trailing.to_vec(),
         }
+    }
+
+    /// The gadget shape at `rva`, if any.
+    pub fn gadget(&self, rva: u32) -> Option<Gadget> {
+        x86::gadget_at(self.bytes_at(rva, x86::MAX_INSN)?, self.bits)
+    }
+
+    /// [`Image::preceded`] and [`Image::gadget`] with the bytes around
+    /// `rva` as evidence.
+    pub fn check_return(&self, rva: u32) -> ReturnCheck {
+        ReturnCheck {
+            preceded: self.preceded(rva),
+            gadget: self.gadget(rva),
+            leading: self
+                .bytes_before(rva, EVIDENCE_BYTES)
+                .unwrap_or(&[])
+                .to_vec(),
+            trailing: self.bytes_at(rva, EVIDENCE_BYTES).unwrap_or(&[]).to_vec(),
+        }
+    }
+
+    /// Lower-case hex of the bytes before (`leading`) or from `rva`.
+    pub fn hex_around(&self, rva: u32, leading: bool) -> String {
+        let b = if leading {
+            self.bytes_before(rva, EVIDENCE_BYTES)
+        } else {
+            self.bytes_at(rva, EVIDENCE_BYTES)
+        };
+        b.unwrap_or(&[]).iter().map(|b| format!("{b:02x}")).collect()
     }
 
     /// The export at exactly `rva`.

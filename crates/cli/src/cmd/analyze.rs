@@ -24,7 +24,8 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use sentry_engine::report::{self, Filter, Format, Report, ReportConfig};
 use sentry_engine::{
-    Allowlist, Engine, EngineConfig, EngineStats, Learning, NullSink, ServiceTable, SystemDlls,
+    Allowlist, Engine, EngineConfig, EngineStats, Images, Learning, NullSink, ServiceTable,
+    SystemDlls,
     VerdictSink,
 };
 use sentry_etl::damage::Gap;
@@ -44,6 +45,13 @@ pub struct Args {
     /// traced machine: exact return sites and stub/service names.
     #[arg(long, value_name = "DIR")]
     pub system_dlls: Option<PathBuf>,
+    /// A copy of the traced machine's binaries (its System32, SysWOW64, ...;
+    /// sub-folders are searched): each module is matched by file name, image
+    /// size and PE timestamp, and every return address past the stub is
+    /// checked for a `call` right before it (rule 9). Without it that check
+    /// is not done (never passed).
+    #[arg(long, value_name = "DIR")]
+    pub images: Option<PathBuf>,
     /// Also write the engine statistics and the damage found in each file
     /// as JSON lines here.
     #[arg(long, value_name = "FILE")]
@@ -94,6 +102,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         )),
         None => None,
     };
+    let images = match &args.images {
+        Some(d) => {
+            let i = Images::load_dir(d).map_err(|e| anyhow::anyhow!("--images {e}"))?;
+            if !i.skipped.is_empty() && !args.report.quiet {
+                eprintln!(
+                    "warning: --images: {} file(s) skipped (first: {}: {})",
+                    i.skipped.len(),
+                    i.skipped[0].0.display(),
+                    i.skipped[0].1
+                );
+            }
+            Some(Arc::new(i))
+        }
+        None => None,
+    };
     let allowlist = args.report.allowlist()?;
     let mut out = args.report.alert_writer()?;
     let mut summary_out: Option<Box<dyn Write>> = if args.report.quiet {
@@ -134,6 +157,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             &args,
             format,
             system_dlls.clone(),
+            images.clone(),
             allowlist.clone(),
             out,
             Side {
@@ -345,6 +369,7 @@ fn analyze_file(
     args: &Args,
     format: Format,
     system_dlls: Option<Arc<SystemDlls>>,
+    images: Option<Arc<Images>>,
     allowlist: Allowlist,
     mut out: Box<dyn Write>,
     side: Side<'_>,
@@ -366,6 +391,7 @@ fn analyze_file(
         window_ms: args.report.window_ms,
         max_pending: args.report.max_pending,
         system_dlls,
+        images,
         ..EngineConfig::default()
     };
 

@@ -1,0 +1,188 @@
+//! Elastic-compatible call-stack facts of an alert: what Elastic Defend
+//! calls `process.thread.Ext.call_stack_summary`,
+//! `call_stack_contains_unbacked`, `call_stack_final_user_module` and
+//! `process.Ext.api.behaviors`, so that hunts written for Elastic's API
+//! events run on our alerts unchanged. Names and types follow the endpoint
+//! package's field definitions (elastic/endpoint-package,
+//! `package/endpoint/data_stream/api/fields/fields.yml`; the subset used is
+//! vendored in `tests/data/elastic-endpoint-call-stack-fields.json`). The
+//! mapping is documented in docs/verdicts.md, "Elastic-compatible fields".
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::classify::{Reason, Verdict};
+use crate::state::Module;
+use crate::SyscallVerdict;
+
+/// Elastic's `ignore_above` for these keywords: a longer summary is cut at
+/// a module boundary.
+const MAX_SUMMARY: usize = 1024;
+
+/// The call-stack facts of an alert's first syscall.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct CallStackFacts {
+    /// User-mode modules innermost first, repeats in a row collapsed,
+    /// `Unbacked` for memory no image backs, e.g.
+    /// `ntdll.dll|kernelbase.dll|Unbacked`.
+    pub call_stack_summary: String,
+    pub call_stack_contains_unbacked: bool,
+    /// The innermost user frame outside the Windows directories'
+    /// System32/SysWOW64 (`Unbacked` when that frame is private memory,
+    /// `Undetermined` when every frame is a system module).
+    pub final_user_module: FinalUserModule,
+    /// Rule 9's frame, with the bytes around its return address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub return_check: Option<ReturnEvidence>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FinalUserModule {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// SHA-256 of the matched `--images` file (none offline otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+/// The frame no call precedes (rule 9).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ReturnEvidence {
+    /// Index in `stack`.
+    pub frame: usize,
+    pub instruction_pointer: String,
+    /// Lower-case hex, up to 16 bytes each side of the return address.
+    pub leading_bytes: String,
+    pub trailing_bytes: String,
+    /// The gadget shape at the return address (`jmp_memory`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gadget: Option<&'static str>,
+}
+
+fn system_module(m: &Module) -> bool {
+    let p = m.path.to_ascii_lowercase();
+    p.contains("\\windows\\system32\\") || p.contains("\\windows\\syswow64\\")
+}
+
+/// The facts of `v`'s stack, if it has user frames.
+pub fn facts(v: &SyscallVerdict<'_>) -> Option<CallStackFacts> {
+    let ui = v.outcome.user_index?;
+    let user = v.stack.get(ui..)?;
+    let r = &v.resolver;
+    let mut summary = String::new();
+    let mut last: Option<&str> = None;
+    let mut unbacked = false;
+    let mut final_user: Option<FinalUserModule> = None;
+    for &a in user {
+        let m = r.module_of(a);
+        let name = match m {
+            Some(m) => &*m.name,
+            None => {
+                unbacked = true;
+                "Unbacked"
+            }
+        };
+        if final_user.is_none() && !m.is_some_and(system_module) {
+            final_user = Some(FinalUserModule {
+                name: name.to_ascii_lowercase(),
+                path: m.map(|m| m.path.to_string()),
+                sha256: m.and_then(|m| {
+                    let img = v.images?.image(m.image?).ok()?;
+                    Some(img.sha256_hex())
+                }),
+            });
+        }
+        if last.is_some_and(|l| l.eq_ignore_ascii_case(name)) {
+            continue;
+        }
+        let piece = name.to_ascii_lowercase();
+        let piece = if m.is_none() { "Unbacked".to_string() } else { piece };
+        if summary.len() + piece.len() + 1 > MAX_SUMMARY {
+            break;
+        }
+        if !summary.is_empty() {
+            summary.push('|');
+        }
+        summary.push_str(&piece);
+        last = Some(name);
+    }
+    let return_check = v.outcome.frame_check.and_then(|f| {
+        let a = *v.stack.get(f.index)?;
+        let m = r.module_of(a)?;
+        let img = v.images?.image(m.image?).ok()?;
+        let rva = u32::try_from(a - m.base).ok()?;
+        Some(ReturnEvidence {
+            frame: f.index,
+            instruction_pointer: format!("{a:#x}"),
+            leading_bytes: img.hex_around(rva, true),
+            trailing_bytes: img.hex_around(rva, false),
+            gadget: f.gadget.map(|g| g.as_str()),
+        })
+    });
+    Some(CallStackFacts {
+        call_stack_summary: summary,
+        call_stack_contains_unbacked: unbacked,
+        final_user_module: final_user.unwrap_or(FinalUserModule {
+            name: "Undetermined".into(),
+            path: None,
+            sha256: None,
+        }),
+        return_check,
+    })
+}
+
+/// Elastic's `process.Ext.api.behaviors` values that a verdict implies
+/// (only values whose documented meaning matches; no Elastic value means
+/// "indirect syscall").
+pub fn behaviors(verdict: Verdict, reason: Option<Reason>) -> Vec<&'static str> {
+    match (verdict, reason) {
+        (Verdict::Direct, _) => vec!["direct_syscall"],
+        (Verdict::Indirect, Some(Reason::NotCallPreceded)) => vec!["image_rop"],
+        (Verdict::Indirect, Some(Reason::TruncatedStack)) => vec!["truncated_stack"],
+        _ => vec![],
+    }
+}
+
+/// The ECS document's Elastic-compatible part (merged under `process`).
+pub fn ecs_process_fields(
+    f: &CallStackFacts,
+    behaviors: &[&str],
+    api_name: Option<&str>,
+    stack: &[String],
+) -> Value {
+    let mut frames: Vec<Value> = stack
+        .iter()
+        .map(|s| json!({"symbol_info": s}))
+        .collect();
+    if let Some(rc) = &f.return_check {
+        if let Some(fr) = frames.get_mut(rc.frame) {
+            fr["instruction_pointer"] = json!(rc.instruction_pointer);
+            fr["callsite_leading_bytes"] = json!(rc.leading_bytes);
+            fr["callsite_trailing_bytes"] = json!(rc.trailing_bytes);
+        }
+    }
+    let mut fum = json!({"name": f.final_user_module.name});
+    if let Some(p) = &f.final_user_module.path {
+        fum["path"] = json!(p);
+    }
+    if let Some(h) = &f.final_user_module.sha256 {
+        fum["hash"] = json!({"sha256": h});
+    }
+    let mut ext = json!({});
+    if !behaviors.is_empty() {
+        ext["api"] = json!({"behaviors": behaviors});
+    }
+    if let Some(n) = api_name {
+        ext["api"]["name"] = json!(n);
+    }
+    json!({
+        "Ext": ext,
+        "thread": {"Ext": {
+            "call_stack_summary": f.call_stack_summary,
+            "call_stack_contains_unbacked": f.call_stack_contains_unbacked,
+            "call_stack_final_user_module": fum,
+            "call_stack": frames,
+        }},
+    })
+}
