@@ -454,9 +454,15 @@ pub fn classify<'a>(ctx: &Context<'a>, stack: Option<&[u64]>, service_address: u
 
 /// WoW64's 64-bit layer: what a 32-bit process's native stub is called by.
 fn is_wow64_layer(name: &str) -> bool {
-    ["wow64.dll", "wow64win.dll", "wow64cpu.dll", "wow64base.dll", "wow64con.dll"]
-        .iter()
-        .any(|n| name.eq_ignore_ascii_case(n))
+    [
+        "wow64.dll",
+        "wow64win.dll",
+        "wow64cpu.dll",
+        "wow64base.dll",
+        "wow64con.dll",
+    ]
+    .iter()
+    .any(|n| name.eq_ignore_ascii_case(n))
 }
 
 /// Rule 8: past the native stub module, the first frame is not WoW64's

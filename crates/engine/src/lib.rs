@@ -95,13 +95,13 @@ pub mod state;
 pub mod sysdlls;
 
 pub use allowlist::{Allowlist, DEFAULT_ALLOWLIST};
+pub use classify::{BytesChecked, FrameCheck, MAX_STACK_FRAMES};
 pub use classify::{Outcome, Reason, ServiceTable, Verdict};
 pub use completeness::{Completeness, LossGap, UnresolvedCounts};
 pub use correlate::{CorrelatorStats, Finish, Parent, ParentHook};
+pub use sentry_images::Images;
 pub use state::{Module, ModuleKind, ModuleMap, ProcessInfo, StateStats};
 pub use sysdlls::{SystemDll, SystemDlls};
-pub use sentry_images::Images;
-pub use classify::{BytesChecked, FrameCheck, MAX_STACK_FRAMES};
 
 use classify::Context;
 use correlate::Correlator;

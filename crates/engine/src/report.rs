@@ -1553,7 +1553,11 @@ fn ecs(a: &Alert, cx: &EcsContext<'_>) -> Value {
         },
     });
     if let Some(f) = &a.call_stack {
-        let api = a.stub.as_deref().or(a.service.as_deref());
+        // An export name, never a module+offset rendering.
+        let api = a.stub.as_deref().or(a
+            .service
+            .as_deref()
+            .filter(|s| !s.contains('+') && !s.starts_with("0x")));
         let extra = callstack::ecs_process_fields(f, &a.behaviors, api, &a.stack);
         if let (Some(p), Value::Object(x)) = (v["process"].as_object_mut(), extra) {
             p.extend(x);

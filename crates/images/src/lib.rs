@@ -260,9 +260,11 @@ fn header_identity(path: &Path, head: &[u8]) -> Result<Option<(Identity, Bits)>,
     let bits = match (magic, machine) {
         (0x20B, 0x8664) => Bits::B64,
         (0x10B, 0x014C) => Bits::B32,
-        _ => return Err(format!(
+        _ => {
+            return Err(format!(
             "machine {machine:#x} / optional header {magic:#x}: only x86 and x64 images are used"
-        )),
+        ))
+        }
     };
     let size = u32_at(head, pe + 24 + 56).ok_or("truncated optional header")?;
     let name = path
@@ -432,7 +434,10 @@ impl Image {
         } else {
             self.bytes_at(rva, EVIDENCE_BYTES)
         };
-        b.unwrap_or(&[]).iter().map(|b| format!("{b:02x}")).collect()
+        b.unwrap_or(&[])
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     /// The export at exactly `rva`.

@@ -25,8 +25,7 @@ use anyhow::{bail, Context};
 use sentry_engine::report::{self, Filter, Format, Report, ReportConfig};
 use sentry_engine::{
     Allowlist, Engine, EngineConfig, EngineStats, Images, Learning, NullSink, ServiceTable,
-    SystemDlls,
-    VerdictSink,
+    SystemDlls, VerdictSink,
 };
 use sentry_etl::damage::Gap;
 use sentry_etl::{Diagnostics, EtlFile, Order};
@@ -857,6 +856,7 @@ mod tests {
         Args {
             files,
             system_dlls: None,
+            images: None,
             since: None,
             until: None,
             evidence_budget: 64.0,

@@ -22,6 +22,9 @@ const MAX_SUMMARY: usize = 1024;
 /// The call-stack facts of an alert's first syscall.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct CallStackFacts {
+    /// Index of `U` in the stack (the user part starts there).
+    #[serde(skip)]
+    pub user_index: usize,
     /// User-mode modules innermost first, repeats in a row collapsed,
     /// `Unbacked` for memory no image backs, e.g.
     /// `ntdll.dll|kernelbase.dll|Unbacked`.
@@ -97,7 +100,11 @@ pub fn facts(v: &SyscallVerdict<'_>) -> Option<CallStackFacts> {
             continue;
         }
         let piece = name.to_ascii_lowercase();
-        let piece = if m.is_none() { "Unbacked".to_string() } else { piece };
+        let piece = if m.is_none() {
+            "Unbacked".to_string()
+        } else {
+            piece
+        };
         if summary.len() + piece.len() + 1 > MAX_SUMMARY {
             break;
         }
@@ -121,6 +128,7 @@ pub fn facts(v: &SyscallVerdict<'_>) -> Option<CallStackFacts> {
         })
     });
     Some(CallStackFacts {
+        user_index: ui,
         call_stack_summary: summary,
         call_stack_contains_unbacked: unbacked,
         final_user_module: final_user.unwrap_or(FinalUserModule {
@@ -151,12 +159,14 @@ pub fn ecs_process_fields(
     api_name: Option<&str>,
     stack: &[String],
 ) -> Value {
+    // The user part, as Elastic's API events have it.
     let mut frames: Vec<Value> = stack
         .iter()
+        .skip(f.user_index)
         .map(|s| json!({"symbol_info": s}))
         .collect();
     if let Some(rc) = &f.return_check {
-        if let Some(fr) = frames.get_mut(rc.frame) {
+        if let Some(fr) = frames.get_mut(rc.frame.wrapping_sub(f.user_index)) {
             fr["instruction_pointer"] = json!(rc.instruction_pointer);
             fr["callsite_leading_bytes"] = json!(rc.leading_bytes);
             fr["callsite_trailing_bytes"] = json!(rc.trailing_bytes);

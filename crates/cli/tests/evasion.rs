@@ -1,0 +1,150 @@
+//! The call-stack evasion scenarios through the CLI, as a user runs them:
+//! `synth` writes the trace, its truth and the traced host's DLLs
+//! (`--images-out`), `analyze --per-syscall` classifies, with and without
+//! `--images`, 64- and 32-bit. Every syscall's verdict and reason must equal
+//! the truth (`without_images` where the bytes decide), so precision and
+//! recall are 1.0 for every reason; the look-alikes raise no alert. The
+//! per-reason table is printed (`--nocapture`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_syscall-sentry");
+
+fn run(args: &[&str]) -> std::process::Output {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    assert!(
+        matches!(out.status.code(), Some(0 | 1)),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn label(v: &Value) -> String {
+    match v["reason"].as_str() {
+        Some(r) => format!("{}/{r}", v["verdict"].as_str().unwrap()),
+        None => v["verdict"].as_str().unwrap().to_string(),
+    }
+}
+
+/// (true positives, false positives, false negatives) per label.
+type Tally = BTreeMap<String, (u64, u64, u64)>;
+
+fn check(dir: &Path, scenario: &str, ps: u8, tally: &mut Tally) {
+    let etl = dir.join(format!("{scenario}-{ps}.etl"));
+    let img = dir.join(format!("{scenario}-{ps}-images"));
+    let (etl_s, img_s) = (etl.to_str().unwrap(), img.to_str().unwrap());
+    let ps_s = ps.to_string();
+    run(&[
+        "synth",
+        "--scenario",
+        scenario,
+        "--pointer-size",
+        &ps_s,
+        "--syscalls",
+        "2500",
+        "--seed",
+        "11",
+        "-o",
+        etl_s,
+        "--images-out",
+        img_s,
+    ]);
+    let truth: Value =
+        serde_json::from_slice(&std::fs::read(etl.with_extension("truth.json")).unwrap()).unwrap();
+    for with_images in [false, true] {
+        let mut args = vec!["analyze", "-q", "--per-syscall", etl_s];
+        if with_images {
+            args.extend(["--images", img_s]);
+        }
+        let out = run(&args);
+        let got: HashMap<u64, String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|v| v["timestamp"].is_u64())
+            .map(|v| (v["timestamp"].as_u64().unwrap(), label(&v)))
+            .collect();
+        let entries = truth["syscalls"].as_array().unwrap();
+        assert_eq!(got.len(), entries.len(), "{scenario} {ps}");
+        for e in entries {
+            let want = if with_images {
+                e
+            } else {
+                e.get("without_images").unwrap_or(e)
+            };
+            let want = label(want);
+            let g = &got[&e["timestamp"].as_u64().unwrap()];
+            let key =
+                |l: &str| format!("{l} ({})", if with_images { "images" } else { "no images" });
+            if *g == want {
+                tally.entry(key(&want)).or_default().0 += 1;
+            } else {
+                tally.entry(key(g)).or_default().1 += 1;
+                tally.entry(key(&want)).or_default().2 += 1;
+                panic!("{scenario} {ps}-bit images={with_images}: {e} got {g}");
+            }
+        }
+        if scenario == "evasion-lookalikes" {
+            // Alerts mode too: nothing to report.
+            let mut a = vec!["analyze", "-q", etl_s];
+            if with_images {
+                a.extend(["--images", img_s]);
+            }
+            let out = run(&a);
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+    }
+}
+
+#[test]
+fn every_evasion_scenario_has_precision_and_recall_one() {
+    let dir = std::env::temp_dir().join(format!("sentry-evasion-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut tally = Tally::new();
+    for s in [
+        "cloned-ntdll",
+        "rop-frames",
+        "stack-truncation",
+        "wow64-bypass",
+        "evasion-lookalikes",
+    ] {
+        for ps in [8u8, 4] {
+            if s == "wow64-bypass" && ps == 4 {
+                continue;
+            }
+            check(&dir, s, ps, &mut tally);
+        }
+    }
+    println!(
+        "{:<48} {:>6} {:>9} {:>6}",
+        "label", "n", "precision", "recall"
+    );
+    for (l, (tp, fp, fneg)) in &tally {
+        let p = *tp as f64 / (tp + fp).max(1) as f64;
+        let r = *tp as f64 / (tp + fneg).max(1) as f64;
+        println!("{l:<48} {tp:>6} {p:>9.3} {r:>6.3}");
+    }
+    for reason in [
+        "cloned_stub_module",
+        "wow64_bypass",
+        "not_call_preceded",
+        "truncated_stack",
+    ] {
+        let n: u64 = tally
+            .iter()
+            .filter(|(l, _)| l.contains(reason))
+            .map(|(_, t)| t.0)
+            .sum();
+        assert!(n > 50, "{reason}: {n}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
