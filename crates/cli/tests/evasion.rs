@@ -148,3 +148,60 @@ fn every_evasion_scenario_has_precision_and_recall_one() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// An allowlist entry by PE identity, taken from an alert's
+/// `module_identity`, suppresses that module's alerts; the same name with
+/// another timestamp (a file dropped under the name) suppresses nothing.
+#[test]
+fn allowlist_by_identity() {
+    let dir = std::env::temp_dir().join(format!("sentry-identity-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let etl = dir.join("c.etl");
+    let etl_s = etl.to_str().unwrap();
+    run(&[
+        "synth",
+        "--scenario",
+        "cloned-ntdll",
+        "--syscalls",
+        "2000",
+        "-o",
+        etl_s,
+    ]);
+    let alerts = |extra: &[&str]| -> Vec<Value> {
+        let mut a = vec!["analyze", "-q", etl_s];
+        a.extend_from_slice(extra);
+        String::from_utf8_lossy(&run(&a).stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let all = alerts(&[]);
+    let renamed: Vec<&Value> = all
+        .iter()
+        .filter(|a| a["module"] == "wmiclnt.dll")
+        .collect();
+    assert!(!renamed.is_empty());
+    let id = &renamed[0]["module_identity"];
+    let (tds, size) = (
+        id["time_date_stamp"].as_str().unwrap(),
+        id["size_of_image"].as_str().unwrap(),
+    );
+    let list = |tds: &str| {
+        let p = dir.join(format!("allow-{tds}.toml"));
+        std::fs::write(
+            &p,
+            format!(
+                "[[allow]]\nprocess = \"unhook.exe\"\nidentity = {{ name = \"wmiclnt.dll\", time_date_stamp = \"{tds}\", size_of_image = \"{size}\" }}\n"
+            ),
+        )
+        .unwrap();
+        p.display().to_string()
+    };
+    let good = list(tds);
+    let left = alerts(&["--allowlist", &good]);
+    assert_eq!(left.len(), all.len() - renamed.len());
+    assert!(left.iter().all(|a| a["module"] != "wmiclnt.dll"));
+    let other = list("0x1");
+    assert_eq!(alerts(&["--allowlist", &other]).len(), all.len());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

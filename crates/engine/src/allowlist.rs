@@ -20,12 +20,101 @@ pub struct AllowEntry {
     pub call_site: Option<String>,
     #[serde(default)]
     pub caller_module: Option<String>,
+    /// The module of `U` by PE identity: its image name, `TimeDateStamp`
+    /// and `SizeOfImage` (all three logged in Image events), so a file that
+    /// merely takes the name does not match.
+    #[serde(default)]
+    pub identity: Option<ModuleIdentity>,
+    /// The caller `C`'s module by PE identity.
+    #[serde(default)]
+    pub caller_identity: Option<ModuleIdentity>,
+    /// SHA-256 of `U`'s module file (lower-case hex), known when the module
+    /// was matched to a file of `--images`; an entry with it matches
+    /// nothing otherwise.
+    #[serde(default)]
+    pub sha256: Option<String>,
     #[serde(default)]
     pub verdict: Option<String>,
     #[serde(default)]
     pub reason: Option<String>,
     #[serde(default)]
     pub comment: Option<String>,
+}
+
+/// A module's PE identity in an entry. Numbers as integers or `"0x..."`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ModuleIdentity {
+    pub name: String,
+    pub time_date_stamp: Number,
+    pub size_of_image: Number,
+}
+
+/// An integer written as a TOML integer or a `"0x..."` string.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Number {
+    Int(u64),
+    Text(String),
+}
+
+impl Number {
+    fn value(&self) -> Option<u64> {
+        match self {
+            Number::Int(v) => Some(*v),
+            Number::Text(t) => {
+                let t = t.trim();
+                match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+                    Some(h) => u64::from_str_radix(h, 16).ok(),
+                    None => t.parse().ok(),
+                }
+            }
+        }
+    }
+}
+
+/// A module's PE identity in an alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity<'a> {
+    pub name: &'a str,
+    pub time_date_stamp: u32,
+    pub size_of_image: u64,
+}
+
+impl<'a> Identity<'a> {
+    pub fn of(m: &'a crate::state::Module) -> Identity<'a> {
+        Identity {
+            name: &m.name,
+            time_date_stamp: m.time_date_stamp,
+            size_of_image: m.size,
+        }
+    }
+}
+
+/// A parsed [`ModuleIdentity`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct IdentityKey {
+    name: String,
+    time_date_stamp: u32,
+    size_of_image: u64,
+}
+
+impl IdentityKey {
+    fn parse(m: &ModuleIdentity) -> Option<IdentityKey> {
+        Some(IdentityKey {
+            name: m.name.clone(),
+            time_date_stamp: u32::try_from(m.time_date_stamp.value()?).ok()?,
+            size_of_image: m.size_of_image.value()?,
+        })
+    }
+
+    fn matches(&self, i: Option<Identity<'_>>) -> bool {
+        i.is_some_and(|i| {
+            i.name.eq_ignore_ascii_case(&self.name)
+                && i.time_date_stamp == self.time_date_stamp
+                && i.size_of_image == self.size_of_image
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -44,6 +133,11 @@ pub struct AlertFacts<'a> {
     /// Offset of U in its module.
     pub offset: u64,
     pub caller_module: Option<&'a str>,
+    /// PE identities of `U`'s and `C`'s modules.
+    pub identity: Option<Identity<'a>>,
+    pub caller_identity: Option<Identity<'a>>,
+    /// SHA-256 (hex) of `U`'s module file, when known.
+    pub sha256: Option<&'a str>,
     pub verdict: Verdict,
     pub reason: Option<Reason>,
 }
@@ -53,6 +147,7 @@ pub struct AlertFacts<'a> {
 pub struct Allowlist {
     pub entries: Vec<AllowEntry>,
     call_sites: Vec<Option<(String, u64)>>,
+    identities: Vec<(Option<IdentityKey>, Option<IdentityKey>)>,
     pub hits: Vec<u64>,
 }
 
@@ -72,6 +167,7 @@ impl Allowlist {
             ));
         }
         let mut call_sites = Vec::new();
+        let mut identities = Vec::new();
         for (i, e) in f.allow.iter().enumerate() {
             let n = i + 1;
             // A pattern of wildcards alone names nothing.
@@ -87,11 +183,36 @@ impl Allowlist {
                     e.process
                 ));
             }
-            if !names(&e.module) && e.call_site.is_none() && !names(&e.caller_module) {
+            if !names(&e.module)
+                && e.call_site.is_none()
+                && !names(&e.caller_module)
+                && e.identity.is_none()
+                && e.caller_identity.is_none()
+                && e.sha256.is_none()
+            {
                 return Err(format!(
-                    "entry {n}: give a `module`, `call_site` or `caller_module` that names something (an entry may not silence a whole process)"
+                    "entry {n}: give an `identity`, `sha256`, `call_site`, `module`, `caller_identity` or `caller_module` that names something (an entry may not silence a whole process)"
                 ));
             }
+            if let Some(h) = &e.sha256 {
+                if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(format!("entry {n}: sha256 `{h}` is not 64 hex digits"));
+                }
+            }
+            let id = |m: &Option<ModuleIdentity>, what: &str| {
+                match m {
+                None => Ok(None),
+                Some(m) => IdentityKey::parse(m).map(Some).ok_or_else(|| {
+                    format!(
+                        "entry {n}: {what}: time_date_stamp must fit 32 bits and both numbers be integers or \"0x...\""
+                    )
+                }),
+            }
+            };
+            identities.push((
+                id(&e.identity, "identity")?,
+                id(&e.caller_identity, "caller_identity")?,
+            ));
             if let Some(v) = &e.verdict {
                 match Verdict::parse(v) {
                     Some(v) if v.is_alert() => {}
@@ -114,12 +235,18 @@ impl Allowlist {
         Ok(Allowlist {
             entries: f.allow,
             call_sites,
+            identities,
             hits,
         })
     }
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Some entry names a file hash (worth hashing module files for).
+    pub fn uses_sha256(&self) -> bool {
+        self.entries.iter().any(|e| e.sha256.is_some())
     }
 
     /// The first matching entry, counted.
@@ -156,6 +283,20 @@ impl Allowlist {
             }
             if let Some(m) = &e.caller_module {
                 if !glob(m, a.caller_module.unwrap_or(unbacked)) {
+                    continue;
+                }
+            }
+            if let Some((id, caller)) = self.identities.get(i) {
+                if id.as_ref().is_some_and(|k| !k.matches(a.identity))
+                    || caller
+                        .as_ref()
+                        .is_some_and(|k| !k.matches(a.caller_identity))
+                {
+                    continue;
+                }
+            }
+            if let Some(h) = &e.sha256 {
+                if !a.sha256.is_some_and(|x| x.eq_ignore_ascii_case(h)) {
                     continue;
                 }
             }
@@ -244,6 +385,9 @@ verdict = "direct"
             module: Some("engine.dll"),
             offset: 0x1f0,
             caller_module: None,
+            identity: None,
+            caller_identity: None,
+            sha256: None,
             verdict: Verdict::Direct,
             reason: Some(Reason::Image),
         };
@@ -257,6 +401,65 @@ verdict = "direct"
         f.process = "other.exe";
         assert_eq!(a.check(&f), None);
         assert_eq!(a.hits, vec![1]);
+    }
+
+    /// An identity entry matches the module by name, timestamp and size,
+    /// not by name alone; a hash entry only when the hash is known.
+    #[test]
+    fn identity_and_hash_entries() {
+        let mut a = Allowlist::parse(
+            r#"
+[[allow]]
+process = "game.exe"
+identity = { name = "AntiCheat.dll", time_date_stamp = "0x5E4B9C1F", size_of_image = 1146880 }
+reason = "not_call_preceded"
+
+[[allow]]
+process = "game.exe"
+sha256 = "d25ff1e6c6460a7f9de39198d182058c1712726008d187e1953b83abe977e4a0"
+"#,
+        )
+        .unwrap();
+        let good = Identity {
+            name: "anticheat.dll",
+            time_date_stamp: 0x5E4B_9C1F,
+            size_of_image: 0x11_8000,
+        };
+        let mut f = AlertFacts {
+            process: "game.exe",
+            module: Some("anticheat.dll"),
+            offset: 0x10,
+            caller_module: None,
+            identity: Some(good),
+            caller_identity: None,
+            sha256: None,
+            verdict: Verdict::Indirect,
+            reason: Some(Reason::NotCallPreceded),
+        };
+        assert_eq!(a.check(&f), Some(0));
+        // Same name, another build (or a file dropped under that name).
+        f.identity = Some(Identity {
+            time_date_stamp: 0x5E4B_9C20,
+            ..good
+        });
+        assert_eq!(a.check(&f), None);
+        f.identity = Some(Identity {
+            size_of_image: 0x11_9000,
+            ..good
+        });
+        assert_eq!(a.check(&f), None);
+        f.identity = None;
+        assert_eq!(a.check(&f), None);
+        f.sha256 = Some("D25FF1E6C6460A7F9DE39198D182058C1712726008D187E1953B83ABE977E4A0");
+        assert_eq!(a.check(&f), Some(1));
+        f.sha256 = Some("00");
+        assert_eq!(a.check(&f), None);
+        assert_eq!(a.hits, vec![1, 1]);
+        assert!(Allowlist::parse("[[allow]]\nprocess = \"a\"\nsha256 = \"abc\"\n").is_err());
+        assert!(Allowlist::parse(
+            "[[allow]]\nprocess = \"a\"\nidentity = { name = \"x\", time_date_stamp = \"0x1ffffffff\", size_of_image = 1 }\n"
+        )
+        .is_err());
     }
 
     #[test]

@@ -1189,6 +1189,16 @@ impl Engine {
                 module: outcome.user_module.map(|m| &*m.name),
                 offset: outcome.user_module.map_or(u, |m| u - m.base),
                 caller_module: outcome.caller_module.map(|m| &*m.name),
+                identity: outcome.user_module.map(allowlist::Identity::of),
+                caller_identity: outcome.caller_module.map(allowlist::Identity::of),
+                sha256: match (
+                    self.allowlist.uses_sha256(),
+                    outcome.user_module,
+                    &self.images,
+                ) {
+                    (true, Some(m), Some(imgs)) => m.image.and_then(|i| imgs.sha256_hex(i)),
+                    _ => None,
+                },
                 verdict,
                 reason,
             };

@@ -25,7 +25,7 @@ use crate::{
 
 mod callstack;
 mod sites;
-pub use callstack::{CallStackFacts, FinalUserModule, ReturnEvidence};
+pub use callstack::{CallStackFacts, FinalUserModule, PeIdentity, ReturnEvidence};
 use sites::{SiteTable, NAMED};
 
 /// Alert line layout.

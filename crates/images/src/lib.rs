@@ -65,6 +65,7 @@ pub struct Image {
     pub bits: Bits,
     /// SHA-256 of the whole file, computed on first use.
     sha256: OnceLock<[u8; 32]>,
+    sha256_hex: OnceLock<String>,
     bytes: Vec<u8>,
     sections: Vec<Section>,
     /// Export RVA -> name.
@@ -183,6 +184,14 @@ impl Images {
             .ok()
             .and_then(|s| self.by_pe.get(&(s, time_date_stamp)))
             .map_or(&[], Vec::as_slice)
+    }
+
+    /// The SHA-256 (hex) of file `i`, if it can be read (kept once made).
+    pub fn sha256_hex(&self, i: usize) -> Option<&str> {
+        let f = self.files.get(i)?;
+        self.image(i).ok()?;
+        let img = f.loaded.get()?.as_ref().ok()?;
+        Some(img.sha256_hex_cached())
     }
 
     /// The parsed file `i` (read on first use).
@@ -341,6 +350,7 @@ impl Image {
         Ok(Image {
             bits,
             sha256: OnceLock::new(),
+            sha256_hex: OnceLock::new(),
             bytes,
             sections,
             exports,
@@ -362,7 +372,13 @@ impl Image {
 
     /// [`Image::sha256`] as lower-case hex.
     pub fn sha256_hex(&self) -> String {
-        self.sha256().iter().map(|b| format!("{b:02x}")).collect()
+        self.sha256_hex_cached().to_string()
+    }
+
+    /// [`Image::sha256_hex`], kept once made.
+    pub fn sha256_hex_cached(&self) -> &str {
+        self.sha256_hex
+            .get_or_init(|| self.sha256().iter().map(|b| format!("{b:02x}")).collect())
     }
 
     fn section(&self, rva: u32) -> Option<&Section> {

@@ -37,6 +37,17 @@ pub struct CallStackFacts {
     /// Rule 9's frame, with the bytes around its return address.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub return_check: Option<ReturnEvidence>,
+    /// PE identity of `U`'s module, as an allowlist `identity` names it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub module_identity: Option<PeIdentity>,
+}
+
+/// A module's PE identity (from its Image event).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PeIdentity {
+    pub name: String,
+    pub time_date_stamp: String,
+    pub size_of_image: String,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -127,7 +138,13 @@ pub fn facts(v: &SyscallVerdict<'_>) -> Option<CallStackFacts> {
             gadget: f.gadget.map(|g| g.as_str()),
         })
     });
+    let module_identity = r.module_of(*user.first()?).map(|m| PeIdentity {
+        name: m.name.to_string(),
+        time_date_stamp: format!("{:#x}", m.time_date_stamp),
+        size_of_image: format!("{:#x}", m.size),
+    });
     Some(CallStackFacts {
+        module_identity,
         user_index: ui,
         call_stack_summary: summary,
         call_stack_contains_unbacked: unbacked,
