@@ -128,8 +128,6 @@ fn call_stack_fields_follow_the_endpoint_schema() {
     std::fs::copy(&ntdll, Path::new(&cl_img).join("wmiclnt.dll")).unwrap();
     let cl_docs = ecs_alerts(&[&cl, "--images", &cl_img]);
     docs.extend(cl_docs.iter().cloned());
-    let (tr, _) = synth(&dir, "stack-truncation");
-    docs.extend(ecs_alerts(&[&tr]));
     let mut seen = BTreeSet::new();
     for d in &docs {
         for (k, v) in d["process"].as_object().unwrap() {

@@ -31,6 +31,14 @@ fn label(v: &Value) -> String {
     }
 }
 
+/// The flags of a truth entry or a `--per-syscall` line, as a label.
+fn flags(v: &Value) -> String {
+    v["flags"].as_array().map_or(String::new(), |f| {
+        let f: Vec<&str> = f.iter().filter_map(Value::as_str).collect();
+        format!("+{}", f.join("+"))
+    })
+}
+
 /// (true positives, false positives, false negatives) per label.
 type Tally = BTreeMap<String, (u64, u64, u64)>;
 
@@ -66,7 +74,7 @@ fn check(dir: &Path, scenario: &str, ps: u8, tally: &mut Tally) {
             .lines()
             .map(|l| serde_json::from_str::<Value>(l).unwrap())
             .filter(|v| v["timestamp"].is_u64())
-            .map(|v| (v["timestamp"].as_u64().unwrap(), label(&v)))
+            .map(|v| (v["timestamp"].as_u64().unwrap(), label(&v) + &flags(&v)))
             .collect();
         let entries = truth["syscalls"].as_array().unwrap();
         assert_eq!(got.len(), entries.len(), "{scenario} {ps}");
@@ -76,7 +84,7 @@ fn check(dir: &Path, scenario: &str, ps: u8, tally: &mut Tally) {
             } else {
                 e.get("without_images").unwrap_or(e)
             };
-            let want = label(want);
+            let want = label(want) + &flags(e);
             let g = &got[&e["timestamp"].as_u64().unwrap()];
             let key =
                 |l: &str| format!("{l} ({})", if with_images { "images" } else { "no images" });
@@ -137,7 +145,7 @@ fn every_evasion_scenario_has_precision_and_recall_one() {
         "cloned_stub_module",
         "wow64_bypass",
         "not_call_preceded",
-        "truncated_stack",
+        "+truncated_stack",
     ] {
         let n: u64 = tally
             .iter()

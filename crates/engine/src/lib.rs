@@ -540,13 +540,14 @@ impl TallyKey {
     }
 
     fn kind(&self) -> ModuleKind {
-        const KINDS: [ModuleKind; 4] = [
+        const KINDS: [ModuleKind; 5] = [
             ModuleKind::Ntdll,
             ModuleKind::Win32u,
             ModuleKind::NtdllWow64,
             ModuleKind::Other,
+            ModuleKind::ClonedStub,
         ];
-        KINDS[(self.packed & 3) as usize]
+        KINDS[(self.packed & 7) as usize % KINDS.len()]
     }
 
     fn open(&self) -> Option<(Verdict, Option<usize>, Option<usize>)> {
@@ -1342,6 +1343,7 @@ mod tally_key_tests {
             ModuleKind::Win32u,
             ModuleKind::NtdllWow64,
             ModuleKind::Other,
+            ModuleKind::ClonedStub,
         ];
         let entries = [None, Some(0), Some(7), Some(Allowlist::MAX_ENTRIES - 1)];
         let (mut outcomes, mut keys) = (Vec::new(), std::collections::HashSet::new());

@@ -234,7 +234,8 @@ impl Decided {
         a.verdict = self.verdict.as_str();
         a.reason = self.reason.map(Reason::as_str);
         a.technique = technique(self.verdict, self.reason);
-        a.behaviors = callstack::behaviors(self.verdict, self.reason);
+        let truncated = a.call_stack.as_ref().is_some_and(|c| c.truncated);
+        a.behaviors = callstack::behaviors(self.verdict, self.reason, truncated);
         a.stub_service_address = self.stub_service_address;
         a.count = self.count;
         a.first_timestamp = self.first;
@@ -572,6 +573,9 @@ impl Report {
             "call_site": v.first_user_frame().map(|a| r.describe(a)),
             "caller": v.caller_frame().map(|a| r.describe(a)),
         });
+        if crate::classify::stack_truncated(r.modules, v.stack, r.kernel_boundary) {
+            o["flags"] = json!(["truncated_stack"]);
+        }
         if let Some(f) = &self.cfg.file {
             o["file"] = json!(f);
         }
@@ -1560,7 +1564,15 @@ fn ecs(a: &Alert, cx: &EcsContext<'_>) -> Value {
             .filter(|s| !s.contains('+') && !s.starts_with("0x")));
         let extra = callstack::ecs_process_fields(f, &a.behaviors, api, &a.stack);
         if let (Some(p), Value::Object(x)) = (v["process"].as_object_mut(), extra) {
-            p.extend(x);
+            for (k, x) in x {
+                match (p.get_mut(&k), x) {
+                    // `process.thread` already holds `id`: add `Ext` to it.
+                    (Some(Value::Object(have)), Value::Object(add)) => have.extend(add),
+                    (_, x) => {
+                        p.insert(k, x);
+                    }
+                }
+            }
         }
     }
     prune(&mut v);

@@ -29,14 +29,14 @@ pub enum ModuleKind {
     Win32u,
     /// The 32-bit `ntdll.dll` in `\Windows\SysWOW64\`: marks a WoW64 process; not a stub module.
     NtdllWow64,
+    /// Anything else.
+    Other,
     /// A second ntdll or win32u (docs/verdicts.md, rule 3a): the System32
     /// file mapped again at another base than the machine's (KnownDlls or
     /// the file remapped), a file of that name elsewhere, or any file with
     /// the primary one's `SizeOfImage` and `TimeDateStamp` (a renamed copy).
     /// Not a stub module: its stubs run outside the hooked, loaded copy.
     ClonedStub,
-    /// Anything else.
-    Other,
 }
 
 impl ModuleKind {
@@ -368,11 +368,13 @@ impl State {
         }
         name.eq_ignore_ascii_case("ntdll.dll")
             || name.eq_ignore_ascii_case("win32u.dll")
-            || self
-                .primary
-                .iter()
-                .flatten()
-                .any(|p| p.1 == i.image_size && p.2 == i.time_date_stamp)
+            // (Windows 7's Image events log no TimeDateStamp: 0 proves nothing.)
+            || (i.time_date_stamp != 0
+                && self
+                    .primary
+                    .iter()
+                    .flatten()
+                    .any(|p| p.1 == i.image_size && p.2 == i.time_date_stamp))
     }
 
     pub fn process(&self, pid: u32) -> Option<&ProcessInfo> {

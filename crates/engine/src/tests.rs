@@ -228,10 +228,26 @@ fn rule3_direct_from_image_unbacked_and_heavens_gate() {
         h.one(300, SVC_A, &stack_of(&[0x7700_1000, 0x7700_2000])),
         (Verdict::Direct, Some(Reason::HeavensGate))
     );
-    // A normal WoW64 syscall still goes through the 64-bit ntdll.
+    // A normal WoW64 syscall still goes through the 64-bit ntdll, called
+    // by WoW64's 64-bit layer.
+    h.image(
+        PID,
+        0x7ff8_0000_0000,
+        0x1_0000,
+        r"\Device\HarddiskVolume3\Windows\System32\wow64.dll",
+    );
     assert_eq!(
-        h.one(400, SVC_A, &stack_of(&[NTDLL + 0x1014, 0x7700_2000])),
+        h.one(
+            400,
+            SVC_A,
+            &stack_of(&[NTDLL + 0x1014, 0x7ff8_0000_1000, 0x7700_2000])
+        ),
         (Verdict::Normal, None)
+    );
+    // 32-bit code calling the native stub itself (rule 8).
+    assert_eq!(
+        h.one(500, SVC_A, &stack_of(&[NTDLL + 0x1014, 0x7700_2000])),
+        (Verdict::Indirect, Some(Reason::Wow64Bypass))
     );
 }
 

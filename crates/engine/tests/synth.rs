@@ -83,12 +83,14 @@ fn truth_rows(truth: &Value) -> HashMap<u64, Row> {
         .unwrap()
         .iter()
         .map(|s| {
+            // These passes run without `--images`.
+            let v = s.get("without_images").unwrap_or(s);
             (
                 s["timestamp"].as_u64().unwrap(),
                 Row {
                     pid: s["pid"].as_u64().map(|v| v as u32),
                     tid: s["tid"].as_u64().map(|v| v as u32),
-                    label: label(s["verdict"].as_str().unwrap(), s["reason"].as_str()),
+                    label: label(v["verdict"].as_str().unwrap(), v["reason"].as_str()),
                 },
             )
         })

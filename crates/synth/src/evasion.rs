@@ -15,6 +15,7 @@
 //! - **Stack truncation** (ThreadStackSpoofer): the implant zeroes its own
 //!   return address before sleeping, so the walk ends in its image instead of
 //!   the thread start (`kernel32!BaseThreadInitThunk`, `ntdll!RtlUserThreadStart`).
+//!   Flagged (`truncated_stack`), not an alert: real walks also stop early.
 //! - **WoW64 bypass** (a Heaven's Gate variant): 32-bit code switches to
 //!   64-bit mode and calls the native ntdll stub itself, so no `wow64.dll` /
 //!   `wow64cpu.dll` frame sits between the stub and the 32-bit caller.
@@ -135,6 +136,22 @@ pub(crate) fn plan(s: Scenario) -> Vec<(Tech, u32)> {
     }
 }
 
+/// The evasion techniques' shares (per mille) in the mixed scenario: a
+/// few of each attack, and the look-alikes at benign rates.
+pub(crate) fn mixed() -> Vec<(Tech, u32)> {
+    use Ev::*;
+    let e = |v: Ev, w: u32| (Tech::Evasion(v), w);
+    vec![
+        e(ClonedKnownDlls, 3),
+        e(ClonedRenamed, 2),
+        e(RopJmp, 4),
+        e(StackTruncation, 3),
+        e(Wow64Bypass, 3),
+        e(LookalikeException, 10),
+        e(LookalikeCallback, 10),
+    ]
+}
+
 impl<W: Write + Seek, T: Write> Gen<W, T> {
     /// Starts the processes the evasion techniques run in, and maps the
     /// clones (Image Load events after the process start).
@@ -216,6 +233,7 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
     pub(crate) fn build_evasion(&mut self, ev: Ev, user: &mut Vec<u64>) -> Option<(usize, Call)> {
         let ps8 = self.ps() == 8;
         let mut alt = None;
+        let mut flags: &'static [&'static str] = &[];
         let (pi, service, verdict, reason, technique) = match ev {
             Ev::ClonedKnownDlls | Ev::ClonedDisk | Ev::ClonedRenamed => {
                 let pi = self.pick_proc(&[ProcKind::Implant], Some("unhook.exe"))?;
@@ -271,13 +289,8 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
                 // The sleep hook in the implant's image; its own return
                 // address was zeroed, so the walk stops here.
                 user.push(site(p.exe.as_ref()?, 0x5200));
-                (
-                    pi,
-                    s,
-                    "indirect",
-                    Some("truncated_stack"),
-                    "stack-truncation",
-                )
+                flags = &["truncated_stack"];
+                (pi, s, "normal", None, "stack-truncation")
             }
             Ev::Wow64Bypass => {
                 if !ps8 {
@@ -368,6 +381,7 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
                 technique,
                 module: None,
                 alt,
+                flags,
             },
         ))
     }

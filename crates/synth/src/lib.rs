@@ -336,6 +336,8 @@ struct Call {
     module: Option<String>,
     /// Verdict and reason without `--images` (when they differ).
     alt: Option<(&'static str, Option<&'static str>)>,
+    /// Flags of the syscall (docs/verdicts.md, "Flags").
+    flags: &'static [&'static str],
 }
 
 /// Bounded FIFO stack cache (Windows 8+ stack caching): frames -> key.
@@ -403,6 +405,9 @@ pub fn generate<W: Write + Seek, T: Write>(
     let w = EtlWriter::new(etl, cfg.clone())?;
     let l = Layout::new(o.pointer_size);
     let (mut attack, delivery) = plan(o.scenario);
+    if o.scenario == Scenario::Mixed {
+        attack.extend(evasion::mixed());
+    }
     let wow = o.pointer_size == 8;
     if !wow {
         attack.retain(|(t, _)| {
@@ -1217,6 +1222,7 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
                 technique,
                 module,
                 alt: None,
+                flags: &[],
             },
         ))
     }
@@ -1274,10 +1280,12 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
         match delivery {
             Delivery::Truncated => {
                 user.truncate(1);
+                call.flags = &[];
                 call.verdict = "truncated";
                 call.technique = "truncated-stack";
             }
             Delivery::Missing => {
+                call.flags = &[];
                 call.verdict = "no_stack";
                 call.technique = "missing-stack";
             }
@@ -1503,6 +1511,9 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
         )?;
         if let Some(m) = &call.module {
             write!(t, ", \"module\": \"{m}\"")?;
+        }
+        if !call.flags.is_empty() {
+            write!(t, ", \"flags\": [\"{}\"]", call.flags.join("\", \""))?;
         }
         if let Some((v, r)) = call.alt {
             let r = r.map_or("null".to_string(), |r| format!("\"{r}\""));

@@ -40,6 +40,7 @@ struct Derived {
     verdict: &'static str,
     reason: Option<&'static str>,
     module: Option<String>,
+    truncated: bool,
 }
 
 fn is_stub_module(path: &str) -> bool {
@@ -221,6 +222,7 @@ fn derive(etl: Vec<u8>) -> (BTreeMap<u64, Derived>, u32) {
             verdict: "no_stack",
             reason: None,
             module: None,
+            truncated: false,
         };
         if let Some(p) = parts.get(&ts) {
             d.pid = p.pid;
@@ -260,7 +262,9 @@ fn derive(etl: Vec<u8>) -> (BTreeMap<u64, Derived>, u32) {
                     let last = *p.user.last().unwrap();
                     let cut = p.kernel.len() + p.user.len() < 192
                         && module_at(pid, ts, last).is_some()
-                        && name_of(last).as_deref() != Some("ntdll.dll");
+                        && name_of(last).as_deref() != Some("ntdll.dll")
+                        && !name_of(last).is_some_and(|n| n.starts_with("wow64"));
+                    d.truncated = cut;
                     if um.is_some_and(&is_clone) {
                         d.verdict = "indirect";
                         d.reason = Some("cloned_stub_module");
@@ -288,9 +292,6 @@ fn derive(etl: Vec<u8>) -> (BTreeMap<u64, Derived>, u32) {
                     } else if bypass {
                         d.verdict = "indirect";
                         d.reason = Some("wow64_bypass");
-                    } else if cut {
-                        d.verdict = "indirect";
-                        d.reason = Some("truncated_stack");
                     }
                 }
             }
@@ -326,6 +327,10 @@ fn check(o: &Options) {
         let e_v = e.get("without_images").unwrap_or(e);
         assert_eq!(e_v["verdict"], d.verdict, "{ctx}");
         assert_eq!(e_v["reason"].as_str(), d.reason, "{ctx}");
+        let flagged = e["flags"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|x| x == "truncated_stack"));
+        assert_eq!(flagged, d.truncated, "{ctx}");
         assert_eq!(
             e["processor"].as_u64(),
             Some(u64::from(d.processor)),
@@ -373,7 +378,10 @@ fn check(o: &Options) {
             assert!(entries.iter().all(|e| e["reason"] != "not_call_preceded"
                 || e["without_images"]["verdict"] == "normal"));
         }
-        Scenario::StackTruncation => assert!(r("truncated_stack") > 0),
+        Scenario::StackTruncation => {
+            assert!(entries.iter().any(|e| e["flags"][0] == "truncated_stack"));
+            assert_eq!(n("direct") + n("indirect"), 0);
+        }
         Scenario::Wow64Bypass => assert!(r("wow64_bypass") > 0),
         Scenario::Lookalikes => {
             assert_eq!(n("direct") + n("indirect"), 0);

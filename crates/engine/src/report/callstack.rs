@@ -37,6 +37,9 @@ pub struct CallStackFacts {
     /// Rule 9's frame, with the bytes around its return address.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub return_check: Option<ReturnEvidence>,
+    /// The `truncated_stack` flag (docs/verdicts.md, "Flags").
+    #[serde(skip)]
+    pub truncated: bool,
     /// PE identity of `U`'s module, as an allowlist `identity` names it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub module_identity: Option<PeIdentity>,
@@ -144,6 +147,7 @@ pub fn facts(v: &SyscallVerdict<'_>) -> Option<CallStackFacts> {
         size_of_image: format!("{:#x}", m.size),
     });
     Some(CallStackFacts {
+        truncated: crate::classify::stack_truncated(r.modules, v.stack, r.kernel_boundary),
         module_identity,
         user_index: ui,
         call_stack_summary: summary,
@@ -160,13 +164,16 @@ pub fn facts(v: &SyscallVerdict<'_>) -> Option<CallStackFacts> {
 /// Elastic's `process.Ext.api.behaviors` values that a verdict implies
 /// (only values whose documented meaning matches; no Elastic value means
 /// "indirect syscall").
-pub fn behaviors(verdict: Verdict, reason: Option<Reason>) -> Vec<&'static str> {
-    match (verdict, reason) {
+pub fn behaviors(verdict: Verdict, reason: Option<Reason>, truncated: bool) -> Vec<&'static str> {
+    let mut b = match (verdict, reason) {
         (Verdict::Direct, _) => vec!["direct_syscall"],
         (Verdict::Indirect, Some(Reason::NotCallPreceded)) => vec!["image_rop"],
-        (Verdict::Indirect, Some(Reason::TruncatedStack)) => vec!["truncated_stack"],
         _ => vec![],
+    };
+    if truncated {
+        b.push("truncated_stack");
     }
+    b
 }
 
 /// The ECS document's Elastic-compatible part (merged under `process`).
