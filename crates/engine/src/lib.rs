@@ -95,7 +95,7 @@ pub mod state;
 pub mod sysdlls;
 
 pub use allowlist::{Allowlist, DEFAULT_ALLOWLIST};
-pub use classify::{BytesChecked, FrameCheck, MAX_STACK_FRAMES};
+pub use classify::{stack_truncated, wow64_bypassed, BytesChecked, FrameCheck, MAX_STACK_FRAMES};
 pub use classify::{Outcome, Reason, ServiceTable, Verdict};
 pub use completeness::{Completeness, LossGap, UnresolvedCounts};
 pub use correlate::{CorrelatorStats, Finish, Parent, ParentHook};

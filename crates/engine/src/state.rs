@@ -366,8 +366,9 @@ impl State {
         if kind != ModuleKind::Other {
             return false;
         }
-        name.eq_ignore_ascii_case("ntdll.dll")
-            || name.eq_ignore_ascii_case("win32u.dll")
+        // WoW64's own 32-bit ntdll/win32u live in SysWOW64.
+        let wow = i.file_name.to_ascii_lowercase().contains("\\syswow64\\");
+        (!wow && (name.eq_ignore_ascii_case("ntdll.dll") || name.eq_ignore_ascii_case("win32u.dll")))
             // (Windows 7's Image events log no TimeDateStamp: 0 proves nothing.)
             || (i.time_date_stamp != 0
                 && self

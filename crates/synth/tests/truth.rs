@@ -253,10 +253,11 @@ fn derive(etl: Vec<u8>) -> (BTreeMap<u64, Derived>, u32) {
                         .map(|&a| name_of(a));
                     let bypass = wow64
                         && past_stub.is_some_and(|n| {
-                            !matches!(
-                                n.as_deref(),
-                                Some("wow64.dll" | "wow64win.dll" | "wow64cpu.dll")
-                            )
+                            n.is_some()
+                                && !matches!(
+                                    n.as_deref(),
+                                    Some("wow64.dll" | "wow64win.dll" | "wow64cpu.dll")
+                                )
                         });
                     // Rule 10: the walk ends in an image that is not ntdll.
                     let last = *p.user.last().unwrap();
