@@ -458,19 +458,6 @@ pub fn stack_truncated(modules: Option<&ModuleMap>, stack: &[u64], kernel_bounda
     modules.is_some_and(|m| truncated(m, &stack[ui..]))
 }
 
-/// WoW64's 64-bit layer: what a 32-bit process's native stub is called by.
-fn is_wow64_layer(name: &str) -> bool {
-    [
-        "wow64.dll",
-        "wow64win.dll",
-        "wow64cpu.dll",
-        "wow64base.dll",
-        "wow64con.dll",
-    ]
-    .iter()
-    .any(|n| name.eq_ignore_ascii_case(n))
-}
-
 /// Rule 8: past the native stub module, the first frame is in a module
 /// that is not WoW64's layer. `user[0]` is `U`. An unbacked frame there is
 /// no evidence either way (rule 7 judges an unbacked caller): in the
@@ -480,7 +467,7 @@ pub fn wow64_bypassed(modules: &ModuleMap, user: &[u64]) -> bool {
     for &a in &user[1..] {
         match modules.find(a) {
             Some(m) if m.kind.is_stub_module() => continue,
-            Some(m) => return !is_wow64_layer(&m.name),
+            Some(m) => return m.kind != ModuleKind::Wow64Layer,
             None => return false,
         }
     }
@@ -495,10 +482,10 @@ fn truncated(modules: &ModuleMap, user: &[u64]) -> bool {
         return false;
     };
     match modules.find(last) {
-        Some(m) => {
-            !matches!(m.kind, ModuleKind::Ntdll | ModuleKind::NtdllWow64)
-                && !is_wow64_layer(&m.name)
-        }
+        Some(m) => !matches!(
+            m.kind,
+            ModuleKind::Ntdll | ModuleKind::NtdllWow64 | ModuleKind::Wow64Layer
+        ),
         // An unbacked end (JIT code the walk could not unwind through) is
         // not evidence of tampering.
         None => false,

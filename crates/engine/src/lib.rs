@@ -496,6 +496,11 @@ pub struct EngineStats {
     /// Events may be missing somewhere (gaps, or loss counters without a
     /// place in time): alerts carry `trace_incomplete`.
     pub trace_incomplete: bool,
+    /// Rule 9 (`--images`): return addresses past `U` whose bytes were
+    /// checked, and those whose check was not done (no file matched,
+    /// unbacked, skipped by rule). Zero without `--images`.
+    pub frames_checked: u64,
+    pub frames_not_done: u64,
 }
 
 /// Distinct (return site, routine, outcome) tallies kept at most.
@@ -540,12 +545,13 @@ impl TallyKey {
     }
 
     fn kind(&self) -> ModuleKind {
-        const KINDS: [ModuleKind; 5] = [
+        const KINDS: [ModuleKind; 6] = [
             ModuleKind::Ntdll,
             ModuleKind::Win32u,
             ModuleKind::NtdllWow64,
             ModuleKind::Other,
             ModuleKind::ClonedStub,
+            ModuleKind::Wow64Layer,
         ];
         KINDS[(self.packed & 7) as usize % KINDS.len()]
     }
@@ -1155,6 +1161,8 @@ impl Engine {
             images: self.images.as_deref(),
         };
         let outcome = classify::classify(&ctx, stack, address);
+        self.stats.frames_checked += u64::from(outcome.bytes.checked);
+        self.stats.frames_not_done += u64::from(outcome.bytes.not_done);
         let u = outcome.user_index.map_or(0, |i| stack_all[i]);
         // Deferred learning: every return-site observation is counted (as
         // `learn_from` does), and a rule-5 decision that needs the learned
@@ -1344,6 +1352,7 @@ mod tally_key_tests {
             ModuleKind::NtdllWow64,
             ModuleKind::Other,
             ModuleKind::ClonedStub,
+            ModuleKind::Wow64Layer,
         ];
         let entries = [None, Some(0), Some(7), Some(Allowlist::MAX_ENTRIES - 1)];
         let (mut outcomes, mut keys) = (Vec::new(), std::collections::HashSet::new());

@@ -22,6 +22,7 @@ use crate::{
     describe_in, push_hex, Engine, EngineStats, Resolver, ServiceCheck, ServiceTable,
     SyscallVerdict, VerdictSink,
 };
+use sentry_images::Images;
 
 mod callstack;
 mod sites;
@@ -167,8 +168,9 @@ struct Evidence {
     /// The routine, when no export name was known and a kernel module holds it.
     service: Option<FrameRef>,
     stack: Box<[FrameRef]>,
-    /// Elastic-compatible call-stack facts.
-    call_stack: Option<Box<CallStackFacts>>,
+    /// What the Elastic-compatible call-stack facts need beyond `stack`
+    /// (made into [`CallStackFacts`] when the alert is written).
+    call_stack: Option<Box<callstack::Pending>>,
 }
 
 impl Evidence {
@@ -176,9 +178,10 @@ impl Evidence {
     fn bytes(&self) -> usize {
         std::mem::size_of::<Evidence>()
             + std::mem::size_of_val(&*self.stack)
-            + self.call_stack.as_ref().map_or(0, |c| {
-                std::mem::size_of::<CallStackFacts>() + c.call_stack_summary.len() + 256
-            })
+            + self
+                .call_stack
+                .as_ref()
+                .map_or(0, |_| std::mem::size_of::<callstack::Pending>() + 64)
     }
 }
 
@@ -454,6 +457,8 @@ pub struct Report {
     /// Module names of the evidence frames, interned by the address of
     /// their shared string (kept alive here, so an address is never reused).
     names: Vec<Arc<str>>,
+    /// Per interned module: path, system module, file hash (`--images`).
+    name_info: Vec<callstack::ModuleInfo>,
     name_ids: HashMap<usize, u32, FxBuildHasher>,
     checks_settled_early: u64,
     alerts_dropped: u64,
@@ -501,6 +506,7 @@ impl Report {
             settled: false,
             missing: Vec::new(),
             names: Vec::new(),
+            name_info: Vec::new(),
             name_ids: HashMap::default(),
             checks_settled_early: 0,
             alerts_dropped: 0,
@@ -607,7 +613,7 @@ impl Report {
         .apply(a)
     }
 
-    fn frame_ref(&mut self, r: &Resolver<'_>, addr: u64) -> FrameRef {
+    fn frame_ref(&mut self, r: &Resolver<'_>, images: Option<&Images>, addr: u64) -> FrameRef {
         let Some(m) = r.module_of(addr) else {
             return FrameRef {
                 addr,
@@ -622,6 +628,7 @@ impl Report {
             None => {
                 let i = self.names.len() as u32;
                 self.names.push(Arc::clone(&m.name));
+                self.name_info.push(callstack::ModuleInfo::of(m, images));
                 self.name_ids.insert(key, i);
                 i
             }
@@ -667,16 +674,18 @@ impl Report {
             .stack
             .iter()
             .take(self.cfg.max_stack_frames)
-            .map(|&a| self.frame_ref(&r, a))
+            .map(|&a| self.frame_ref(&r, v.images, a))
             .collect();
-        let call_site = v.first_user_frame().map(|a| self.frame_ref(&r, a));
-        let caller = v.caller_frame().map(|a| self.frame_ref(&r, a));
+        let call_site = v
+            .first_user_frame()
+            .map(|a| self.frame_ref(&r, v.images, a));
+        let caller = v.caller_frame().map(|a| self.frame_ref(&r, v.images, a));
         let service = match v.outcome.service_name {
             Some(_) => None,
             None => r
                 .kernel
                 .find(v.service_address)
-                .map(|_| self.frame_ref(&r, v.service_address)),
+                .map(|_| self.frame_ref(&r, v.images, v.service_address)),
         };
         let process = match self.process_ids.get(&v.pid) {
             Some(&i) if self.processes[i as usize].same_as(v.process) => i,
@@ -697,7 +706,7 @@ impl Report {
             caller,
             service,
             stack,
-            call_stack: callstack::facts(v).map(Box::new),
+            call_stack: callstack::pending(v).map(Box::new),
         }
     }
 
@@ -748,7 +757,10 @@ impl Report {
                 .collect(),
             technique: "",
             behaviors: Vec::new(),
-            call_stack: e.call_stack.as_deref().cloned(),
+            call_stack: e
+                .call_stack
+                .as_deref()
+                .map(|p| callstack::facts(p, &e.stack, &self.names, &self.name_info)),
             trace_incomplete: false,
             file: None,
             seq: e.seq,
@@ -1686,6 +1698,12 @@ pub fn stats_text(s: &EngineStats, wall_seconds: f64, alerts: usize) -> String {
         t.push_str(&format!(
             "unresolved: process_unknown {}, modules_incomplete {}, events_lost {}\n",
             u.process_unknown, u.modules_incomplete, u.events_lost
+        ));
+    }
+    if s.frames_checked + s.frames_not_done > 0 {
+        t.push_str(&format!(
+            "return addresses (--images): checked {}, not done {} (no file, unbacked or skipped: never counted as passed)\n",
+            s.frames_checked, s.frames_not_done
         ));
     }
     let c = &s.correlator;

@@ -37,6 +37,10 @@ pub enum ModuleKind {
     /// the primary one's `SizeOfImage` and `TimeDateStamp` (a renamed copy).
     /// Not a stub module: its stubs run outside the hooked, loaded copy.
     ClonedStub,
+    /// WoW64's 64-bit layer in `\Windows\System32\` (`wow64.dll`,
+    /// `wow64win.dll`, `wow64cpu.dll`, `wow64base.dll`, `wow64con.dll`): what
+    /// calls a WoW64 process's native stubs (rule 8).
+    Wow64Layer,
 }
 
 impl ModuleKind {
@@ -74,6 +78,13 @@ impl ModuleKind {
             ModuleKind::Win32u
         } else if in_dir(b"syswow64\\ntdll.dll") {
             ModuleKind::NtdllWow64
+        } else if in_dir(b"system32\\wow64.dll")
+            || in_dir(b"system32\\wow64win.dll")
+            || in_dir(b"system32\\wow64cpu.dll")
+            || in_dir(b"system32\\wow64base.dll")
+            || in_dir(b"system32\\wow64con.dll")
+        {
+            ModuleKind::Wow64Layer
         } else {
             ModuleKind::Other
         }

@@ -13,6 +13,10 @@ use serde_json::{json, Value};
 
 use crate::classify::{Reason, Verdict};
 use crate::state::Module;
+use std::sync::Arc;
+
+use sentry_images::Images;
+
 use crate::SyscallVerdict;
 
 /// Elastic's `ignore_above` for these keywords: a longer summary is cut at
@@ -82,52 +86,42 @@ fn system_module(m: &Module) -> bool {
     p.contains("\\windows\\system32\\") || p.contains("\\windows\\syswow64\\")
 }
 
-/// The facts of `v`'s stack, if it has user frames.
-pub fn facts(v: &SyscallVerdict<'_>) -> Option<CallStackFacts> {
-    let ui = v.outcome.user_index?;
-    let user = v.stack.get(ui..)?;
-    let r = &v.resolver;
-    let mut summary = String::new();
-    let mut last: Option<&str> = None;
-    let mut unbacked = false;
-    let mut final_user: Option<FinalUserModule> = None;
-    for &a in user {
-        let m = r.module_of(a);
-        let name = match m {
-            Some(m) => &*m.name,
-            None => {
-                unbacked = true;
-                "Unbacked"
-            }
-        };
-        if final_user.is_none() && !m.is_some_and(system_module) {
-            final_user = Some(FinalUserModule {
-                name: name.to_ascii_lowercase(),
-                path: m.map(|m| m.path.to_string()),
-                sha256: m.and_then(|m| {
-                    let img = v.images?.image(m.image?).ok()?;
-                    Some(img.sha256_hex())
-                }),
-            });
+/// Per interned module: what the facts need at render time.
+#[derive(Debug, Clone)]
+pub struct ModuleInfo {
+    path: Arc<str>,
+    system: bool,
+    sha256: Option<Arc<str>>,
+}
+
+impl ModuleInfo {
+    pub fn of(m: &Module, images: Option<&Images>) -> ModuleInfo {
+        ModuleInfo {
+            path: Arc::clone(&m.path),
+            system: system_module(m),
+            sha256: images
+                .zip(m.image)
+                .and_then(|(i, ix)| i.sha256_hex(ix))
+                .map(Arc::from),
         }
-        if last.is_some_and(|l| l.eq_ignore_ascii_case(name)) {
-            continue;
-        }
-        let piece = name.to_ascii_lowercase();
-        let piece = if m.is_none() {
-            "Unbacked".to_string()
-        } else {
-            piece
-        };
-        if summary.len() + piece.len() + 1 > MAX_SUMMARY {
-            break;
-        }
-        if !summary.is_empty() {
-            summary.push('|');
-        }
-        summary.push_str(&piece);
-        last = Some(name);
     }
+}
+
+/// What is taken when the syscall is seen (cheap: most deferred groups
+/// settle as normal and are never written); the rest comes from the
+/// evidence's frames when the alert is written.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    user_index: usize,
+    truncated: bool,
+    return_check: Option<ReturnEvidence>,
+    module_identity: Option<(u32, u64)>,
+}
+
+/// The pending facts of `v`'s stack, if it has user frames.
+pub fn pending(v: &SyscallVerdict<'_>) -> Option<Pending> {
+    let ui = v.outcome.user_index?;
+    let r = &v.resolver;
     let return_check = v.outcome.frame_check.and_then(|f| {
         let a = *v.stack.get(f.index)?;
         let m = r.module_of(a)?;
@@ -141,15 +135,67 @@ pub fn facts(v: &SyscallVerdict<'_>) -> Option<CallStackFacts> {
             gadget: f.gadget.map(|g| g.as_str()),
         })
     });
-    let module_identity = r.module_of(*user.first()?).map(|m| PeIdentity {
-        name: m.name.to_string(),
-        time_date_stamp: format!("{:#x}", m.time_date_stamp),
-        size_of_image: format!("{:#x}", m.size),
-    });
-    Some(CallStackFacts {
-        truncated: crate::classify::stack_truncated(r.modules, v.stack, r.kernel_boundary),
-        module_identity,
+    Some(Pending {
         user_index: ui,
+        truncated: crate::classify::stack_truncated(r.modules, v.stack, r.kernel_boundary),
+        return_check,
+        module_identity: v.outcome.user_module.map(|m| (m.time_date_stamp, m.size)),
+    })
+}
+
+/// The facts of an alert from its pending part and its evidence frames
+/// (`module` indexes `names`/`info`; `u32::MAX`: unbacked).
+pub fn facts(
+    p: &Pending,
+    frames: &[super::FrameRef],
+    names: &[Arc<str>],
+    info: &[ModuleInfo],
+) -> CallStackFacts {
+    let mut summary = String::new();
+    let mut last: Option<u32> = None;
+    let mut unbacked = false;
+    let mut final_user: Option<FinalUserModule> = None;
+    let user = frames.get(p.user_index..).unwrap_or(&[]);
+    for f in user {
+        let (name, inf) = match (names.get(f.module as usize), info.get(f.module as usize)) {
+            (Some(n), Some(i)) => (n.to_ascii_lowercase(), Some(i)),
+            _ => {
+                unbacked = true;
+                ("Unbacked".to_string(), None)
+            }
+        };
+        if final_user.is_none() && !inf.is_some_and(|i| i.system) {
+            final_user = Some(FinalUserModule {
+                name: name.clone(),
+                path: inf.map(|i| i.path.to_string()),
+                sha256: inf.and_then(|i| i.sha256.as_ref().map(|h| h.to_string())),
+            });
+        }
+        let key = if inf.is_some() { f.module } else { u32::MAX };
+        if last == Some(key) && !summary.is_empty() {
+            continue;
+        }
+        if summary.len() + name.len() + 1 > MAX_SUMMARY {
+            break;
+        }
+        if !summary.is_empty() {
+            summary.push('|');
+        }
+        summary.push_str(&name);
+        last = Some(key);
+    }
+    let module_identity = user.first().and_then(|f| {
+        let (tds, size) = p.module_identity?;
+        Some(PeIdentity {
+            name: names.get(f.module as usize)?.to_string(),
+            time_date_stamp: format!("{tds:#x}"),
+            size_of_image: format!("{size:#x}"),
+        })
+    });
+    CallStackFacts {
+        truncated: p.truncated,
+        module_identity,
+        user_index: p.user_index,
         call_stack_summary: summary,
         call_stack_contains_unbacked: unbacked,
         final_user_module: final_user.unwrap_or(FinalUserModule {
@@ -157,8 +203,8 @@ pub fn facts(v: &SyscallVerdict<'_>) -> Option<CallStackFacts> {
             path: None,
             sha256: None,
         }),
-        return_check,
-    })
+        return_check: p.return_check.clone(),
+    }
 }
 
 /// Elastic's `process.Ext.api.behaviors` values that a verdict implies
