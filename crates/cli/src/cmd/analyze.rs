@@ -14,7 +14,7 @@
 //! Exit codes: [`crate::exit`].
 
 use std::fs::File;
-use std::io::{IsTerminal, Read, Write};
+use std::io::{Read, Write};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -31,6 +31,7 @@ use sentry_etl::damage::Gap;
 use sentry_etl::{Diagnostics, EtlFile, Order};
 use sentry_raw::{Clock, KernelClass};
 
+use super::progress::Progress;
 use super::report_args::ReportArgs;
 use crate::exit;
 
@@ -456,7 +457,7 @@ fn analyze_file(
         }
     }
     report.finish(&engine).context("writing alerts")?;
-    progress.done();
+    progress.finish();
     let wall = started.elapsed().as_secs_f64();
     let alerts = report.alert_count();
     let damage = Damage::of(&file, &diag, &gaps);
@@ -777,36 +778,6 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     era * 146_097 + doe - 719_468
-}
-
-/// A progress bar on stderr for large files, when stderr is a terminal.
-struct Progress(Option<indicatif::ProgressBar>);
-
-impl Progress {
-    fn new(total: u64, quiet: bool) -> Progress {
-        if quiet || total < (256 << 20) || !std::io::stderr().is_terminal() {
-            return Progress(None);
-        }
-        let pb = indicatif::ProgressBar::new(total);
-        if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({eta})",
-        ) {
-            pb.set_style(style);
-        }
-        Progress(Some(pb))
-    }
-
-    fn set(&self, pos: u64) {
-        if let Some(pb) = &self.0 {
-            pb.set_position(pos);
-        }
-    }
-
-    fn done(&self) {
-        if let Some(pb) = &self.0 {
-            pb.finish_and_clear();
-        }
-    }
 }
 
 #[cfg(test)]
