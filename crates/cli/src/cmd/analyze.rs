@@ -60,6 +60,9 @@ pub struct Args {
     /// turns out to be an alert, found again by a second pass.
     #[arg(long, value_name = "MIB", default_value_t = 64.0)]
     pub evidence_budget: f64,
+    /// ECS `host.name` of the traced machine (the trace does not name it).
+    #[arg(long, value_name = "NAME")]
+    pub host: Option<String>,
     /// Rows of the per-process table: alerting processes always, then the
     /// busiest others up to this many (0: all).
     #[arg(long, value_name = "N", default_value_t = 20)]
@@ -83,6 +86,9 @@ struct FileResult {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let format = args.report.format()?;
     args.report.validate()?;
+    if args.host.as_deref().is_some_and(|h| h.trim().is_empty()) {
+        bail!("--host: empty name");
+    }
     if !(args.evidence_budget.is_finite() && args.evidence_budget > 0.0) {
         bail!(
             "--evidence-budget {}: give a positive number of MiB (the default is 64)",
@@ -401,7 +407,7 @@ fn analyze_file(
         filter,
         evidence_budget: evidence_budget_bytes(args.evidence_budget),
         file: Some(name.clone()),
-        host: args.report.host.clone(),
+        host: args.host.clone(),
         summary_rows: args.summary_rows,
         ..ReportConfig::default()
     };
@@ -806,11 +812,11 @@ mod tests {
             until: None,
             evidence_budget: 64.0,
             summary_rows: 20,
+            host: None,
             stats_json: None,
             report: ReportArgs {
                 allowlist: None,
                 format: "json".into(),
-                host: None,
                 per_syscall: true,
                 out: Some(out),
                 summary: None,

@@ -303,6 +303,16 @@ fn print_text(v: &Value) {
         s("/buffers"),
         s("/compressed_buffers")
     );
+    let (found, written) = (
+        s("/buffers").as_u64().unwrap_or(0),
+        s("/logfile_header/buffers_written").as_u64().unwrap_or(0),
+    );
+    if written > found {
+        println!(
+            "missing:     {} buffers (the logfile header counts {written} written: the file was cut or copied in part)",
+            written - found
+        );
+    }
     println!("records:     {} ({} events)", s("/records"), s("/events"));
     println!(
         "lost:        {} events, {} buffers (header); {} buffers flagged events-lost",
