@@ -51,6 +51,13 @@
 //! * [`Pairing::AnyEvent`] pairs StackWalk events with every kind of parent
 //!   (used on real traces, which carry no SysCallEnter); pairs come out
 //!   through [`VerdictSink::stack_pair`].
+//! * What the engine could not see ([`Completeness`]): an alert of rules 3
+//!   or 7 whose process's module map the trace does not show is
+//!   `unresolved` (docs/verdicts.md). A file reader's damage, or a live
+//!   session's `EventsLost`/`RealTimeBuffersLost` growing between two reads
+//!   (from the previous read's time to now), goes in through
+//!   [`Engine::note_events_missing`]; loss with no time through
+//!   [`Engine::note_loss_without_time`].
 //! * Output formatting (JSON lines, ECS, summary table, statistics) is in
 //!   [`report`], shared by `analyze` and `live` (`Report::set_header` gives
 //!   ECS `host.os` to alerts printed before `finish`).
