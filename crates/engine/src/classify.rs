@@ -443,11 +443,12 @@ pub fn classify<'a>(ctx: &Context<'a>, stack: Option<&[u64]>, service_address: u
 }
 
 /// The `truncated_stack` flag (docs/verdicts.md, "Flags"): the stack has
-/// user frames, fewer than [`MAX_STACK_FRAMES`] frames in all, and its
+/// two user frames or more, fewer than [`MAX_STACK_FRAMES`] frames in all, and its
 /// walk ends in an image that is neither ntdll (native or WoW64's 32-bit
 /// one: every thread starts at `RtlUserThreadStart` there) nor WoW64's
-/// layer. A fact, not an accusation: real walks also stop at .NET and
-/// other JIT boundaries (10% of the Windows 7 corpus's user stacks).
+/// layer. A fact, not an accusation: real walks also stop early, e.g. in
+/// .NET's mscoree.dll (0.5% of the Windows 7 corpus's multi-frame user
+/// stacks).
 pub fn stack_truncated(modules: Option<&ModuleMap>, stack: &[u64], kernel_boundary: u64) -> bool {
     if stack.len() >= MAX_STACK_FRAMES {
         return false;
@@ -478,7 +479,8 @@ pub fn wow64_bypassed(modules: &ModuleMap, user: &[u64]) -> bool {
 /// WoW64's 32-bit one, where every thread starts) nor in the WoW64 layer
 /// (where a 32-bit thread's 64-bit walk may end).
 fn truncated(modules: &ModuleMap, user: &[u64]) -> bool {
-    let Some(&last) = user.last() else {
+    // A stub frame alone is rule 6's `truncated` verdict already.
+    let [_, .., last] = *user else {
         return false;
     };
     match modules.find(last) {

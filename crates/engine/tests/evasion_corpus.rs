@@ -6,7 +6,8 @@
 //! - rule 8: no real WoW64 stack through the native ntdll continues in a
 //!   module other than WoW64's layer;
 //! - the `truncated_stack` flag: counted and printed (it is a flag, not an
-//!   alert, because real walks end early, e.g. at .NET).
+//!   alert, because real walks end early: 19 of the Windows 7 trace's
+//!   multi-frame user stacks end in .NET's mscoree.dll).
 
 use std::path::PathBuf;
 

@@ -261,7 +261,8 @@ fn derive(etl: Vec<u8>) -> (BTreeMap<u64, Derived>, u32) {
                         });
                     // Rule 10: the walk ends in an image that is not ntdll.
                     let last = *p.user.last().unwrap();
-                    let cut = p.kernel.len() + p.user.len() < 192
+                    let cut = p.user.len() >= 2
+                        && p.kernel.len() + p.user.len() < 192
                         && module_at(pid, ts, last).is_some()
                         && name_of(last).as_deref() != Some("ntdll.dll")
                         && !name_of(last).is_some_and(|n| n.starts_with("wow64"));
