@@ -128,6 +128,22 @@ fn call_stack_fields_follow_the_endpoint_schema() {
     std::fs::copy(&ntdll, Path::new(&cl_img).join("wmiclnt.dll")).unwrap();
     let cl_docs = ecs_alerts(&[&cl, "--images", &cl_img]);
     docs.extend(cl_docs.iter().cloned());
+    // Per-syscall documents carry the truncated_stack flag as a behaviour.
+    let (tr, _) = synth(&dir, "stack-truncation");
+    let out = Command::new(BIN)
+        .args(["analyze", "-q", "--per-syscall", "--format", "ecs", &tr])
+        .output()
+        .unwrap();
+    let per_syscall: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let flagged = per_syscall
+        .iter()
+        .filter(|d| d["process"]["Ext"]["api"]["behaviors"][0] == "truncated_stack")
+        .count();
+    assert!(flagged > 0);
+    docs.extend(per_syscall);
     let mut seen = BTreeSet::new();
     for d in &docs {
         for (k, v) in d["process"].as_object().unwrap() {

@@ -1662,6 +1662,18 @@ fn ecs_syscall(o: &Value, cx: &EcsContext<'_>) -> Value {
             "allow_entry": o.get("allow_entry"),
         },
     });
+    // Elastic's behaviours the verdict and the flags imply.
+    let truncated = o["flags"]
+        .as_array()
+        .is_some_and(|f| f.iter().any(|x| x == "truncated_stack"));
+    let behaviors = callstack::behaviors(
+        Verdict::parse(verdict).unwrap_or(Verdict::Normal),
+        reason.and_then(Reason::parse),
+        truncated,
+    );
+    if !behaviors.is_empty() {
+        v["process"]["Ext"] = json!({"api": {"behaviors": behaviors}});
+    }
     if alert {
         v["rule"] = json!({
             "id": rule_id,
