@@ -8,12 +8,14 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use sentry_synth::{Options, Scenario};
+use sentry_synth::{Options, Scenario, Source};
 
 #[derive(clap::Args)]
 pub struct Args {
     /// benign, direct-image, direct-unbacked, indirect-jumper,
-    /// indirect-randomized, heavens-gate, degraded or mixed.
+    /// indirect-randomized, heavens-gate, degraded or mixed; Audit-API:
+    /// audit-benign, audit-lsass-direct, audit-indirect, audit-set-context,
+    /// audit-mixed.
     #[arg(long, default_value = "mixed")]
     pub scenario: String,
     #[arg(long, default_value_t = 1)]
@@ -36,6 +38,13 @@ pub struct Args {
     /// throughout, however long the trace (for memory measurements).
     #[arg(long)]
     pub fixed_population: bool,
+    /// Which events carry the syscalls: `syscalls` (SysCallEnter +
+    /// StackWalk, every syscall) or `audit` (Kernel-Audit-API-Calls events
+    /// with their stack, the audited syscalls only). Default: `audit` for
+    /// the audit-* scenarios, else `syscalls`. One seed is one workload in
+    /// both.
+    #[arg(long)]
+    pub source: Option<String>,
     /// Do not write X.truth.json (for throughput runs).
     #[arg(long)]
     pub no_truth: bool,
@@ -55,7 +64,11 @@ pub fn truth_path(etl: &Path) -> PathBuf {
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let scenario = Scenario::from_name(&a.scenario).with_context(|| {
-        let names: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
+        let names: Vec<&str> = Scenario::ALL
+            .iter()
+            .chain(Scenario::AUDIT.iter())
+            .map(|s| s.name())
+            .collect();
         format!(
             "unknown scenario `{}` (one of: {})",
             a.scenario,
@@ -65,6 +78,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     if a.pointer_size != 4 && a.pointer_size != 8 {
         anyhow::bail!("--pointer-size must be 4 or 8");
     }
+    let source = match a.source.as_deref() {
+        None => scenario.default_source(),
+        Some(s) => Source::from_name(s)
+            .with_context(|| format!("--source {s}: expected syscalls or audit"))?,
+    };
     let opts = Options {
         scenario,
         seed: a.seed,
@@ -74,6 +92,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         compress: a.compress,
         stack_cache: a.stack_cache,
         process_churn: !a.fixed_population,
+        source,
     };
     let started = Instant::now();
     let etl = BufWriter::with_capacity(
