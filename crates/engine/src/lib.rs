@@ -90,12 +90,14 @@ pub mod classify;
 pub mod correlate;
 mod fxhash;
 pub mod report;
+mod source;
 pub mod state;
 pub mod sysdlls;
 
 pub use allowlist::{Allowlist, DEFAULT_ALLOWLIST};
 pub use classify::{Outcome, Reason, ServiceTable, Verdict};
 pub use correlate::{CorrelatorStats, Finish, Parent, ParentHook};
+pub use source::audit::{is_protected_process, AuditFacts, PROTECTED_PROCESSES};
 pub use state::{Module, ModuleKind, ModuleMap, ProcessInfo, StateStats};
 pub use sysdlls::{SystemDll, SystemDlls};
 
@@ -335,9 +337,20 @@ pub struct SyscallVerdict<'a> {
     /// [`Learning::Deferred`] only: rule 5 is still open; `verdict`,
     /// `reason` and `suppressed` hold the outcome if the stub matches.
     pub service_check: Option<ServiceCheck>,
+    /// A Kernel-Audit-API-Calls event: its API, target, access and return
+    /// code (`service_address` is then the event id, see
+    /// [`SyscallVerdict::audit_api`]).
+    pub audit: Option<AuditFacts>,
+    /// The audit event's target process, from the state.
+    pub target: Option<&'a ProcessInfo>,
 }
 
 impl SyscallVerdict<'_> {
+    /// The API of an audit event's call.
+    pub fn audit_api(&self) -> Option<sentry_kernel_audit_api::AuditApi> {
+        self.audit.map(|a| a.api)
+    }
+
     /// The first user frame `U`.
     pub fn first_user_frame(&self) -> Option<u64> {
         self.outcome.user_index.map(|i| self.stack[i])
@@ -457,6 +470,16 @@ pub struct EngineStats {
     /// The first decode errors, with file offsets.
     pub decode_error_samples: Vec<DecodeErrorSample>,
     pub syscalls: u64,
+    /// Kernel-Audit-API-Calls events read (each of a system call is also
+    /// counted in `syscalls` and gets a verdict).
+    pub audit_events: u64,
+    /// Audit events that stand for no system call (ids 1, 7, 8: written for
+    /// drivers): counted, not classified.
+    pub audit_not_syscall: u64,
+    /// Audit events whose stack item has a non-zero `MatchId` (Windows
+    /// logged the user part in another event, which is not joined yet):
+    /// classified from the part they carry.
+    pub audit_split_stacks: u64,
     pub verdicts: VerdictCounts,
     pub suppressed: u64,
     pub correlator: CorrelatorStats,
@@ -824,23 +847,67 @@ impl Engine {
             self.drain(sink);
             return;
         }
+        if let EventId::Manifest { .. } = ev.id {
+            self.on_manifest_event(ev, sink);
+            self.drain(sink);
+            return;
+        }
         match sentry_kernel::decode(ev) {
             Ok(Some(k)) => {
                 self.stats.kernel_events_decoded += 1;
                 self.on_kernel_event(ev, k);
             }
             Ok(None) => {}
-            Err(e) => {
-                self.stats.decode_errors += 1;
-                if self.stats.decode_error_samples.len() < MAX_ERROR_SAMPLES {
-                    self.stats.decode_error_samples.push(DecodeErrorSample {
-                        offset: e.offset,
-                        message: e.to_string(),
-                    });
-                }
-            }
+            Err(e) => self.decode_error(e.offset, e.to_string()),
         }
         self.drain(sink);
+    }
+
+    #[cold]
+    fn decode_error(&mut self, offset: u64, message: String) {
+        self.stats.decode_errors += 1;
+        if self.stats.decode_error_samples.len() < MAX_ERROR_SAMPLES {
+            self.stats
+                .decode_error_samples
+                .push(DecodeErrorSample { offset, message });
+        }
+    }
+
+    /// A manifest event: a Kernel-Audit-API-Calls event is a complete call
+    /// with its own stack (`source::audit`); others are not used.
+    #[inline(never)]
+    fn on_manifest_event(&mut self, ev: &RawEvent<'_>, sink: &mut dyn VerdictSink) {
+        let a = match sentry_kernel_audit_api::decode(ev) {
+            Ok(Some(a)) => a,
+            Ok(None) => return,
+            Err(e) => return self.decode_error(e.offset, e.to_string()),
+        };
+        self.stats.audit_events += 1;
+        if a.api.system_calls().is_empty() {
+            self.stats.audit_not_syscall += 1;
+            return;
+        }
+        self.stats.syscalls += 1;
+        let stack = sentry_kernel_audit_api::CallStack::of(ev);
+        let mut frames = std::mem::take(&mut self.stack_buf);
+        frames.clear();
+        if let Some(s) = &stack {
+            s.collect_into(&mut frames);
+            if s.match_id != 0 {
+                self.stats.audit_split_stacks += 1;
+            }
+        }
+        let pair = Pair {
+            ts: ev.timestamp,
+            parent_processor: ev.processor,
+            address: source::audit::identity(a.api),
+            has_stack: stack.is_some_and(|s| !s.is_empty()),
+            pid: ev.pid.unwrap_or(u32::MAX),
+            tid: ev.tid.unwrap_or(u32::MAX),
+        };
+        let facts = AuditFacts::of(&a);
+        self.emit_call(pair, &frames, Finish::Complete, sink, Some(facts));
+        self.stack_buf = frames;
     }
 
     /// What every event does first: counts, the clock, expiry.
@@ -1036,12 +1103,28 @@ impl Engine {
     /// Classifies one syscall (its stack: kernel part then user part,
     /// innermost first; ignored without `has_stack`) and hands the verdict
     /// to `sink`.
+    #[inline]
     fn emit_syscall(
         &mut self,
         pair: Pair,
         stack_all: &[u64],
         finish: Finish,
         sink: &mut dyn VerdictSink,
+    ) {
+        self.emit_call(pair, stack_all, finish, sink, None)
+    }
+
+    /// [`Engine::emit_syscall`] for any source: `audit` is set for a
+    /// Kernel-Audit-API-Calls event (its pid and tid are known even
+    /// without a stack).
+    #[inline(always)]
+    fn emit_call(
+        &mut self,
+        pair: Pair,
+        stack_all: &[u64],
+        finish: Finish,
+        sink: &mut dyn VerdictSink,
+        audit: Option<AuditFacts>,
     ) {
         let Pair {
             ts,
@@ -1106,9 +1189,9 @@ impl Engine {
         let mut observed = None;
         if deferred && outcome.at_return_site {
             if let Some(m) = outcome.user_module {
-                let offset = u - m.base;
+                let offset = source::audit::site_key(u - m.base, address);
                 observed = Some((m.kind, offset));
-                if outcome.stub_name.is_none() || outcome.service_name.is_none() {
+                if !outcome.by_names {
                     service_check = Some(ServiceCheck {
                         kind: m.kind,
                         offset,
@@ -1180,12 +1263,16 @@ impl Engine {
                 self.stats.verdicts.add(verdict);
             }
         }
+        let known = has_stack || audit.is_some();
+        let target = audit
+            .and_then(|a| a.target_pid)
+            .and_then(|p| self.state.process(p));
         let v = SyscallVerdict {
             timestamp: ts,
             processor: parent_processor,
             service_address: address,
-            pid: has_stack.then_some(pid),
-            tid: has_stack.then_some(tid),
+            pid: (known && pid != u32::MAX).then_some(pid),
+            tid: (known && tid != u32::MAX).then_some(tid),
             verdict,
             reason,
             suppressed,
@@ -1195,6 +1282,8 @@ impl Engine {
             finish,
             resolver,
             service_check,
+            audit,
+            target,
         };
         sink.verdict(&v);
     }

@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 
 use crate::classify::{Reason, Verdict};
 use crate::fxhash::FxBuildHasher;
+use crate::source::audit::{is_protected_process, AuditFacts};
 use crate::state::ProcessInfo;
 use crate::sysdlls::SystemDlls;
 use crate::{
@@ -158,6 +159,9 @@ struct Evidence {
     /// The routine, when no export name was known and a kernel module holds it.
     service: Option<FrameRef>,
     stack: Box<[FrameRef]>,
+    /// An audit event's facts and its target's image name (from the state
+    /// when the call was seen).
+    audit: Option<Box<(AuditFacts, Option<String>)>>,
 }
 
 impl Evidence {
@@ -285,9 +289,71 @@ pub struct Alert {
     pub last_seen: Option<String>,
     pub stack: Vec<String>,
     pub technique: &'static str,
+    /// Kernel-Audit-API-Calls alerts (of the group's first event): the API,
+    /// the target process, `DesiredAccess` named and in hex, the
+    /// `ReturnCode`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_tid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_mask: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub return_code: Option<String>,
+    /// Audit alerts: the ECS severity, raised when the target is a
+    /// protected system process (`docs/verdicts.md`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub severity: Option<u32>,
     /// Emission order of the syscall the evidence comes from.
     #[serde(skip)]
     seq: u64,
+}
+
+impl Alert {
+    /// Sets the audit fields from the evidence (the verdict is set later:
+    /// [`Alert::finish_audit`] adds the severity).
+    fn with_audit(mut self, audit: Option<&(AuditFacts, Option<String>)>) -> Alert {
+        if let Some((a, target)) = audit {
+            self.service = Some(a.api.name().to_string());
+            self.api = Some(a.api.name());
+            self.target_pid = a.target_pid;
+            self.target_tid = a.target_tid;
+            self.target = target.clone();
+            self.access = a.access_names();
+            self.access_mask = a.access.map(|m| format!("{:#x}", m.0));
+            self.return_code = Some(a.return_code.to_string());
+            // Direct until the verdict is known (settled groups may become
+            // indirect): `alert_value` recomputes it from the verdict.
+            let sensitive = a.is_sensitive();
+            let protected = target.as_deref().is_some_and(is_protected_process);
+            self.severity = Some(u32::from(sensitive && protected));
+        }
+        self
+    }
+}
+
+/// The ECS severity of an alert: 73 `direct`, 47 `indirect`; an
+/// Audit-API call that asks a protected system process
+/// ([`crate::PROTECTED_PROCESSES`]) for rights that read or take it over
+/// raises it to 99 and 90.
+pub fn severity(verdict: Verdict, a: &AuditFacts, target: Option<&str>) -> u32 {
+    let raised = a.is_sensitive() && target.is_some_and(is_protected_process);
+    base_severity(verdict.as_str(), raised)
+}
+
+fn base_severity(verdict: &str, raised: bool) -> u32 {
+    match (verdict == "direct", raised) {
+        (true, false) => 73,
+        (false, false) => 47,
+        (true, true) => 99,
+        (false, true) => 90,
+    }
 }
 
 fn technique(verdict: Verdict, reason: Option<Reason>) -> &'static str {
@@ -534,6 +600,21 @@ impl Report {
             "call_site": v.first_user_frame().map(|a| r.describe(a)),
             "caller": v.caller_frame().map(|a| r.describe(a)),
         });
+        if let Some(a) = &v.audit {
+            let target = v.target.map(|p| p.image_file_name.as_str());
+            o["service"] = json!(a.api.name());
+            o["source"] = json!("audit");
+            o["api"] = json!(a.api.name());
+            o["target_pid"] = json!(a.target_pid);
+            o["target_tid"] = json!(a.target_tid);
+            o["target"] = json!(target);
+            o["access"] = json!(a.access_names());
+            o["access_mask"] = json!(a.access.map(|m| format!("{:#x}", m.0)));
+            o["return_code"] = json!(a.return_code.to_string());
+            if v.verdict.is_alert() {
+                o["severity"] = json!(severity(v.verdict, a, target));
+            }
+        }
         if let Some((sv, sr, i)) = v.suppressed {
             o["suppressed"] = json!(true);
             o["suppressed_verdict"] = json!(sv.as_str());
@@ -649,6 +730,9 @@ impl Report {
             caller,
             service,
             stack,
+            audit: v
+                .audit
+                .map(|a| Box::new((a, v.target.map(|p| p.image_file_name.to_string())))),
         }
     }
 
@@ -698,14 +782,25 @@ impl Report {
                 .map(|f| self.render(f, system_dlls))
                 .collect(),
             technique: "",
+            api: None,
+            target_pid: None,
+            target_tid: None,
+            target: None,
+            access: None,
+            access_mask: None,
+            return_code: None,
+            severity: None,
             seq: e.seq,
         }
+        .with_audit(e.audit.as_deref())
     }
 
     fn alert_value(&self, a: &Alert, header: Option<&LogfileHeader>) -> Value {
         let mut a = a.clone();
         a.first_seen = self.time(a.first_timestamp);
         a.last_seen = self.time(a.last_timestamp);
+        // `with_audit` left 1 when the severity is to be raised.
+        a.severity = a.severity.map(|r| base_severity(a.verdict, r == 1));
         match self.cfg.format {
             Format::Json => {
                 let mut v = serde_json::to_value(&a).unwrap_or(Value::Null);
@@ -1307,7 +1402,7 @@ fn ecs(a: &Alert, header: Option<&LogfileHeader>) -> Value {
         os["version"] = json!(h.os_version_string());
         os["kernel"] = json!(format!("{}", h.provider_version));
     }
-    json!({
+    let mut v = json!({
         "@timestamp": a.first_seen,
         "event": {
             "kind": "alert",
@@ -1319,7 +1414,7 @@ fn ecs(a: &Alert, header: Option<&LogfileHeader>) -> Value {
             "provider": "syscall-sentry",
             "start": a.first_seen,
             "end": a.last_seen,
-            "severity": if a.verdict == "direct" { 73 } else { 47 },
+            "severity": a.severity.unwrap_or(base_severity(a.verdict, false)),
         },
         "process": {
             "pid": a.pid,
@@ -1361,7 +1456,19 @@ fn ecs(a: &Alert, header: Option<&LogfileHeader>) -> Value {
             "last_timestamp": a.last_timestamp,
             "stack": a.stack,
         },
-    })
+    });
+    if a.api.is_some() {
+        // Elastic endpoint names the other process of an event `Target`.
+        v["Target"] = json!({"process": {
+            "pid": a.target_pid, "name": a.target, "thread": {"id": a.target_tid},
+        }});
+        let x = &mut v["syscall_sentry"];
+        x["api"] = json!(a.api);
+        x["access"] = json!(a.access);
+        x["access_mask"] = json!(a.access_mask);
+        x["return_code"] = json!(a.return_code);
+    }
+    v
 }
 
 /// Human-readable statistics (for stderr or the summary file).
