@@ -80,6 +80,13 @@ pub struct ReportConfig {
     pub immediate: bool,
     /// Frames of the stack kept as evidence in an alert.
     pub max_stack_frames: usize,
+    /// The input's name, written in every line (`file`; ECS
+    /// `log.file.path`) so that lines of several files stay apart.
+    pub file: Option<String>,
+    /// ECS `host.name` (`--host`; the machine's name in `live`).
+    pub host: Option<String>,
+    /// Rows of the summary table (0: all).
+    pub summary_rows: usize,
     /// Bytes of evidence kept for open rule-5 groups (0: 64 MiB). Past it
     /// the oldest is dropped; should a dropped group settle as an alert,
     /// `analyze` finds its evidence again in a second pass
@@ -289,6 +296,13 @@ pub struct Alert {
     pub last_seen: Option<String>,
     pub stack: Vec<String>,
     pub technique: &'static str,
+    /// Events may be missing somewhere in the input (not where this
+    /// alert's state came from: that would have made it `unresolved`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub trace_incomplete: bool,
+    /// The input file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
     /// Kernel-Audit-API-Calls alerts (of the group's first event): the API,
     /// the target process, `DesiredAccess` named and in hex, the
     /// `ReturnCode`.
@@ -316,8 +330,9 @@ pub struct Alert {
 }
 
 impl Alert {
-    /// Sets the audit fields from the evidence (the verdict is set later:
-    /// [`Alert::finish_audit`] adds the severity).
+    /// Sets the audit fields from the evidence. The severity depends on the
+    /// verdict, which settling may still change: this leaves 1 when it is
+    /// to be raised (0 when not), and `alert_value` computes it.
     fn with_audit(mut self, audit: Option<&(AuditFacts, Option<String>)>) -> Alert {
         if let Some((a, target)) = audit {
             self.service = Some(a.api.name().to_string());
@@ -328,20 +343,17 @@ impl Alert {
             self.access = a.access_names();
             self.access_mask = a.access.map(|m| format!("{:#x}", m.0));
             self.return_code = Some(a.return_code.to_string());
-            // Direct until the verdict is known (settled groups may become
-            // indirect): `alert_value` recomputes it from the verdict.
-            let sensitive = a.is_sensitive();
             let protected = target.as_deref().is_some_and(is_protected_process);
-            self.severity = Some(u32::from(sensitive && protected));
+            self.severity = Some(u32::from(a.is_sensitive() && protected));
         }
         self
     }
 }
 
-/// The ECS severity of an alert: 73 `direct`, 47 `indirect`; an
-/// Audit-API call that asks a protected system process
-/// ([`crate::PROTECTED_PROCESSES`]) for rights that read or take it over
-/// raises it to 99 and 90.
+/// The severity of an alert (ECS `event.severity`): 73 `direct`, 47
+/// `indirect`; raised to 99 and 90 when an Audit-API call asks a protected
+/// system process ([`crate::PROTECTED_PROCESSES`]) for rights that read or
+/// take it over ([`AuditFacts::is_sensitive`]).
 pub fn severity(verdict: Verdict, a: &AuditFacts, target: Option<&str>) -> u32 {
     let raised = a.is_sensitive() && target.is_some_and(is_protected_process);
     base_severity(verdict.as_str(), raised)
@@ -372,7 +384,7 @@ struct ProcSummary {
     /// Syscalls counted in no call site of the row (without a user frame,
     /// or past the site caps); the others are in their sites' totals.
     siteless: u64,
-    counts: [u64; 6],
+    counts: [u64; Verdict::ALL.len()],
     suppressed: u64,
     /// Call sites of this row in `Report::sites`.
     site_count: usize,
@@ -506,6 +518,8 @@ pub struct Report {
     line: Vec<u8>,
     io_error: Option<io::Error>,
     header: Option<LogfileHeader>,
+    /// Events may be missing somewhere in the input.
+    trace_incomplete: bool,
 }
 
 /// MITRE ATT&CK technique for both verdicts: T1106 Native API.
@@ -546,7 +560,14 @@ impl Report {
             line: Vec::with_capacity(512),
             io_error: None,
             header: None,
+            trace_incomplete: false,
         }
+    }
+
+    /// Events may be missing somewhere in the input: alerts say so
+    /// (`trace_incomplete`). [`Report::finish`] also takes it from the engine.
+    pub fn set_trace_incomplete(&mut self, yes: bool) {
+        self.trace_incomplete = yes;
     }
 
     /// The clock for UTC times (else raw timestamps only).
@@ -614,6 +635,12 @@ impl Report {
             if v.verdict.is_alert() {
                 o["severity"] = json!(severity(v.verdict, a, target));
             }
+        }
+        if let Some(f) = &self.cfg.file {
+            o["file"] = json!(f);
+        }
+        if self.cfg.format == Format::Ecs {
+            o = ecs_syscall(&o, &self.ecs_context(self.header.as_ref()));
         }
         if let Some((sv, sr, i)) = v.suppressed {
             o["suppressed"] = json!(true);
@@ -782,6 +809,8 @@ impl Report {
                 .map(|f| self.render(f, system_dlls))
                 .collect(),
             technique: "",
+            trace_incomplete: false,
+            file: None,
             api: None,
             target_pid: None,
             target_tid: None,
@@ -795,11 +824,20 @@ impl Report {
         .with_audit(e.audit.as_deref())
     }
 
+    fn ecs_context<'a>(&'a self, header: Option<&'a LogfileHeader>) -> EcsContext<'a> {
+        EcsContext {
+            header,
+            file: self.cfg.file.as_deref(),
+            host: self.cfg.host.as_deref(),
+        }
+    }
+
     fn alert_value(&self, a: &Alert, header: Option<&LogfileHeader>) -> Value {
         let mut a = a.clone();
         a.first_seen = self.time(a.first_timestamp);
         a.last_seen = self.time(a.last_timestamp);
-        // `with_audit` left 1 when the severity is to be raised.
+        a.trace_incomplete = self.trace_incomplete;
+        a.file.clone_from(&self.cfg.file);
         a.severity = a.severity.map(|r| base_severity(a.verdict, r == 1));
         match self.cfg.format {
             Format::Json => {
@@ -807,7 +845,7 @@ impl Report {
                 v["type"] = json!("alert");
                 v
             }
-            Format::Ecs => ecs(&a, header),
+            Format::Ecs => ecs(&a, &self.ecs_context(header)),
         }
     }
 
@@ -1207,18 +1245,27 @@ impl Report {
                 syscalls[row as usize] += n;
             }
         }
+        // Alerting processes first, then unresolved ones, then by volume.
         let alerts = |s: &ProcSummary| s.counts[1] + s.counts[2];
+        let unresolved = |s: &ProcSummary| s.counts[Verdict::Unresolved.index()];
         let mut order: Vec<usize> = (0..self.rows.len()).collect();
         order.sort_by(|&i, &j| {
             let (a, b) = (&self.rows[i], &self.rows[j]);
             alerts(b)
                 .cmp(&alerts(a))
+                .then(unresolved(b).cmp(&unresolved(a)))
                 .then(syscalls[j].cmp(&syscalls[i]))
                 .then(a.pid.cmp(&b.pid))
         });
+        // Every alerting process is listed, whatever the limit.
+        let alerting = order.iter().filter(|&&i| alerts(&self.rows[i]) > 0).count();
+        let shown = match self.cfg.summary_rows {
+            0 => order.len(),
+            n => n.max(alerting).min(order.len()),
+        };
         let mut t = String::new();
         t.push_str(&format!(
-            "{:>7} {:<24} {:>10} {:>10} {:>7} {:>8} {:>7} {:>8} {:>6} {:>6}  top call sites\n",
+            "{:>7} {:<24} {:>10} {:>10} {:>7} {:>8} {:>7} {:>8} {:>6} {:>6} {:>6}  top call sites\n",
             "pid",
             "process",
             "syscalls",
@@ -1228,9 +1275,10 @@ impl Report {
             "kernel",
             "no_stack",
             "trunc",
+            "unres",
             "suppr"
         ));
-        for i in order {
+        for &i in &order[..shown] {
             let (s, syscalls, sites) = (&self.rows[i], syscalls[i], &mut sites[i]);
             sites.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
             let top: Vec<String> = sites
@@ -1240,10 +1288,12 @@ impl Report {
                 .collect();
             let c = &s.counts;
             t.push_str(&format!(
-                "{:>7} {:<24} {:>10} {:>10} {:>7} {:>8} {:>7} {:>8} {:>6} {:>6}  {}\n",
+                "{:>7} {:<24} {:>10} {:>10} {:>7} {:>8} {:>7} {:>8} {:>6} {:>6} {:>6}  {}\n",
                 s.pid.map_or("-".to_string(), |p| p.to_string()),
                 if s.pid.is_none() {
                     "(no stack)"
+                } else if s.name.is_empty() {
+                    "(unknown)"
                 } else {
                     &s.name
                 },
@@ -1254,8 +1304,22 @@ impl Report {
                 c[Verdict::KernelOrigin.index()],
                 c[Verdict::NoStack.index()],
                 c[Verdict::Truncated.index()],
+                c[Verdict::Unresolved.index()],
                 s.suppressed,
                 top.join(", ")
+            ));
+        }
+        if shown < order.len() {
+            let rest = &order[shown..];
+            let n: u64 = rest.iter().map(|&i| syscalls[i]).sum();
+            t.push_str(&format!(
+                "  ... and {} more processes ({n} syscalls, no alerts{}); --summary-rows 0 lists all\n",
+                rest.len(),
+                if rest.iter().any(|&i| unresolved(&self.rows[i]) > 0) {
+                    ""
+                } else {
+                    ", none unresolved"
+                }
             ));
         }
         t
@@ -1272,6 +1336,7 @@ impl Report {
     /// End of input: writes the alerts, flushes.
     pub fn finish(&mut self, engine: &Engine) -> io::Result<()> {
         self.clock = engine.clock().copied().or(self.clock);
+        self.trace_incomplete |= engine.completeness().incomplete();
         self.settle(engine);
         self.write_alerts(engine.header());
         self.flush()
@@ -1390,25 +1455,166 @@ fn count_in_row(s: &mut ProcSummary, v: &SyscallVerdict<'_>) {
     }
 }
 
-/// The ECS document of an alert.
-fn ecs(a: &Alert, header: Option<&LogfileHeader>) -> Value {
-    let action = a.technique;
-    let rule = match a.reason {
-        Some(r) => format!("{}_syscall.{}", a.verdict, r),
-        None => format!("{}_syscall", a.verdict),
-    };
-    let mut os = json!({"family": "windows", "type": "windows", "platform": "windows"});
-    if let Some(h) = header {
-        os["version"] = json!(h.os_version_string());
-        os["kernel"] = json!(format!("{}", h.provider_version));
+/// The ECS version the documents follow (`ecs.version`, required in every
+/// event). Field names and types checked against ECS 9.4.0's published
+/// `generated/csv/fields.csv` (elastic/ecs, tag v9.4.0) by the CLI's
+/// `ecs_fields` test; fields of our own are under `syscall_sentry.`.
+pub const ECS_VERSION: &str = "9.4.0";
+
+/// What every ECS document of one input shares.
+struct EcsContext<'a> {
+    header: Option<&'a LogfileHeader>,
+    file: Option<&'a str>,
+    host: Option<&'a str>,
+}
+
+impl EcsContext<'_> {
+    fn host(&self) -> Value {
+        let mut os = json!({"family": "windows", "type": "windows", "platform": "windows"});
+        if let Some(h) = self.header {
+            os["version"] = json!(h.os_version_string());
+            os["kernel"] = json!(format!("{}", h.provider_version));
+        }
+        let mut host = json!({ "os": os });
+        if let Some(n) = self.host {
+            host["name"] = json!(n);
+        }
+        host
     }
+}
+
+/// A stable id from the parts that make a line unique (FNV-1a, 64 bits):
+/// the same input gives the same ids, so a re-shipped file deduplicates.
+fn event_id(parts: &[&str]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in p.bytes().chain([0xFF]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
+/// Drops what is unknown (null, empty strings, empty objects/arrays)
+/// instead of writing it as a value.
+fn prune(v: &mut Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => {
+            a.retain_mut(prune);
+            !a.is_empty()
+        }
+        Value::Object(o) => {
+            o.retain(|_, x| prune(x));
+            !o.is_empty()
+        }
+        _ => true,
+    }
+}
+
+fn rule_of(verdict: &str, reason: Option<&str>) -> (String, String) {
+    match reason {
+        Some(r) => (
+            format!("syscall-sentry.{verdict}.{r}"),
+            format!("{verdict}_syscall.{r}"),
+        ),
+        None => (
+            format!("syscall-sentry.{verdict}"),
+            format!("{verdict}_syscall"),
+        ),
+    }
+}
+
+fn threat() -> Value {
+    json!({
+        "framework": "MITRE ATT&CK",
+        "technique": {
+            "id": [TECHNIQUE_ID],
+            "name": [TECHNIQUE_NAME],
+            "reference": ["https://attack.mitre.org/techniques/T1106/"],
+        },
+        "tactic": {"id": ["TA0002"], "name": ["Execution"]},
+    })
+}
+
+/// ` NtOpenProcess of lsass.exe (pid 788) for PROCESS_VM_READ|…` for an
+/// audit alert's message (empty otherwise; `api` `None` leaves the API out).
+fn audit_what(
+    api: Option<&str>,
+    target: Option<&str>,
+    target_pid: Option<u32>,
+    access: Option<&str>,
+) -> String {
+    let mut s = String::new();
+    if let Some(a) = api {
+        s.push(' ');
+        s.push_str(a);
+    }
+    if let Some(p) = target_pid {
+        s.push_str(&match target {
+            Some(t) => format!(" of {t} (pid {p})"),
+            None => format!(" of pid {p}"),
+        });
+    }
+    if let Some(a) = access {
+        s.push_str(" for ");
+        s.push_str(a);
+    }
+    s
+}
+
+/// The ECS document of an alert.
+fn ecs(a: &Alert, cx: &EcsContext<'_>) -> Value {
+    let (rule_id, rule_name) = rule_of(a.verdict, a.reason);
+    let who = if a.process.is_empty() {
+        format!("pid {}", a.pid.map_or("?".into(), |p| p.to_string()))
+    } else {
+        format!(
+            "{} (pid {})",
+            a.process,
+            a.pid.map_or("?".into(), |p| p.to_string())
+        )
+    };
+    let message = format!(
+        "{} syscall{}{} by {who} from {}, {} time{}",
+        if a.verdict == "direct" {
+            "Direct"
+        } else {
+            "Indirect"
+        },
+        a.reason.map(|r| format!(" ({r})")).unwrap_or_default(),
+        audit_what(
+            a.api,
+            a.target.as_deref(),
+            a.target_pid,
+            a.access.as_deref()
+        ),
+        a.call_site,
+        a.count,
+        if a.count == 1 { "" } else { "s" }
+    );
+    let pid = a.pid.map_or(String::new(), |p| p.to_string());
+    let first = a.first_timestamp.to_string();
+    let id = event_id(&[
+        cx.file.unwrap_or(""),
+        &pid,
+        &a.call_site,
+        a.verdict,
+        a.reason.unwrap_or(""),
+        &first,
+    ]);
     let mut v = json!({
         "@timestamp": a.first_seen,
+        "message": message,
+        "ecs": {"version": ECS_VERSION},
         "event": {
             "kind": "alert",
+            "id": id,
             "category": ["process"],
             "type": ["info"],
-            "action": action,
+            "action": a.technique,
             "module": "syscall_sentry",
             "dataset": "syscall_sentry.alert",
             "provider": "syscall-sentry",
@@ -1425,20 +1631,14 @@ fn ecs(a: &Alert, header: Option<&LogfileHeader>) -> Value {
         },
         "user": {"id": a.user_sid},
         "rule": {
-            "name": rule,
+            "id": rule_id,
+            "name": rule_name,
             "category": "syscall provenance",
             "ruleset": "syscall-sentry verdicts",
         },
-        "threat": {
-            "framework": "MITRE ATT&CK",
-            "technique": {
-                "id": [TECHNIQUE_ID],
-                "name": [TECHNIQUE_NAME],
-                "reference": ["https://attack.mitre.org/techniques/T1106/"],
-            },
-            "tactic": {"id": ["TA0002"], "name": ["Execution"]},
-        },
-        "host": {"os": os},
+        "threat": threat(),
+        "host": cx.host(),
+        "log": {"file": {"path": cx.file}},
         "syscall_sentry": {
             "verdict": a.verdict,
             "reason": a.reason,
@@ -1455,19 +1655,119 @@ fn ecs(a: &Alert, header: Option<&LogfileHeader>) -> Value {
             "first_timestamp": a.first_timestamp,
             "last_timestamp": a.last_timestamp,
             "stack": a.stack,
+            "trace_incomplete": a.trace_incomplete,
         },
     });
     if a.api.is_some() {
-        // Elastic endpoint names the other process of an event `Target`.
-        v["Target"] = json!({"process": {
+        // The other process of the call, laid out as Elastic Endpoint's
+        // `Target.process`, under our namespace (ECS has no such field).
+        let x = &mut v["syscall_sentry"];
+        x["target"] = json!({"process": {
             "pid": a.target_pid, "name": a.target, "thread": {"id": a.target_tid},
         }});
-        let x = &mut v["syscall_sentry"];
         x["api"] = json!(a.api);
         x["access"] = json!(a.access);
         x["access_mask"] = json!(a.access_mask);
         x["return_code"] = json!(a.return_code);
     }
+    prune(&mut v);
+    v
+}
+
+/// The ECS document of one syscall (`--per-syscall --format ecs`), from
+/// its own-layout line: an `alert` for direct/indirect, else an `event`.
+fn ecs_syscall(o: &Value, cx: &EcsContext<'_>) -> Value {
+    let verdict = o["verdict"].as_str().unwrap_or("");
+    let reason = o["reason"].as_str();
+    let alert = verdict == "direct" || verdict == "indirect";
+    let (rule_id, rule_name) = rule_of(verdict, reason);
+    let process = o["process"].as_str().unwrap_or("");
+    let message = format!(
+        "Syscall {} by {}{}: {verdict}{}",
+        o["service"]
+            .as_str()
+            .unwrap_or_else(|| o["service_address"].as_str().unwrap_or("")),
+        if process.is_empty() { "pid " } else { process },
+        o["pid"]
+            .as_u64()
+            .map(|p| if process.is_empty() {
+                p.to_string()
+            } else {
+                format!(" (pid {p})")
+            })
+            .unwrap_or_else(|| "an unknown process".into()),
+        reason.map(|r| format!(" ({r})")).unwrap_or_default(),
+    );
+    // An audit event: its target and the access asked for.
+    let mut message = message;
+    if let Some(p) = o["target_pid"].as_u64() {
+        match o["target"].as_str() {
+            Some(t) => message.push_str(&format!("; target {t} (pid {p})")),
+            None => message.push_str(&format!("; target pid {p}")),
+        }
+    }
+    if let Some(a) = o["access"].as_str() {
+        message.push_str(&format!(", access {a}"));
+    }
+    let ts = o["timestamp"].as_u64().unwrap_or(0).to_string();
+    let mut v = json!({
+        "@timestamp": o["time"],
+        "message": message,
+        "ecs": {"version": ECS_VERSION},
+        "event": {
+            "kind": if alert { "alert" } else { "event" },
+            "id": event_id(&[cx.file.unwrap_or(""), &ts]),
+            "category": ["process"],
+            "type": ["info"],
+            "action": if alert { technique(Verdict::parse(verdict).unwrap_or(Verdict::Normal), reason.and_then(Reason::parse)) } else { "syscall" },
+            "module": "syscall_sentry",
+            "dataset": "syscall_sentry.syscall",
+            "provider": "syscall-sentry",
+        },
+        "process": {
+            "pid": o["pid"],
+            "name": process,
+            "thread": {"id": o["tid"]},
+        },
+        "host": cx.host(),
+        "log": {"file": {"path": cx.file}},
+        "syscall_sentry": {
+            "verdict": verdict,
+            "reason": reason,
+            "timestamp": o["timestamp"],
+            "processor": o["processor"],
+            "call_site": o["call_site"],
+            "caller": o["caller"],
+            "service_address": o["service_address"],
+            "service": o["service"],
+            "suppressed": o.get("suppressed"),
+            "suppressed_verdict": o.get("suppressed_verdict"),
+            "suppressed_reason": o.get("suppressed_reason"),
+            "allow_entry": o.get("allow_entry"),
+        },
+    });
+    if o["source"] == "audit" {
+        let x = &mut v["syscall_sentry"];
+        x["target"] = json!({"process": {
+            "pid": o["target_pid"], "name": o["target"], "thread": {"id": o["target_tid"]},
+        }});
+        for k in ["source", "api", "access", "access_mask", "return_code"] {
+            x[k] = o[k].clone();
+        }
+        if alert {
+            v["event"]["severity"] = o["severity"].clone();
+        }
+    }
+    if alert {
+        v["rule"] = json!({
+            "id": rule_id,
+            "name": rule_name,
+            "category": "syscall provenance",
+            "ruleset": "syscall-sentry verdicts",
+        });
+        v["threat"] = threat();
+    }
+    prune(&mut v);
     v
 }
 
@@ -1490,15 +1790,22 @@ pub fn stats_text(s: &EngineStats, wall_seconds: f64, alerts: usize) -> String {
         ));
     }
     t.push_str(&format!(
-        "events lost (logfile header): {}, buffers lost: {}\n",
+        "events the session could not log (logfile header EventsLost): {}, buffers it could not write (BuffersLost): {}\n",
         s.events_lost.map_or("unknown".into(), |v| v.to_string()),
         s.buffers_lost.map_or("unknown".into(), |v| v.to_string())
     ));
     let v = &s.verdicts;
     t.push_str(&format!(
-        "syscalls: {}, normal {}, direct {}, indirect {}, kernel_origin {}, no_stack {}, truncated {}, suppressed {}; alerts (deduplicated): {}\n",
-        s.syscalls, v.normal, v.direct, v.indirect, v.kernel_origin, v.no_stack, v.truncated, s.suppressed, alerts
+        "syscalls: {}, normal {}, direct {}, indirect {}, kernel_origin {}, no_stack {}, truncated {}, unresolved {}, suppressed {}; alerts (deduplicated): {}\n",
+        s.syscalls, v.normal, v.direct, v.indirect, v.kernel_origin, v.no_stack, v.truncated, v.unresolved, s.suppressed, alerts
     ));
+    if v.unresolved > 0 {
+        let u = &s.unresolved;
+        t.push_str(&format!(
+            "unresolved: process_unknown {}, modules_incomplete {}, events_lost {}\n",
+            u.process_unknown, u.modules_incomplete, u.events_lost
+        ));
+    }
     let c = &s.correlator;
     t.push_str(&format!(
         "correlator: matched {}, syscall without stack {}, stack without syscall {}, expired {}, fragments stitched {}, evicted {}, peak pending {}, keys resolved {}, keys unresolved {}\n",
