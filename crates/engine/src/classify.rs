@@ -6,6 +6,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+mod call;
+
+pub(crate) use call::SiteTallies;
+
 use crate::fxhash::FxBuildHasher;
 use crate::state::{Module, ModuleKind, ModuleMap, ProcessInfo};
 use crate::sysdlls::SystemDlls;

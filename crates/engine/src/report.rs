@@ -20,8 +20,8 @@ use crate::source::audit::{is_protected_process, AuditFacts};
 use crate::state::ProcessInfo;
 use crate::sysdlls::SystemDlls;
 use crate::{
-    describe_in, push_hex, Engine, EngineStats, Resolver, ServiceCheck, ServiceTable,
-    SyscallVerdict, VerdictSink,
+    resolve::{describe_in, push_hex},
+    Engine, EngineStats, Resolver, ServiceCheck, ServiceTable, SyscallVerdict, VerdictSink,
 };
 
 mod sites;

@@ -10,3 +10,18 @@
 //!   for, encoded as an [`audit::identity`] that no kernel address equals.
 
 pub(crate) mod audit;
+mod held;
+mod paired;
+
+pub(crate) use held::Held;
+
+/// What [`Engine::emit_syscall`] needs of a paired syscall besides its stack.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StackedCall {
+    pub(crate) ts: u64,
+    pub(crate) parent_processor: u16,
+    pub(crate) address: u64,
+    pub(crate) has_stack: bool,
+    pub(crate) pid: u32,
+    pub(crate) tid: u32,
+}

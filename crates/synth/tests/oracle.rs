@@ -260,7 +260,7 @@ fn dissect_reads_audit_events() {
             assert!(frames[0].as_u64().unwrap() >= kstart);
             assert!(frames.iter().any(|f| f.as_u64().unwrap() < kstart));
             let data = e["user_data"].as_str().unwrap();
-            let first = u32::from_str_radix(&data.get(..8).unwrap_or("00000000"), 16)
+            let first = u32::from_str_radix(data.get(..8).unwrap_or("00000000"), 16)
                 .unwrap()
                 .swap_bytes();
             match row["api"].as_str().unwrap() {

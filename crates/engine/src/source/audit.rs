@@ -16,6 +16,12 @@
 //! return sites' learned `SysCallAddress`es and audit ids never mix.
 
 use sentry_kernel_audit_api::{AccessMask, AuditApi, AuditEvent, ReturnCode};
+use sentry_raw::RawEvent;
+
+use crate::correlate::Finish;
+use crate::source::StackedCall;
+use crate::verdict::VerdictSink;
+use crate::Engine;
 
 /// Identities below this are audit event ids, not routine addresses.
 const IDENTITY_LIMIT: u64 = 0x1_0000;
@@ -109,6 +115,45 @@ pub fn is_protected_process(image: &str) -> bool {
     PROTECTED_PROCESSES
         .iter()
         .any(|p| p.eq_ignore_ascii_case(image))
+}
+
+impl Engine {
+    /// A manifest event: a Kernel-Audit-API-Calls event is a complete call
+    /// with its own stack (`source::audit`); others are not used.
+    #[inline(never)]
+    pub(crate) fn on_manifest_event(&mut self, ev: &RawEvent<'_>, sink: &mut dyn VerdictSink) {
+        let a = match sentry_kernel_audit_api::decode(ev) {
+            Ok(Some(a)) => a,
+            Ok(None) => return,
+            Err(e) => return self.decode_error(e.offset, e.to_string()),
+        };
+        self.stats.audit_events += 1;
+        if a.api.system_calls().is_empty() {
+            self.stats.audit_not_syscall += 1;
+            return;
+        }
+        self.stats.syscalls += 1;
+        let stack = sentry_kernel_audit_api::CallStack::of(ev);
+        let mut frames = std::mem::take(&mut self.stack_buf);
+        frames.clear();
+        if let Some(s) = &stack {
+            s.collect_into(&mut frames);
+            if s.match_id != 0 {
+                self.stats.audit_split_stacks += 1;
+            }
+        }
+        let pair = StackedCall {
+            ts: ev.timestamp,
+            parent_processor: ev.processor,
+            address: identity(a.api),
+            has_stack: stack.is_some_and(|s| !s.is_empty()),
+            pid: ev.pid.unwrap_or(u32::MAX),
+            tid: ev.tid.unwrap_or(u32::MAX),
+        };
+        let facts = AuditFacts::of(&a);
+        self.emit_call(pair, &frames, Finish::Complete, sink, Some(facts));
+        self.stack_buf = frames;
+    }
 }
 
 #[cfg(test)]
