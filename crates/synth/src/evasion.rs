@@ -382,6 +382,8 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
                 module: None,
                 alt,
                 flags,
+                access: None,
+                target: None,
             },
         ))
     }

@@ -8,14 +8,15 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use sentry_synth::{Options, Scenario};
+use sentry_synth::{Options, Scenario, Source};
 
 #[derive(clap::Args)]
 pub struct Args {
     /// benign, direct-image, direct-unbacked, indirect-jumper,
-    /// indirect-randomized, heavens-gate, degraded, mixed, or the call-stack
-    /// evasion ones: cloned-ntdll, rop-frames, stack-truncation,
-    /// wow64-bypass, evasion-lookalikes.
+    /// indirect-randomized, heavens-gate, degraded, mixed; call-stack
+    /// evasion: cloned-ntdll, rop-frames, stack-truncation, wow64-bypass,
+    /// evasion-lookalikes; Audit-API: audit-benign, audit-lsass-direct,
+    /// audit-indirect, audit-set-context, audit-mixed.
     #[arg(long, default_value = "mixed")]
     pub scenario: String,
     /// Seed of the generator: the same seed and options write the same bytes.
@@ -40,6 +41,13 @@ pub struct Args {
     /// throughout, however long the trace (for memory measurements).
     #[arg(long)]
     pub fixed_population: bool,
+    /// Which events carry the syscalls: `syscalls` (SysCallEnter +
+    /// StackWalk, every syscall) or `audit` (Kernel-Audit-API-Calls events
+    /// with their stack, the audited syscalls only). Default: `audit` for
+    /// the audit-* scenarios, else `syscalls`. One seed is one workload in
+    /// both.
+    #[arg(long)]
+    pub source: Option<String>,
     /// Do not write X.truth.json (for throughput runs).
     #[arg(long)]
     pub no_truth: bool,
@@ -102,6 +110,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         let names: Vec<&str> = Scenario::ALL
             .iter()
             .chain(&Scenario::EVASION)
+            .chain(Scenario::AUDIT.iter())
             .map(|s| s.name())
             .collect();
         format!(
@@ -119,6 +128,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     if !(1..=64).contains(&a.processors) {
         anyhow::bail!("--processors {}: must be 1 to 64", a.processors);
     }
+    let source = match a.source.as_deref() {
+        None => scenario.default_source(),
+        Some(s) => Source::from_name(s)
+            .with_context(|| format!("--source {s}: expected syscalls or audit"))?,
+    };
     let opts = Options {
         scenario,
         seed: a.seed,
@@ -128,6 +142,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         compress: a.compress,
         stack_cache: a.stack_cache,
         process_churn: !a.fixed_population,
+        source,
     };
     let started = Instant::now();
     let tp = truth_path(&a.output);
