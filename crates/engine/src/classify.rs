@@ -535,32 +535,30 @@ fn first_not_call_preceded(
             continue;
         };
         let skip = std::mem::take(&mut skip_next);
-        let img = m.image.and_then(|i| images.image(i).ok());
         let rva = u32::try_from(a - m.base).unwrap_or(u32::MAX);
+        let facts = m.image.and_then(|i| images.frame(i, rva));
         if matches!(m.kind, ModuleKind::Ntdll | ModuleKind::NtdllWow64) {
-            skip_next = match &img {
-                Some(img) => img
-                    .export_near(rva)
-                    .is_some_and(|(n, _)| n.starts_with("KiUserExceptionDispatcher")),
-                None => true,
-            };
+            skip_next = facts.is_none_or(|f| f.exception_dispatcher);
         }
-        let Some(img) = img else {
+        let Some(facts) = facts else {
             bytes.not_done = bytes.not_done.saturating_add(1);
             continue;
         };
-        if skip || m.name.eq_ignore_ascii_case("wow64cpu.dll") {
+        if skip || m.kind == ModuleKind::Wow64Layer && m.name.eq_ignore_ascii_case("wow64cpu.dll") {
             bytes.not_done = bytes.not_done.saturating_add(1);
             continue;
         }
-        match img.preceded(rva) {
+        match facts.preceded {
             Preceded::NotDone(_) => bytes.not_done = bytes.not_done.saturating_add(1),
             Preceded::Nothing => {
                 bytes.checked = bytes.checked.saturating_add(1);
                 let check = FrameCheck {
                     index: j,
                     preceded: Preceded::Nothing,
-                    gadget: img.gadget(rva),
+                    gadget: m
+                        .image
+                        .and_then(|i| images.image(i).ok())
+                        .and_then(|img| img.gadget(rva)),
                 };
                 return (Some(check), bytes);
             }

@@ -19,8 +19,9 @@
 pub mod x86;
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use object::pe::{ImageNtHeaders32, ImageNtHeaders64};
 use object::read::pe::{ImageNtHeaders, PeFile};
@@ -90,6 +91,44 @@ pub struct Images {
     by_pe: HashMap<(u32, u32), Vec<usize>>,
     /// Files skipped while indexing, with why (not PE, unreadable, too big).
     pub skipped: Vec<(PathBuf, String)>,
+    /// Answers of [`Images::frame`] by (file, RVA): stacks repeat, so most
+    /// frames are looked up, not decoded again. Cleared when full.
+    memo: Mutex<HashMap<(u32, u32), FrameFacts, BuildHasherDefault<MulHasher>>>,
+}
+
+/// A multiply-rotate hasher for the memo's integer keys, as the engine's
+/// own tables use (SipHash cost 4% of an `--images` analysis). The memo is
+/// bounded ([`MEMO_MAX`]) and a hostile trace's keys are RVAs inside files
+/// the user supplied.
+#[derive(Default)]
+pub struct MulHasher(u64);
+
+impl Hasher for MulHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(u64::from(v));
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7cc1_b727_220a_95);
+    }
+}
+
+/// Entries [`Images::frame`] keeps at most (about 16 MB).
+const MEMO_MAX: usize = 1 << 20;
+
+/// What one return address's bytes say ([`Images::frame`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameFacts {
+    pub preceded: Preceded,
+    /// The nearest export at or below is `KiUserExceptionDispatcher`.
+    pub exception_dispatcher: bool,
 }
 
 impl Images {
@@ -192,6 +231,32 @@ impl Images {
         self.image(i).ok()?;
         let img = f.loaded.get()?.as_ref().ok()?;
         Some(img.sha256_hex_cached())
+    }
+
+    /// [`Image::preceded`] for RVA `rva` of file `i`, and whether it lies
+    /// in `KiUserExceptionDispatcher` (by exports), memoised. `None` if the
+    /// file cannot be read.
+    pub fn frame(&self, i: usize, rva: u32) -> Option<FrameFacts> {
+        let key = (u32::try_from(i).ok()?, rva);
+        if let Ok(m) = self.memo.lock() {
+            if let Some(&f) = m.get(&key) {
+                return Some(f);
+            }
+        }
+        let img = self.image(i).ok()?;
+        let f = FrameFacts {
+            preceded: img.preceded(rva),
+            exception_dispatcher: img
+                .export_near(rva)
+                .is_some_and(|(n, _)| &**n == "KiUserExceptionDispatcher"),
+        };
+        if let Ok(mut m) = self.memo.lock() {
+            if m.len() >= MEMO_MAX {
+                m.clear();
+            }
+            m.insert(key, f);
+        }
+        Some(f)
     }
 
     /// The parsed file `i` (read on first use).

@@ -91,7 +91,8 @@ fn system_module(m: &Module) -> bool {
 pub struct ModuleInfo {
     path: Arc<str>,
     system: bool,
-    sha256: Option<Arc<str>>,
+    /// Its `--images` file (hashed only if written as a final user module).
+    image: Option<Arc<sentry_images::Image>>,
 }
 
 impl ModuleInfo {
@@ -99,10 +100,7 @@ impl ModuleInfo {
         ModuleInfo {
             path: Arc::clone(&m.path),
             system: system_module(m),
-            sha256: images
-                .zip(m.image)
-                .and_then(|(i, ix)| i.sha256_hex(ix))
-                .map(Arc::from),
+            image: images.zip(m.image).and_then(|(i, ix)| i.image(ix).ok()),
         }
     }
 }
@@ -168,7 +166,7 @@ pub fn facts(
             final_user = Some(FinalUserModule {
                 name: name.clone(),
                 path: inf.map(|i| i.path.to_string()),
-                sha256: inf.and_then(|i| i.sha256.as_ref().map(|h| h.to_string())),
+                sha256: inf.and_then(|i| i.image.as_ref().map(|img| img.sha256_hex())),
             });
         }
         let key = if inf.is_some() { f.module } else { u32::MAX };
