@@ -10,6 +10,7 @@ use sentry_raw::RawEvent;
 
 use crate::error::{LiveError, ERROR_WMI_INSTANCE_NOT_FOUND};
 use crate::properties::SessionCounters;
+use crate::reorder::{Reorder, ReorderConfig, DEFAULT_MAX_BYTES};
 use crate::ring::{ring, RingConsumer, RingProducer};
 use crate::status::{LiveTotals, StatusLine, StatusTracker};
 use crate::supervisor::{Action, Observation, SessionAlert, StopReason, Supervisor};
@@ -60,6 +61,11 @@ pub struct DriveConfig {
     pub stop_grace: Duration,
     /// Sleep when the ring is empty.
     pub idle_sleep: Duration,
+    /// The reordering stage between the ring and the sink.
+    pub reorder: ReorderConfig,
+    /// No event for this long: every buffer has been flushed, release all
+    /// the stage holds (the lag, in wall-clock time).
+    pub idle_release: Duration,
 }
 
 impl Default for DriveConfig {
@@ -70,6 +76,14 @@ impl Default for DriveConfig {
             ring_bytes: crate::ring::DEFAULT_RING_BYTES,
             stop_grace: Duration::from_secs(10),
             idle_sleep: Duration::from_millis(2),
+            // No lag: events go on as they arrive (the tests' fake session
+            // delivers in time order); `live` sets the real one.
+            reorder: ReorderConfig {
+                max_lag_ticks: 0,
+                max_bytes: DEFAULT_MAX_BYTES,
+                processors: 0,
+            },
+            idle_release: Duration::from_millis(crate::reorder::DEFAULT_LAG_MS),
         }
     }
 }
@@ -85,11 +99,14 @@ fn totals(
     base: &LiveTotals,
     last: &SessionCounters,
     consumer: &RingConsumer,
-    events: u64,
+    stage: &Reorder,
     sup: &Supervisor,
 ) -> LiveTotals {
     let mut t = LiveTotals::with_session(base, last).with_ring(&consumer.stats());
-    t.events = events;
+    let r = stage.stats();
+    t.events = r.released;
+    t.reorder_late = r.late;
+    t.reorder_overflow = r.overflow;
     t.external_stops = sup.external_stops();
     t.restarts = sup.restarts();
     t
@@ -114,7 +131,8 @@ pub fn drive<P: Platform>(
     let mut next_status = started + cfg.status_every;
     let mut base = LiveTotals::default();
     let mut last = SessionCounters::default();
-    let mut events = 0u64;
+    let mut stage = Reorder::new(cfg.reorder);
+    let mut last_event = Instant::now();
     let mut stopping_since: Option<Instant> = None;
     let mut unblocked = false;
     let mut outcome_reason = None;
@@ -123,14 +141,28 @@ pub fn drive<P: Platform>(
     let mut pending_restart: Option<(u32, Instant)> = None;
 
     loop {
-        // Drain a bounded batch so control checks stay timely.
+        // Drain a bounded batch so control checks stay timely; release
+        // what the reordering stage can every 256 records.
         let mut n = 0u64;
-        while n < 65_536 {
-            let Some(ev) = consumer.pop() else { break };
-            sink.event(&ev);
-            n += 1;
+        {
+            let mut emit = |ev: &RawEvent<'_>| sink.event(ev);
+            while n < 65_536 {
+                let Some(rec) = consumer.pop_record() else {
+                    break;
+                };
+                stage.push(rec, &mut emit);
+                n += 1;
+                if n % 256 == 0 {
+                    stage.release(&mut emit);
+                }
+            }
+            stage.release(&mut emit);
+            if n > 0 {
+                last_event = Instant::now();
+            } else if stage.held() > 0 && last_event.elapsed() >= cfg.idle_release {
+                stage.release_all(&mut emit);
+            }
         }
-        events += n;
         if n == 0 {
             sink.idle();
             std::thread::sleep(cfg.idle_sleep);
@@ -164,7 +196,7 @@ pub fn drive<P: Platform>(
                     now_s,
                 )),
             }
-            let t = totals(&base, &last, &consumer, events, &sup);
+            let t = totals(&base, &last, &consumer, &stage, &sup);
             sink.status(&tracker.sample(started.elapsed().as_secs_f64(), t));
         }
 
@@ -244,12 +276,15 @@ pub fn drive<P: Platform>(
             }
         }
     }
-    // The consumer has ended: drain what is left.
-    while let Some(ev) = consumer.pop() {
-        sink.event(&ev);
-        events += 1;
+    // The consumer has ended: drain what is left, then everything held.
+    {
+        let mut emit = |ev: &RawEvent<'_>| sink.event(ev);
+        while let Some(rec) = consumer.pop_record() {
+            stage.push(rec, &mut emit);
+        }
+        stage.release_all(&mut emit);
     }
-    let t = totals(&base, &last, &consumer, events, &sup);
+    let t = totals(&base, &last, &consumer, &stage, &sup);
     match outcome_reason {
         Some(r) => Ok(LiveOutcome {
             totals: t,
@@ -284,6 +319,9 @@ mod tests {
         stops: u32,
         forgotten: u32,
         next_ts: u64,
+        /// Deliver blocks of 1000 events as 4 processors' buffers, highest
+        /// processor first, instead of in time order.
+        per_processor: bool,
     }
 
     impl Fake {
@@ -297,6 +335,7 @@ mod tests {
                 stops: 0,
                 forgotten: 0,
                 next_ts: 1,
+                per_processor: false,
             }
         }
     }
@@ -345,13 +384,30 @@ mod tests {
             let first = self.next_ts;
             self.next_ts += n;
             let running = Arc::clone(&self.running);
+            let per_processor = self.per_processor;
             Ok(std::thread::spawn(move || {
-                for ts in first..first + n {
+                let mut order: Vec<(u16, u64)> = (first..first + n).map(|ts| (0, ts)).collect();
+                if per_processor {
+                    order.clear();
+                    let all: Vec<u64> = (first..first + n).collect();
+                    for block in all.chunks(1000) {
+                        for cpu in (0..4u16).rev() {
+                            order.extend(
+                                block
+                                    .iter()
+                                    .filter(|&&ts| ts % 4 == u64::from(cpu))
+                                    .map(|&ts| (cpu, ts)),
+                            );
+                        }
+                    }
+                }
+                for (cpu, ts) in order {
                     let payload = ts.to_le_bytes();
                     let v = RecordView {
                         provider: guids::PERF_INFO,
                         opcode: 51,
                         timestamp: ts,
+                        processor: cpu,
                         payload: &payload,
                         ..Default::default()
                     };
@@ -411,6 +467,7 @@ mod tests {
             ring_bytes: 1 << 16,
             stop_grace: Duration::from_secs(5),
             idle_sleep: Duration::from_millis(1),
+            ..DriveConfig::default()
         }
     }
 
@@ -429,6 +486,33 @@ mod tests {
         assert_eq!((fake.starts, fake.stops, fake.forgotten), (1, 1, 0));
         assert!(sink.alerts.is_empty());
         assert!(sink.statuses >= 1);
+    }
+
+    #[test]
+    fn per_processor_delivery_reaches_the_sink_in_time_order() {
+        let run = |lag: u64| {
+            let mut fake = Fake::new(vec![(20_000, false)]);
+            fake.per_processor = true;
+            let mut sink = Collect::default();
+            let mut c = cfg(300);
+            c.reorder = ReorderConfig {
+                max_lag_ticks: lag,
+                max_bytes: 1 << 20,
+                processors: 4,
+            };
+            let out = drive(&mut fake, &c, &mut sink).unwrap();
+            assert_eq!(out.totals.events, 20_000);
+            sink.timestamps
+        };
+        let sorted: Vec<u64> = (1..=20_000).collect();
+        // A lag longer than a block of buffers: time order.
+        assert_eq!(run(2048), sorted);
+        // Without a lag the sink sees the delivery order.
+        let raw = run(0);
+        assert_ne!(raw, sorted);
+        let mut s = raw.clone();
+        s.sort_unstable();
+        assert_eq!(s, sorted, "nothing lost either way");
     }
 
     #[test]
