@@ -33,7 +33,8 @@ pub trait Platform {
     fn session_name(&self) -> String;
     /// Starts the session (again, after an external stop).
     fn start(&mut self) -> Result<(), LiveError>;
-    /// Stops our session; returns its final counters.
+    /// Stops our session; returns its final counters. After an error the
+    /// session still counts as running (the loop tries again).
     fn stop(&mut self) -> Result<SessionCounters, LiveError>;
     /// Queries our session; `Err` is the Win32 code.
     fn query(&mut self) -> Result<SessionCounters, u32>;
@@ -42,13 +43,20 @@ pub trait Platform {
     fn forget(&mut self);
     fn spawn_consumer(&mut self, producer: RingProducer) -> Result<Self::Consumer, LiveError>;
     fn consumer_finished(&self, c: &Self::Consumer) -> bool;
-    /// Joins a finished consumer and takes the producer back.
-    fn join_consumer(&mut self, c: Self::Consumer) -> Result<RingProducer, LiveError>;
+    /// Joins a finished consumer: the producer back, and `ProcessTrace`'s
+    /// status.
+    fn join_consumer(&mut self, c: Self::Consumer) -> Result<(RingProducer, u32), LiveError>;
     /// Makes a consumer that does not return on its own return.
     fn unblock_consumer(&mut self, c: &Self::Consumer);
     /// Ctrl-C, console close.
     fn stop_request(&self) -> Option<StopReason>;
 }
+
+/// Attempts at `ControlTraceW(STOP)` before giving up (the session guard
+/// tries once more when it is dropped).
+pub const STOP_ATTEMPTS: u32 = 5;
+/// Time between STOP attempts.
+pub const STOP_RETRY_EVERY: Duration = Duration::from_millis(200);
 
 /// Loop settings.
 #[derive(Debug, Clone, Copy)]
@@ -139,6 +147,23 @@ pub fn drive<P: Platform>(
     // The producer, back from an ended consumer, and a restart waiting for it.
     let mut spare: Option<RingProducer> = None;
     let mut pending_restart: Option<(u32, Instant)> = None;
+    // A STOP that failed: attempts so far, next attempt, last error.
+    let mut stop_retry: Option<(u32, Instant, LiveError)> = None;
+    let mut failure: Option<LiveError> = None;
+    let try_stop = |platform: &mut P,
+                    last: &mut SessionCounters,
+                    retry: &mut Option<(u32, Instant, LiveError)>| {
+        match platform.stop() {
+            Ok(c) => {
+                *last = c;
+                *retry = None;
+            }
+            Err(e) => {
+                let n = retry.as_ref().map_or(0, |r| r.0) + 1;
+                *retry = Some((n, Instant::now() + STOP_RETRY_EVERY, e));
+            }
+        }
+    };
 
     loop {
         // Drain a bounded batch so control checks stay timely; release
@@ -181,8 +206,19 @@ pub fn drive<P: Platform>(
             .is_some_and(|t| platform.consumer_finished(t))
         {
             if let Some(t) = thread.take() {
-                spare = Some(platform.join_consumer(t)?);
-                actions.push(sup.on(Observation::ConsumerEnded, now_s));
+                let (producer, status) = platform.join_consumer(t)?;
+                spare = Some(producer);
+                let session_running = match platform.query() {
+                    Ok(_) => true,
+                    Err(code) => code != ERROR_WMI_INSTANCE_NOT_FOUND,
+                };
+                actions.push(sup.on(
+                    Observation::ConsumerEnded {
+                        status,
+                        session_running,
+                    },
+                    now_s,
+                ));
             }
         }
         if Instant::now() >= next_status {
@@ -207,10 +243,17 @@ pub fn drive<P: Platform>(
                 Action::StopSession(_) => {
                     // A stop wins over a restart still waiting.
                     pending_restart = None;
-                    if let Ok(c) = platform.stop() {
-                        last = c;
-                    }
+                    try_stop(platform, &mut last, &mut stop_retry);
                     stopping_since = Some(Instant::now());
+                }
+                Action::Fail { status } => {
+                    // Never leave the session running unread.
+                    try_stop(platform, &mut last, &mut stop_retry);
+                    failure = Some(LiveError::ConsumerFailed {
+                        session: name.clone(),
+                        code: status,
+                    });
+                    finished = true;
                 }
                 // Restart once the old consumer has ended and given the
                 // producer back (at once if it ended; later if a query
@@ -261,6 +304,12 @@ pub fn drive<P: Platform>(
                 unblocked = true;
             }
         }
+        // Retry a failed STOP a few times, spaced out.
+        if let Some((n, at, _)) = &stop_retry {
+            if *n < STOP_ATTEMPTS && Instant::now() >= *at {
+                try_stop(platform, &mut last, &mut stop_retry);
+            }
+        }
         if finished {
             break;
         }
@@ -283,6 +332,20 @@ pub fn drive<P: Platform>(
             stage.push(rec, &mut emit);
         }
         stage.release_all(&mut emit);
+    }
+    // A failed consumer ended the loop at once: finish the STOP retries.
+    while let Some((n, at, _)) = &stop_retry {
+        if *n >= STOP_ATTEMPTS {
+            break;
+        }
+        std::thread::sleep(at.saturating_duration_since(Instant::now()));
+        try_stop(platform, &mut last, &mut stop_retry);
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    if let Some((_, _, e)) = stop_retry {
+        return Err(e);
     }
     let t = totals(&base, &last, &consumer, &stage, &sup);
     match outcome_reason {
@@ -319,6 +382,11 @@ mod tests {
         stops: u32,
         forgotten: u32,
         next_ts: u64,
+        /// STOPs that fail (ERROR_BUSY) before one succeeds.
+        fail_stops: u32,
+        /// A generation whose `ProcessTrace` returns this status by itself
+        /// after its events, the session still running.
+        fail_generation: Option<(usize, u32)>,
         /// Deliver blocks of 1000 events as 4 processors' buffers, highest
         /// processor first, instead of in time order.
         per_processor: bool,
@@ -335,13 +403,15 @@ mod tests {
                 stops: 0,
                 forgotten: 0,
                 next_ts: 1,
+                fail_stops: 0,
+                fail_generation: None,
                 per_processor: false,
             }
         }
     }
 
     impl Platform for Fake {
-        type Consumer = JoinHandle<RingProducer>;
+        type Consumer = JoinHandle<(RingProducer, u32)>;
 
         fn session_name(&self) -> String {
             "fake".into()
@@ -358,6 +428,13 @@ mod tests {
         }
         fn stop(&mut self) -> Result<SessionCounters, LiveError> {
             self.stops += 1;
+            if self.fail_stops > 0 {
+                self.fail_stops -= 1;
+                return Err(LiveError::Win32 {
+                    call: "ControlTraceW(STOP)",
+                    code: crate::error::ERROR_BUSY,
+                });
+            }
             self.running.store(false, Ordering::SeqCst);
             Ok(SessionCounters {
                 events_lost: 2,
@@ -380,6 +457,9 @@ mod tests {
                 .get(self.generation)
                 .copied()
                 .unwrap_or((0, false));
+            let fails = self
+                .fail_generation
+                .and_then(|(g, code)| (g == self.generation).then_some(code));
             self.generation += 1;
             let first = self.next_ts;
             self.next_ts += n;
@@ -415,6 +495,9 @@ mod tests {
                         std::thread::yield_now();
                     }
                 }
+                if let Some(code) = fails {
+                    return (p, code);
+                }
                 if ends {
                     // Someone else stopped the session.
                     running.store(false, Ordering::SeqCst);
@@ -423,13 +506,13 @@ mod tests {
                         std::thread::sleep(Duration::from_millis(1));
                     }
                 }
-                p
+                (p, 0)
             }))
         }
         fn consumer_finished(&self, c: &Self::Consumer) -> bool {
             c.is_finished()
         }
-        fn join_consumer(&mut self, c: Self::Consumer) -> Result<RingProducer, LiveError> {
+        fn join_consumer(&mut self, c: Self::Consumer) -> Result<(RingProducer, u32), LiveError> {
             c.join().map_err(|_| LiveError::ConsumerStuck)
         }
         fn unblock_consumer(&mut self, _c: &Self::Consumer) {
@@ -513,6 +596,57 @@ mod tests {
         let mut s = raw.clone();
         s.sort_unstable();
         assert_eq!(s, sorted, "nothing lost either way");
+    }
+
+    #[test]
+    fn a_failing_consumer_stops_the_session_and_reports_the_error() {
+        // ProcessTrace returns ERROR_INTERNAL_ERROR after 3000 events while
+        // the session still runs: stop it, no restart, the error out.
+        let mut fake = Fake::new(vec![(3_000, false), (1_000, false)]);
+        fake.fail_generation = Some((0, 1359));
+        let mut sink = Collect::default();
+        let err = drive(&mut fake, &cfg(10_000), &mut sink).unwrap_err();
+        assert_eq!(
+            err,
+            LiveError::ConsumerFailed {
+                session: "fake".into(),
+                code: 1359
+            }
+        );
+        assert_eq!((fake.starts, fake.stops, fake.forgotten), (1, 1, 0));
+        assert!(!fake.running.load(Ordering::SeqCst), "session stopped");
+        assert_eq!(sink.timestamps.len(), 3_000, "events before the failure");
+        assert!(sink.alerts.is_empty(), "not an outside stop");
+    }
+
+    #[test]
+    fn a_failed_stop_is_retried() {
+        let mut fake = Fake::new(vec![(500, false)]);
+        fake.fail_stops = 2;
+        let mut sink = Collect::default();
+        let out = drive(&mut fake, &cfg(200), &mut sink).unwrap();
+        assert_eq!(out.stop_reason, StopReason::Duration);
+        assert_eq!(fake.stops, 3, "two failures, then the stop");
+        assert!(!fake.running.load(Ordering::SeqCst));
+        assert_eq!(
+            out.totals.events_lost, 2,
+            "counters from the stop that worked"
+        );
+        // A STOP that never works: the loop gives up after STOP_ATTEMPTS
+        // and says so (the session guard tries again on drop).
+        let mut fake = Fake::new(vec![(500, false)]);
+        fake.fail_stops = 100;
+        let mut c = cfg(200);
+        c.stop_grace = Duration::from_millis(300);
+        let err = drive(&mut fake, &c, &mut Collect::default()).unwrap_err();
+        assert_eq!(
+            err,
+            LiveError::Win32 {
+                call: "ControlTraceW(STOP)",
+                code: crate::error::ERROR_BUSY
+            }
+        );
+        assert_eq!(fake.stops, STOP_ATTEMPTS);
     }
 
     #[test]
