@@ -20,12 +20,12 @@
 
 #![deny(unsafe_code)]
 
-// pub mod config;
+pub mod config;
 pub mod event;
 pub mod flush;
-// pub mod props;
-// pub mod sessions;
+pub mod props;
+pub mod sessions;
 
-//#[cfg(windows)]
-//#[allow(unsafe_code)]
-// mod exports;
+#[cfg(windows)]
+#[allow(unsafe_code)]
+mod exports;
