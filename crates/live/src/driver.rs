@@ -24,6 +24,13 @@ pub trait LiveSink {
     fn status(&mut self, line: &StatusLine);
     /// Called when the ring is empty (time to expire pending state).
     fn idle(&mut self) {}
+    /// Events may be missing, or have reached the sink out of order, between
+    /// raw timestamps `from` and `to`: `cause` is `session_loss` (the
+    /// session's EventsLost/RealTimeBuffersLost grew), `ring_drop` (the
+    /// callback found the ring full) or `reorder_overflow` / `reorder_late`
+    /// (the reordering stage could not keep time order). Called before the
+    /// events after `to` reach the sink.
+    fn events_missing(&mut self, _from: u64, _to: u64, _cause: &str) {}
 }
 
 /// What the loop needs from the system.
@@ -96,6 +103,41 @@ impl Default for DriveConfig {
     }
 }
 
+/// What [`LiveSink::events_missing`] has been told so far.
+#[derive(Debug, Default)]
+struct LossMarks {
+    session_loss: u64,
+    ring_drops: u64,
+    overflow: u64,
+    late: u64,
+    /// The released timestamp at the last report.
+    mark: u64,
+}
+
+impl LossMarks {
+    fn report(&mut self, t: &LiveTotals, stage: &Reorder, sink: &mut dyn LiveSink) {
+        let from = self.mark;
+        let to = stage.newest();
+        let session_loss = t.events_lost + t.real_time_buffers_lost;
+        let mut any = false;
+        for (now, seen, cause) in [
+            (session_loss, &mut self.session_loss, "session_loss"),
+            (t.ring_drops, &mut self.ring_drops, "ring_drop"),
+            (t.reorder_overflow, &mut self.overflow, "reorder_overflow"),
+            (t.reorder_late, &mut self.late, "reorder_late"),
+        ] {
+            if now > *seen {
+                sink.events_missing(from, to, cause);
+                *seen = now;
+                any = true;
+            }
+        }
+        if !any {
+            self.mark = stage.released_up_to();
+        }
+    }
+}
+
 /// How a live run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LiveOutcome {
@@ -141,6 +183,9 @@ pub fn drive<P: Platform>(
     let mut last = SessionCounters::default();
     let mut stage = Reorder::new(cfg.reorder);
     let mut last_event = Instant::now();
+    // Loss and disorder counters as last reported to the sink, and the
+    // released timestamp then (where a new gap starts).
+    let mut reported = LossMarks::default();
     let mut stopping_since: Option<Instant> = None;
     let mut unblocked = false;
     let mut outcome_reason = None;
@@ -193,6 +238,9 @@ pub fn drive<P: Platform>(
             std::thread::sleep(cfg.idle_sleep);
         }
         let now_s = started.elapsed().as_secs();
+        // Ring drops and the stage's disorder, every round; the session's
+        // counters when a query refreshed them (below).
+        reported.report(&totals(&base, &last, &consumer, &stage, &sup), &stage, sink);
 
         let mut actions = Vec::new();
         if let Some(r) = platform.stop_request() {
@@ -224,7 +272,10 @@ pub fn drive<P: Platform>(
         if Instant::now() >= next_status {
             next_status += cfg.status_every;
             match platform.query() {
-                Ok(c) => last = c,
+                Ok(c) => {
+                    last = c;
+                    reported.report(&totals(&base, &last, &consumer, &stage, &sup), &stage, sink);
+                }
                 Err(code) => actions.push(sup.on(
                     Observation::QueryFailed {
                         session_missing: code == ERROR_WMI_INSTANCE_NOT_FOUND,
@@ -331,8 +382,10 @@ pub fn drive<P: Platform>(
         while let Some(rec) = consumer.pop_record() {
             stage.push(rec, &mut emit);
         }
-        stage.release_all(&mut emit);
     }
+    // The final counters (from the STOP) before the last events go.
+    reported.report(&totals(&base, &last, &consumer, &stage, &sup), &stage, sink);
+    stage.release_all(&mut |ev: &RawEvent<'_>| sink.event(ev));
     // A failed consumer ended the loop at once: finish the STOP retries.
     while let Some((n, at, _)) = &stop_retry {
         if *n >= STOP_ATTEMPTS {
@@ -528,6 +581,7 @@ mod tests {
         timestamps: Vec<u64>,
         alerts: Vec<SessionAlert>,
         statuses: usize,
+        missing: Vec<(u64, u64, String)>,
     }
 
     impl LiveSink for Collect {
@@ -540,6 +594,9 @@ mod tests {
         }
         fn status(&mut self, _line: &StatusLine) {
             self.statuses += 1;
+        }
+        fn events_missing(&mut self, from: u64, to: u64, cause: &str) {
+            self.missing.push((from, to, cause.to_string()));
         }
     }
 
@@ -617,6 +674,42 @@ mod tests {
         assert!(!fake.running.load(Ordering::SeqCst), "session stopped");
         assert_eq!(sink.timestamps.len(), 3_000, "events before the failure");
         assert!(sink.alerts.is_empty(), "not an outside stop");
+    }
+
+    #[test]
+    fn session_loss_and_disorder_reach_the_sink() {
+        // The fake's STOP reports EventsLost 2, queries report 0: the loss
+        // is reported once, after the stop, up to the newest timestamp.
+        let mut fake = Fake::new(vec![(2_000, false)]);
+        fake.per_processor = true;
+        let mut sink = Collect::default();
+        let mut c = cfg(300);
+        // A lag shorter than a block: some events come late.
+        c.reorder = ReorderConfig {
+            max_lag_ticks: 100,
+            max_bytes: 1 << 20,
+            processors: 4,
+        };
+        drive(&mut fake, &c, &mut sink).unwrap();
+        assert!(
+            sink.missing.iter().any(|(_, _, c)| c == "reorder_late"),
+            "{:?}",
+            sink.missing
+        );
+        assert!(sink.missing.iter().all(|(f, t, _)| f <= t));
+        let loss: Vec<_> = sink
+            .missing
+            .iter()
+            .filter(|m| m.2 == "session_loss")
+            .collect();
+        assert_eq!(loss.len(), 1, "the STOP's EventsLost, once");
+        assert_eq!(loss[0].1, 2_000, "up to the newest event");
+        // In time order only the session's loss is reported.
+        let mut fake = Fake::new(vec![(2_000, false)]);
+        let mut sink = Collect::default();
+        drive(&mut fake, &cfg(300), &mut sink).unwrap();
+        assert_eq!(sink.missing.len(), 1, "{:?}", sink.missing);
+        assert_eq!(sink.missing[0].2, "session_loss");
     }
 
     #[test]

@@ -154,6 +154,16 @@ impl Reorder {
         self.stats
     }
 
+    /// The newest timestamp pushed so far.
+    pub fn newest(&self) -> u64 {
+        self.newest
+    }
+
+    /// The largest timestamp released so far (0 before any).
+    pub fn released_up_to(&self) -> u64 {
+        self.released_up_to
+    }
+
     /// Bytes held now.
     pub fn held_bytes(&self) -> usize {
         self.held_bytes

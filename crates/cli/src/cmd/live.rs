@@ -346,6 +346,11 @@ mod windows_impl {
             }
             let _ = self.verdicts.report.flush();
         }
+        fn events_missing(&mut self, from: u64, to: u64, cause: &str) {
+            // Alerts whose module map the gap may have changed become
+            // `unresolved` (docs/verdicts.md).
+            self.engine.note_events_missing(from, to, cause);
+        }
     }
 
     fn system_dlls(args: &Args) -> anyhow::Result<Option<Arc<SystemDlls>>> {
