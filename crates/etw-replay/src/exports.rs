@@ -578,8 +578,11 @@ pub unsafe extern "system" fn OpenTraceW(lf: *mut u8) -> u64 {
         ERROR_SUCCESS
     };
     let handle = if status == ERROR_SUCCESS {
-        // Above 32 bits, as real handles are on 64-bit Windows.
-        let h = 0x0000_7f00_0000_0000 | (NEXT_TRACE.fetch_add(1, Ordering::SeqCst) << 4);
+        // Above 32 bits, as real handles are on 64-bit Windows; the process
+        // id in bits 16-39 keeps them apart in the call log.
+        let h = 0x0000_7f00_0000_0000
+            | ((u64::from(std::process::id()) & 0xFF_FFFF) << 16)
+            | ((NEXT_TRACE.fetch_add(1, Ordering::SeqCst) & 0xFFF) << 4);
         st.traces.insert(
             h,
             OpenTrace {
