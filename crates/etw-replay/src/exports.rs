@@ -25,6 +25,7 @@ use sentry_raw::Guid;
 use crate::config::{Config, ProcessorStyle};
 use crate::event::{ReplayEvent, Trace, FLAG_PROCESSOR_INDEX};
 use crate::flush::{delivery_order, FlushModel};
+use crate::layout::{logfile, BufferContext, EventDescriptor, EventHeader, EventRecord, ExtItem};
 use crate::props::{self, *};
 use crate::sessions::{Session, Sessions};
 
@@ -39,78 +40,6 @@ const TRACE_STACK_TRACING_INFO: i32 = 3;
 const TRACE_SYSTEM_TRACE_ENABLE_FLAGS_INFO: i32 = 4;
 /// Largest properties block accepted (a sanity bound, far above any real one).
 const MAX_PROPERTIES_BYTES: u32 = 1 << 20;
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct EventDescriptor {
-    id: u16,
-    version: u8,
-    channel: u8,
-    level: u8,
-    opcode: u8,
-    task: u16,
-    keyword: u64,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct EventHeader {
-    size: u16,
-    header_type: u16,
-    flags: u16,
-    event_property: u16,
-    thread_id: u32,
-    process_id: u32,
-    timestamp: i64,
-    provider_id: [u8; 16],
-    descriptor: EventDescriptor,
-    processor_time: u64,
-    activity_id: [u8; 16],
-}
-
-/// `ETW_BUFFER_CONTEXT`: `ProcessorNumber`, `Alignment` (or together the
-/// 16-bit `ProcessorIndex`), `LoggerId`.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct BufferContext {
-    processor: [u8; 2],
-    logger_id: u16,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct ExtItem {
-    reserved1: u16,
-    ext_type: u16,
-    linkage: u16,
-    data_size: u16,
-    data_ptr: u64,
-}
-
-#[repr(C)]
-struct EventRecord {
-    header: EventHeader,
-    buffer_context: BufferContext,
-    extended_data_count: u16,
-    user_data_length: u16,
-    extended_data: *mut ExtItem,
-    user_data: *mut c_void,
-    user_context: *mut c_void,
-}
-
-const _: () = assert!(std::mem::size_of::<EventHeader>() == 80);
-const _: () = assert!(std::mem::size_of::<EventRecord>() == 112);
-const _: () = assert!(std::mem::size_of::<ExtItem>() == 16);
-
-/// Offsets in `EVENT_TRACE_LOGFILEW`.
-mod logfile {
-    pub const LOGGER_NAME: usize = 8;
-    pub const CURRENT_TIME: usize = 16;
-    pub const BUFFERS_READ: usize = 24;
-    pub const PROCESS_TRACE_MODE: usize = 28;
-    pub const EVENT_RECORD_CALLBACK: usize = 424;
-    pub const CONTEXT: usize = 440;
-}
 
 type Callback = unsafe extern "system" fn(*mut EventRecord);
 
@@ -945,69 +874,4 @@ not_implemented! {
     ControlTraceA(a: u64, b: *const u8, c: *mut u8, d: u32);
     QueryAllTracesW(a: *mut *mut u8, b: u32, c: *mut u32);
     QueryAllTracesA(a: *mut *mut u8, b: u32, c: *mut u32);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::mem::{offset_of, size_of};
-    use windows::Win32::System::Diagnostics::Etw::{
-        EVENT_HEADER, EVENT_HEADER_EXTENDED_DATA_ITEM, EVENT_RECORD, EVENT_TRACE_LOGFILEW,
-    };
-
-    #[test]
-    fn layouts_match_the_windows_headers() {
-        assert_eq!(size_of::<EVENT_RECORD>(), size_of::<EventRecord>());
-        assert_eq!(size_of::<EVENT_HEADER>(), size_of::<EventHeader>());
-        assert_eq!(
-            size_of::<EVENT_HEADER_EXTENDED_DATA_ITEM>(),
-            size_of::<ExtItem>()
-        );
-        assert_eq!(
-            offset_of!(EVENT_RECORD, BufferContext),
-            offset_of!(EventRecord, buffer_context)
-        );
-        assert_eq!(
-            offset_of!(EVENT_RECORD, UserData),
-            offset_of!(EventRecord, user_data)
-        );
-        assert_eq!(
-            offset_of!(EVENT_RECORD, UserContext),
-            offset_of!(EventRecord, user_context)
-        );
-        assert_eq!(
-            offset_of!(EVENT_RECORD, ExtendedData),
-            offset_of!(EventRecord, extended_data)
-        );
-        assert_eq!(
-            offset_of!(EVENT_HEADER, TimeStamp),
-            offset_of!(EventHeader, timestamp)
-        );
-        assert_eq!(
-            offset_of!(EVENT_HEADER, EventDescriptor),
-            offset_of!(EventHeader, descriptor)
-        );
-        assert_eq!(size_of::<EVENT_TRACE_LOGFILEW>(), 448);
-        assert_eq!(
-            offset_of!(EVENT_TRACE_LOGFILEW, LoggerName),
-            logfile::LOGGER_NAME
-        );
-        assert_eq!(
-            offset_of!(EVENT_TRACE_LOGFILEW, CurrentTime),
-            logfile::CURRENT_TIME
-        );
-        assert_eq!(
-            offset_of!(EVENT_TRACE_LOGFILEW, BuffersRead),
-            logfile::BUFFERS_READ
-        );
-        assert_eq!(
-            offset_of!(EVENT_TRACE_LOGFILEW, Anonymous1),
-            logfile::PROCESS_TRACE_MODE
-        );
-        assert_eq!(
-            offset_of!(EVENT_TRACE_LOGFILEW, Anonymous2),
-            logfile::EVENT_RECORD_CALLBACK
-        );
-        assert_eq!(offset_of!(EVENT_TRACE_LOGFILEW, Context), logfile::CONTEXT);
-    }
 }

@@ -26,6 +26,10 @@ pub mod flush;
 pub mod props;
 pub mod sessions;
 
-#[cfg(windows)]
+/// Only in the DLL (`--features exports`): a test executable that also
+/// links the `windows` crate's import stubs would define the same names.
+#[cfg(all(windows, feature = "exports"))]
 #[allow(unsafe_code)]
 mod exports;
+#[cfg(all(windows, any(test, feature = "exports")))]
+mod layout;
