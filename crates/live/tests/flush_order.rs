@@ -215,9 +215,11 @@ fn truth_rows(truth: &Value) -> BTreeMap<u64, Row> {
         .unwrap()
         .iter()
         .map(|s| {
-            let label = match s["reason"].as_str() {
-                Some(r) => format!("{}/{r}", s["verdict"].as_str().unwrap()),
-                None => s["verdict"].as_str().unwrap().to_string(),
+            // live has no `--images`: the truth's answer without them.
+            let w = s.get("without_images").unwrap_or(s);
+            let label = match w["reason"].as_str() {
+                Some(r) => format!("{}/{r}", w["verdict"].as_str().unwrap()),
+                None => w["verdict"].as_str().unwrap().to_string(),
             };
             (
                 s["timestamp"].as_u64().unwrap(),
