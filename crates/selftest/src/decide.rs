@@ -192,7 +192,10 @@ impl Tracked {
 
     fn caught_on_time(&self) -> u64 {
         match self.fixture.expect {
-            Expect::Benign => self.on_time.get(&Label::new(Verdict::Normal, None)).copied(),
+            Expect::Benign => self
+                .on_time
+                .get(&Label::new(Verdict::Normal, None))
+                .copied(),
             Expect::Alert(v, r) => self.on_time.get(&Label::new(v, Some(r))).copied(),
         }
         .unwrap_or(0)
@@ -297,7 +300,13 @@ impl Selftest {
     }
 
     /// One verdict from the engine, arrived at `now`.
-    pub fn verdict(&mut self, now: Millis, pid: Option<u32>, verdict: Verdict, reason: Option<Reason>) {
+    pub fn verdict(
+        &mut self,
+        now: Millis,
+        pid: Option<u32>,
+        verdict: Verdict,
+        reason: Option<Reason>,
+    ) {
         let Some(&i) = pid.and_then(|p| self.by_pid.get(&p)) else {
             return;
         };
@@ -320,7 +329,7 @@ impl Selftest {
         let Some(exit) = &t.exit else {
             return false;
         };
-        if exit.code != Some(0) || exit.report.is_none() {
+        if run_problem(t).is_some() {
             return true;
         }
         if now >= exit.at.saturating_add(self.wait) {
@@ -336,7 +345,9 @@ impl Selftest {
     /// Fixture `i` is running past its run time.
     pub fn overdue(&self, i: usize, now: Millis) -> bool {
         let t = &self.tracked[i];
-        t.exit.is_none() && t.started.is_some_and(|s| now >= s.saturating_add(self.run_time))
+        t.exit.is_none()
+            && t.started
+                .is_some_and(|s| now >= s.saturating_add(self.run_time))
     }
 
     /// The latest moment anything can still change: every fixture's
@@ -346,7 +357,9 @@ impl Selftest {
             .iter()
             .filter_map(|t| match &t.exit {
                 Some(e) => Some(e.at.saturating_add(self.wait)),
-                None => t.started.map(|s| s.saturating_add(self.run_time + self.wait)),
+                None => t
+                    .started
+                    .map(|s| s.saturating_add(self.run_time + self.wait)),
             })
             .max()
     }
@@ -375,32 +388,8 @@ fn decide(t: &Tracked, loss: &Loss) -> FixtureResult {
         loss: lost,
         failure,
     };
-    if let Some(e) = &t.launch_error {
-        return result(Some(Failure::NotRun(e.clone())));
-    }
-    let (Some(pid), Some(exit)) = (t.pid, &t.exit) else {
-        return result(Some(Failure::NotRun("never started".into())));
-    };
-    let Some(code) = exit.code else {
-        return result(Some(Failure::Hung));
-    };
-    match &exit.report {
-        Some(r) if r.refused.is_some() || code == EXIT_REFUSED => {
-            let why = r.refused.clone().unwrap_or_else(|| "exit code 3".into());
-            return result(Some(Failure::Refused(why)));
-        }
-        _ if code != 0 => return result(Some(Failure::NotRun(format!("exit code {code}")))),
-        None => return result(Some(Failure::NotRun("printed no JSON report".into()))),
-        Some(r) if r.pid != pid || r.fixture != t.fixture.name => {
-            return result(Some(Failure::NotRun(format!(
-                "report is of {} pid {}, started {} pid {pid}",
-                r.fixture, r.pid, t.fixture.name
-            ))))
-        }
-        Some(r) if r.calls.unwrap_or(0) == 0 => {
-            return result(Some(Failure::NotRun("reported no calls".into())))
-        }
-        Some(_) => {}
+    if let Some(f) = run_problem(t) {
+        return result(Some(f));
     }
     let alerts = |keep: &dyn Fn(&Label) -> bool| -> Vec<(Label, u64)> {
         seen.iter()
@@ -439,6 +428,33 @@ fn decide(t: &Tracked, loss: &Loss) -> FixtureResult {
         f => f,
     };
     result(failure)
+}
+
+/// Why fixture `t` did not run as it should (rule 1), if it did not.
+fn run_problem(t: &Tracked) -> Option<Failure> {
+    if let Some(e) = &t.launch_error {
+        return Some(Failure::NotRun(e.clone()));
+    }
+    let (Some(pid), Some(exit)) = (t.pid, &t.exit) else {
+        return Some(Failure::NotRun("never started".into()));
+    };
+    let Some(code) = exit.code else {
+        return Some(Failure::Hung);
+    };
+    match &exit.report {
+        Some(r) if r.refused.is_some() || code == EXIT_REFUSED => {
+            let why = r.refused.clone().unwrap_or_else(|| "exit code 3".into());
+            Some(Failure::Refused(why))
+        }
+        _ if code != 0 => Some(Failure::NotRun(format!("exit code {code}"))),
+        None => Some(Failure::NotRun("printed no JSON report".into())),
+        Some(r) if r.pid != pid || r.fixture != t.fixture.name => Some(Failure::NotRun(format!(
+            "report is of {} pid {}, started {} pid {pid}",
+            r.fixture, r.pid, t.fixture.name
+        ))),
+        Some(r) if r.calls.unwrap_or(0) == 0 => Some(Failure::NotRun("reported no calls".into())),
+        Some(_) => None,
+    }
 }
 
 fn timeout_or_missed(t: &Tracked, calls: u64, on_time_any: u64) -> Failure {

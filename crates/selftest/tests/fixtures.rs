@@ -32,7 +32,8 @@ const HELLS_GATE_STUB: Pattern = pat!(0x4c 0x8b 0xd1 0x8b 0x05 _ _ _ _ 0x0f 0x05
 /// pattern every fixture compares with has the same first 11 bytes).
 const MINIMAL_STUB: Pattern = pat!(0x4c 0x8b 0xd1 0xb8 _ _ _ _ 0x0f 0x05 0xc3 0xcc);
 /// The jumper page: its caller and the stub ending in `jmp r11`.
-const JUMPER_CALLER: Pattern = pat!(0x48 0x83 0xec 0x28 0xe8 0x17 0x00 0x00 0x00 0x48 0x83 0xc4 0x28 0xc3);
+const JUMPER_CALLER: Pattern =
+    pat!(0x48 0x83 0xec 0x28 0xe8 0x17 0x00 0x00 0x00 0x48 0x83 0xc4 0x28 0xc3);
 const JUMPER_STUB: Pattern =
     pat!(0x4c 0x8b 0xd1 0xb8 _ _ _ _ 0x49 0xbb _ _ _ _ _ _ _ _ 0x41 0xff 0xe3);
 /// `mov r10, rcx; mov eax, [rip+ssn]; jmp [rip+gadget]` (RecycledGate).
@@ -47,7 +48,8 @@ const GATE_OUT: Pattern = pat!(0xe8 0x00 0x00 0x00 0x00 0xc7 0x44 0x24 0x04 0x23
 const WIN10_STUB: Pattern = pat!(0x4c 0x8b 0xd1 0xb8 0x00 0x00 0x00 0x00 0xf6 0x04 0x25 0x08 0x03
     0xfe 0x7f 0x01 0x75 0x03 0x0f 0x05 0xc3 0xcd 0x2e 0xc3);
 /// The WoW64 ntdll stub the 32-bit fixture compares with.
-const WOW64_STUB: Pattern = pat!(0xb8 0x00 0x00 0x00 0x00 0xba 0x00 0x00 0x00 0x00 0xff 0xd2 0xc2 0x04 0x00);
+const WOW64_STUB: Pattern =
+    pat!(0xb8 0x00 0x00 0x00 0x00 0xba 0x00 0x00 0x00 0x00 0xff 0xd2 0xc2 0x04 0x00);
 
 fn count(hay: &[u8], p: Pattern) -> usize {
     hay.windows(p.len())
@@ -77,12 +79,14 @@ fn build_fixtures() -> Option<PathBuf> {
     }
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/build.sh");
-    let have = ["x86_64-w64-mingw32-gcc", "i686-w64-mingw32-gcc"].iter().all(|cc| {
-        Command::new(cc)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
+    let have = ["x86_64-w64-mingw32-gcc", "i686-w64-mingw32-gcc"]
+        .iter()
+        .all(|cc| {
+            Command::new(cc)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
     if !have {
         skip_or_fail(
             "SENTRY_REQUIRE_FIXTURES",
@@ -90,7 +94,11 @@ fn build_fixtures() -> Option<PathBuf> {
         );
         return None;
     }
-    let st = Command::new("bash").arg(&script).arg(&out).status().unwrap();
+    let st = Command::new("bash")
+        .arg(&script)
+        .arg(&out)
+        .status()
+        .unwrap();
     assert!(st.success(), "{} failed", script.display());
     Some(out)
 }
@@ -142,12 +150,27 @@ fn each_fixture_holds_its_technique_bytes() {
         let has_import = |f: &str| s.imports.iter().any(|i| i == f);
         if fx.arch == "x64" {
             assert_eq!(s.arch, Architecture::X86_64, "{name}");
-            assert_eq!(count(&s.data, WIN10_STUB), 1, "{name}: genuine-stub pattern in data");
-            assert_eq!(count(&s.code, WIN10_STUB), 0, "{name}: pattern must not be code");
+            assert_eq!(
+                count(&s.data, WIN10_STUB),
+                1,
+                "{name}: genuine-stub pattern in data"
+            );
+            assert_eq!(
+                count(&s.code, WIN10_STUB),
+                0,
+                "{name}: pattern must not be code"
+            );
         } else {
             assert_eq!(s.arch, Architecture::I386, "{name}");
-            assert_eq!(count(&s.data, WOW64_STUB), 1, "{name}: WoW64 stub pattern in data");
-            assert!(has_import("IsWow64Process") || has_import("GetProcAddress"), "{name}");
+            assert_eq!(
+                count(&s.data, WOW64_STUB),
+                1,
+                "{name}: WoW64 stub pattern in data"
+            );
+            assert!(
+                has_import("IsWow64Process") || has_import("GetProcAddress"),
+                "{name}"
+            );
         }
         match name {
             "benign" => {
@@ -161,20 +184,30 @@ fn each_fixture_holds_its_technique_bytes() {
             "direct-unbacked" => {
                 assert_eq!(syscalls, 0, "{name}: the stub is data until run time");
                 assert_eq!(count(&s.data, MINIMAL_STUB), 1, "{name}: stub template");
-                assert!(has_import("VirtualAlloc") && has_import("VirtualProtect"), "{name}");
+                assert!(
+                    has_import("VirtualAlloc") && has_import("VirtualProtect"),
+                    "{name}"
+                );
             }
             "indirect-jumper" => {
                 assert_eq!(syscalls, 0, "{name}: jumps to ntdll's syscall");
                 assert_eq!(count(&s.data, JUMPER_CALLER), 1, "{name}: caller template");
                 assert_eq!(count(&s.data, JUMPER_STUB), 1, "{name}: jumper template");
-                assert!(has_import("VirtualAlloc") && has_import("VirtualProtect"), "{name}");
+                assert!(
+                    has_import("VirtualAlloc") && has_import("VirtualProtect"),
+                    "{name}"
+                );
             }
             "indirect-mismatch" => {
                 assert_eq!(syscalls, 0, "{name}: borrows another stub's syscall");
                 assert_eq!(count(&s.code, RECYCLED_STUB), 1, "{name}");
             }
             "heavens-gate" => {
-                assert_eq!(count(&s.code, GATE_IN), 1, "{name}: gate to 0x33 and syscall");
+                assert_eq!(
+                    count(&s.code, GATE_IN),
+                    1,
+                    "{name}: gate to 0x33 and syscall"
+                );
                 assert_eq!(count(&s.code, GATE_OUT), 1, "{name}: way back to 0x23");
                 assert_eq!(syscalls, 1, "{name}: the gate's syscall only");
             }
@@ -198,7 +231,10 @@ fn wine_works() -> bool {
 fn each_fixture_refuses_to_run_under_wine() {
     let Some(dir) = fixtures_dir() else { return };
     if !wine_works() {
-        skip_or_fail("SENTRY_REQUIRE_WINE", "wine not installed: refusal not checked");
+        skip_or_fail(
+            "SENTRY_REQUIRE_WINE",
+            "wine not installed: refusal not checked",
+        );
         return;
     }
     let prefix = Path::new(env!("CARGO_TARGET_TMPDIR")).join("wine-prefix");
@@ -233,12 +269,26 @@ fn each_fixture_refuses_to_run_under_wine() {
         };
         assert_eq!(out.status.code(), Some(3), "{}: {stdout}", fx.name);
         assert_eq!(r.fixture, fx.name);
-        let why = r.refused.unwrap_or_else(|| panic!("{}: not refused: {stdout}", fx.name));
+        let why = r
+            .refused
+            .unwrap_or_else(|| panic!("{}: not refused: {stdout}", fx.name));
         if fx.arch == "x64" {
-            assert!(why.contains("not a genuine Windows x64 stub"), "{}: {why}", fx.name);
-            assert!(stdout.contains("\"bytes\":\"4c 8b d1 b8"), "{}: {stdout}", fx.name);
+            assert!(
+                why.contains("not a genuine Windows x64 stub"),
+                "{}: {why}",
+                fx.name
+            );
+            assert!(
+                stdout.contains("\"bytes\":\"4c 8b d1 b8"),
+                "{}: {stdout}",
+                fx.name
+            );
         }
-        assert!(r.calls.is_none(), "{}: reported calls after refusing", fx.name);
+        assert!(
+            r.calls.is_none(),
+            "{}: reported calls after refusing",
+            fx.name
+        );
     }
     if !not_started.is_empty() {
         skip_or_fail(
