@@ -81,7 +81,7 @@ impl Stream {
             .filter(|v| v.pid == Some(pid))
             .map(|v| v.at_ms);
         let first = it.next().expect("verdicts for the pid");
-        (first, it.last().unwrap_or(first))
+        (first, it.next_back().unwrap_or(first))
     }
 }
 
