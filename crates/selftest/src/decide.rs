@@ -478,3 +478,56 @@ fn timeout_or_missed(t: &Tracked, calls: u64, on_time_any: u64) -> Failure {
         }
     }
 }
+
+impl Selftest {
+    /// The same fixtures, pids and exits, without any verdict: for deciding
+    /// again on another verdict source (the recorded `.etl` of the run).
+    pub fn without_verdicts(&self) -> Selftest {
+        let mut s = self.clone();
+        for t in &mut s.tracked {
+            t.on_time.clear();
+            t.late.clear();
+        }
+        s
+    }
+}
+
+/// Where two outcomes of the same run disagree (the live verdicts and
+/// `analyze` of the recorded trace): per fixture, pass/fail, the alerts
+/// seen and their counts. Empty when they agree.
+pub fn compare(live: &Outcome, recorded: &Outcome) -> Vec<String> {
+    let alerts = |r: &FixtureResult| -> Vec<(Label, u64)> {
+        r.seen
+            .iter()
+            .filter(|(k, _)| k.verdict.is_alert())
+            .copied()
+            .collect()
+    };
+    let mut diffs = Vec::new();
+    if live.fixtures.len() != recorded.fixtures.len() {
+        diffs.push(format!(
+            "{} fixtures live, {} in the recording",
+            live.fixtures.len(),
+            recorded.fixtures.len()
+        ));
+    }
+    for (a, b) in live.fixtures.iter().zip(&recorded.fixtures) {
+        let name = a.fixture.name;
+        if a.passed() != b.passed() {
+            let say = |r: &FixtureResult| match &r.failure {
+                None => "PASS".to_string(),
+                Some(f) => format!("FAIL ({f})"),
+            };
+            diffs.push(format!("{name}: live {}, recorded {}", say(a), say(b)));
+        }
+        let (x, y) = (alerts(a), alerts(b));
+        if x != y {
+            diffs.push(format!(
+                "{name}: alerts live [{}], recorded [{}]",
+                list(&x),
+                list(&y)
+            ));
+        }
+    }
+    diffs
+}

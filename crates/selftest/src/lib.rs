@@ -17,5 +17,5 @@ pub mod decide;
 pub mod fixture;
 pub mod table;
 
-pub use decide::{Failure, FixtureResult, Label, Loss, Outcome, Selftest};
+pub use decide::{compare, Failure, FixtureResult, Label, Loss, Outcome, Selftest};
 pub use fixture::{Expect, Fixture, FixtureReport, FIXTURES};

@@ -516,3 +516,39 @@ fn the_whole_kit_passes_and_prints_its_table() {
     );
     assert!(t.contains("direct/heavens_gate x"), "{t}");
 }
+
+#[test]
+fn live_and_recorded_outcomes_are_compared_per_fixture() {
+    let s = stream(Scenario::DirectImage, None, None);
+    let (pid, calls) = s.implant(&["syswhispers2"]);
+    let live = case(&s, "direct-image", (pid, calls)).run();
+    assert!(sentry_selftest::compare(&live, &live.clone()).is_empty());
+    // The recording analysed with the implant's EXE allowlisted: no alert.
+    let allow = "[[allow]]\nprocess = \"invoice.exe\"\nmodule = \"invoice.exe\"\n";
+    let quiet = stream(Scenario::DirectImage, None, Some(allow));
+    let recorded = case(&quiet, "direct-image", (pid, calls)).run();
+    let d = sentry_selftest::compare(&live, &recorded);
+    assert_eq!(d.len(), 2, "{d:?}");
+    assert!(d[0].starts_with("direct-image: live PASS, recorded FAIL (missed"), "{d:?}");
+    assert_eq!(d[1], format!("direct-image: alerts live [direct/image x{calls}], recorded []"));
+}
+
+#[test]
+fn without_verdicts_keeps_the_fixtures_and_forgets_the_verdicts() {
+    let s = stream(Scenario::DirectUnbacked, None, None);
+    let (pid, calls) = s.implant(&["shellcode-direct"]);
+    let mut st = Selftest::new(&[fixture("direct-unbacked")], 2_000, 60_000);
+    st.started(0, pid, 0, Loss::default());
+    for v in &s.verdicts {
+        st.verdict(0, v.pid, v.label.verdict, v.label.reason);
+    }
+    st.exited(0, 1, Some(0), &format!("{{\"fixture\":\"direct-unbacked\",\"pid\":{pid},\"calls\":{calls}}}"));
+    assert!(st.outcome(Loss::default()).passed());
+    let mut again = st.without_verdicts();
+    let o = again.outcome(Loss::default());
+    assert!(matches!(&only(&o).failure, Some(Failure::Timeout { any_on_time: 0, .. })));
+    for v in &s.verdicts {
+        again.verdict(0, v.pid, v.label.verdict, v.label.reason);
+    }
+    assert_eq!(again.outcome(Loss::default()), st.outcome(Loss::default()));
+}
