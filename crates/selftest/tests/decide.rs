@@ -529,8 +529,14 @@ fn live_and_recorded_outcomes_are_compared_per_fixture() {
     let recorded = case(&quiet, "direct-image", (pid, calls)).run();
     let d = sentry_selftest::compare(&live, &recorded);
     assert_eq!(d.len(), 2, "{d:?}");
-    assert!(d[0].starts_with("direct-image: live PASS, recorded FAIL (missed"), "{d:?}");
-    assert_eq!(d[1], format!("direct-image: alerts live [direct/image x{calls}], recorded []"));
+    assert!(
+        d[0].starts_with("direct-image: live PASS, recorded FAIL (missed"),
+        "{d:?}"
+    );
+    assert_eq!(
+        d[1],
+        format!("direct-image: alerts live [direct/image x{calls}], recorded []")
+    );
 }
 
 #[test]
@@ -542,11 +548,19 @@ fn without_verdicts_keeps_the_fixtures_and_forgets_the_verdicts() {
     for v in &s.verdicts {
         st.verdict(0, v.pid, v.label.verdict, v.label.reason);
     }
-    st.exited(0, 1, Some(0), &format!("{{\"fixture\":\"direct-unbacked\",\"pid\":{pid},\"calls\":{calls}}}"));
+    st.exited(
+        0,
+        1,
+        Some(0),
+        &format!("{{\"fixture\":\"direct-unbacked\",\"pid\":{pid},\"calls\":{calls}}}"),
+    );
     assert!(st.outcome(Loss::default()).passed());
     let mut again = st.without_verdicts();
     let o = again.outcome(Loss::default());
-    assert!(matches!(&only(&o).failure, Some(Failure::Timeout { any_on_time: 0, .. })));
+    assert!(matches!(
+        &only(&o).failure,
+        Some(Failure::Timeout { any_on_time: 0, .. })
+    ));
     for v in &s.verdicts {
         again.verdict(0, v.pid, v.label.verdict, v.label.reason);
     }

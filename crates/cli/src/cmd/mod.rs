@@ -3,5 +3,6 @@ pub mod analyze;
 pub mod dump;
 pub mod live;
 pub mod report_args;
+pub mod selftest;
 pub mod stats;
 pub mod synth;
