@@ -448,7 +448,18 @@ mod windows_impl {
         }
         sink.tick(false);
         let Sink { mut st, .. } = sink;
-        let outcome = result.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let outcome = match result {
+            Ok(o) => o,
+            Err(e) => {
+                // Let the recorder end on its own duration and stop its
+                // session, rather than leave it running.
+                if let Some((_, h)) = recording {
+                    let _ = h.join();
+                }
+                win::outputs_flushed();
+                anyhow::bail!("{e}");
+            }
+        };
         engine.finish(&mut Decide {
             st: &mut st,
             now: ms(start),
