@@ -9,9 +9,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod exit;
 
 #[derive(Parser)]
-#[command(name = "syscall-sentry", version, about, long_about = None)]
+#[command(name = "syscall-sentry", version, about, long_about = None, after_help = exit::HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -20,6 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Analyse .etl files (recorded by syscall-sentry, xperf or WPR): alerts for direct and indirect syscalls.
+    #[command(after_help = exit::HELP)]
     Analyze(cmd::analyze::Args),
     /// Watch this Windows host live on the NT Kernel Logger (Administrator).
     Live(cmd::live::Args),
@@ -51,9 +53,10 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        Err(e) if exit::is_broken_pipe(&e) => ExitCode::from(exit::BROKEN_PIPE),
         Err(e) => {
             eprintln!("syscall-sentry: error: {e:#}");
-            ExitCode::from(2)
+            ExitCode::from(exit::ERROR)
         }
     }
 }

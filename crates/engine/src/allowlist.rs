@@ -74,12 +74,22 @@ impl Allowlist {
         let mut call_sites = Vec::new();
         for (i, e) in f.allow.iter().enumerate() {
             let n = i + 1;
-            if e.process.trim().is_empty() {
-                return Err(format!("entry {n}: `process` must not be empty"));
-            }
-            if e.module.is_none() && e.call_site.is_none() && e.caller_module.is_none() {
+            // A pattern of wildcards alone names nothing.
+            let names = |p: &Option<String>| {
+                p.as_deref().is_some_and(|p| {
+                    p.chars()
+                        .any(|c| c != '*' && c != '?' && !c.is_whitespace())
+                })
+            };
+            if !names(&Some(e.process.clone())) {
                 return Err(format!(
-                    "entry {n}: give `module`, `call_site` or `caller_module` (an entry may not silence a whole process)"
+                    "entry {n}: `process` must name a process (`{}` matches every one)",
+                    e.process
+                ));
+            }
+            if !names(&e.module) && e.call_site.is_none() && !names(&e.caller_module) {
+                return Err(format!(
+                    "entry {n}: give a `module`, `call_site` or `caller_module` that names something (an entry may not silence a whole process)"
                 ));
             }
             if let Some(v) = &e.verdict {
@@ -257,5 +267,11 @@ verdict = "direct"
                 .is_err()
         );
         assert!(Allowlist::parse("[[allow]]\nprocess = \"a\"\ncall_site=\"b\"\n").is_err());
+        // Wildcards alone name nothing (issue 12: `*`/`*` silenced everything).
+        for (p, m) in [("*", "*"), ("*", "jit.dll"), ("a.exe", "*"), ("**", "?*")] {
+            let t = format!("[[allow]]\nprocess = \"{p}\"\nmodule = \"{m}\"\n");
+            assert!(Allowlist::parse(&t).is_err(), "{t}");
+        }
+        assert!(Allowlist::parse("[[allow]]\nprocess = \"a*.exe\"\nmodule = \"*.dll\"\n").is_ok());
     }
 }

@@ -19,16 +19,21 @@ pub enum Verdict {
     KernelOrigin,
     NoStack,
     Truncated,
+    /// An alert of rules 3 or 7 whose evidence is state the engine could
+    /// not see (docs/verdicts.md, "What the engine could not see"): never
+    /// an alert, always counted, with its reason.
+    Unresolved,
 }
 
 impl Verdict {
-    pub const ALL: [Verdict; 6] = [
+    pub const ALL: [Verdict; 7] = [
         Verdict::Normal,
         Verdict::Direct,
         Verdict::Indirect,
         Verdict::KernelOrigin,
         Verdict::NoStack,
         Verdict::Truncated,
+        Verdict::Unresolved,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -39,6 +44,7 @@ impl Verdict {
             Verdict::KernelOrigin => "kernel_origin",
             Verdict::NoStack => "no_stack",
             Verdict::Truncated => "truncated",
+            Verdict::Unresolved => "unresolved",
         }
     }
 
@@ -56,7 +62,7 @@ impl Verdict {
     }
 }
 
-/// Why a syscall is `direct` or `indirect`.
+/// Why a syscall is `direct`, `indirect` or `unresolved`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Reason {
     Image,
@@ -65,16 +71,26 @@ pub enum Reason {
     NotReturnSite,
     StubMismatch,
     UnbackedCaller,
+    /// Unresolved: no start or rundown of the process was seen.
+    ProcessUnknown,
+    /// Unresolved: the process's `\System32\ntdll.dll` mapping was not seen.
+    ModulesIncomplete,
+    /// Unresolved: events may be missing between the process's start (or
+    /// rundown) and the syscall.
+    EventsLost,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 6] = [
+    pub const ALL: [Reason; 9] = [
         Reason::Image,
         Reason::Unbacked,
         Reason::HeavensGate,
         Reason::NotReturnSite,
         Reason::StubMismatch,
         Reason::UnbackedCaller,
+        Reason::ProcessUnknown,
+        Reason::ModulesIncomplete,
+        Reason::EventsLost,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -85,6 +101,9 @@ impl Reason {
             Reason::NotReturnSite => "not_return_site",
             Reason::StubMismatch => "stub_mismatch",
             Reason::UnbackedCaller => "unbacked_caller",
+            Reason::ProcessUnknown => "process_unknown",
+            Reason::ModulesIncomplete => "modules_incomplete",
+            Reason::EventsLost => "events_lost",
         }
     }
 

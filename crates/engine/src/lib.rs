@@ -87,6 +87,7 @@ use sentry_raw::{Clock, EventId, KernelClass, LogfileHeader, RawEvent};
 
 pub mod allowlist;
 pub mod classify;
+mod completeness;
 pub mod correlate;
 mod fxhash;
 pub mod report;
@@ -95,6 +96,7 @@ pub mod sysdlls;
 
 pub use allowlist::{Allowlist, DEFAULT_ALLOWLIST};
 pub use classify::{Outcome, Reason, ServiceTable, Verdict};
+pub use completeness::{Completeness, LossGap, UnresolvedCounts};
 pub use correlate::{CorrelatorStats, Finish, Parent, ParentHook};
 pub use state::{Module, ModuleKind, ModuleMap, ProcessInfo, StateStats};
 pub use sysdlls::{SystemDll, SystemDlls};
@@ -399,6 +401,7 @@ pub struct VerdictCounts {
     pub kernel_origin: u64,
     pub no_stack: u64,
     pub truncated: u64,
+    pub unresolved: u64,
 }
 
 impl VerdictCounts {
@@ -418,6 +421,7 @@ impl VerdictCounts {
             Verdict::KernelOrigin => self.kernel_origin,
             Verdict::NoStack => self.no_stack,
             Verdict::Truncated => self.truncated,
+            Verdict::Unresolved => self.unresolved,
         }
     }
 
@@ -429,6 +433,7 @@ impl VerdictCounts {
             Verdict::KernelOrigin => &mut self.kernel_origin,
             Verdict::NoStack => &mut self.no_stack,
             Verdict::Truncated => &mut self.truncated,
+            Verdict::Unresolved => &mut self.unresolved,
         }
     }
 
@@ -476,6 +481,14 @@ pub struct EngineStats {
     /// Syscalls decided as if their stub matched because the tallies were
     /// full (only a hostile trace gets there).
     pub service_checks_settled_early: u64,
+    /// `unresolved` syscalls by reason (counted when decided; one whose
+    /// rule-5 decision was still open may have settled as `stub_mismatch`).
+    pub unresolved: UnresolvedCounts,
+    /// Where events may be missing (raw timestamps).
+    pub loss_gaps: Vec<LossGap>,
+    /// Events may be missing somewhere (gaps, or loss counters without a
+    /// place in time): alerts carry `trace_incomplete`.
+    pub trace_incomplete: bool,
 }
 
 /// Distinct (return site, routine, outcome) tallies kept at most.
@@ -626,6 +639,8 @@ pub struct Engine {
     /// An always-empty table: classification consults it in
     /// [`Learning::Deferred`] mode, leaving rule 5 to the final one.
     no_services: ServiceTable,
+    /// What the engine may have missed (see [`Completeness`]).
+    completeness: Completeness,
 }
 
 impl Engine {
@@ -655,6 +670,7 @@ impl Engine {
             held: None,
             hold_syscalls: cfg.hold_syscalls,
             no_services: ServiceTable::new(),
+            completeness: Completeness::default(),
         };
         e.update_window();
         e.corr.set_count_co_parents(e.pairing == Pairing::AnyEvent);
@@ -690,6 +706,9 @@ impl Engine {
         self.set_pointer_size(h.pointer_size as u8);
         self.stats.events_lost = Some(h.events_lost);
         self.stats.buffers_lost = Some(h.buffers_lost);
+        if h.events_lost > 0 || h.buffers_lost > 0 {
+            self.completeness.note_unplaced_loss();
+        }
         self.header = Some(h);
     }
 
@@ -715,6 +734,28 @@ impl Engine {
 
     pub fn state(&self) -> &State {
         &self.state
+    }
+
+    /// Events may be missing from raw timestamp `from` to `to` (`u64::MAX`:
+    /// to the end): a reader's damage, or a live session's loss counters
+    /// growing between two reads. Call it before the syscalls it concerns
+    /// are classified; an alert of a process whose module map such a gap
+    /// may have changed becomes `unresolved`/`events_lost`. `cause` is
+    /// reported as given (`buffers_missing`, `buffer_damaged`,
+    /// `session_loss`).
+    pub fn note_events_missing(&mut self, from: u64, to: u64, cause: &str) {
+        self.completeness.note_gap(from, to, cause);
+    }
+
+    /// Events were lost at no known time (a session's counters without a
+    /// time, a header's `EventsLost`): alerts say the trace is incomplete.
+    pub fn note_loss_without_time(&mut self) {
+        self.completeness.note_unplaced_loss();
+    }
+
+    /// What the engine may have missed.
+    pub fn completeness(&self) -> &Completeness {
+        &self.completeness
     }
 
     pub fn services(&self) -> &ServiceTable {
@@ -758,6 +799,8 @@ impl Engine {
         s.state = self.state.stats.clone();
         s.pending_now = self.pending() as u64;
         s.learned_return_sites = self.services.len() as u64;
+        s.loss_gaps = self.completeness.gaps().to_vec();
+        s.trace_incomplete = self.completeness.incomplete();
         s.parent_hooks = self
             .parent_hooks
             .iter()
@@ -1119,6 +1162,13 @@ impl Engine {
         }
         let mut verdict = outcome.verdict;
         let mut reason = outcome.reason;
+        if verdict.is_alert() {
+            if let Some(r) = self.completeness.unresolved(&outcome, process, ts) {
+                verdict = Verdict::Unresolved;
+                reason = Some(r);
+                self.stats.unresolved.add(r);
+            }
+        }
         let mut suppressed = None;
         if !self.allowlist.is_empty() {
             let mut facts = allowlist::AlertFacts {

@@ -79,6 +79,13 @@ pub struct ReportConfig {
     pub immediate: bool,
     /// Frames of the stack kept as evidence in an alert.
     pub max_stack_frames: usize,
+    /// The input's name, written in every line (`file`; ECS
+    /// `log.file.path`) so that lines of several files stay apart.
+    pub file: Option<String>,
+    /// ECS `host.name` (`--host`; the machine's name in `live`).
+    pub host: Option<String>,
+    /// Rows of the summary table (0: all).
+    pub summary_rows: usize,
     /// Bytes of evidence kept for open rule-5 groups (0: 64 MiB). Past it
     /// the oldest is dropped; should a dropped group settle as an alert,
     /// `analyze` finds its evidence again in a second pass
@@ -285,6 +292,13 @@ pub struct Alert {
     pub last_seen: Option<String>,
     pub stack: Vec<String>,
     pub technique: &'static str,
+    /// Events may be missing somewhere in the input (not where this
+    /// alert's state came from: that would have made it `unresolved`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub trace_incomplete: bool,
+    /// The input file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
     /// Emission order of the syscall the evidence comes from.
     #[serde(skip)]
     seq: u64,
@@ -306,7 +320,7 @@ struct ProcSummary {
     /// Syscalls counted in no call site of the row (without a user frame,
     /// or past the site caps); the others are in their sites' totals.
     siteless: u64,
-    counts: [u64; 6],
+    counts: [u64; Verdict::ALL.len()],
     suppressed: u64,
     /// Call sites of this row in `Report::sites`.
     site_count: usize,
@@ -440,6 +454,8 @@ pub struct Report {
     line: Vec<u8>,
     io_error: Option<io::Error>,
     header: Option<LogfileHeader>,
+    /// Events may be missing somewhere in the input.
+    trace_incomplete: bool,
 }
 
 /// MITRE ATT&CK technique for both verdicts: T1106 Native API.
@@ -480,7 +496,14 @@ impl Report {
             line: Vec::with_capacity(512),
             io_error: None,
             header: None,
+            trace_incomplete: false,
         }
+    }
+
+    /// Events may be missing somewhere in the input: alerts say so
+    /// (`trace_incomplete`). [`Report::finish`] also takes it from the engine.
+    pub fn set_trace_incomplete(&mut self, yes: bool) {
+        self.trace_incomplete = yes;
     }
 
     /// The clock for UTC times (else raw timestamps only).
@@ -534,6 +557,12 @@ impl Report {
             "call_site": v.first_user_frame().map(|a| r.describe(a)),
             "caller": v.caller_frame().map(|a| r.describe(a)),
         });
+        if let Some(f) = &self.cfg.file {
+            o["file"] = json!(f);
+        }
+        if self.cfg.format == Format::Ecs {
+            o = ecs_syscall(&o, &self.ecs_context(self.header.as_ref()));
+        }
         if let Some((sv, sr, i)) = v.suppressed {
             o["suppressed"] = json!(true);
             o["suppressed_verdict"] = json!(sv.as_str());
@@ -698,7 +727,17 @@ impl Report {
                 .map(|f| self.render(f, system_dlls))
                 .collect(),
             technique: "",
+            trace_incomplete: false,
+            file: None,
             seq: e.seq,
+        }
+    }
+
+    fn ecs_context<'a>(&'a self, header: Option<&'a LogfileHeader>) -> EcsContext<'a> {
+        EcsContext {
+            header,
+            file: self.cfg.file.as_deref(),
+            host: self.cfg.host.as_deref(),
         }
     }
 
@@ -706,13 +745,15 @@ impl Report {
         let mut a = a.clone();
         a.first_seen = self.time(a.first_timestamp);
         a.last_seen = self.time(a.last_timestamp);
+        a.trace_incomplete = self.trace_incomplete;
+        a.file.clone_from(&self.cfg.file);
         match self.cfg.format {
             Format::Json => {
                 let mut v = serde_json::to_value(&a).unwrap_or(Value::Null);
                 v["type"] = json!("alert");
                 v
             }
-            Format::Ecs => ecs(&a, header),
+            Format::Ecs => ecs(&a, &self.ecs_context(header)),
         }
     }
 
@@ -1112,18 +1153,27 @@ impl Report {
                 syscalls[row as usize] += n;
             }
         }
+        // Alerting processes first, then unresolved ones, then by volume.
         let alerts = |s: &ProcSummary| s.counts[1] + s.counts[2];
+        let unresolved = |s: &ProcSummary| s.counts[Verdict::Unresolved.index()];
         let mut order: Vec<usize> = (0..self.rows.len()).collect();
         order.sort_by(|&i, &j| {
             let (a, b) = (&self.rows[i], &self.rows[j]);
             alerts(b)
                 .cmp(&alerts(a))
+                .then(unresolved(b).cmp(&unresolved(a)))
                 .then(syscalls[j].cmp(&syscalls[i]))
                 .then(a.pid.cmp(&b.pid))
         });
+        // Every alerting process is listed, whatever the limit.
+        let alerting = order.iter().filter(|&&i| alerts(&self.rows[i]) > 0).count();
+        let shown = match self.cfg.summary_rows {
+            0 => order.len(),
+            n => n.max(alerting).min(order.len()),
+        };
         let mut t = String::new();
         t.push_str(&format!(
-            "{:>7} {:<24} {:>10} {:>10} {:>7} {:>8} {:>7} {:>8} {:>6} {:>6}  top call sites\n",
+            "{:>7} {:<24} {:>10} {:>10} {:>7} {:>8} {:>7} {:>8} {:>6} {:>6} {:>6}  top call sites\n",
             "pid",
             "process",
             "syscalls",
@@ -1133,9 +1183,10 @@ impl Report {
             "kernel",
             "no_stack",
             "trunc",
+            "unres",
             "suppr"
         ));
-        for i in order {
+        for &i in &order[..shown] {
             let (s, syscalls, sites) = (&self.rows[i], syscalls[i], &mut sites[i]);
             sites.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
             let top: Vec<String> = sites
@@ -1145,10 +1196,12 @@ impl Report {
                 .collect();
             let c = &s.counts;
             t.push_str(&format!(
-                "{:>7} {:<24} {:>10} {:>10} {:>7} {:>8} {:>7} {:>8} {:>6} {:>6}  {}\n",
+                "{:>7} {:<24} {:>10} {:>10} {:>7} {:>8} {:>7} {:>8} {:>6} {:>6} {:>6}  {}\n",
                 s.pid.map_or("-".to_string(), |p| p.to_string()),
                 if s.pid.is_none() {
                     "(no stack)"
+                } else if s.name.is_empty() {
+                    "(unknown)"
                 } else {
                     &s.name
                 },
@@ -1159,8 +1212,22 @@ impl Report {
                 c[Verdict::KernelOrigin.index()],
                 c[Verdict::NoStack.index()],
                 c[Verdict::Truncated.index()],
+                c[Verdict::Unresolved.index()],
                 s.suppressed,
                 top.join(", ")
+            ));
+        }
+        if shown < order.len() {
+            let rest = &order[shown..];
+            let n: u64 = rest.iter().map(|&i| syscalls[i]).sum();
+            t.push_str(&format!(
+                "  ... and {} more processes ({n} syscalls, no alerts{}); --summary-rows 0 lists all\n",
+                rest.len(),
+                if rest.iter().any(|&i| unresolved(&self.rows[i]) > 0) {
+                    ""
+                } else {
+                    ", none unresolved"
+                }
             ));
         }
         t
@@ -1177,6 +1244,7 @@ impl Report {
     /// End of input: writes the alerts, flushes.
     pub fn finish(&mut self, engine: &Engine) -> io::Result<()> {
         self.clock = engine.clock().copied().or(self.clock);
+        self.trace_incomplete |= engine.completeness().incomplete();
         self.settle(engine);
         self.write_alerts(engine.header());
         self.flush()
@@ -1295,25 +1363,134 @@ fn count_in_row(s: &mut ProcSummary, v: &SyscallVerdict<'_>) {
     }
 }
 
-/// The ECS document of an alert.
-fn ecs(a: &Alert, header: Option<&LogfileHeader>) -> Value {
-    let action = a.technique;
-    let rule = match a.reason {
-        Some(r) => format!("{}_syscall.{}", a.verdict, r),
-        None => format!("{}_syscall", a.verdict),
-    };
-    let mut os = json!({"family": "windows", "type": "windows", "platform": "windows"});
-    if let Some(h) = header {
-        os["version"] = json!(h.os_version_string());
-        os["kernel"] = json!(format!("{}", h.provider_version));
+/// The ECS version the documents follow (`ecs.version`, required in every
+/// event). Field names and types checked against ECS 9.4.0's published
+/// `generated/csv/fields.csv` (elastic/ecs, tag v9.4.0) by the CLI's
+/// `ecs_fields` test; fields of our own are under `syscall_sentry.`.
+pub const ECS_VERSION: &str = "9.4.0";
+
+/// What every ECS document of one input shares.
+struct EcsContext<'a> {
+    header: Option<&'a LogfileHeader>,
+    file: Option<&'a str>,
+    host: Option<&'a str>,
+}
+
+impl EcsContext<'_> {
+    fn host(&self) -> Value {
+        let mut os = json!({"family": "windows", "type": "windows", "platform": "windows"});
+        if let Some(h) = self.header {
+            os["version"] = json!(h.os_version_string());
+            os["kernel"] = json!(format!("{}", h.provider_version));
+        }
+        let mut host = json!({ "os": os });
+        if let Some(n) = self.host {
+            host["name"] = json!(n);
+        }
+        host
     }
+}
+
+/// A stable id from the parts that make a line unique (FNV-1a, 64 bits):
+/// the same input gives the same ids, so a re-shipped file deduplicates.
+fn event_id(parts: &[&str]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in p.bytes().chain([0xFF]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
+/// Drops what is unknown (null, empty strings, empty objects/arrays)
+/// instead of writing it as a value.
+fn prune(v: &mut Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => {
+            a.retain_mut(prune);
+            !a.is_empty()
+        }
+        Value::Object(o) => {
+            o.retain(|_, x| prune(x));
+            !o.is_empty()
+        }
+        _ => true,
+    }
+}
+
+fn rule_of(verdict: &str, reason: Option<&str>) -> (String, String) {
+    match reason {
+        Some(r) => (
+            format!("syscall-sentry.{verdict}.{r}"),
+            format!("{verdict}_syscall.{r}"),
+        ),
+        None => (
+            format!("syscall-sentry.{verdict}"),
+            format!("{verdict}_syscall"),
+        ),
+    }
+}
+
+fn threat() -> Value {
     json!({
+        "framework": "MITRE ATT&CK",
+        "technique": {
+            "id": [TECHNIQUE_ID],
+            "name": [TECHNIQUE_NAME],
+            "reference": ["https://attack.mitre.org/techniques/T1106/"],
+        },
+        "tactic": {"id": ["TA0002"], "name": ["Execution"]},
+    })
+}
+
+/// The ECS document of an alert.
+fn ecs(a: &Alert, cx: &EcsContext<'_>) -> Value {
+    let (rule_id, rule_name) = rule_of(a.verdict, a.reason);
+    let who = if a.process.is_empty() {
+        format!("pid {}", a.pid.map_or("?".into(), |p| p.to_string()))
+    } else {
+        format!(
+            "{} (pid {})",
+            a.process,
+            a.pid.map_or("?".into(), |p| p.to_string())
+        )
+    };
+    let message = format!(
+        "{} syscall{} by {who} from {}, {} time{}",
+        if a.verdict == "direct" {
+            "Direct"
+        } else {
+            "Indirect"
+        },
+        a.reason.map(|r| format!(" ({r})")).unwrap_or_default(),
+        a.call_site,
+        a.count,
+        if a.count == 1 { "" } else { "s" }
+    );
+    let pid = a.pid.map_or(String::new(), |p| p.to_string());
+    let first = a.first_timestamp.to_string();
+    let id = event_id(&[
+        cx.file.unwrap_or(""),
+        &pid,
+        &a.call_site,
+        a.verdict,
+        a.reason.unwrap_or(""),
+        &first,
+    ]);
+    let mut v = json!({
         "@timestamp": a.first_seen,
+        "message": message,
+        "ecs": {"version": ECS_VERSION},
         "event": {
             "kind": "alert",
+            "id": id,
             "category": ["process"],
             "type": ["info"],
-            "action": action,
+            "action": a.technique,
             "module": "syscall_sentry",
             "dataset": "syscall_sentry.alert",
             "provider": "syscall-sentry",
@@ -1330,20 +1507,14 @@ fn ecs(a: &Alert, header: Option<&LogfileHeader>) -> Value {
         },
         "user": {"id": a.user_sid},
         "rule": {
-            "name": rule,
+            "id": rule_id,
+            "name": rule_name,
             "category": "syscall provenance",
             "ruleset": "syscall-sentry verdicts",
         },
-        "threat": {
-            "framework": "MITRE ATT&CK",
-            "technique": {
-                "id": [TECHNIQUE_ID],
-                "name": [TECHNIQUE_NAME],
-                "reference": ["https://attack.mitre.org/techniques/T1106/"],
-            },
-            "tactic": {"id": ["TA0002"], "name": ["Execution"]},
-        },
-        "host": {"os": os},
+        "threat": threat(),
+        "host": cx.host(),
+        "log": {"file": {"path": cx.file}},
         "syscall_sentry": {
             "verdict": a.verdict,
             "reason": a.reason,
@@ -1360,8 +1531,85 @@ fn ecs(a: &Alert, header: Option<&LogfileHeader>) -> Value {
             "first_timestamp": a.first_timestamp,
             "last_timestamp": a.last_timestamp,
             "stack": a.stack,
+            "trace_incomplete": a.trace_incomplete,
         },
-    })
+    });
+    prune(&mut v);
+    v
+}
+
+/// The ECS document of one syscall (`--per-syscall --format ecs`), from
+/// its own-layout line: an `alert` for direct/indirect, else an `event`.
+fn ecs_syscall(o: &Value, cx: &EcsContext<'_>) -> Value {
+    let verdict = o["verdict"].as_str().unwrap_or("");
+    let reason = o["reason"].as_str();
+    let alert = verdict == "direct" || verdict == "indirect";
+    let (rule_id, rule_name) = rule_of(verdict, reason);
+    let process = o["process"].as_str().unwrap_or("");
+    let message = format!(
+        "Syscall {} by {}{}: {verdict}{}",
+        o["service"]
+            .as_str()
+            .unwrap_or_else(|| o["service_address"].as_str().unwrap_or("")),
+        if process.is_empty() { "pid " } else { process },
+        o["pid"]
+            .as_u64()
+            .map(|p| if process.is_empty() {
+                p.to_string()
+            } else {
+                format!(" (pid {p})")
+            })
+            .unwrap_or_else(|| "an unknown process".into()),
+        reason.map(|r| format!(" ({r})")).unwrap_or_default(),
+    );
+    let ts = o["timestamp"].as_u64().unwrap_or(0).to_string();
+    let mut v = json!({
+        "@timestamp": o["time"],
+        "message": message,
+        "ecs": {"version": ECS_VERSION},
+        "event": {
+            "kind": if alert { "alert" } else { "event" },
+            "id": event_id(&[cx.file.unwrap_or(""), &ts]),
+            "category": ["process"],
+            "type": ["info"],
+            "action": if alert { technique(Verdict::parse(verdict).unwrap_or(Verdict::Normal), reason.and_then(Reason::parse)) } else { "syscall" },
+            "module": "syscall_sentry",
+            "dataset": "syscall_sentry.syscall",
+            "provider": "syscall-sentry",
+        },
+        "process": {
+            "pid": o["pid"],
+            "name": process,
+            "thread": {"id": o["tid"]},
+        },
+        "host": cx.host(),
+        "log": {"file": {"path": cx.file}},
+        "syscall_sentry": {
+            "verdict": verdict,
+            "reason": reason,
+            "timestamp": o["timestamp"],
+            "processor": o["processor"],
+            "call_site": o["call_site"],
+            "caller": o["caller"],
+            "service_address": o["service_address"],
+            "service": o["service"],
+            "suppressed": o.get("suppressed"),
+            "suppressed_verdict": o.get("suppressed_verdict"),
+            "suppressed_reason": o.get("suppressed_reason"),
+            "allow_entry": o.get("allow_entry"),
+        },
+    });
+    if alert {
+        v["rule"] = json!({
+            "id": rule_id,
+            "name": rule_name,
+            "category": "syscall provenance",
+            "ruleset": "syscall-sentry verdicts",
+        });
+        v["threat"] = threat();
+    }
+    prune(&mut v);
+    v
 }
 
 /// Human-readable statistics (for stderr or the summary file).
@@ -1383,15 +1631,22 @@ pub fn stats_text(s: &EngineStats, wall_seconds: f64, alerts: usize) -> String {
         ));
     }
     t.push_str(&format!(
-        "events lost (logfile header): {}, buffers lost: {}\n",
+        "events the session could not log (logfile header EventsLost): {}, buffers it could not write (BuffersLost): {}\n",
         s.events_lost.map_or("unknown".into(), |v| v.to_string()),
         s.buffers_lost.map_or("unknown".into(), |v| v.to_string())
     ));
     let v = &s.verdicts;
     t.push_str(&format!(
-        "syscalls: {}, normal {}, direct {}, indirect {}, kernel_origin {}, no_stack {}, truncated {}, suppressed {}; alerts (deduplicated): {}\n",
-        s.syscalls, v.normal, v.direct, v.indirect, v.kernel_origin, v.no_stack, v.truncated, s.suppressed, alerts
+        "syscalls: {}, normal {}, direct {}, indirect {}, kernel_origin {}, no_stack {}, truncated {}, unresolved {}, suppressed {}; alerts (deduplicated): {}\n",
+        s.syscalls, v.normal, v.direct, v.indirect, v.kernel_origin, v.no_stack, v.truncated, v.unresolved, s.suppressed, alerts
     ));
+    if v.unresolved > 0 {
+        let u = &s.unresolved;
+        t.push_str(&format!(
+            "unresolved: process_unknown {}, modules_incomplete {}, events_lost {}\n",
+            u.process_unknown, u.modules_incomplete, u.events_lost
+        ));
+    }
     let c = &s.correlator;
     t.push_str(&format!(
         "correlator: matched {}, syscall without stack {}, stack without syscall {}, expired {}, fragments stitched {}, evicted {}, peak pending {}, keys resolved {}, keys unresolved {}\n",

@@ -268,6 +268,12 @@ pub struct ProcessInfo {
     pub ended_at: Option<u64>,
     /// Bumped when the pid is reused by a new process.
     pub generation: u32,
+    /// Raw timestamp of its Start or rundown (DCStart) event: from then on
+    /// its module map is built from what the trace shows (`None`: the
+    /// process is known only from other events).
+    pub known_since: Option<u64>,
+    /// Its `\System32\ntdll.dll` was mapped (seen loading or in the rundown).
+    pub ntdll: bool,
 }
 
 /// Counters of the state tracker.
@@ -365,11 +371,15 @@ impl State {
                 }
                 let info = self.entry(p.process_id);
                 fill(info, p);
+                info.known_since = Some(ts);
             }
             Lifecycle::DcStart | Lifecycle::DcEnd => {
                 let info = self.entry(p.process_id);
                 if info.image_file_name.is_empty() || p.op == Lifecycle::DcStart {
                     fill(info, p);
+                }
+                if p.op == Lifecycle::DcStart && info.known_since.is_none() {
+                    info.known_since = Some(ts);
                 }
             }
             Lifecycle::End | Lifecycle::Defunct => {
@@ -441,6 +451,9 @@ impl State {
                     let info = self.entry(i.process_id);
                     if kind == ModuleKind::NtdllWow64 {
                         info.wow64 = true;
+                    }
+                    if kind == ModuleKind::Ntdll {
+                        info.ntdll = true;
                     }
                     info.modules.insert(m);
                 }

@@ -55,6 +55,7 @@ impl Harness {
             engine: Engine::new(cfg),
             got: Vec::new(),
         };
+        h.process(PID, Lifecycle::DcStart, 1);
         h.image(
             PID,
             NTDLL,
@@ -76,6 +77,26 @@ impl Harness {
         h.image(PID, APP, 0x1_0000, r"\Device\HarddiskVolume3\app\app.exe");
         h.image(0, NTOS, 0x100_0000, r"\SystemRoot\system32\ntoskrnl.exe");
         h
+    }
+
+    fn process(&mut self, pid: u32, op: Lifecycle, ts: u64) {
+        let p = sentry_kernel::Process {
+            op,
+            unique_process_key: 0,
+            process_id: pid,
+            parent_id: 4,
+            session_id: 1,
+            exit_status: 0,
+            directory_table_base: 0,
+            flags: None,
+            user_sid: String::new(),
+            image_file_name: "app.exe".into(),
+            command_line: String::new(),
+            package_full_name: String::new(),
+            application_id: String::new(),
+        };
+        self.engine
+            .on_kernel_event(&raw(ts, 0), KernelEvent::Process(p));
     }
 
     fn image(&mut self, pid: u32, base: u64, size: u64, path: &str) {
@@ -686,4 +707,79 @@ fn parked_syscall_outlives_its_process_end() {
     other.timestamp = 400_000_000;
     h.engine.process(&other, &mut NullSink);
     assert!(h.engine.state().process(PID).is_none());
+}
+
+/// What the engine could not see: a process without start or rundown, one
+/// without its ntdll mapping, and events lost between a process's start
+/// and its syscall turn alerts of rules 3 and 7 into `unresolved`; alerts
+/// that rest only on the stub module stay, and so do alerts of processes
+/// whose state was complete before the loss.
+#[test]
+fn unresolved_when_the_state_could_not_be_seen() {
+    let direct = stack_of(&[SHELL + 0x10, APP + 0x10]);
+    let jumper = stack_of(&[NTDLL + 0x14, SHELL + 0x20]);
+    let gadget = stack_of(&[NTDLL + 0x18, K32 + 0x10]);
+
+    // Unknown process: its images are known but not its start.
+    let mut h = Harness::new(EngineConfig::default());
+    h.image(999, NTDLL, 0x20_0000, r"\Windows\System32\ntdll.dll");
+    h.syscall(100, 0, SVC_A);
+    h.stack(100, 0, 999, 5, &direct);
+    let g = h.got.last().unwrap();
+    assert_eq!(
+        (g.verdict, g.reason),
+        (Verdict::Unresolved, Some(Reason::ProcessUnknown))
+    );
+    // A process started in the trace without its ntdll mapping seen.
+    h.process(555, Lifecycle::Start, 150);
+    h.image(555, APP, 0x1_0000, r"\app\app.exe");
+    h.syscall(200, 0, SVC_A);
+    h.stack(200, 0, 555, 6, &jumper);
+    let g = h.got.last().unwrap();
+    assert_eq!(
+        (g.verdict, g.reason),
+        (Verdict::Unresolved, Some(Reason::ModulesIncomplete))
+    );
+
+    // Loss between the image loads and the syscalls: the event-loss gap.
+    assert_eq!(
+        h.one(300, SVC_A, &direct),
+        (Verdict::Direct, Some(Reason::Unbacked))
+    );
+    h.engine.note_events_missing(400, 450, "session_loss");
+    assert_eq!(
+        h.one(500, SVC_A, &direct),
+        (Verdict::Unresolved, Some(Reason::EventsLost))
+    );
+    assert_eq!(
+        h.one(600, SVC_A, &jumper),
+        (Verdict::Unresolved, Some(Reason::EventsLost))
+    );
+    // Not a claim about the module map: stays.
+    assert_eq!(
+        h.one(700, SVC_A, &gadget),
+        (Verdict::Indirect, Some(Reason::NotReturnSite))
+    );
+    // A process whose start and ntdll come after the gap is whole again.
+    h.process(777, Lifecycle::Start, 800);
+    h.image(777, NTDLL, 0x20_0000, r"\Windows\System32\ntdll.dll");
+    h.syscall(900, 0, SVC_A);
+    h.stack(900, 0, 777, 9, &direct);
+    let g = h.got.last().unwrap();
+    assert_eq!(
+        (g.verdict, g.reason),
+        (Verdict::Direct, Some(Reason::Unbacked))
+    );
+    let s = h.finish();
+    assert_eq!(s.verdicts.unresolved, 4);
+    assert_eq!(
+        (
+            s.unresolved.process_unknown,
+            s.unresolved.modules_incomplete,
+            s.unresolved.events_lost
+        ),
+        (1, 1, 2)
+    );
+    assert!(s.trace_incomplete);
+    assert_eq!(s.loss_gaps.len(), 1);
 }

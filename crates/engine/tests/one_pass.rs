@@ -152,7 +152,7 @@ fn one_pass_equals_two_passes_with_an_allowlist() {
     let allow = Allowlist::parse(
         r#"
 [[allow]]
-process = "*"
+process = "*.exe"
 module = "ntdll.dll"
 verdict = "indirect"
 reason = "stub_mismatch"

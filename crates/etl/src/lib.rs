@@ -62,6 +62,7 @@
 #![forbid(unsafe_code)]
 
 pub mod buffer;
+pub mod damage;
 pub mod error;
 mod reader;
 pub mod record;

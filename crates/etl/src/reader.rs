@@ -680,6 +680,8 @@ struct Shared {
     limit: usize,
     /// Time order only: headers the processor cursors share.
     headers: Option<HeaderCache>,
+    /// Where events may be missing (see [`crate::damage`]).
+    damage: crate::damage::DamageLog,
 }
 
 /// A cursor's event before it is current: nothing.
@@ -767,6 +769,12 @@ impl Cursor {
     fn load_next(&mut self, file: &EtlFile, sh: &mut Shared) -> bool {
         self.started = true;
         while let Some(info) = self.next_buffer(file, sh) {
+            // The stream's last event so far: what came before this buffer.
+            sh.damage.buffer(
+                info.header.sequence_number,
+                info.header.processor,
+                self.event.timestamp,
+            );
             self.buf_offset = info.offset;
             self.base = info.offset + HDR;
             self.event.processor = info.header.processor;
@@ -786,6 +794,8 @@ impl Cursor {
                 Ok(n) => self.len = n,
                 Err((e, n)) => {
                     sh.diag.error(e);
+                    sh.damage
+                        .lost_after(info.header.processor, self.event.timestamp);
                     self.len = n;
                     self.partial = true;
                     if n == 0 {
@@ -797,6 +807,9 @@ impl Cursor {
             return true;
         }
         self.done = true;
+        if let Some(p) = self.processor_filter {
+            sh.damage.stream_end(p, self.event.timestamp);
+        }
         self.len = 0;
         // Give the memory back: a finished stream holds nothing.
         sh.held -= self.data.capacity();
@@ -822,6 +835,8 @@ impl Cursor {
                 Ok(Step::End(_)) => return None,
                 Err(e) => {
                     sh.diag.error(e);
+                    sh.damage
+                        .lost_after(self.processor_filter.unwrap_or(0), self.event.timestamp);
                     self.scan.off = file.len;
                     return None;
                 }
@@ -957,6 +972,8 @@ impl Cursor {
                             self.buf_offset,
                             kind,
                         ));
+                        sh.damage
+                            .lost_after(self.event.processor, self.event.timestamp);
                     }
                     sh.diag.abandoned_buffer_tails += 1;
                     sh.diag.abandoned_bytes += rest.len() as u64;
@@ -1191,6 +1208,7 @@ impl<'f> EventReader<'f> {
             held: 0,
             limit,
             headers: (order == Order::Time).then(HeaderCache::new),
+            damage: crate::damage::DamageLog::default(),
         };
         let mode = match order {
             Order::File => Mode::File {
@@ -1274,6 +1292,13 @@ impl<'f> EventReader<'f> {
 
     pub fn into_diagnostics(self) -> Diagnostics {
         self.shared.diag
+    }
+
+    /// What was skipped, and where in trace time events may be missing
+    /// because of it (time order only; see [`crate::damage`]).
+    pub fn into_diagnostics_and_gaps(self) -> (Diagnostics, Vec<crate::damage::Gap>) {
+        let gaps = self.shared.damage.gaps(self.file, &self.shared.diag);
+        (self.shared.diag, gaps)
     }
 
     /// Processor streams (cursors) this reader holds: one in file order,

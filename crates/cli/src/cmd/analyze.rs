@@ -6,10 +6,15 @@
 //! are settled at the end ([`Learning::Deferred`]). `--per-syscall` prints
 //! each verdict as it comes, so it runs two passes instead: the first
 //! learns, the second classifies. Both give the same verdicts.
-//! Exit code: 0 nothing found, 1 alerts found, 2 error.
+//!
+//! A damaged file (unreadable or missing buffers) is read again with the
+//! places where events may be missing known from the start, so that no
+//! alert rests on state the engine could not see (docs/verdicts.md, "What
+//! the engine could not see"); damage is reported on stderr in every mode.
+//! Exit codes: [`crate::exit`].
 
 use std::fs::File;
-use std::io::{IsTerminal, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -22,21 +27,25 @@ use sentry_engine::{
     Allowlist, Engine, EngineConfig, EngineStats, Learning, NullSink, ServiceTable, SystemDlls,
     VerdictSink,
 };
+use sentry_etl::damage::Gap;
 use sentry_etl::{Diagnostics, EtlFile, Order};
 use sentry_raw::{Clock, KernelClass};
 
 use super::report_args::ReportArgs;
+use crate::exit;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// .etl files (each analysed on its own).
+    /// .etl files, each analysed on its own (`-`: standard input, spooled to
+    /// a temporary file first).
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
     /// Directory with ntdll.dll, win32u.dll, ntoskrnl.exe, win32k.sys of the
     /// traced machine: exact return sites and stub/service names.
     #[arg(long, value_name = "DIR")]
     pub system_dlls: Option<PathBuf>,
-    /// Also write the engine statistics of each file as JSON lines here.
+    /// Also write the engine statistics and the damage found in each file
+    /// as JSON lines here.
     #[arg(long, value_name = "FILE")]
     pub stats_json: Option<PathBuf>,
     /// From this time: RFC 3339 (UTC or offset) or seconds from the trace start.
@@ -50,12 +59,35 @@ pub struct Args {
     /// turns out to be an alert, found again by a second pass.
     #[arg(long, value_name = "MIB", default_value_t = 64.0)]
     pub evidence_budget: f64,
+    /// Rows of the per-process table: alerting processes always, then the
+    /// busiest others up to this many (0: all).
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub summary_rows: usize,
     #[command(flatten)]
     pub report: ReportArgs,
 }
 
+/// Reader errors printed on stderr per file (all are counted; the first
+/// ones kept by the reader go to `--stats-json`).
+const ERRORS_SHOWN: usize = 5;
+
+/// What one file's analysis found.
+#[derive(Debug, Default, Clone, Copy)]
+struct FileResult {
+    alerts: usize,
+    /// Damaged or incomplete input, or nothing the trace could show.
+    incomplete: bool,
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let format = args.report.format()?;
+    args.report.validate()?;
+    if !(args.evidence_budget.is_finite() && args.evidence_budget > 0.0) {
+        bail!(
+            "--evidence-budget {}: give a positive number of MiB (the default is 64)",
+            args.evidence_budget
+        );
+    }
     let system_dlls = match &args.system_dlls {
         Some(d) => Some(Arc::new(
             SystemDlls::load_dir(d).map_err(|e| anyhow::anyhow!("--system-dlls {e}"))?,
@@ -68,18 +100,37 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None
     } else {
         Some(match &args.report.summary {
-            Some(p) => Box::new(File::create(p).with_context(|| format!("{}", p.display()))?),
+            Some(p) => {
+                Box::new(File::create(p).with_context(|| format!("--summary {}", p.display()))?)
+            }
             None => Box::new(std::io::stderr()),
         })
     };
     let mut stats_out = match &args.stats_json {
-        Some(p) => Some(File::create(p).with_context(|| format!("{}", p.display()))?),
+        Some(p) => Some(File::create(p).with_context(|| format!("--stats-json {}", p.display()))?),
         None => None,
     };
-    let mut alerts = 0usize;
+    let (mut alerts, mut incomplete, mut failed) = (0usize, false, 0usize);
     for path in &args.files {
-        let (o, n) = analyze_file(
+        let input = match Input::open(path) {
+            Ok(i) => i,
+            Err(e) => {
+                failed += 1;
+                file_failed(path, &e, stats_out.as_mut())?;
+                continue;
+            }
+        };
+        let prepared = match prepare(&input, &args) {
+            Ok(p) => p,
+            Err(e) => {
+                failed += 1;
+                file_failed(path, &e, stats_out.as_mut())?;
+                continue;
+            }
+        };
+        let (o, r) = analyze_file(
             path,
+            prepared,
             &args,
             format,
             system_dlls.clone(),
@@ -91,14 +142,96 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             },
         )?;
         out = o;
-        alerts += n;
+        alerts += r.alerts;
+        incomplete |= r.incomplete;
     }
-    out.flush()?;
-    Ok(if alerts > 0 {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    out.flush().context("writing alerts")?;
+    if failed == args.files.len() {
+        bail!(
+            "no file could be analysed ({} given; the errors are above)",
+            args.files.len()
+        );
+    }
+    Ok(exit::of(alerts > 0, incomplete || failed > 0))
+}
+
+/// One file that could not be analysed: said on stderr (always) and in
+/// `--stats-json`; the other files are still analysed.
+fn file_failed(path: &Path, e: &anyhow::Error, stats: Option<&mut File>) -> anyhow::Result<()> {
+    eprintln!("syscall-sentry: error: {}: {e:#}", path.display());
+    if let Some(f) = stats {
+        let v = serde_json::json!({"file": path.display().to_string(), "error": format!("{e:#}")});
+        writeln!(f, "{v}").context("--stats-json")?;
+    }
+    Ok(())
+}
+
+/// An input file: the path given, or standard input / a pipe spooled to a
+/// temporary file (the reader needs to seek: it reads each processor's
+/// buffers in time order), removed when dropped.
+struct Input {
+    path: PathBuf,
+    spooled: bool,
+}
+
+impl Input {
+    fn open(path: &Path) -> anyhow::Result<Input> {
+        let stdin = path.as_os_str() == "-";
+        if !stdin {
+            let meta = std::fs::metadata(path).with_context(|| "cannot read it".to_string())?;
+            if meta.is_file() {
+                return Ok(Input {
+                    path: path.to_path_buf(),
+                    spooled: false,
+                });
+            }
+            if meta.is_dir() {
+                bail!("is a directory, not an .etl file");
+            }
+        }
+        // A pipe, FIFO or device: copy it to a temporary file first.
+        let tmp = spool_path();
+        let mut dst = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .with_context(|| format!("cannot create {} to spool the input", tmp.display()))?;
+        let copied = if stdin {
+            std::io::copy(&mut std::io::stdin().lock(), &mut dst)
+        } else {
+            let mut src = File::open(path).context("cannot read it")?;
+            std::io::copy(&mut src as &mut dyn Read, &mut dst)
+        };
+        let input = Input {
+            path: tmp,
+            spooled: true,
+        };
+        copied.with_context(|| {
+            format!(
+                "spooling the non-seekable input to {} (set TMPDIR to a place with room)",
+                input.path.display()
+            )
+        })?;
+        Ok(input)
+    }
+}
+
+impl Drop for Input {
+    fn drop(&mut self) {
+        if self.spooled {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn spool_path() -> PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    std::env::temp_dir().join(format!(
+        "syscall-sentry-input-{}-{}.etl",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ))
 }
 
 /// Kernel events the engine ignores, stepped over by the reader: PerfInfo
@@ -106,19 +239,33 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// trace. Every pass skips the same, so passes see the same events.
 const UNUSED_EVENTS: &[(u8, u8)] = &[(KernelClass::GROUP_PERFINFO, 52)];
 
+/// What a pass gives back besides the engine.
+struct Pass {
+    engine: Engine,
+    stats: EngineStats,
+    diag: Diagnostics,
+    /// Where events may be missing, as the reader found.
+    gaps: Vec<Gap>,
+}
+
 /// One pass over `file` in time order (without [`UNUSED_EVENTS`]): a new
-/// engine with `cfg` and the file's clock, every event into `sink`, then
-/// finished. `progress`: the bar and the bytes earlier passes covered.
+/// engine with `cfg`, the file's clock and the `gaps` known beforehand,
+/// every event into `sink`, then finished. `progress`: the bar and the
+/// bytes earlier passes covered.
 fn run_pass(
     file: &EtlFile,
     cfg: EngineConfig,
+    gaps: &[Gap],
     sink: &mut dyn VerdictSink,
     progress: Option<(&Progress, u64)>,
-) -> (Engine, EngineStats, Diagnostics) {
+) -> Pass {
     let clock = file.clock();
     let mut engine = Engine::new(cfg);
     engine.set_header(file.header().clone(), clock.sync_raw);
     engine.set_clock(clock);
+    for g in gaps {
+        engine.note_events_missing(g.from, g.to, g.cause.as_str());
+    }
     let mut reader = file.events_skipping(Order::Time, UNUSED_EVENTS);
     let mut n = 0u64;
     reader.for_each(|ev| {
@@ -131,9 +278,14 @@ fn run_pass(
         }
         ControlFlow::Continue(())
     });
-    let diag = reader.into_diagnostics();
+    let (diag, found) = reader.into_diagnostics_and_gaps();
     let stats = engine.finish(sink);
-    (engine, stats, diag)
+    Pass {
+        engine,
+        stats,
+        diag,
+        gaps: found,
+    }
 }
 
 /// Where the summary and the statistics go.
@@ -142,21 +294,20 @@ struct Side<'a> {
     stats_json: Option<&'a mut File>,
 }
 
-/// Runs both passes over one file; returns the output and its alert count.
-fn analyze_file(
-    path: &Path,
-    args: &Args,
-    format: Format,
-    system_dlls: Option<Arc<SystemDlls>>,
-    allowlist: Allowlist,
-    out: Box<dyn Write>,
-    side: Side<'_>,
-) -> anyhow::Result<(Box<dyn Write>, usize)> {
-    let Side {
-        summary,
-        stats_json,
-    } = side;
-    let file = EtlFile::open(path).with_context(|| format!("{}", path.display()))?;
+/// A file opened, with its filter: what can fail before any output.
+struct Prepared {
+    file: EtlFile,
+    filter: Filter,
+}
+
+fn prepare(input: &Input, args: &Args) -> anyhow::Result<Prepared> {
+    let file = EtlFile::open(&input.path).map_err(|e| {
+        let mut m = e.to_string();
+        if input.spooled {
+            m.push_str(" (read from a pipe: is it a whole .etl file?)");
+        }
+        anyhow::anyhow!(m)
+    })?;
     let clock = file.clock();
     let filter = Filter {
         pid: args.report.pid,
@@ -174,11 +325,42 @@ fn analyze_file(
             .transpose()
             .context("--until")?,
     };
+    if let (Some(a), Some(b)) = (filter.since, filter.until) {
+        if a > b {
+            bail!(
+                "--since {} is later than --until {}: nothing could match",
+                args.since.as_deref().unwrap_or(""),
+                args.until.as_deref().unwrap_or("")
+            );
+        }
+    }
+    Ok(Prepared { file, filter })
+}
+
+/// Runs the passes over one file; returns the output and what was found.
+#[allow(clippy::too_many_arguments)]
+fn analyze_file(
+    path: &Path,
+    prepared: Prepared,
+    args: &Args,
+    format: Format,
+    system_dlls: Option<Arc<SystemDlls>>,
+    allowlist: Allowlist,
+    mut out: Box<dyn Write>,
+    side: Side<'_>,
+) -> anyhow::Result<(Box<dyn Write>, FileResult)> {
+    let Side {
+        summary,
+        stats_json,
+    } = side;
+    let Prepared { file, filter } = prepared;
+    let clock = file.clock();
+    let name = path.display().to_string();
     // --per-syscall prints each verdict when it is decided: it needs the
     // learned services before classifying, hence a learning pass first.
     let two_pass = args.report.per_syscall;
     let passes: u64 = if two_pass { 2 } else { 1 };
-    let progress = Progress::new(file.len() * passes);
+    let progress = Progress::new(file.len() * passes, args.report.quiet);
     let started = Instant::now();
     let base = EngineConfig {
         window_ms: args.report.window_ms,
@@ -188,14 +370,17 @@ fn analyze_file(
     };
 
     let mut services = ServiceTable::new();
+    let mut gaps: Vec<Gap> = Vec::new();
+    let mut extra_passes = 0u64;
     if two_pass {
-        // Learn the service of each return site.
+        // Learn the service of each return site (and find the damage).
         let cfg = EngineConfig {
             learning: Learning::Only,
             ..base.clone()
         };
-        let (learner, _, _) = run_pass(&file, cfg, &mut NullSink, Some((&progress, 0)));
-        services = learner.into_services();
+        let learned = run_pass(&file, cfg, &[], &mut NullSink, Some((&progress, 0)));
+        gaps = learned.gaps;
+        services = learned.engine.into_services();
     }
 
     // Classify (and, in one pass, learn).
@@ -214,20 +399,47 @@ fn analyze_file(
         per_syscall: args.report.per_syscall,
         filter,
         evidence_budget: evidence_budget_bytes(args.evidence_budget),
+        file: Some(name.clone()),
+        host: args.report.host.clone(),
+        summary_rows: args.summary_rows,
         ..ReportConfig::default()
     };
-    let mut report = Report::new(report_cfg.clone(), out);
-    report.set_clock(Some(clock));
     let done = file.len() * (passes - 1);
-    let (engine, stats, diag) = run_pass(&file, cfg, &mut report, Some((&progress, done)));
+    let (mut report, pass) = loop {
+        let mut report = Report::new(report_cfg.clone(), out);
+        report.set_clock(Some(clock));
+        report.set_header(Some(file.header().clone()));
+        let pass = run_pass(
+            &file,
+            cfg.clone(),
+            &gaps,
+            &mut report,
+            Some((&progress, done)),
+        );
+        if !two_pass && gaps.is_empty() && !pass.gaps.is_empty() {
+            // Damage found while reading: nothing was written yet (alerts
+            // are written at the end), so read again with the gaps known
+            // from the start, and no alert rests on what they may hide.
+            gaps = pass.gaps;
+            extra_passes += 1;
+            out = report.into_output();
+            continue;
+        }
+        break (report, pass);
+    };
+    let Pass {
+        engine,
+        stats,
+        diag,
+        gaps: _,
+    } = pass;
     report.settle(&engine);
     let request = report.evidence_request();
-    let mut recovery_pass = false;
     if !request.is_empty() {
         // Alerts whose first stack was dropped to keep memory within the
         // evidence budget: a second pass (deterministic, same settings)
         // finds exactly those stacks again.
-        recovery_pass = true;
+        extra_passes += 1;
         let cfg = EngineConfig {
             learning: Learning::Deferred,
             allowlist,
@@ -235,42 +447,64 @@ fn analyze_file(
         };
         let mut recovery = Report::recovery(report_cfg, request);
         recovery.set_clock(Some(clock));
-        let (again, _, _) = run_pass(&file, cfg, &mut recovery, None);
-        let lost = report.fill_evidence(recovery.take_recovered(&again));
+        let again = run_pass(&file, cfg, &gaps, &mut recovery, None);
+        let lost = report.fill_evidence(recovery.take_recovered(&again.engine));
         if lost > 0 {
             eprintln!(
-                "syscall-sentry: warning: {}: the evidence of {lost} alerts could not be found again (the file changed?)",
-                path.display()
+                "syscall-sentry: warning: {name}: the evidence of {lost} alerts could not be found again (the file changed?)",
             );
         }
     }
-    report.finish(&engine).context("writing output")?;
+    report.finish(&engine).context("writing alerts")?;
     progress.done();
     let wall = started.elapsed().as_secs_f64();
     let alerts = report.alert_count();
+    let damage = Damage::of(&file, &diag, &gaps);
     if let Some(f) = stats_json {
         let mut v = serde_json::to_value(&stats)?;
-        v["file"] = serde_json::json!(path.display().to_string());
+        v["file"] = serde_json::json!(name);
         v["alerts"] = serde_json::json!(alerts);
         v["wall_seconds"] = serde_json::json!(wall);
         v["reader_errors"] = serde_json::json!(diag.error_count);
+        v["reader_error_samples"] = serde_json::json!(diag
+            .errors
+            .iter()
+            .map(|e| serde_json::json!({"offset": e.offset, "message": e.to_string()}))
+            .collect::<Vec<_>>());
+        v["skipped_buffers"] = serde_json::json!(diag.skipped_buffers);
+        v["abandoned_buffer_tails"] = serde_json::json!(diag.abandoned_buffer_tails);
+        v["buffers_found"] = serde_json::json!(file.diagnostics().buffers);
+        v["buffers_written"] = serde_json::json!(file.header().buffers_written);
+        v["damaged"] = serde_json::json!(damage.damaged());
         v["events_skipped_by_reader"] = serde_json::json!(diag.skipped_events);
-        v["passes"] = serde_json::json!(passes + u64::from(recovery_pass));
+        v["passes"] = serde_json::json!(passes + extra_passes);
         v["evidence_dropped"] = serde_json::json!(report.evidence_dropped());
         v["service_checks_settled_early"] = serde_json::json!(report.checks_settled_early());
-        writeln!(f, "{v}")?;
+        v["syscalls_reported"] = serde_json::json!(report.reported());
+        writeln!(f, "{v}").context("--stats-json")?;
     }
-    if let Some(w) = coverage_warning(&stats) {
-        // Always shown, even with --quiet: "nothing found" must not be read
-        // as "clean" when the trace could not have shown anything.
-        eprintln!("syscall-sentry: warning: {}: {w}", path.display());
+    // Always shown, even with --quiet: "nothing found" must not be read as
+    // "clean" when the trace could not have shown something.
+    let mut warnings = Vec::new();
+    warnings.extend(damage.warning(&clock, stats.first_timestamp));
+    warnings.extend(loss_warning(&stats));
+    warnings.extend(unresolved_warning(&stats));
+    warnings.extend(coverage_warning(&stats));
+    warnings.extend(filter_warning(args, &report, &stats));
+    for w in &warnings {
+        eprintln!("syscall-sentry: warning: {name}: {w}");
     }
+    let incomplete = damage.damaged()
+        || stats.trace_incomplete
+        || stats.verdicts.unresolved > 0
+        || coverage_warning(&stats).is_some()
+        || filter_warning(args, &report, &stats).is_some();
     if let Some(w) = summary {
-        let mut t = format!("== {} ==\n", path.display());
+        let mut t = format!("== {name} ==\n");
         t.push_str(&report.summary_table());
         t.push_str(&report::stats_text(&stats, wall / passes as f64, alerts));
         t.push_str(&format!(
-            "reader: {} buffers ({} compressed, {} skipped), {} records, {} events not delivered (SysCallExit), {} errors\n",
+            "reader: {} buffers ({} compressed, {} skipped), {} records, {} SysCallExit events not read (the engine needs none), {} errors\n",
             diag.buffers,
             diag.compressed_buffers,
             diag.skipped_buffers,
@@ -278,9 +512,6 @@ fn analyze_file(
             diag.skipped_events,
             diag.error_count
         ));
-        for e in diag.errors.iter().take(10) {
-            t.push_str(&format!("  reader error: {e}\n"));
-        }
         for (i, h) in engine.allowlist().hits.iter().enumerate() {
             if *h > 0 {
                 let e = &engine.allowlist().entries[i];
@@ -307,10 +538,131 @@ fn analyze_file(
                 report.alerts_dropped()
             ));
         }
-        w.write_all(t.as_bytes())?;
-        w.flush()?;
+        w.write_all(t.as_bytes()).context("--summary")?;
+        w.flush().context("--summary")?;
     }
-    Ok((report.into_output(), alerts))
+    Ok((report.into_output(), FileResult { alerts, incomplete }))
+}
+
+/// Damage a file showed: reader errors, skipped or missing buffers, and
+/// where events may therefore be missing.
+struct Damage<'a> {
+    diag: &'a Diagnostics,
+    gaps: &'a [Gap],
+    written: u64,
+    found: u64,
+}
+
+impl<'a> Damage<'a> {
+    fn of(file: &EtlFile, diag: &'a Diagnostics, gaps: &'a [Gap]) -> Damage<'a> {
+        Damage {
+            diag,
+            gaps,
+            written: u64::from(file.header().buffers_written),
+            found: file.diagnostics().buffers,
+        }
+    }
+
+    fn damaged(&self) -> bool {
+        self.diag.error_count > 0 || self.diag.skipped_buffers > 0 || !self.gaps.is_empty()
+    }
+
+    /// The stderr lines: counts, the first errors with their offsets and
+    /// "and N more", and from when events may be missing.
+    fn warning(&self, clock: &Clock, first: Option<u64>) -> Option<String> {
+        if !self.damaged() {
+            return None;
+        }
+        let d = self.diag;
+        let mut w = format!(
+            "input damaged: {} reader errors, {} buffers skipped, {} buffer tails abandoned ({} bytes)",
+            d.error_count, d.skipped_buffers, d.abandoned_buffer_tails, d.abandoned_bytes
+        );
+        if self.written > self.found {
+            w.push_str(&format!(
+                ", {} of {} buffers missing (the logfile header counts {} written; cut or copied in part?)",
+                self.written - self.found,
+                self.written,
+                self.written
+            ));
+        }
+        if let Some(from) = self.gaps.iter().map(|g| g.from).min() {
+            let start = first.unwrap_or(clock.sync_raw).min(from);
+            let secs = (from - start) as f64 / clock.ticks_per_second.max(1) as f64;
+            w.push_str(&format!(
+                "; events may be missing from {secs:.3} s into the trace to its end: alerts that would rest on them are `unresolved`"
+            ));
+        }
+        for e in d.errors.iter().take(ERRORS_SHOWN) {
+            w.push_str(&format!("\n  reader error: {e}"));
+        }
+        let more = d.error_count.saturating_sub(ERRORS_SHOWN as u64);
+        if more > 0 {
+            w.push_str(&format!(
+                "\n  ... and {more} more reader errors (--stats-json lists the first {})",
+                d.errors.len()
+            ));
+        }
+        Some(w)
+    }
+}
+
+/// The session's own loss counters (logfile header).
+fn loss_warning(stats: &EngineStats) -> Option<String> {
+    let (e, b) = (
+        stats.events_lost.unwrap_or(0),
+        stats.buffers_lost.unwrap_or(0),
+    );
+    if e == 0 && b == 0 {
+        return None;
+    }
+    Some(format!(
+        "the recording session could not log {e} events and {b} buffers (logfile header EventsLost/BuffersLost: \
+         its buffers were full; flooding ETW is also a way to hide): syscalls and state may be missing, \
+         alerts carry \"trace_incomplete\""
+    ))
+}
+
+/// Syscalls left `unresolved`.
+fn unresolved_warning(stats: &EngineStats) -> Option<String> {
+    let n = stats.verdicts.unresolved;
+    if n == 0 {
+        return None;
+    }
+    let u = &stats.unresolved;
+    Some(format!(
+        "{n} syscalls unresolved, not alerted: their verdict would rest on state the trace does not show \
+         (process_unknown {}, modules_incomplete {}, events_lost {}); --per-syscall lists them",
+        u.process_unknown, u.modules_incomplete, u.events_lost
+    ))
+}
+
+/// A filter that matched nothing, named.
+fn filter_warning(args: &Args, report: &Report, stats: &EngineStats) -> Option<String> {
+    if report.reported() > 0 || stats.syscalls == 0 {
+        return None;
+    }
+    let mut f = Vec::new();
+    if let Some(p) = args.report.pid {
+        f.push(format!("--pid {p}"));
+    }
+    if let Some(p) = &args.report.process {
+        f.push(format!("--process {p}"));
+    }
+    if let Some(s) = &args.since {
+        f.push(format!("--since {s}"));
+    }
+    if let Some(s) = &args.until {
+        f.push(format!("--until {s}"));
+    }
+    if f.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "no syscall of the trace's {} matched {}: nothing was analysed, which is not a clean result",
+        stats.syscalls,
+        f.join(" ")
+    ))
 }
 
 /// `--evidence-budget` MiB in bytes (at least one).
@@ -431,8 +783,8 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 struct Progress(Option<indicatif::ProgressBar>);
 
 impl Progress {
-    fn new(total: u64) -> Progress {
-        if total < (256 << 20) || !std::io::stderr().is_terminal() {
+    fn new(total: u64, quiet: bool) -> Progress {
+        if quiet || total < (256 << 20) || !std::io::stderr().is_terminal() {
             return Progress(None);
         }
         let pb = indicatif::ProgressBar::new(total);
@@ -482,10 +834,12 @@ mod tests {
             since: None,
             until: None,
             evidence_budget: 64.0,
+            summary_rows: 20,
             stats_json: None,
             report: ReportArgs {
                 allowlist: None,
                 format: "json".into(),
+                host: None,
                 per_syscall: true,
                 out: Some(out),
                 summary: None,
@@ -539,11 +893,14 @@ mod tests {
                     alerts += 1;
                 }
             }
-            // Exit code 1 exactly when the truth holds alerts.
+            // Exit code 1 exactly when the truth holds alerts; without
+            // alerts, 3 when the session lost events (incomplete input).
             let want = if alerts > 0 {
-                ExitCode::from(1)
+                ExitCode::from(exit::ALERTS)
+            } else if truth["events_lost"].as_u64().unwrap() > 0 {
+                ExitCode::from(exit::INCOMPLETE)
             } else {
-                ExitCode::SUCCESS
+                ExitCode::from(exit::NOTHING_FOUND)
             };
             assert_eq!(code, want, "{}", s.name());
         }

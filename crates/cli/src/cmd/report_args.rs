@@ -18,7 +18,11 @@ pub struct ReportArgs {
     /// Alert line layout: json or ecs (Elastic Common Schema).
     #[arg(long, default_value = "json")]
     pub format: String,
-    /// One JSON line per syscall (all verdicts) instead of deduplicated alerts.
+    /// ECS `host.name` of the traced machine (for alerts shipped from
+    /// another machine's trace).
+    #[arg(long, value_name = "NAME")]
+    pub host: Option<String>,
+    /// One line per syscall (all verdicts, JSON or ECS) instead of deduplicated alerts.
     #[arg(long)]
     pub per_syscall: bool,
     /// Write lines here instead of stdout.
@@ -36,12 +40,49 @@ pub struct ReportArgs {
     /// Only processes whose image name matches this glob.
     #[arg(long)]
     pub process: Option<String>,
-    /// How long (trace time) a syscall waits for its stack.
+    /// How long (trace time, ms) a syscall waits for its stack; at least 1.
     #[arg(long, default_value_t = 500)]
     pub window_ms: u64,
-    /// Hard cap on syscalls/stacks waiting for their other half.
+    /// Hard cap on syscalls/stacks waiting for their other half; at least 64.
     #[arg(long, default_value_t = 1 << 16)]
     pub max_pending: usize,
+}
+
+/// Fewest pending entries accepted: below it a burst of syscalls on a few
+/// processors evicts entries before their stacks arrive.
+const MIN_PENDING: usize = 64;
+
+impl ReportArgs {
+    /// Rejects values that would silently disable analysis.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.window_ms == 0 {
+            bail!(
+                "--window-ms 0: no syscall could wait for its stack, so every one would be                  `no_stack` and nothing could be found; give at least 1 (the default is 500)"
+            );
+        }
+        if self.max_pending < MIN_PENDING {
+            bail!(
+                "--max-pending {}: syscalls would be evicted before their stacks arrive; give at                  least {MIN_PENDING} (the default is 65536)",
+                self.max_pending
+            );
+        }
+        if let Some(g) = &self.process {
+            if let Some(c) = g.chars().find(|c| "[]{}".contains(*c)) {
+                bail!(
+                    "--process {g}: `{c}` is not a wildcard here (only `*` and `?` are), so the                      pattern could only match a name containing it literally"
+                );
+            }
+            if g.trim().is_empty() {
+                bail!("--process: empty pattern");
+            }
+        }
+        if let Some(h) = &self.host {
+            if h.trim().is_empty() {
+                bail!("--host: empty name");
+            }
+        }
+        Ok(())
+    }
 }
 
 impl ReportArgs {
