@@ -12,6 +12,8 @@
 //! 2. events were lost since the fixture started and it did not pass
 //!    cleanly: fail as [`Failure::EventsLost`], not as a missed technique
 //!    or a false alert, since the engine may not have seen what it needed;
+//!    likewise a technique not caught while the engine called some of the
+//!    process's syscalls `unresolved` ([`Failure::Unresolved`]);
 //! 3. benign fixture: any alert from its process fails it;
 //! 4. technique fixture: any alert of another kind fails it (wrong reason);
 //!    `calls` alerts of the expected kind by the deadline pass it; enough
@@ -99,6 +101,10 @@ pub enum Failure {
     Hung,
     /// The session lost events while the fixture ran, and it did not pass.
     EventsLost(Loss),
+    /// Not caught, and the engine said it could not decide some of the
+    /// process's syscalls (`unresolved`: process start, ntdll mapping or
+    /// events not seen).
+    Unresolved(Vec<(Label, u64)>),
     /// The benign fixture raised alerts.
     BenignAlert(Vec<(Label, u64)>),
     /// Alerts of another kind than the technique's.
@@ -124,6 +130,11 @@ impl fmt::Display for Failure {
             Failure::EventsLost(l) => write!(
                 f,
                 "events lost while it ran ({l}): inconclusive, not a detection failure"
+            ),
+            Failure::Unresolved(l) => write!(
+                f,
+                "the engine could not see enough to decide: {} (not a detection failure)",
+                list(l)
             ),
             Failure::BenignAlert(l) => write!(f, "alerts on the benign fixture: {}", list(l)),
             Failure::WrongReason(l) => write!(f, "unexpected alerts: {}", list(l)),
@@ -423,8 +434,16 @@ fn decide(t: &Tracked, loss: &Loss) -> FixtureResult {
     };
     // What the engine could not see is reported as such, never as a miss
     // or a false alert.
+    let unresolved: Vec<(Label, u64)> = seen
+        .iter()
+        .filter(|(k, _)| k.verdict == Verdict::Unresolved)
+        .map(|(k, n)| (*k, *n))
+        .collect();
     let failure = match failure {
         Some(_) if lost.any() => Some(Failure::EventsLost(lost)),
+        Some(Failure::Missed { .. } | Failure::Timeout { .. }) if !unresolved.is_empty() => {
+            Some(Failure::Unresolved(unresolved))
+        }
         f => f,
     };
     result(failure)

@@ -89,6 +89,17 @@ impl Stream {
 /// second StackWalk event of that pid is removed before the engine sees it
 /// (what a session losing events does to a fixture's calls).
 fn stream(scenario: Scenario, drop_stacks_of: Option<u32>, allowlist: Option<&str>) -> Stream {
+    stream_with(scenario, drop_stacks_of, allowlist, false)
+}
+
+/// `gap`: the engine is told, as `live` tells it from the session's loss
+/// counters, that events may be missing over the whole trace.
+fn stream_with(
+    scenario: Scenario,
+    drop_stacks_of: Option<u32>,
+    allowlist: Option<&str>,
+    gap: bool,
+) -> Stream {
     let mut o = Options::new(scenario);
     o.syscalls = 6000;
     o.seed = 16;
@@ -122,7 +133,11 @@ fn stream(scenario: Scenario, drop_stacks_of: Option<u32>, allowlist: Option<&st
             });
         });
         let mut r = file.events(Order::Time);
+        let mut first = true;
         while let Some(ev) = r.next_event() {
+            if gap && std::mem::take(&mut first) {
+                engine.note_events_missing(ev.timestamp, u64::MAX, "session_loss");
+            }
             if let Some(pid) = drop_stacks_of {
                 let stack_of = ev.kernel_class() == Some(KernelClass::StackWalk)
                     && ev.payload.get(8..12) == Some(&pid.to_le_bytes()[..]);
@@ -565,4 +580,35 @@ fn without_verdicts_keeps_the_fixtures_and_forgets_the_verdicts() {
         again.verdict(0, v.pid, v.label.verdict, v.label.reason);
     }
     assert_eq!(again.outcome(Loss::default()), st.outcome(Loss::default()));
+}
+
+#[test]
+fn unresolved_verdicts_are_reported_as_such() {
+    // The engine, told events may be missing (the session's loss counters
+    // grew), calls the implant's direct syscalls unresolved/events_lost.
+    let clean = stream(Scenario::DirectImage, None, None);
+    let (pid, calls) = clean.implant(&["syswhispers2"]);
+    let s = stream_with(Scenario::DirectImage, None, None, true);
+    let mut c = case(&s, "direct-image", (pid, calls));
+    let o = c.run();
+    match &only(&o).failure {
+        Some(Failure::Unresolved(l)) => {
+            assert_eq!(l.len(), 1);
+            assert_eq!(l[0].0.to_string(), "unresolved/events_lost");
+            assert_eq!(l[0].1, calls);
+        }
+        f => panic!("expected unresolved, got {f:?}"),
+    }
+    // With the session's loss counters known, it is lost events.
+    c.loss = Loss {
+        events_lost: 1,
+        ..Loss::default()
+    };
+    assert!(matches!(
+        &only(&c.run()).failure,
+        Some(Failure::EventsLost(_))
+    ));
+    // The benign fixture raises nothing either way.
+    let (bpid, _) = s.busiest_benign();
+    assert_eq!(only(&case(&s, "benign", (bpid, 16)).run()).failure, None);
 }

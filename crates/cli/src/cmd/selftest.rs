@@ -25,6 +25,11 @@ pub const NEEDS_WINDOWS: &str = "selftest needs Windows and an elevated prompt: 
                                  \"Verify on your host\"";
 
 #[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Exit codes (selftest): 0 every fixture passed and the benign one raised \
+nothing; 1 a fixture failed (the table says which and why); 2 could not run (not elevated, \
+session in use, fixtures missing)."
+)]
 pub struct Args {
     /// Directory with the fixture executables (default: `fixtures` beside
     /// syscall-sentry.exe, else the directory of syscall-sentry.exe).
