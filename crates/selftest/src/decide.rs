@@ -186,6 +186,8 @@ struct Tracked {
     launch_error: Option<String>,
     on_time: BTreeMap<Label, u64>,
     late: BTreeMap<Label, u64>,
+    /// Verdicts of its pid from a process of another image (pid reused).
+    other_image: u64,
 }
 
 impl Tracked {
@@ -224,6 +226,8 @@ pub struct FixtureResult {
     pub seen: Vec<(Label, u64)>,
     /// Loss counters' increase since it started.
     pub loss: Loss,
+    /// Verdicts of its pid from a process of another image, ignored.
+    pub other_image: u64,
     pub failure: Option<Failure>,
 }
 
@@ -254,13 +258,12 @@ pub struct Selftest {
     tracked: Vec<Tracked>,
     by_pid: HashMap<u32, usize>,
     wait: Millis,
-    run_time: Millis,
 }
 
 impl Selftest {
     /// `wait`: how long after a fixture's exit its verdicts may still
-    /// arrive; `run_time`: how long a fixture may run.
-    pub fn new(fixtures: &[Fixture], wait: Millis, run_time: Millis) -> Selftest {
+    /// arrive.
+    pub fn new(fixtures: &[Fixture], wait: Millis) -> Selftest {
         Selftest {
             tracked: fixtures
                 .iter()
@@ -273,16 +276,12 @@ impl Selftest {
                     launch_error: None,
                     on_time: BTreeMap::new(),
                     late: BTreeMap::new(),
+                    other_image: 0,
                 })
                 .collect(),
             by_pid: HashMap::new(),
             wait,
-            run_time,
         }
-    }
-
-    pub fn fixtures(&self) -> impl Iterator<Item = &Fixture> {
-        self.tracked.iter().map(|t| &t.fixture)
     }
 
     /// Fixture `i` started as `pid` at `now`; `loss` is the session's
@@ -310,11 +309,15 @@ impl Selftest {
         });
     }
 
-    /// One verdict from the engine, arrived at `now`.
+    /// One verdict from the engine, arrived at `now`. `image`: the image
+    /// name the engine knows for the process, if any; a verdict whose image
+    /// is not the fixture's belongs to another process that reused the pid
+    /// and is ignored.
     pub fn verdict(
         &mut self,
         now: Millis,
         pid: Option<u32>,
+        image: Option<&str>,
         verdict: Verdict,
         reason: Option<Reason>,
     ) {
@@ -323,6 +326,10 @@ impl Selftest {
         };
         let wait = self.wait;
         let t = &mut self.tracked[i];
+        if image.is_some_and(|m| !t.fixture.is_image(m)) {
+            t.other_image += 1;
+            return;
+        }
         let late = t.deadline(wait).is_some_and(|d| now > d);
         let map = if late { &mut t.late } else { &mut t.on_time };
         *map.entry(Label::new(verdict, reason)).or_default() += 1;
@@ -330,8 +337,8 @@ impl Selftest {
 
     /// Fixture `i` needs nothing more: it did not start, or it ran and its
     /// deadline passed, or (technique fixtures) all its calls were caught.
-    /// A running fixture past its run time must be killed by the caller
-    /// ([`Selftest::overdue`]), then reported through [`Selftest::exited`].
+    /// A fixture past its run time must be killed by the caller and
+    /// reported through [`Selftest::exited`] with no exit code.
     pub fn settled(&self, i: usize, now: Millis) -> bool {
         let t = &self.tracked[i];
         if t.launch_error.is_some() {
@@ -351,28 +358,6 @@ impl Selftest {
 
     pub fn all_settled(&self, now: Millis) -> bool {
         (0..self.tracked.len()).all(|i| self.settled(i, now))
-    }
-
-    /// Fixture `i` is running past its run time.
-    pub fn overdue(&self, i: usize, now: Millis) -> bool {
-        let t = &self.tracked[i];
-        t.exit.is_none()
-            && t.started
-                .is_some_and(|s| now >= s.saturating_add(self.run_time))
-    }
-
-    /// The latest moment anything can still change: every fixture's
-    /// deadline (or run time, for one still running).
-    pub fn horizon(&self) -> Option<Millis> {
-        self.tracked
-            .iter()
-            .filter_map(|t| match &t.exit {
-                Some(e) => Some(e.at.saturating_add(self.wait)),
-                None => t
-                    .started
-                    .map(|s| s.saturating_add(self.run_time + self.wait)),
-            })
-            .max()
     }
 
     /// The decision for every fixture, with the session's final `loss`.
@@ -397,6 +382,7 @@ fn decide(t: &Tracked, loss: &Loss) -> FixtureResult {
         calls,
         seen: seen.iter().map(|(k, n)| (*k, *n)).collect(),
         loss: lost,
+        other_image: t.other_image,
         failure,
     };
     if let Some(f) = run_problem(t) {

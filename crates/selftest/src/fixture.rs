@@ -32,6 +32,17 @@ impl Fixture {
     pub fn file_name(&self) -> String {
         format!("{}.exe", self.name)
     }
+
+    /// `image` (a Process event's `ImageFileName`, or a path ending in it)
+    /// names this fixture's executable. The kernel keeps 14 or 15
+    /// characters of it (the `EPROCESS` field), so a longer file name
+    /// arrives cut short.
+    pub fn is_image(&self, image: &str) -> bool {
+        let base = image.rsplit(['\\', '/']).next().unwrap_or(image);
+        let file = self.file_name().to_ascii_lowercase();
+        let base = base.to_ascii_lowercase();
+        file == base || (base.len() >= 14 && file.starts_with(&base))
+    }
 }
 
 /// The fixtures, in the order `selftest` runs and prints them.

@@ -13,14 +13,22 @@ fn expected(r: &FixtureResult) -> String {
 }
 
 fn seen(r: &FixtureResult) -> String {
-    if r.seen.is_empty() {
-        return "nothing".into();
+    let mut s = if r.seen.is_empty() {
+        "nothing".to_string()
+    } else {
+        r.seen
+            .iter()
+            .map(|(k, n)| format!("{k} x{n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if r.other_image > 0 {
+        s.push_str(&format!(
+            " ({} of a later process with its pid ignored)",
+            r.other_image
+        ));
     }
-    r.seen
-        .iter()
-        .map(|(k, n)| format!("{k} x{n}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    s
 }
 
 fn result(r: &FixtureResult) -> String {

@@ -226,7 +226,8 @@ mod windows_impl {
 
     impl VerdictSink for Decide<'_> {
         fn verdict(&mut self, v: &SyscallVerdict<'_>) {
-            self.st.verdict(self.now, v.pid, v.verdict, v.reason);
+            let image = v.process.map(|p| p.image_file_name.as_str());
+            self.st.verdict(self.now, v.pid, image, v.verdict, v.reason);
         }
     }
 
@@ -419,7 +420,7 @@ mod windows_impl {
         let start = Instant::now();
         let mut sink = Sink {
             engine: &mut engine,
-            st: Selftest::new(&FIXTURES, wait_ms, args.run_timeout * 1000),
+            st: Selftest::new(&FIXTURES, wait_ms),
             start,
             rx,
             tx: Some(tx),
