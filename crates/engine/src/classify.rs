@@ -6,6 +6,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+mod call;
+
+pub(crate) use call::SiteTallies;
+
 use crate::fxhash::FxBuildHasher;
 use crate::state::{Module, ModuleKind, ModuleMap, ProcessInfo};
 use crate::sysdlls::SystemDlls;
@@ -208,6 +212,9 @@ pub struct Outcome<'a> {
     pub service_name: Option<&'a Arc<str>>,
     /// The service the stub belongs to, when learned from the trace.
     pub stub_service: Option<u64>,
+    /// Rule 5 was decided by export names (`--system-dlls`), not by the
+    /// learned table.
+    pub by_names: bool,
 }
 
 impl Outcome<'_> {
@@ -222,6 +229,7 @@ impl Outcome<'_> {
             stub_name: None,
             service_name: None,
             stub_service: None,
+            by_names: false,
         }
     }
 }
@@ -283,7 +291,8 @@ pub fn learn_from(
     }
     let offset = u - m.base;
     if return_site(system_dlls, m, offset).0 {
-        table.record(m.kind, offset, service_address);
+        let key = crate::source::audit::site_key(offset, service_address);
+        table.record(m.kind, key, service_address);
     }
 }
 
@@ -337,12 +346,24 @@ pub fn classify<'a>(ctx: &Context<'a>, stack: Option<&[u64]>, service_address: u
         return out;
     }
     // Rule 5: by names when both are known from the supplied DLLs, else by
-    // the service learned for this return site.
-    out.service_name = service_name(ctx, service_address);
-    let mismatch = match (stub_name, out.service_name) {
-        (Some(a), Some(b)) => !same_service_name(a, b),
+    // the service learned for this return site. An audit event stands for
+    // the system calls of its id.
+    let audit = crate::source::audit::api_of(service_address);
+    if audit.is_none() {
+        out.service_name = service_name(ctx, service_address);
+    }
+    let mismatch = match (stub_name, audit, out.service_name) {
+        (Some(a), Some(api), _) => {
+            out.by_names = true;
+            !api.system_calls().iter().any(|n| same_service_name(a, n))
+        }
+        (Some(a), None, Some(b)) => {
+            out.by_names = true;
+            !same_service_name(a, b)
+        }
         _ => {
-            out.stub_service = ctx.services.service_of(m.kind, offset);
+            let key = crate::source::audit::site_key(offset, service_address);
+            out.stub_service = ctx.services.service_of(m.kind, key);
             out.stub_service.is_some_and(|s| s != service_address)
         }
     };

@@ -16,11 +16,12 @@ use serde_json::{json, Value};
 
 use crate::classify::{Reason, Verdict};
 use crate::fxhash::FxBuildHasher;
+use crate::source::audit::{is_protected_process, AuditFacts};
 use crate::state::ProcessInfo;
 use crate::sysdlls::SystemDlls;
 use crate::{
-    describe_in, push_hex, Engine, EngineStats, Resolver, ServiceCheck, ServiceTable,
-    SyscallVerdict, VerdictSink,
+    resolve::{describe_in, push_hex},
+    Engine, EngineStats, Resolver, ServiceCheck, ServiceTable, SyscallVerdict, VerdictSink,
 };
 
 mod sites;
@@ -165,6 +166,9 @@ struct Evidence {
     /// The routine, when no export name was known and a kernel module holds it.
     service: Option<FrameRef>,
     stack: Box<[FrameRef]>,
+    /// An audit event's facts and its target's image name (from the state
+    /// when the call was seen).
+    audit: Option<Box<(AuditFacts, Option<String>)>>,
 }
 
 impl Evidence {
@@ -299,9 +303,69 @@ pub struct Alert {
     /// The input file.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
+    /// Kernel-Audit-API-Calls alerts (of the group's first event): the API,
+    /// the target process, `DesiredAccess` named and in hex, the
+    /// `ReturnCode`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_tid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_mask: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub return_code: Option<String>,
+    /// Audit alerts: the ECS severity, raised when the target is a
+    /// protected system process (`docs/verdicts.md`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub severity: Option<u32>,
     /// Emission order of the syscall the evidence comes from.
     #[serde(skip)]
     seq: u64,
+}
+
+impl Alert {
+    /// Sets the audit fields from the evidence. The severity depends on the
+    /// verdict, which settling may still change: this leaves 1 when it is
+    /// to be raised (0 when not), and `alert_value` computes it.
+    fn with_audit(mut self, audit: Option<&(AuditFacts, Option<String>)>) -> Alert {
+        if let Some((a, target)) = audit {
+            self.service = Some(a.api.name().to_string());
+            self.api = Some(a.api.name());
+            self.target_pid = a.target_pid;
+            self.target_tid = a.target_tid;
+            self.target = target.clone();
+            self.access = a.access_names();
+            self.access_mask = a.access.map(|m| format!("{:#x}", m.0));
+            self.return_code = Some(a.return_code.to_string());
+            let protected = target.as_deref().is_some_and(is_protected_process);
+            self.severity = Some(u32::from(a.is_sensitive() && protected));
+        }
+        self
+    }
+}
+
+/// The severity of an alert (ECS `event.severity`): 73 `direct`, 47
+/// `indirect`; raised to 99 and 90 when an Audit-API call asks a protected
+/// system process ([`crate::PROTECTED_PROCESSES`]) for rights that read or
+/// take it over ([`AuditFacts::is_sensitive`]).
+pub fn severity(verdict: Verdict, a: &AuditFacts, target: Option<&str>) -> u32 {
+    let raised = a.is_sensitive() && target.is_some_and(is_protected_process);
+    base_severity(verdict.as_str(), raised)
+}
+
+fn base_severity(verdict: &str, raised: bool) -> u32 {
+    match (verdict == "direct", raised) {
+        (true, false) => 73,
+        (false, false) => 47,
+        (true, true) => 99,
+        (false, true) => 90,
+    }
 }
 
 fn technique(verdict: Verdict, reason: Option<Reason>) -> &'static str {
@@ -557,6 +621,21 @@ impl Report {
             "call_site": v.first_user_frame().map(|a| r.describe(a)),
             "caller": v.caller_frame().map(|a| r.describe(a)),
         });
+        if let Some(a) = &v.audit {
+            let target = v.target.map(|p| p.image_file_name.as_str());
+            o["service"] = json!(a.api.name());
+            o["source"] = json!("audit");
+            o["api"] = json!(a.api.name());
+            o["target_pid"] = json!(a.target_pid);
+            o["target_tid"] = json!(a.target_tid);
+            o["target"] = json!(target);
+            o["access"] = json!(a.access_names());
+            o["access_mask"] = json!(a.access.map(|m| format!("{:#x}", m.0)));
+            o["return_code"] = json!(a.return_code.to_string());
+            if v.verdict.is_alert() {
+                o["severity"] = json!(severity(v.verdict, a, target));
+            }
+        }
         if let Some(f) = &self.cfg.file {
             o["file"] = json!(f);
         }
@@ -678,6 +757,9 @@ impl Report {
             caller,
             service,
             stack,
+            audit: v
+                .audit
+                .map(|a| Box::new((a, v.target.map(|p| p.image_file_name.to_string())))),
         }
     }
 
@@ -729,8 +811,17 @@ impl Report {
             technique: "",
             trace_incomplete: false,
             file: None,
+            api: None,
+            target_pid: None,
+            target_tid: None,
+            target: None,
+            access: None,
+            access_mask: None,
+            return_code: None,
+            severity: None,
             seq: e.seq,
         }
+        .with_audit(e.audit.as_deref())
     }
 
     fn ecs_context<'a>(&'a self, header: Option<&'a LogfileHeader>) -> EcsContext<'a> {
@@ -747,6 +838,7 @@ impl Report {
         a.last_seen = self.time(a.last_timestamp);
         a.trace_incomplete = self.trace_incomplete;
         a.file.clone_from(&self.cfg.file);
+        a.severity = a.severity.map(|r| base_severity(a.verdict, r == 1));
         match self.cfg.format {
             Format::Json => {
                 let mut v = serde_json::to_value(&a).unwrap_or(Value::Null);
@@ -1369,6 +1461,16 @@ fn count_in_row(s: &mut ProcSummary, v: &SyscallVerdict<'_>) {
 /// `ecs_fields` test; fields of our own are under `syscall_sentry.`.
 pub const ECS_VERSION: &str = "9.4.0";
 
+/// The traced Windows version, `major.minor`: `TRACE_LOGFILE_HEADER`'s
+/// `VersionDetail` holds the OS's major and minor version, then the
+/// logger's own sub-versions (`SubVersion`, `SubMinorVersion`), which are
+/// not part of the OS version (they made Windows 10 read `10.0.1.5`). The
+/// build is `ProviderVersion`. See
+/// [TRACE_LOGFILE_HEADER](https://learn.microsoft.com/windows/win32/api/evntrace/ns-evntrace-trace_logfile_header).
+pub fn os_version(h: &LogfileHeader) -> String {
+    format!("{}.{}", h.os_version[0], h.os_version[1])
+}
+
 /// What every ECS document of one input shares.
 struct EcsContext<'a> {
     header: Option<&'a LogfileHeader>,
@@ -1380,8 +1482,8 @@ impl EcsContext<'_> {
     fn host(&self) -> Value {
         let mut os = json!({"family": "windows", "type": "windows", "platform": "windows"});
         if let Some(h) = self.header {
-            os["version"] = json!(h.os_version_string());
-            os["kernel"] = json!(format!("{}", h.provider_version));
+            os["version"] = json!(os_version(h));
+            os["kernel"] = json!(format!("{}.{}", os_version(h), h.provider_version));
         }
         let mut host = json!({ "os": os });
         if let Some(n) = self.host {
@@ -1447,6 +1549,32 @@ fn threat() -> Value {
     })
 }
 
+/// ` NtOpenProcess of lsass.exe (pid 788) for PROCESS_VM_READ|…` for an
+/// audit alert's message (empty otherwise; `api` `None` leaves the API out).
+fn audit_what(
+    api: Option<&str>,
+    target: Option<&str>,
+    target_pid: Option<u32>,
+    access: Option<&str>,
+) -> String {
+    let mut s = String::new();
+    if let Some(a) = api {
+        s.push(' ');
+        s.push_str(a);
+    }
+    if let Some(p) = target_pid {
+        s.push_str(&match target {
+            Some(t) => format!(" of {t} (pid {p})"),
+            None => format!(" of pid {p}"),
+        });
+    }
+    if let Some(a) = access {
+        s.push_str(" for ");
+        s.push_str(a);
+    }
+    s
+}
+
 /// The ECS document of an alert.
 fn ecs(a: &Alert, cx: &EcsContext<'_>) -> Value {
     let (rule_id, rule_name) = rule_of(a.verdict, a.reason);
@@ -1460,13 +1588,19 @@ fn ecs(a: &Alert, cx: &EcsContext<'_>) -> Value {
         )
     };
     let message = format!(
-        "{} syscall{} by {who} from {}, {} time{}",
+        "{} syscall{}{} by {who} from {}, {} time{}",
         if a.verdict == "direct" {
             "Direct"
         } else {
             "Indirect"
         },
         a.reason.map(|r| format!(" ({r})")).unwrap_or_default(),
+        audit_what(
+            a.api,
+            a.target.as_deref(),
+            a.target_pid,
+            a.access.as_deref()
+        ),
         a.call_site,
         a.count,
         if a.count == 1 { "" } else { "s" }
@@ -1496,7 +1630,7 @@ fn ecs(a: &Alert, cx: &EcsContext<'_>) -> Value {
             "provider": "syscall-sentry",
             "start": a.first_seen,
             "end": a.last_seen,
-            "severity": if a.verdict == "direct" { 73 } else { 47 },
+            "severity": a.severity.unwrap_or(base_severity(a.verdict, false)),
         },
         "process": {
             "pid": a.pid,
@@ -1534,6 +1668,18 @@ fn ecs(a: &Alert, cx: &EcsContext<'_>) -> Value {
             "trace_incomplete": a.trace_incomplete,
         },
     });
+    if a.api.is_some() {
+        // The other process of the call, laid out as Elastic Endpoint's
+        // `Target.process`, under our namespace (ECS has no such field).
+        let x = &mut v["syscall_sentry"];
+        x["target"] = json!({"process": {
+            "pid": a.target_pid, "name": a.target, "thread": {"id": a.target_tid},
+        }});
+        x["api"] = json!(a.api);
+        x["access"] = json!(a.access);
+        x["access_mask"] = json!(a.access_mask);
+        x["return_code"] = json!(a.return_code);
+    }
     prune(&mut v);
     v
 }
@@ -1562,6 +1708,17 @@ fn ecs_syscall(o: &Value, cx: &EcsContext<'_>) -> Value {
             .unwrap_or_else(|| "an unknown process".into()),
         reason.map(|r| format!(" ({r})")).unwrap_or_default(),
     );
+    // An audit event: its target and the access asked for.
+    let mut message = message;
+    if let Some(p) = o["target_pid"].as_u64() {
+        match o["target"].as_str() {
+            Some(t) => message.push_str(&format!("; target {t} (pid {p})")),
+            None => message.push_str(&format!("; target pid {p}")),
+        }
+    }
+    if let Some(a) = o["access"].as_str() {
+        message.push_str(&format!(", access {a}"));
+    }
     let ts = o["timestamp"].as_u64().unwrap_or(0).to_string();
     let mut v = json!({
         "@timestamp": o["time"],
@@ -1599,6 +1756,18 @@ fn ecs_syscall(o: &Value, cx: &EcsContext<'_>) -> Value {
             "allow_entry": o.get("allow_entry"),
         },
     });
+    if o["source"] == "audit" {
+        let x = &mut v["syscall_sentry"];
+        x["target"] = json!({"process": {
+            "pid": o["target_pid"], "name": o["target"], "thread": {"id": o["target_tid"]},
+        }});
+        for k in ["source", "api", "access", "access_mask", "return_code"] {
+            x[k] = o[k].clone();
+        }
+        if alert {
+            v["event"]["severity"] = o["severity"].clone();
+        }
+    }
     if alert {
         v["rule"] = json!({
             "id": rule_id,

@@ -2,8 +2,9 @@
 //! docs/verdicts.md, in rule order.
 
 use super::*;
+use sentry_kernel::KernelEvent;
 use sentry_kernel::{Frames, Image, Lifecycle, SysCallEnter};
-use sentry_raw::HeaderKind;
+use sentry_raw::{EventId, HeaderKind, RawEvent};
 
 const NTDLL: u64 = 0x7FFB_0000_0000;
 const WIN32U: u64 = 0x7FFA_0000_0000;

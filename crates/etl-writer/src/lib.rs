@@ -90,6 +90,130 @@ pub struct Record<'a> {
     pub payload: &'a [u8],
 }
 
+/// One `EVENT_HEADER` record: a manifest provider's event, as a
+/// user-provider session's file (or a system-logger session that also
+/// carries providers, or a merged file) holds it.
+///
+/// Layout, as in the corpus's Windows 7 trace (`win7-x64-kernel-stacks.etl`,
+/// a 472-byte EVENT_HEADER64 record: 0x50 header, one 344-byte
+/// `STACK_TRACE64` item, 48 bytes of user data) and
+/// [EVENT_HEADER](https://learn.microsoft.com/windows/win32/api/evntcons/ns-evntcons-event_header):
+/// size u16 @0, header type @2 (0x12 `EVENT_HEADER32`, 0x13
+/// `EVENT_HEADER64`), marker flags 0xC0 @3, `Flags` u16 @4
+/// (`EVENT_HEADER_FLAG_EXTENDED_INFO` 0x01 when items follow; the 32/64-bit
+/// flags are not stored: the header type says it), `EventProperty` u16 @6,
+/// thread @8, process @0xC, timestamp @0x10, provider GUID @0x18,
+/// [EVENT_DESCRIPTOR](https://learn.microsoft.com/windows/win32/api/evntprov/ns-evntprov-event_descriptor)
+/// @0x28, `KernelTime`/`UserTime` @0x38, `ActivityId` @0x40. Then each
+/// extended item: `Size` u16 (8-byte item header plus data, padded to 8),
+/// `ExtType` u16, `Linkage` u16 (1: another item follows), `DataSize` u16,
+/// the data, zero padding; then the user data.
+#[derive(Debug, Clone, Copy)]
+pub struct EventRecord<'a> {
+    /// 4 (`EVENT_HEADER32`) or 8 (`EVENT_HEADER64`): the writer's pointer
+    /// size, which for a kernel-mode provider is the kernel's.
+    pub pointer_size: u8,
+    pub provider: sentry_raw::Guid,
+    pub id: u16,
+    pub version: u8,
+    pub channel: u8,
+    pub level: u8,
+    pub opcode: u8,
+    pub task: u16,
+    pub keyword: u64,
+    pub pid: u32,
+    pub tid: u32,
+    /// Raw QPC timestamp.
+    pub timestamp: u64,
+    pub kernel_time: u32,
+    pub user_time: u32,
+    /// `(ExtType, data)` in order; see [`stack_trace_item`].
+    pub extended: &'a [(u16, &'a [u8])],
+    pub payload: &'a [u8],
+}
+
+impl EventRecord<'_> {
+    /// The record's size, unaligned.
+    pub fn size(&self) -> usize {
+        let items: usize = self
+            .extended
+            .iter()
+            .map(|(_, d)| (8 + d.len()).div_ceil(8) * 8)
+            .sum();
+        0x50 + items + self.payload.len()
+    }
+
+    /// The record's bytes (unaligned), as [`EtlWriter::write_event`]
+    /// appends them.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let size = self.size();
+        let mut d = Vec::with_capacity(size);
+        self.append(&mut d, size);
+        d
+    }
+
+    fn header_name(&self) -> &'static str {
+        if self.pointer_size == 4 {
+            "EVENT_HEADER32"
+        } else {
+            "EVENT_HEADER64"
+        }
+    }
+
+    fn append(&self, d: &mut Vec<u8>, size: usize) {
+        let htype: u32 = if self.pointer_size == 4 { 0x12 } else { 0x13 };
+        let marker = 0xC000_0000u32 | htype << 16 | size as u32;
+        d.extend_from_slice(&marker.to_le_bytes());
+        let flags: u16 = u16::from(!self.extended.is_empty());
+        d.extend_from_slice(&flags.to_le_bytes());
+        d.extend_from_slice(&0u16.to_le_bytes()); // EventProperty
+        d.extend_from_slice(&self.tid.to_le_bytes());
+        d.extend_from_slice(&self.pid.to_le_bytes());
+        d.extend_from_slice(&self.timestamp.to_le_bytes());
+        d.extend_from_slice(&self.provider.to_le_bytes());
+        d.extend_from_slice(&self.id.to_le_bytes());
+        d.extend_from_slice(&[self.version, self.channel, self.level, self.opcode]);
+        d.extend_from_slice(&self.task.to_le_bytes());
+        d.extend_from_slice(&self.keyword.to_le_bytes());
+        d.extend_from_slice(&self.kernel_time.to_le_bytes());
+        d.extend_from_slice(&self.user_time.to_le_bytes());
+        d.extend_from_slice(&[0; 16]); // ActivityId
+        for (i, (t, data)) in self.extended.iter().enumerate() {
+            let item = (8 + data.len()).div_ceil(8) * 8;
+            let more = u16::from(i + 1 < self.extended.len());
+            d.extend_from_slice(&(item as u16).to_le_bytes());
+            d.extend_from_slice(&t.to_le_bytes());
+            d.extend_from_slice(&more.to_le_bytes());
+            d.extend_from_slice(&(data.len() as u16).to_le_bytes());
+            d.extend_from_slice(data);
+            d.extend(std::iter::repeat_n(0u8, item - 8 - data.len()));
+        }
+        d.extend_from_slice(self.payload);
+    }
+}
+
+/// The data of an
+/// [EVENT_EXTENDED_ITEM_STACK_TRACE64](https://learn.microsoft.com/windows/win32/api/evntcons/ns-evntcons-event_extended_item_stack_trace64)
+/// (`width` 8, `ExtType` 6) or `STACK_TRACE32` (`width` 4, `ExtType` 5):
+/// `MatchId` (u64), then the addresses, innermost first. Returns the
+/// `ExtType`.
+pub fn stack_trace_item(width: u8, match_id: u64, frames: &[u64], out: &mut Vec<u8>) -> u16 {
+    out.clear();
+    out.extend_from_slice(&match_id.to_le_bytes());
+    for &f in frames {
+        if width == 4 {
+            out.extend_from_slice(&(f as u32).to_le_bytes());
+        } else {
+            out.extend_from_slice(&f.to_le_bytes());
+        }
+    }
+    if width == 4 {
+        sentry_raw::ext_type::STACK_TRACE32
+    } else {
+        sentry_raw::ext_type::STACK_TRACE64
+    }
+}
+
 /// Trace-wide settings; they end up in the `TRACE_LOGFILE_HEADER`.
 #[derive(Debug, Clone)]
 pub struct TraceConfig {
@@ -152,6 +276,8 @@ pub struct WriteStats {
     pub per_hook: BTreeMap<(u8, u8), u64>,
     /// Records per header kind name.
     pub per_header: BTreeMap<&'static str, u64>,
+    /// `EVENT_HEADER` records per (provider, event id).
+    pub per_event: BTreeMap<(sentry_raw::Guid, u16), u64>,
     pub bytes: u64,
     pub events_lost: u32,
     /// Raw timestamps of the first and last data record.
@@ -277,29 +403,9 @@ impl<W: Write + Seek> EtlWriter<W> {
     /// Appends a record to `processor`'s buffer, writing the buffer out
     /// first if the record does not fit.
     pub fn write(&mut self, processor: u16, rec: &Record<'_>) -> Result<(), WriteError> {
-        let p = usize::from(processor);
-        if p >= self.bufs.len() {
-            return Err(WriteError::BadProcessor(processor));
-        }
         let size = rec.class.header_len() + rec.payload.len();
-        let aligned = (size + 7) & !7;
-        if size > 0xFFFF || aligned + BUFFER_HEADER_SIZE > self.cfg.buffer_size as usize {
-            return Err(WriteError::TooLarge { size });
-        }
-        let cap = self.cfg.buffer_size as usize;
-        if !self.bufs[p].data.is_empty() && self.bufs[p].data.len() + size > cap {
-            self.flush_processor(processor, aligned)?;
-        }
-        if self.bufs[p].data.is_empty() {
-            let seq = self.next_sequence;
-            self.next_sequence += 1;
-            let b = &mut self.bufs[p];
-            b.sequence = seq;
-            b.data.resize(BUFFER_HEADER_SIZE, 0);
-        }
         let ps = self.cfg.pointer_size;
-        let b = &mut self.bufs[p];
-        let d = &mut b.data;
+        let d = &mut self.reserve(processor, size)?.data;
         let marker =
             0xC000_0000u32 | (u32::from(rec.class.header_type(ps)) << 16) | u32::from(rec.version);
         d.extend_from_slice(&marker.to_le_bytes());
@@ -316,22 +422,64 @@ impl<W: Write + Seek> EtlWriter<W> {
             HeaderClass::PerfInfo => d.extend_from_slice(&rec.timestamp.to_le_bytes()),
         }
         d.extend_from_slice(rec.payload);
-        // Records are 8-byte aligned; the gap is not part of the record.
-        let pad = aligned - size;
-        if d.len() + pad <= cap {
-            d.extend(std::iter::repeat_n(0u8, pad));
-        }
-        b.last_timestamp = rec.timestamp;
+        self.finish_record(processor, size, rec.timestamp);
         let s = &mut self.stats;
-        s.records += 1;
         *s.per_hook.entry((rec.group, rec.opcode)).or_default() += 1;
         *s.per_header.entry(rec.class.name(ps)).or_default() += 1;
-        s.first_timestamp.get_or_insert(rec.timestamp);
-        s.last_timestamp = Some(
-            s.last_timestamp
-                .map_or(rec.timestamp, |t| t.max(rec.timestamp)),
-        );
         Ok(())
+    }
+
+    /// Appends an `EVENT_HEADER` record to `processor`'s buffer, writing
+    /// the buffer out first if the record does not fit.
+    pub fn write_event(&mut self, processor: u16, rec: &EventRecord<'_>) -> Result<(), WriteError> {
+        let size = rec.size();
+        let b = self.reserve(processor, size)?;
+        rec.append(&mut b.data, size);
+        self.finish_record(processor, size, rec.timestamp);
+        let s = &mut self.stats;
+        *s.per_event.entry((rec.provider, rec.id)).or_default() += 1;
+        *s.per_header.entry(rec.header_name()).or_default() += 1;
+        Ok(())
+    }
+
+    /// Makes room for a record of `size` bytes in `processor`'s buffer.
+    fn reserve(&mut self, processor: u16, size: usize) -> Result<&mut ProcBuffer, WriteError> {
+        let p = usize::from(processor);
+        if p >= self.bufs.len() {
+            return Err(WriteError::BadProcessor(processor));
+        }
+        let aligned = (size + 7) & !7;
+        if size > 0xFFFF || aligned + BUFFER_HEADER_SIZE > self.cfg.buffer_size as usize {
+            return Err(WriteError::TooLarge { size });
+        }
+        let cap = self.cfg.buffer_size as usize;
+        if !self.bufs[p].data.is_empty() && self.bufs[p].data.len() + size > cap {
+            self.flush_processor(processor, aligned)?;
+        }
+        if self.bufs[p].data.is_empty() {
+            let seq = self.next_sequence;
+            self.next_sequence += 1;
+            let b = &mut self.bufs[p];
+            b.sequence = seq;
+            b.data.resize(BUFFER_HEADER_SIZE, 0);
+        }
+        Ok(&mut self.bufs[p])
+    }
+
+    /// Pads the record just appended and counts it.
+    fn finish_record(&mut self, processor: u16, size: usize, timestamp: u64) {
+        let cap = self.cfg.buffer_size as usize;
+        let b = &mut self.bufs[usize::from(processor)];
+        // Records are 8-byte aligned; the gap is not part of the record.
+        let pad = ((size + 7) & !7) - size;
+        if b.data.len() + pad <= cap {
+            b.data.extend(std::iter::repeat_n(0u8, pad));
+        }
+        b.last_timestamp = timestamp;
+        let s = &mut self.stats;
+        s.records += 1;
+        s.first_timestamp.get_or_insert(timestamp);
+        s.last_timestamp = Some(s.last_timestamp.map_or(timestamp, |t| t.max(timestamp)));
     }
 
     /// FILETIME of a raw timestamp.

@@ -69,6 +69,47 @@ pub enum Scenario {
     HeavensGate,
     Degraded,
     Mixed,
+    /// A process-listing tool opening many processes and threads through
+    /// kernelbase (`OpenProcess`/`OpenThread`): every audited call `normal`.
+    AuditBenign,
+    /// `NtOpenProcess` on lsass.exe with `PROCESS_VM_READ` by direct
+    /// syscalls, from an EXE's own stubs (SysWhispers2) and from shellcode.
+    AuditLsassDirect,
+    /// `NtOpenProcess`/`NtOpenThread` through the ntdll stub's `syscall`
+    /// from unbacked memory (SysWhispers3-style jumper).
+    AuditIndirect,
+    /// `NtSetContextThread` by a direct syscall from unbacked memory.
+    AuditSetContext,
+    /// All of the above, with WoW64 callers on 64-bit traces.
+    AuditMixed,
+}
+
+/// Which events carry the syscalls of a trace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// PerfInfo SysCallEnter + StackWalk (+ SysCallExit) for every syscall.
+    Syscalls,
+    /// Microsoft-Windows-Kernel-Audit-API-Calls events with a stack item,
+    /// for the audited syscalls only (NtOpenProcess, NtOpenThread,
+    /// NtSetContextThread, NtTerminateProcess of another process). The same
+    /// workload as [`Source::Syscalls`] for the same seed: the generator
+    /// makes the same choices and leaves the other syscalls' events out.
+    Audit,
+}
+
+impl Source {
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Syscalls => "syscalls",
+            Source::Audit => "audit",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Source> {
+        [Source::Syscalls, Source::Audit]
+            .into_iter()
+            .find(|x| x.name() == s)
+    }
 }
 
 impl Scenario {
@@ -83,6 +124,24 @@ impl Scenario {
         Scenario::Mixed,
     ];
 
+    /// The Audit-API scenarios (written with [`Source::Audit`] by default).
+    pub const AUDIT: [Scenario; 5] = [
+        Scenario::AuditBenign,
+        Scenario::AuditLsassDirect,
+        Scenario::AuditIndirect,
+        Scenario::AuditSetContext,
+        Scenario::AuditMixed,
+    ];
+
+    /// The source a scenario is written with unless told otherwise.
+    pub fn default_source(self) -> Source {
+        if Scenario::AUDIT.contains(&self) {
+            Source::Audit
+        } else {
+            Source::Syscalls
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Scenario::Benign => "benign",
@@ -93,11 +152,19 @@ impl Scenario {
             Scenario::HeavensGate => "heavens-gate",
             Scenario::Degraded => "degraded",
             Scenario::Mixed => "mixed",
+            Scenario::AuditBenign => "audit-benign",
+            Scenario::AuditLsassDirect => "audit-lsass-direct",
+            Scenario::AuditIndirect => "audit-indirect",
+            Scenario::AuditSetContext => "audit-set-context",
+            Scenario::AuditMixed => "audit-mixed",
         }
     }
 
     pub fn from_name(s: &str) -> Option<Scenario> {
-        Scenario::ALL.into_iter().find(|x| x.name() == s)
+        Scenario::ALL
+            .into_iter()
+            .chain(Scenario::AUDIT)
+            .find(|x| x.name() == s)
     }
 }
 
@@ -118,6 +185,7 @@ pub struct Options {
     /// length (for showing that memory follows the population, not the
     /// trace length).
     pub process_churn: bool,
+    pub source: Source,
 }
 
 impl Options {
@@ -131,6 +199,7 @@ impl Options {
             compress: false,
             stack_cache: false,
             process_churn: true,
+            source: scenario.default_source(),
         }
     }
 }
@@ -204,6 +273,19 @@ enum Tech {
     Randomized,
     StubGadget,
     HeavensGate,
+    /// A process lister's OpenProcess/OpenThread through kernelbase.
+    ProcList,
+    /// The same from a WoW64 process (through wow64cpu and the 64-bit ntdll).
+    Wow64ProcList,
+    /// SysWhispers2 `NtOpenProcess` on lsass.exe from the EXE's own stubs.
+    LsassImage,
+    /// `NtOpenProcess` on lsass.exe from shellcode's own `syscall`.
+    LsassShellcode,
+    /// NtOpenProcess/NtOpenThread via the ntdll stub's `syscall`, called
+    /// from unbacked memory.
+    AuditJumper,
+    /// `NtSetContextThread` from shellcode's own `syscall`.
+    SetContextUnbacked,
 }
 
 /// How the syscall's stack reaches the trace.
@@ -248,6 +330,31 @@ fn plan(s: Scenario) -> Plan {
                 (D::Truncated, 30),
                 (D::Lost, 10),
             ],
+        ),
+        Scenario::AuditBenign => (vec![(T::ProcList, 150), (T::Wow64ProcList, 50)], vec![]),
+        Scenario::AuditLsassDirect => (
+            vec![
+                (T::ProcList, 100),
+                (T::LsassImage, 20),
+                (T::LsassShellcode, 20),
+            ],
+            vec![],
+        ),
+        Scenario::AuditIndirect => (vec![(T::ProcList, 100), (T::AuditJumper, 40)], vec![]),
+        Scenario::AuditSetContext => (
+            vec![(T::ProcList, 100), (T::SetContextUnbacked, 40)],
+            vec![],
+        ),
+        Scenario::AuditMixed => (
+            vec![
+                (T::ProcList, 100),
+                (T::Wow64ProcList, 30),
+                (T::LsassImage, 10),
+                (T::LsassShellcode, 10),
+                (T::AuditJumper, 15),
+                (T::SetContextUnbacked, 10),
+            ],
+            vec![],
         ),
         Scenario::Mixed => (
             vec![
@@ -300,6 +407,10 @@ struct Call {
     reason: Option<&'static str>,
     technique: &'static str,
     module: Option<String>,
+    /// `DesiredAccess` of an audited open, when the technique sets it.
+    access: Option<u32>,
+    /// The target process, when the technique sets it (lsass.exe).
+    target: Option<u32>,
 }
 
 /// Bounded FIFO stack cache (Windows 8+ stack caching): frames -> key.
@@ -339,6 +450,31 @@ struct Gen<W: Write + Seek, T: Write> {
     jumper_variant: usize,
     kframes: Vec<u64>,
     uframes: Vec<u64>,
+    /// The stack item being written (reused).
+    item: Vec<u8>,
+    /// The audit fields of the truth entry being written.
+    audit_truth: Option<AuditTruth>,
+}
+
+/// What the truth file says of an Audit-API event besides the verdict.
+struct AuditTruth {
+    api: &'static str,
+    target: Option<(u32, Option<u32>, &'static str)>,
+    access: Option<u32>,
+    return_code: u32,
+}
+
+/// The Audit-API event a syscall writes, if any (`NtTerminateProcess`
+/// only for another process: the scenarios never terminate their own).
+fn audit_api(service: &str) -> Option<sentry_kernel_audit_api::AuditApi> {
+    use sentry_kernel_audit_api::AuditApi as A;
+    Some(match service {
+        "NtOpenProcess" => A::OpenProcess,
+        "NtOpenThread" => A::OpenThread,
+        "NtSetContextThread" => A::SetContextThread,
+        "NtTerminateProcess" => A::TerminateProcess,
+        _ => return None,
+    })
 }
 
 /// Writes the trace to `etl` and the truth JSON to `truth` (if any).
@@ -368,7 +504,7 @@ pub fn generate<W: Write + Seek, T: Write>(
     let (mut attack, delivery) = plan(o.scenario);
     let wow = o.pointer_size == 8;
     if !wow {
-        attack.retain(|(t, _)| *t != Tech::HeavensGate);
+        attack.retain(|(t, _)| !matches!(t, Tech::HeavensGate | Tech::Wow64ProcList));
     }
     let benign_w = BENIGN
         .iter()
@@ -424,6 +560,8 @@ pub fn generate<W: Write + Seek, T: Write>(
         jumper_variant: 0,
         kframes: Vec::with_capacity(16),
         uframes: Vec::with_capacity(MAX_FRAMES),
+        item: Vec::with_capacity(8 * (MAX_FRAMES + 8)),
+        audit_truth: None,
     };
     g.truth_start()?;
     g.rundown_start()?;
@@ -454,6 +592,10 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
         tid: u32,
         ts: u64,
     ) -> Result<(), SynthError> {
+        // The Audit-API source has no SysCallEnter/Exit or StackWalk events.
+        if self.o.source == Source::Audit && matches!(group, 0x0F | 0x18) {
+            return Ok(());
+        }
         let rec = Record {
             class,
             group,
@@ -851,6 +993,26 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
         if techs.contains(&Tech::HeavensGate) {
             self.launch(4520, "setup32.exe", ProcKind::Wow64Implant, 2)?;
         }
+        if techs.contains(&Tech::ProcList) {
+            self.launch(4520, "procexp64.exe", ProcKind::Gui, 3)?;
+        }
+        if techs.contains(&Tech::LsassImage) {
+            self.launch(4520, "dumper.exe", ProcKind::Implant, 2)?;
+        }
+        if techs
+            .iter()
+            .any(|t| matches!(t, Tech::LsassShellcode | Tech::SetContextUnbacked))
+            && !techs.contains(&Tech::ShellcodeDirect)
+        {
+            self.launch(4520, "loader.exe", ProcKind::Implant, 2)?;
+        }
+        if techs.contains(&Tech::AuditJumper)
+            && !techs
+                .iter()
+                .any(|t| matches!(t, Tech::Jumper | Tech::Randomized | Tech::StubGadget))
+        {
+            self.launch(5960, "svcupdate.exe", ProcKind::Implant, 3)?;
+        }
         Ok(())
     }
 
@@ -972,6 +1134,7 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
         kernel.push(nt + Layout::KI_SYSTEM_SERVICE_COPY_END);
         let ps8 = self.ps() == 8;
         let mut module = None;
+        let (mut access, mut target) = (None, None);
         let (pi, service, verdict, reason, technique) = match tech {
             Tech::Ntdll | Tech::Jit => {
                 let pi = if tech == Tech::Jit {
@@ -1132,6 +1295,114 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
                 tail(l, p, user, 0, 0);
                 (pi, s, "indirect", Some("not_return_site"), "stub-gadget")
             }
+            Tech::ProcList | Tech::Wow64ProcList => {
+                let wow = tech == Tech::Wow64ProcList;
+                let pi = if wow {
+                    self.pick_proc(&[ProcKind::Wow64], None)?
+                } else {
+                    self.pick_proc(&[ProcKind::Gui], Some("procexp64.exe"))?
+                };
+                let thread = self.rng.chance(300);
+                let s = world::service_index(if thread {
+                    "NtOpenThread"
+                } else {
+                    "NtOpenProcess"
+                });
+                // Command lines need PROCESS_VM_READ (Process Explorer asks
+                // for it with PROCESS_QUERY_LIMITED_INFORMATION).
+                let read = self.rng.chance(500);
+                access = Some(match (thread, read) {
+                    (true, _) => 0x0800,
+                    (false, true) => 0x1010,
+                    (false, false) => 0x1000,
+                });
+                let salt = s as u64 * 1000 + u64::from(self.procs[pi].pid);
+                let depth = self.depth(salt);
+                let (l, p) = (&self.l, &self.procs[pi]);
+                user.push(l.return_site(&SERVICES[s]));
+                if wow {
+                    wow64_tail(l, p, user, false, salt);
+                    (pi, s, "normal", None, "process-listing-wow64")
+                } else {
+                    user.push(site(&l.kernelbase, salt));
+                    user.push(site(p.exe.as_ref()?, salt + 7));
+                    tail(l, p, user, depth, salt);
+                    (pi, s, "normal", None, "process-listing")
+                }
+            }
+            Tech::LsassImage | Tech::LsassShellcode => {
+                let image = tech == Tech::LsassImage;
+                let name = if image { "dumper.exe" } else { "loader.exe" };
+                let pi = self.pick_proc(&[ProcKind::Implant], Some(name))?;
+                let s = world::service_index("NtOpenProcess");
+                target = self
+                    .procs
+                    .iter()
+                    .find(|p| p.name == "lsass.exe")
+                    .map(|p| p.pid);
+                let (l, p) = (&self.l, &self.procs[pi]);
+                let ssn = u64::from(SERVICES[s].ssn);
+                if image {
+                    let e = p.exe.as_ref()?;
+                    // PROCESS_VM_READ | PROCESS_QUERY_INFORMATION.
+                    access = Some(0x0410);
+                    user.push(e.base + 0x1_2000 + ssn * 0x40 + 0x2e);
+                    user.push(site(e, s as u64));
+                    user.push(site(e, 77));
+                    tail(l, p, user, 0, 0);
+                    module = Some(e.file_name().to_string());
+                    (pi, s, "direct", Some("image"), "syswhispers2-lsass")
+                } else {
+                    access = Some(0x1F_FFFF);
+                    user.push(p.private.0 + 0x1000 + ssn * 0x18 + 0x12);
+                    user.push(p.private.0 + 0x2_3a7);
+                    user.push(p.private.0 + 0x1_0c4);
+                    tail(l, p, user, 0, 0);
+                    (pi, s, "direct", Some("unbacked"), "shellcode-lsass")
+                }
+            }
+            Tech::AuditJumper => {
+                let pi = self.pick_proc(&[ProcKind::Implant], Some("svcupdate.exe"))?;
+                let thread = self.rng.chance(300);
+                let s = world::service_index(if thread {
+                    "NtOpenThread"
+                } else {
+                    "NtOpenProcess"
+                });
+                if thread {
+                    // THREAD_SUSPEND_RESUME | THREAD_GET_CONTEXT | THREAD_SET_CONTEXT.
+                    access = Some(0x001A);
+                } else {
+                    access = Some(0x0410);
+                    target = self
+                        .procs
+                        .iter()
+                        .find(|p| p.name == "lsass.exe")
+                        .map(|p| p.pid);
+                }
+                let (l, p) = (&self.l, &self.procs[pi]);
+                user.push(l.return_site(&SERVICES[s]));
+                user.push(p.private.0 + 0x8_4d2 + u64::from(SERVICES[s].ssn) * 0x40);
+                user.push(p.private.0 + 0x1_2f0);
+                tail(l, p, user, 0, 0);
+                (
+                    pi,
+                    s,
+                    "indirect",
+                    Some("unbacked_caller"),
+                    "syswhispers3-jumper",
+                )
+            }
+            Tech::SetContextUnbacked => {
+                let pi = self.pick_proc(&[ProcKind::Implant], Some("loader.exe"))?;
+                let s = world::service_index("NtSetContextThread");
+                let (l, p) = (&self.l, &self.procs[pi]);
+                user.push(p.private.0 + 0x1000 + u64::from(SERVICES[s].ssn) * 0x18 + 0x12);
+                user.push(p.private.0 + 0x2_5a1);
+                user.push(p.private.0 + 0x1_0c4);
+                tail(l, p, user, 0, 0);
+                (pi, s, "direct", Some("unbacked"), "shellcode-set-context")
+            }
             Tech::HeavensGate => {
                 if !ps8 {
                     return None;
@@ -1171,6 +1442,8 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
                 reason,
                 technique,
                 module,
+                access,
+                target,
             },
         ))
     }
@@ -1212,6 +1485,9 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
         let Some((pi, mut call)) = built else {
             return Ok(());
         };
+        // The audit event carries its own stack: StackWalk deliveries
+        // (missing, split, early) do not change its verdict.
+        let intrinsic = (call.verdict, call.technique);
         let mut delivery = Delivery::Single;
         if call.verdict == "normal" {
             let roll = self.rng.range(0, 1000) as u32;
@@ -1253,6 +1529,28 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
         let svc: &Service = &SERVICES[call.service];
         let routine = self.l.routine(svc);
 
+        let audit = self.o.source == Source::Audit;
+        if audit {
+            if delivery != Delivery::Truncated {
+                (call.verdict, call.technique) = intrinsic;
+            }
+            if audit_api(svc.name).is_none() {
+                // Not audited: only the random draws of the syscall source,
+                // so that both sources make the same workload.
+                self.draws(delivery);
+                return Ok(());
+            }
+            let (pid, tid) = (pid, tid);
+            self.audit_event(cpu, t, pid, tid, &mut call, kernel, user)?;
+            let u = user.first().copied();
+            self.draws(delivery);
+            if let Some(u) = u {
+                if self.site_service.contains_key(&u) {
+                    *self.sites.entry(u).or_default().entry(routine).or_default() += 1;
+                }
+            }
+            return self.truth_entry(t, cpu, pid, tid, &call, routine);
+        }
         if delivery == Delivery::Lost {
             self.w.note_events_lost_on(cpu, 3);
             self.tick(20, 200);
@@ -1299,6 +1597,136 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
             self.stack_part(cpu2, ts, t, pid, tid, user, false)?;
         }
         self.truth_entry(t, cpu, pid, tid, &call, routine)
+    }
+
+    /// The random draws [`Gen::syscall_with`] makes after the syscall's
+    /// time for `delivery`, without writing: keeps the Audit-API source's
+    /// workload that of the syscall source.
+    fn draws(&mut self, delivery: Delivery) {
+        match delivery {
+            Delivery::Lost => {
+                self.tick(20, 200);
+                return;
+            }
+            Delivery::Single | Delivery::Truncated | Delivery::Split => {
+                self.tick(1, 40);
+            }
+            _ => {}
+        }
+        self.tick(5, 300);
+        self.rng.chance(30);
+        if delivery == Delivery::Split {
+            if !self.rng.chance(500) {
+                self.rng.range(0, u64::from(self.o.processors));
+            }
+            self.tick(1, 30);
+        }
+    }
+
+    /// Writes the Microsoft-Windows-Kernel-Audit-API-Calls event of an
+    /// audited syscall at time `t`, with its stack item (the kernel frames
+    /// from the stack capture down to `KiSystemServiceCopyEnd`, then the
+    /// user frames), and fills in the call's target and access.
+    #[allow(clippy::too_many_arguments)]
+    fn audit_event(
+        &mut self,
+        cpu: u16,
+        t: u64,
+        pid: u32,
+        tid: u32,
+        call: &mut Call,
+        kernel: &[u64],
+        user: &[u64],
+    ) -> Result<(), SynthError> {
+        use sentry_kernel_audit_api::{AccessMask, AuditApi, AuditEvent};
+        let svc = SERVICES[call.service];
+        let Some(api) = audit_api(svc.name) else {
+            return Ok(());
+        };
+        let nt = self.l.ntoskrnl().base;
+        let mut frames = vec![nt + Layout::ETW_STACK_CAPTURE, nt + Layout::ETW_WRITE];
+        match api {
+            AuditApi::OpenProcess => frames.push(nt + Layout::PS_OPEN_PROCESS),
+            AuditApi::OpenThread => frames.push(nt + Layout::PS_OPEN_THREAD),
+            _ => {}
+        }
+        frames.push(self.l.routine(&svc) + 0x1f3);
+        frames.push(nt + Layout::KI_SYSTEM_SERVICE_COPY_END);
+        // A kernel-thread caller's own kernel frames (none are audited today).
+        frames.extend(kernel.iter().skip(2));
+        frames.extend_from_slice(user);
+        // The target: the technique's, else one of the running processes
+        // picked from the time (no random draw).
+        let n = self.procs.len().max(1);
+        let tp = match call.target {
+            Some(p) => self.procs.iter().find(|x| x.pid == p),
+            None => self.procs.get((t / 7) as usize % n),
+        };
+        let (target_pid, target_tid, target_name) = match tp {
+            Some(p) => (
+                p.pid,
+                p.threads
+                    .get((t / 11) as usize % p.threads.len().max(1))
+                    .map(|x| x.tid),
+                p.name,
+            ),
+            None => (4, None, "System"),
+        };
+        let mut e = AuditEvent::new(api, 0);
+        match api {
+            AuditApi::OpenProcess | AuditApi::OpenThread => {
+                let access = call.access.unwrap_or(0x1000);
+                e.target_pid = Some(target_pid);
+                if api == AuditApi::OpenThread {
+                    e.target_tid = Some(target_tid.unwrap_or(0));
+                }
+                e.desired_access = Some(AccessMask(access));
+                // The System process refuses reading its memory.
+                if target_pid == 4 && access & 0x10 != 0 {
+                    e.return_code.0 = 0xC000_0022;
+                }
+                call.access = Some(access);
+                call.target = Some(target_pid);
+            }
+            AuditApi::TerminateProcess => {
+                e.target_pid = Some(target_pid);
+                call.target = Some(target_pid);
+            }
+            _ => {}
+        }
+        self.audit_truth = Some(AuditTruth {
+            api: api.name(),
+            target: e.target_pid.map(|p| (p, e.target_tid, target_name)),
+            access: e.desired_access.map(|a| a.0),
+            return_code: e.return_code.0,
+        });
+        self.buf.clear();
+        e.encode(self.ps(), &mut self.buf);
+        let mut item = std::mem::take(&mut self.item);
+        let width = self.ps();
+        let ext_type = sentry_etl_writer::stack_trace_item(width, 0, &frames, &mut item);
+        let ext: [(u16, &[u8]); 1] = [(ext_type, &item)];
+        let rec = sentry_etl_writer::EventRecord {
+            pointer_size: self.ps(),
+            provider: sentry_kernel_audit_api::PROVIDER,
+            id: api.id(),
+            version: 0,
+            channel: 0,
+            level: sentry_kernel_audit_api::LEVEL,
+            opcode: 0,
+            task: 0,
+            keyword: 0,
+            pid,
+            tid,
+            timestamp: t,
+            kernel_time: 0,
+            user_time: 0,
+            extended: &ext,
+            payload: &self.buf,
+        };
+        let r = self.w.write_event(cpu, &rec);
+        self.item = item;
+        r.map_err(SynthError::from)
     }
 
     /// Writes the stack of a syscall at `call` time `t` (the header time is
@@ -1407,13 +1835,14 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
         if let Some(t) = self.truth.as_mut() {
             write!(
                 t,
-                "{{\n\"scenario\": \"{}\", \"seed\": {}, \"pointer_size\": {}, \"processors\": {}, \"compressed\": {}, \"stack_cache\": {},\n\"syscalls\": [",
+                "{{\n\"scenario\": \"{}\", \"seed\": {}, \"pointer_size\": {}, \"processors\": {}, \"compressed\": {}, \"stack_cache\": {}, \"source\": \"{}\",\n\"syscalls\": [",
                 o.scenario.name(),
                 o.seed,
                 o.pointer_size,
                 o.processors,
                 o.compress,
-                o.stack_cache
+                o.stack_cache,
+                o.source.name()
             )?;
         }
         Ok(())
@@ -1456,6 +1885,22 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
         )?;
         if let Some(m) = &call.module {
             write!(t, ", \"module\": \"{m}\"")?;
+        }
+        if let Some(a) = self.audit_truth.take() {
+            let (tp, tt, tn) = match a.target {
+                Some((p, th, n)) => (
+                    p.to_string(),
+                    th.map_or("null".into(), |x| x.to_string()),
+                    format!("\"{n}\""),
+                ),
+                None => ("null".into(), "null".into(), "null".into()),
+            };
+            let access = a.access.map_or("null".into(), |x| format!("\"{x:#x}\""));
+            write!(
+                t,
+                ", \"source\": \"audit\", \"api\": \"{}\", \"target_pid\": {tp}, \"target_tid\": {tt}, \"target\": {tn}, \"access\": {access}, \"return_code\": \"{:#010x}\"",
+                a.api, a.return_code
+            )?;
         }
         t.write_all(b"}")?;
         Ok(())

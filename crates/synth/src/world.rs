@@ -247,6 +247,23 @@ pub const SERVICES: &[Service] = &[
         ssn: 0x108A,
         weight: 2,
     },
+    // Services only the Audit-API scenarios call (weight 0: never drawn for
+    // background traffic, so the other scenarios' traces are unchanged).
+    Service {
+        name: "NtTerminateProcess",
+        ssn: 0x2C,
+        weight: 0,
+    },
+    Service {
+        name: "NtOpenThread",
+        ssn: 0x12E,
+        weight: 0,
+    },
+    Service {
+        name: "NtSetContextThread",
+        ssn: 0x18B,
+        weight: 0,
+    },
 ];
 
 /// Index of a service by name (panics on unknown names: a programming error).
@@ -767,6 +784,12 @@ impl Layout {
     pub const PERFINFO_LOG_SYSCALL_ENTRY: u64 = 0x3d_1e2c;
     pub const RTL_USER_THREAD_START: u64 = 0x5_2651;
     pub const BASE_THREAD_INIT_THUNK: u64 = 0x1_7034;
+    /// RVAs of the kernel frames above an Audit-API event's system call:
+    /// the stack capture, `EtwWrite`, `PsOpenProcess`/`PsOpenThread`.
+    pub const ETW_STACK_CAPTURE: u64 = 0x24_3a1e;
+    pub const ETW_WRITE: u64 = 0x23_8b52;
+    pub const PS_OPEN_PROCESS: u64 = 0x6a_1e94;
+    pub const PS_OPEN_THREAD: u64 = 0x6a_5b20;
 }
 
 /// Kind of process, deciding which stacks it produces.

@@ -163,6 +163,7 @@ fn opts(s: Scenario, ps: u8, compress: bool, stack_cache: bool) -> Options {
         compress,
         stack_cache,
         process_churn: true,
+        source: s.default_source(),
     }
 }
 
@@ -186,4 +187,89 @@ fn dissect_reads_compressed_and_stack_cached() {
         &opts(Scenario::Degraded, 4, true, false),
         "degraded32-xpress",
     );
+}
+
+/// The Audit-API scenarios' EVENT_HEADER records as dissect.etl reads them:
+/// the provider, id and level, one STACK_TRACE item per event (64-bit on a
+/// 64-bit trace, 32-bit on a 32-bit one; match id 0) whose frames end in a
+/// user part, and the header's pid/tid and the payload's target pid equal
+/// the truth entry with that timestamp.
+#[test]
+fn dissect_reads_audit_events() {
+    for (ps, compress) in [(8u8, false), (4, true)] {
+        let mut o = opts(Scenario::AuditMixed, ps, compress, false);
+        o.syscalls = 4000;
+        let dir = std::env::temp_dir().join(format!("synth-oracle-audit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("audit-{ps}.etl"));
+        let mut truth = Vec::new();
+        let (_, summary) = generate(
+            &o,
+            BufWriter::new(File::create(&path).unwrap()),
+            Some(&mut truth),
+        )
+        .unwrap();
+        let script =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/oracle/dissect_events.py");
+        let out = Command::new("python3")
+            .arg(&script)
+            .arg(&path)
+            .output()
+            .unwrap();
+        std::fs::remove_file(&path).ok();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let events: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+        let t: Value = serde_json::from_slice(&truth).unwrap();
+        let rows: HashMap<u64, &Value> = t["syscalls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["timestamp"].as_u64().unwrap(), r))
+            .collect();
+        assert_eq!(events.len(), rows.len());
+        assert_eq!(
+            summary.stats.per_event.values().sum::<u64>(),
+            events.len() as u64
+        );
+        let provider: String = sentry_kernel_audit_api::PROVIDER
+            .to_le_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let kstart = if ps == 8 {
+            0xFFFF_8000_0000_0000u64
+        } else {
+            0x8000_0000
+        };
+        for e in &events {
+            let row = rows[&e["ts"].as_u64().unwrap()];
+            assert_eq!(e["provider"], provider.as_str());
+            assert_eq!(e["level"], 4);
+            assert_eq!(e["pid"], row["pid"], "{e}");
+            assert_eq!(e["tid"], row["tid"], "{e}");
+            let items = e["items"].as_array().unwrap();
+            assert_eq!(items.len(), 1, "{e}");
+            assert_eq!(items[0][0], if ps == 8 { 6 } else { 5 });
+            assert_eq!(items[0][1], 0, "last item: no linkage");
+            let (match_id, frames) = (&e["stack"][0], e["stack"][1].as_array().unwrap());
+            assert_eq!(match_id, 0);
+            assert!(frames[0].as_u64().unwrap() >= kstart);
+            assert!(frames.iter().any(|f| f.as_u64().unwrap() < kstart));
+            let data = e["user_data"].as_str().unwrap();
+            let first = u32::from_str_radix(data.get(..8).unwrap_or("00000000"), 16)
+                .unwrap()
+                .swap_bytes();
+            match row["api"].as_str().unwrap() {
+                "NtOpenProcess" | "NtOpenThread" => {
+                    assert_eq!(Some(u64::from(first)), row["target_pid"].as_u64(), "{e}")
+                }
+                "NtSetContextThread" => assert_eq!(data.len(), 8, "ReturnCode only"),
+                other => panic!("unexpected {other}"),
+            }
+        }
+    }
 }

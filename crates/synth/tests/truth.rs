@@ -293,6 +293,12 @@ fn check(o: &Options) {
             assert!(o.pointer_size == 4 || r("heavens_gate") > 0);
             assert!(n("no_stack") > 0 && n("truncated") > 0 && n("kernel_origin") > 0);
         }
+        // Checked by tests/audit.rs.
+        Scenario::AuditBenign
+        | Scenario::AuditLsassDirect
+        | Scenario::AuditIndirect
+        | Scenario::AuditSetContext
+        | Scenario::AuditMixed => {}
     }
 }
 
@@ -306,6 +312,7 @@ fn opts(s: Scenario, ps: u8, compress: bool, stack_cache: bool, seed: u64) -> Op
         compress,
         stack_cache,
         process_churn: true,
+        source: s.default_source(),
     }
 }
 

@@ -1,14 +1,15 @@
 //! The correlator as it was before the fast path (young entries, expiry
 //! hint): the reference the differential tests compare against.
 
-#![allow(dead_code)]
-
 use std::collections::{HashMap, VecDeque};
 
 use sentry_kernel::{Frames, StackKeyDefinition, StackKeyOp, StackKeyReference, StackPart};
 
-use super::{CorrelatorStats, Finish, Parent, ParentHook};
-use crate::fxhash::FxBuildHasher;
+use sentry_engine::{CorrelatorStats, Finish, Parent, ParentHook};
+
+/// A deterministic hasher (the library's is private; nothing here depends
+/// on iteration order).
+type FxBuildHasher = std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
 
 const NONE: u32 = u32::MAX;
 

@@ -1,0 +1,70 @@
+//! Counters of one engine, returned by [`crate::Engine::finish`] and
+//! readable any time through [`crate::Engine::stats`].
+
+use std::collections::BTreeMap;
+
+use crate::completeness::{LossGap, UnresolvedCounts};
+use crate::correlate::CorrelatorStats;
+use crate::state::StateStats;
+use crate::verdict::VerdictCounts;
+#[allow(unused_imports)] // doc links
+use crate::{Engine, Learning};
+
+/// A decode error kept for the statistics.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DecodeErrorSample {
+    pub offset: u64,
+    pub message: String,
+}
+
+/// Engine statistics, returned by [`Engine::finish`] (and readable any time
+/// through [`Engine::stats`]).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct EngineStats {
+    pub events: u64,
+    /// Syscalls classified straight from the StackWalk that came right
+    /// after them, without the correlator (the common case).
+    pub held_pairs: u64,
+    pub kernel_events_decoded: u64,
+    pub decode_errors: u64,
+    /// The first decode errors, with file offsets.
+    pub decode_error_samples: Vec<DecodeErrorSample>,
+    pub syscalls: u64,
+    /// Kernel-Audit-API-Calls events read (each of a system call is also
+    /// counted in `syscalls` and gets a verdict).
+    pub audit_events: u64,
+    /// Audit events that stand for no system call (ids 1, 7, 8: written for
+    /// drivers): counted, not classified.
+    pub audit_not_syscall: u64,
+    /// Audit events whose stack item has a non-zero `MatchId` (Windows
+    /// logged the user part in another event, which is not joined yet):
+    /// classified from the part they carry.
+    pub audit_split_stacks: u64,
+    pub verdicts: VerdictCounts,
+    pub suppressed: u64,
+    pub correlator: CorrelatorStats,
+    pub state: StateStats,
+    /// Generalised pairing: matched stacks by parent hook.
+    pub parent_hooks: BTreeMap<String, u64>,
+    /// `EventsLost` / `BuffersLost` from the logfile header.
+    pub events_lost: Option<u32>,
+    pub buffers_lost: Option<u32>,
+    pub first_timestamp: Option<u64>,
+    pub last_timestamp: Option<u64>,
+    pub pending_now: u64,
+    pub learned_return_sites: u64,
+    /// [`Learning::Deferred`]: syscalls whose rule-5 decision waited for
+    /// the end of the input (settled in `verdicts` by [`Engine::finish`]).
+    pub service_checks_deferred: u64,
+    /// Syscalls decided as if their stub matched because the tallies were
+    /// full (only a hostile trace gets there).
+    pub service_checks_settled_early: u64,
+    /// `unresolved` syscalls by reason (counted when decided; one whose
+    /// rule-5 decision was still open may have settled as `stub_mismatch`).
+    pub unresolved: UnresolvedCounts,
+    /// Where events may be missing (raw timestamps).
+    pub loss_gaps: Vec<LossGap>,
+    /// Events may be missing somewhere (gaps, or loss counters without a
+    /// place in time): alerts carry `trace_incomplete`.
+    pub trace_incomplete: bool,
+}

@@ -1,0 +1,22 @@
+//! What the integration tests share that is not the library's.
+#![allow(dead_code)] // each test crate uses a part
+
+pub mod reference;
+
+/// A deterministic pseudo-random sequence (xorshift64): the same seed gives
+/// the same cases on every run.
+pub struct Xorshift(pub u64);
+
+impl Xorshift {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A value below `n` (not 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
