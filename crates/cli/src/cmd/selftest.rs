@@ -295,6 +295,11 @@ mod windows_impl {
         fn idle(&mut self) {
             self.tick(false);
         }
+        fn events_missing(&mut self, from: u64, to: u64, cause: &str) {
+            // The fixtures' alerts in the gap become `unresolved`, and the
+            // decision says so rather than "missed".
+            self.engine.note_events_missing(from, to, cause);
+        }
     }
 
     /// This host's ntdll/win32u (System32 and SysWOW64) and kernel images,
@@ -313,11 +318,21 @@ mod windows_impl {
         (!all.dlls.is_empty()).then(|| Arc::new(all))
     }
 
-    fn spec(kind: SessionKind, destination: Destination) -> SessionSpec {
+    /// The session as `live` and `record` size it for this host: buffers
+    /// per processor, a 250 ms flush for real time, none for a file.
+    fn spec(kind: SessionKind, destination: Destination, processors: u32) -> SessionSpec {
+        let flush_ms = match destination {
+            Destination::RealTime => sentry_live::properties::DEFAULT_FLUSH_MS,
+            Destination::File(_) => 0,
+        };
         SessionSpec {
             kind,
             destination,
-            buffers: Buffers::default(),
+            buffers: Buffers::for_processors(
+                processors,
+                sentry_live::properties::DEFAULT_BUFFER_KB,
+                flush_ms,
+            ),
         }
     }
 
@@ -374,6 +389,8 @@ mod windows_impl {
             missing.join(", ")
         );
         let duration = args.session_duration();
+        let processors = win::processor_count();
+        let lag_ms = sentry_live::reorder::DEFAULT_LAG_MS;
         let system_dlls = system_dlls();
         let stacks = sentry_live::properties::stack_events(false, false);
 
@@ -390,6 +407,7 @@ mod windows_impl {
                             name: RECORD_SESSION.into(),
                         },
                         Destination::File(path.to_string_lossy().into_owned()),
+                        processors,
                     ),
                     stacks: stacks.clone(),
                     force: true,
@@ -408,11 +426,17 @@ mod windows_impl {
         };
 
         let mut engine = Engine::new(EngineConfig {
+            // Longer than the reordering lag, so a late stack still pairs.
+            window_ms: sentry_live::reorder::live_window_ms(
+                EngineConfig::default().window_ms,
+                lag_ms,
+            ),
             learning: Learning::Online,
             system_dlls: system_dlls.clone(),
             ..EngineConfig::default()
         });
-        if let Some(c) = win::clock_now() {
+        let clock = win::clock_now();
+        if let Some(c) = clock {
             engine.set_clock(c);
         }
         let wait_ms = args.wait * 1000;
@@ -436,12 +460,19 @@ mod windows_impl {
             },
         };
         let opts = LiveOptions {
-            spec: spec(kind, Destination::RealTime),
+            spec: spec(kind, Destination::RealTime, processors),
             stacks,
             force: args.force,
             duration: Some(duration),
             status_every: Duration::from_secs(1),
             ring_bytes: 32 << 20,
+            reorder: sentry_live::ReorderConfig::new(
+                lag_ms,
+                clock.map_or(10_000_000, |c| c.ticks_per_second),
+                128 << 20,
+                processors as usize,
+            ),
+            idle_release: Duration::from_millis(lag_ms),
         };
         eprintln!(
             "syscall-sentry: selftest: live on \"{}\" for {} s",
