@@ -6,9 +6,15 @@ use crate::decide::{FixtureResult, Outcome};
 use crate::fixture::Expect;
 
 fn expected(r: &FixtureResult) -> String {
+    // The count is the fixture's own; unknown when it did not report.
+    let n = if r.calls > 0 {
+        format!(" x{}", r.calls)
+    } else {
+        String::new()
+    };
     match r.fixture.expect {
-        Expect::Benign => format!("no alert (normal x{}+)", r.calls),
-        Expect::Alert(v, reason) => format!("{}/{} x{}", v.as_str(), reason.as_str(), r.calls),
+        Expect::Benign => format!("no alert (normal{n}+)"),
+        Expect::Alert(v, reason) => format!("{}/{}{n}", v.as_str(), reason.as_str()),
     }
 }
 
