@@ -25,7 +25,7 @@ use std::fmt;
 
 use sentry_engine::{Reason, Verdict};
 
-use crate::fixture::{Expect, Fixture, FixtureReport, EXIT_REFUSED};
+use crate::fixture::{same_image, Expect, Fixture, FixtureReport, EXIT_REFUSED};
 
 /// Milliseconds on the caller's monotonic clock.
 pub type Millis = u64;
@@ -188,6 +188,8 @@ struct Tracked {
     late: BTreeMap<Label, u64>,
     /// Verdicts of its pid from a process of another image (pid reused).
     other_image: u64,
+    /// The image of a process standing in for the fixture (test harness).
+    stand_in: Option<String>,
 }
 
 impl Tracked {
@@ -277,6 +279,7 @@ impl Selftest {
                     on_time: BTreeMap::new(),
                     late: BTreeMap::new(),
                     other_image: 0,
+                    stand_in: None,
                 })
                 .collect(),
             by_pid: HashMap::new(),
@@ -292,6 +295,12 @@ impl Selftest {
         t.started = Some(now);
         t.loss_at_start = loss;
         self.by_pid.insert(pid, i);
+    }
+
+    /// A process of image `image` stands in for fixture `i` (a replayed
+    /// trace in a test harness, where the fixtures themselves cannot run).
+    pub fn stand_in(&mut self, i: usize, image: &str) {
+        self.tracked[i].stand_in = Some(image.to_string());
     }
 
     /// Fixture `i` could not be started.
@@ -326,7 +335,11 @@ impl Selftest {
         };
         let wait = self.wait;
         let t = &mut self.tracked[i];
-        if image.is_some_and(|m| !t.fixture.is_image(m)) {
+        let own = |m: &str| match &t.stand_in {
+            Some(file) => same_image(file, m),
+            None => t.fixture.is_image(m),
+        };
+        if image.is_some_and(|m| !own(m)) {
             t.other_image += 1;
             return;
         }

@@ -38,11 +38,17 @@ impl Fixture {
     /// characters of it (the `EPROCESS` field), so a longer file name
     /// arrives cut short.
     pub fn is_image(&self, image: &str) -> bool {
-        let base = image.rsplit(['\\', '/']).next().unwrap_or(image);
-        let file = self.file_name().to_ascii_lowercase();
-        let base = base.to_ascii_lowercase();
-        file == base || (base.len() >= 14 && file.starts_with(&base))
+        same_image(&self.file_name(), image)
     }
+}
+
+/// `image` (a name as the kernel reports it, or a path ending in one)
+/// names the executable `file`.
+pub fn same_image(file: &str, image: &str) -> bool {
+    let base = image.rsplit(['\\', '/']).next().unwrap_or(image);
+    let file = file.to_ascii_lowercase();
+    let base = base.to_ascii_lowercase();
+    file == base || (base.len() >= 14 && file.starts_with(&base))
 }
 
 /// The fixtures, in the order `selftest` runs and prints them.

@@ -637,3 +637,28 @@ fn verdicts_of_a_later_process_with_the_fixtures_pid_are_ignored() {
         }
     }
 }
+
+#[test]
+fn a_stand_in_process_is_matched_by_its_own_image() {
+    let s = stream(Scenario::DirectImage, None, None);
+    let (pid, calls) = s.implant(&["syswhispers2"]);
+    let report = format!("{{\"fixture\":\"direct-image\",\"pid\":{pid},\"calls\":{calls}}}");
+    for (stand_in, pass) in [(Some("invoice.exe"), true), (None, false)] {
+        let mut st = Selftest::new(&[fixture("direct-image")], 2_000);
+        st.started(0, pid, 0, Loss::default());
+        if let Some(image) = stand_in {
+            st.stand_in(0, image);
+        }
+        for v in &s.verdicts {
+            st.verdict(
+                0,
+                v.pid,
+                Some("invoice.exe"),
+                v.label.verdict,
+                v.label.reason,
+            );
+        }
+        st.exited(0, 1, Some(0), &report);
+        assert_eq!(st.outcome(Loss::default()).passed(), pass);
+    }
+}

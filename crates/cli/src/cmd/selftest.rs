@@ -52,6 +52,11 @@ pub struct Args {
     /// If the session already exists, stop it and start ours.
     #[arg(long)]
     pub force: bool,
+    /// Test harness only (.ci/windows-bundle under etw-replay): run no
+    /// fixture; processes of the replayed trace stand in for them, one JSON
+    /// line each: {"fixture": NAME, "pid": N, "calls": N, "image": FILE}.
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub stand_in: Option<PathBuf>,
 }
 
 /// Name of the private session of the live part with `--session private`.
@@ -218,6 +223,65 @@ mod windows_impl {
         }
     }
 
+    /// A process of a replayed trace in place of a fixture.
+    struct StandIn {
+        i: usize,
+        pid: u32,
+        image: String,
+        line: String,
+    }
+
+    fn stand_ins(path: &Path) -> anyhow::Result<Vec<StandIn>> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("--stand-in {}", path.display()))?;
+        let mut v = Vec::new();
+        for (n, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let bad = || anyhow::anyhow!("--stand-in {} line {}: {line}", path.display(), n + 1);
+            let j: serde_json::Value = serde_json::from_str(line).map_err(|_| bad())?;
+            let i = FIXTURES
+                .iter()
+                .position(|f| j["fixture"].as_str() == Some(f.name))
+                .ok_or_else(bad)?;
+            v.push(StandIn {
+                i,
+                pid: j["pid"]
+                    .as_u64()
+                    .and_then(|p| u32::try_from(p).ok())
+                    .ok_or_else(bad)?,
+                image: j["image"].as_str().ok_or_else(bad)?.to_string(),
+                line: line.to_string(),
+            });
+        }
+        Ok(v)
+    }
+
+    /// The stand-ins "exit" a second after they were registered as started
+    /// (by the sink, before the first event is analysed: a replay delivers
+    /// the whole trace at once).
+    fn run_stand_ins(list: Vec<StandIn>, start: Instant, tx: Sender<Msg>) {
+        for (i, _) in FIXTURES.iter().enumerate() {
+            if !list.iter().any(|s| s.i == i) {
+                let _ = tx.send(Msg::LaunchFailed {
+                    i,
+                    error: "no stand-in given".into(),
+                });
+            }
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        for s in list {
+            let _ = tx.send(Msg::Exited {
+                i: s.i,
+                at: ms(start),
+                code: Some(0),
+                stdout: s.line,
+            });
+        }
+    }
+
     /// Verdicts into the decision, stamped with their arrival time.
     struct Decide<'a> {
         st: &'a mut Selftest,
@@ -239,6 +303,7 @@ mod windows_impl {
         tx: Option<Sender<Msg>>,
         fixtures: PathBuf,
         run_timeout: Duration,
+        stand_ins: Option<Vec<StandIn>>,
         thread: Option<JoinHandle<()>>,
         loss: Loss,
     }
@@ -254,7 +319,16 @@ mod windows_impl {
                         "syscall-sentry: selftest: running {} fixtures",
                         FIXTURES.len()
                     );
-                    self.thread = Some(std::thread::spawn(move || run_fixtures(dir, start, t, tx)));
+                    self.thread = Some(match self.stand_ins.take() {
+                        Some(list) => {
+                            for s in &list {
+                                self.st.started(s.i, s.pid, ms(start), self.loss);
+                                self.st.stand_in(s.i, &s.image);
+                            }
+                            std::thread::spawn(move || run_stand_ins(list, start, tx))
+                        }
+                        None => std::thread::spawn(move || run_fixtures(dir, start, t, tx)),
+                    });
                 }
             }
             while let Ok(m) = self.rx.try_recv() {
@@ -377,10 +451,11 @@ mod windows_impl {
         let exe = std::env::current_exe().ok();
         let dir = fixtures_dir(args.fixtures.as_deref(), exe.as_deref())
             .context("cannot find the fixtures: give --fixtures DIR")?;
+        let stand_ins = args.stand_in.as_deref().map(stand_ins).transpose()?;
         let missing: Vec<String> = FIXTURES
             .iter()
             .map(|f| f.file_name())
-            .filter(|f| !dir.join(f).is_file())
+            .filter(|f| stand_ins.is_none() && !dir.join(f).is_file())
             .collect();
         anyhow::ensure!(
             missing.is_empty(),
@@ -450,6 +525,7 @@ mod windows_impl {
             tx: Some(tx),
             fixtures: dir,
             run_timeout: Duration::from_secs(args.run_timeout),
+            stand_ins,
             thread: None,
             loss: Loss::default(),
         };
