@@ -29,6 +29,8 @@ enum Command {
     Record(cmd::live::RecordArgs),
     /// Stop a kernel trace session left running (Windows, Administrator).
     Stop(cmd::live::StopArgs),
+    /// Run the technique fixtures under a live session and check each is caught (Windows, Administrator).
+    Selftest(cmd::selftest::Args),
     /// Write a synthetic .etl trace of a labelled syscall scenario, with its ground truth.
     Synth(cmd::synth::Args),
     /// Summarise an .etl file: buffers, records, header kinds, event counts, time range.
@@ -58,6 +60,7 @@ fn main() -> ExitCode {
         Command::Live(a) => cmd::live::run(a),
         Command::Record(a) => cmd::live::record(a).map_err(|e| on_windows_only(e, "record")),
         Command::Stop(a) => cmd::live::stop(a).map_err(|e| on_windows_only(e, "stop")),
+        Command::Selftest(a) => cmd::selftest::run(a),
         Command::Synth(a) => cmd::synth::run(a),
         Command::Stats(a) => cmd::stats::run(a),
         Command::Dump(a) => cmd::dump::run(a),

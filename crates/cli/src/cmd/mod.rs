@@ -4,5 +4,6 @@ pub mod dump;
 pub mod live;
 pub mod progress;
 pub mod report_args;
+pub mod selftest;
 pub mod stats;
 pub mod synth;
