@@ -759,7 +759,7 @@ impl Report {
             stack,
             audit: v
                 .audit
-                .map(|a| Box::new((a, v.target.map(|p| p.image_file_name.to_string())))),
+                .map(|a| Box::new((*a, v.target.map(|p| p.image_file_name.to_string())))),
         }
     }
 

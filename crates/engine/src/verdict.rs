@@ -101,7 +101,7 @@ pub struct SyscallVerdict<'a> {
     /// A Kernel-Audit-API-Calls event: its API, target, access and return
     /// code (`service_address` is then the event id, see
     /// [`SyscallVerdict::audit_api`]).
-    pub audit: Option<AuditFacts>,
+    pub audit: Option<&'a AuditFacts>,
     /// The audit event's target process, from the state.
     pub target: Option<&'a ProcessInfo>,
 }

@@ -106,7 +106,7 @@ impl Engine {
         stack_all: &[u64],
         finish: Finish,
         sink: &mut dyn VerdictSink,
-        audit: Option<AuditFacts>,
+        audit: Option<&AuditFacts>,
     ) {
         let StackedCall {
             ts,
