@@ -37,13 +37,27 @@ enum Command {
     Dump(cmd::dump::Args),
 }
 
+/// `record` and `stop` elsewhere than on Windows: say which command and
+/// what to do instead (the live module's message is about `live`).
+fn on_windows_only(e: anyhow::Error, command: &str) -> anyhow::Error {
+    if cfg!(windows) {
+        return e;
+    }
+    let what = match command {
+        "record" => "record writes this machine's NT Kernel Logger to a file, so it runs on the \
+                     Windows host to watch (as Administrator); copy the .etl here and run `analyze` on it",
+        _ => "stop ends a kernel trace session on a Windows host; there is none on this OS",
+    };
+    anyhow::anyhow!("{command} needs Windows: {what}")
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Analyze(a) => cmd::analyze::run(a),
         Command::Live(a) => cmd::live::run(a),
-        Command::Record(a) => cmd::live::record(a),
-        Command::Stop(a) => cmd::live::stop(a),
+        Command::Record(a) => cmd::live::record(a).map_err(|e| on_windows_only(e, "record")),
+        Command::Stop(a) => cmd::live::stop(a).map_err(|e| on_windows_only(e, "stop")),
         Command::Synth(a) => cmd::synth::run(a),
         Command::Stats(a) => cmd::stats::run(a),
         Command::Dump(a) => cmd::dump::run(a),

@@ -1461,6 +1461,16 @@ fn count_in_row(s: &mut ProcSummary, v: &SyscallVerdict<'_>) {
 /// `ecs_fields` test; fields of our own are under `syscall_sentry.`.
 pub const ECS_VERSION: &str = "9.4.0";
 
+/// The traced Windows version, `major.minor`: `TRACE_LOGFILE_HEADER`'s
+/// `VersionDetail` holds the OS's major and minor version, then the
+/// logger's own sub-versions (`SubVersion`, `SubMinorVersion`), which are
+/// not part of the OS version (they made Windows 10 read `10.0.1.5`). The
+/// build is `ProviderVersion`. See
+/// [TRACE_LOGFILE_HEADER](https://learn.microsoft.com/windows/win32/api/evntrace/ns-evntrace-trace_logfile_header).
+pub fn os_version(h: &LogfileHeader) -> String {
+    format!("{}.{}", h.os_version[0], h.os_version[1])
+}
+
 /// What every ECS document of one input shares.
 struct EcsContext<'a> {
     header: Option<&'a LogfileHeader>,
@@ -1472,8 +1482,8 @@ impl EcsContext<'_> {
     fn host(&self) -> Value {
         let mut os = json!({"family": "windows", "type": "windows", "platform": "windows"});
         if let Some(h) = self.header {
-            os["version"] = json!(h.os_version_string());
-            os["kernel"] = json!(format!("{}", h.provider_version));
+            os["version"] = json!(os_version(h));
+            os["kernel"] = json!(format!("{}.{}", os_version(h), h.provider_version));
         }
         let mut host = json!({ "os": os });
         if let Some(n) = self.host {

@@ -14,7 +14,7 @@
 //! Exit codes: [`crate::exit`].
 
 use std::fs::File;
-use std::io::{IsTerminal, Read, Write};
+use std::io::{Read, Write};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -31,6 +31,7 @@ use sentry_etl::damage::Gap;
 use sentry_etl::{Diagnostics, EtlFile, Order};
 use sentry_raw::{Clock, KernelClass};
 
+use super::progress::Progress;
 use super::report_args::ReportArgs;
 use crate::exit;
 
@@ -59,6 +60,9 @@ pub struct Args {
     /// turns out to be an alert, found again by a second pass.
     #[arg(long, value_name = "MIB", default_value_t = 64.0)]
     pub evidence_budget: f64,
+    /// ECS `host.name` of the traced machine (the trace does not name it).
+    #[arg(long, value_name = "NAME")]
+    pub host: Option<String>,
     /// Rows of the per-process table: alerting processes always, then the
     /// busiest others up to this many (0: all).
     #[arg(long, value_name = "N", default_value_t = 20)]
@@ -82,6 +86,9 @@ struct FileResult {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let format = args.report.format()?;
     args.report.validate()?;
+    if args.host.as_deref().is_some_and(|h| h.trim().is_empty()) {
+        bail!("--host: empty name");
+    }
     if !(args.evidence_budget.is_finite() && args.evidence_budget > 0.0) {
         bail!(
             "--evidence-budget {}: give a positive number of MiB (the default is 64)",
@@ -400,7 +407,7 @@ fn analyze_file(
         filter,
         evidence_budget: evidence_budget_bytes(args.evidence_budget),
         file: Some(name.clone()),
-        host: args.report.host.clone(),
+        host: args.host.clone(),
         summary_rows: args.summary_rows,
         ..ReportConfig::default()
     };
@@ -456,7 +463,7 @@ fn analyze_file(
         }
     }
     report.finish(&engine).context("writing alerts")?;
-    progress.done();
+    progress.finish();
     let wall = started.elapsed().as_secs_f64();
     let alerts = report.alert_count();
     let damage = Damage::of(&file, &diag, &gaps);
@@ -779,36 +786,6 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// A progress bar on stderr for large files, when stderr is a terminal.
-struct Progress(Option<indicatif::ProgressBar>);
-
-impl Progress {
-    fn new(total: u64, quiet: bool) -> Progress {
-        if quiet || total < (256 << 20) || !std::io::stderr().is_terminal() {
-            return Progress(None);
-        }
-        let pb = indicatif::ProgressBar::new(total);
-        if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({eta})",
-        ) {
-            pb.set_style(style);
-        }
-        Progress(Some(pb))
-    }
-
-    fn set(&self, pos: u64) {
-        if let Some(pb) = &self.0 {
-            pb.set_position(pos);
-        }
-    }
-
-    fn done(&self) {
-        if let Some(pb) = &self.0 {
-            pb.finish_and_clear();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -835,11 +812,11 @@ mod tests {
             until: None,
             evidence_budget: 64.0,
             summary_rows: 20,
+            host: None,
             stats_json: None,
             report: ReportArgs {
                 allowlist: None,
                 format: "json".into(),
-                host: None,
                 per_syscall: true,
                 out: Some(out),
                 summary: None,

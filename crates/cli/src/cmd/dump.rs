@@ -126,7 +126,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
-    let mut progress = Progress::new(file.len());
+    let progress = Progress::new(file.len(), false);
     let mut printed = 0u64;
     let mut seen = 0u64;
     let mut furthest = 0u64;
@@ -383,7 +383,7 @@ pub fn kernel_json(k: &KernelEvent<'_>) -> Value {
         }),
         KernelEvent::EventTraceHeader(h) => json!({
             "type": "EventTraceHeader",
-            "os_version": h.os_version_string(),
+            "os_version": sentry_engine::report::os_version(h),
             "build": h.provider_version & 0xFFFF,
             "number_of_processors": h.number_of_processors,
             "pointer_size": h.pointer_size,

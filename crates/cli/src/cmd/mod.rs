@@ -2,6 +2,7 @@
 pub mod analyze;
 pub mod dump;
 pub mod live;
+pub mod progress;
 pub mod report_args;
 pub mod stats;
 pub mod synth;

@@ -18,10 +18,6 @@ pub struct ReportArgs {
     /// Alert line layout: json or ecs (Elastic Common Schema).
     #[arg(long, default_value = "json")]
     pub format: String,
-    /// ECS `host.name` of the traced machine (for alerts shipped from
-    /// another machine's trace).
-    #[arg(long, value_name = "NAME")]
-    pub host: Option<String>,
     /// One line per syscall (all verdicts, JSON or ECS) instead of deduplicated alerts.
     #[arg(long)]
     pub per_syscall: bool,
@@ -74,11 +70,6 @@ impl ReportArgs {
             }
             if g.trim().is_empty() {
                 bail!("--process: empty pattern");
-            }
-        }
-        if let Some(h) = &self.host {
-            if h.trim().is_empty() {
-                bail!("--host: empty name");
             }
         }
         Ok(())

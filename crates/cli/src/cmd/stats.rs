@@ -107,7 +107,7 @@ pub fn collect(file: &EtlFile) -> Value {
     let mut providers: BTreeMap<String, u64> = BTreeMap::new();
     let mut first_ts = u64::MAX;
     let mut last_ts = 0u64;
-    let mut progress = Progress::new(file.len());
+    let progress = Progress::new(file.len(), false);
     let mut n = 0u64;
     let diag = file.for_each_event(Order::File, |ev| {
         n += 1;
@@ -209,7 +209,7 @@ pub fn collect(file: &EtlFile) -> Value {
         },
         "time_range": time_range,
         "logfile_header": {
-            "os_version": h.os_version_string(),
+            "os_version": sentry_engine::report::os_version(h),
             "build": h.provider_version & 0xFFFF,
             "provider_version": h.provider_version,
             "pointer_size": h.pointer_size,
@@ -250,37 +250,7 @@ pub fn class_name(group: u8, opcode: u8) -> String {
     }
 }
 
-/// A progress bar on stderr, shown only for files over 256 MiB and only
-/// when stderr is a terminal.
-pub struct Progress(Option<indicatif::ProgressBar>);
-
-impl Progress {
-    pub fn new(total_bytes: u64) -> Progress {
-        use std::io::IsTerminal;
-        if total_bytes < 256 << 20 || !std::io::stderr().is_terminal() {
-            return Progress(None);
-        }
-        let bar = indicatif::ProgressBar::new(total_bytes);
-        if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        ) {
-            bar.set_style(style);
-        }
-        Progress(Some(bar))
-    }
-
-    pub fn set(&mut self, pos: u64) {
-        if let Some(b) = &self.0 {
-            b.set_position(pos);
-        }
-    }
-
-    pub fn finish(&mut self) {
-        if let Some(b) = self.0.take() {
-            b.finish_and_clear();
-        }
-    }
-}
+pub use super::progress::Progress;
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let file = EtlFile::open(&args.file)
@@ -304,7 +274,7 @@ fn print_text(v: &Value) {
     println!("file:        {}", plain(s("/file")));
     println!("size:        {} bytes", s("/size"));
     println!(
-        "os:          {} build {}, pointer size {}, {} processors ({} seen)",
+        "os:          Windows {} build {}, pointer size {}, {} processors ({} seen)",
         plain(s("/logfile_header/os_version")),
         s("/logfile_header/build"),
         s("/logfile_header/pointer_size"),
@@ -333,6 +303,16 @@ fn print_text(v: &Value) {
         s("/buffers"),
         s("/compressed_buffers")
     );
+    let (found, written) = (
+        s("/buffers").as_u64().unwrap_or(0),
+        s("/logfile_header/buffers_written").as_u64().unwrap_or(0),
+    );
+    if written > found {
+        println!(
+            "missing:     {} buffers (the logfile header counts {written} written: the file was cut or copied in part)",
+            written - found
+        );
+    }
     println!("records:     {} ({} events)", s("/records"), s("/events"));
     println!(
         "lost:        {} events, {} buffers (header); {} buffers flagged events-lost",

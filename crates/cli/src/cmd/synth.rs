@@ -18,14 +18,16 @@ pub struct Args {
     /// audit-mixed.
     #[arg(long, default_value = "mixed")]
     pub scenario: String,
+    /// Seed of the generator: the same seed and options write the same bytes.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Number of syscalls (SysCallEnter events, lost ones included).
     #[arg(long, default_value_t = 2000)]
     pub syscalls: u64,
     /// 8 (x64) or 4 (x86).
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u8).range(4..=8))]
+    #[arg(long, default_value_t = 8)]
     pub pointer_size: u8,
+    /// Processors of the traced machine (one buffer stream each), 1 to 64.
     #[arg(long, default_value_t = 8)]
     pub processors: u16,
     /// XPRESS-compress the buffers (Windows 8+ compressed traces).
@@ -57,6 +59,42 @@ pub struct Args {
     pub output: PathBuf,
 }
 
+/// A file written under a temporary name next to its final one: renamed
+/// by [`Partial::keep`], removed if dropped before.
+struct Partial {
+    tmp: PathBuf,
+    dest: PathBuf,
+    kept: bool,
+}
+
+impl Partial {
+    fn new(dest: &Path) -> Partial {
+        let mut name = dest.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".partial-{}", std::process::id()));
+        Partial {
+            tmp: dest.with_file_name(name),
+            dest: dest.to_path_buf(),
+            kept: false,
+        }
+    }
+
+    fn keep(mut self) -> anyhow::Result<()> {
+        std::fs::rename(&self.tmp, &self.dest).with_context(|| {
+            format!("renaming {} to {}", self.tmp.display(), self.dest.display())
+        })?;
+        self.kept = true;
+        Ok(())
+    }
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if !self.kept {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
 /// `out.etl` -> `out.truth.json`.
 pub fn truth_path(etl: &Path) -> PathBuf {
     etl.with_extension("truth.json")
@@ -76,7 +114,13 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         )
     })?;
     if a.pointer_size != 4 && a.pointer_size != 8 {
-        anyhow::bail!("--pointer-size must be 4 or 8");
+        anyhow::bail!(
+            "--pointer-size {}: must be 4 (x86) or 8 (x64)",
+            a.pointer_size
+        );
+    }
+    if !(1..=64).contains(&a.processors) {
+        anyhow::bail!("--processors {}: must be 1 to 64", a.processors);
     }
     let source = match a.source.as_deref() {
         None => scenario.default_source(),
@@ -95,22 +139,31 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         source,
     };
     let started = Instant::now();
+    let tp = truth_path(&a.output);
+    // Written under temporary names and renamed when complete: a failed run
+    // leaves no empty or partial trace behind.
+    let partial_etl = Partial::new(&a.output);
+    let partial_truth = (!a.no_truth).then(|| Partial::new(&tp));
     let etl = BufWriter::with_capacity(
         1 << 20,
-        File::create(&a.output).with_context(|| format!("creating {}", a.output.display()))?,
+        File::create(&partial_etl.tmp)
+            .with_context(|| format!("creating {}", a.output.display()))?,
     );
-    let tp = truth_path(&a.output);
-    let truth = if a.no_truth {
-        None
-    } else {
-        Some(BufWriter::with_capacity(
+    let truth = match &partial_truth {
+        None => None,
+        Some(p) => Some(BufWriter::with_capacity(
             1 << 20,
-            File::create(&tp).with_context(|| format!("creating {}", tp.display()))?,
-        ))
+            File::create(&p.tmp).with_context(|| format!("creating {}", tp.display()))?,
+        )),
     };
-    let (_, summary) = sentry_synth::generate(&opts, etl, truth)
+    let (etl, summary) = sentry_synth::generate(&opts, etl, truth)
         .map_err(|e| anyhow::anyhow!("{e}"))
         .with_context(|| format!("writing {}", a.output.display()))?;
+    drop(etl);
+    partial_etl.keep()?;
+    if let Some(p) = partial_truth {
+        p.keep()?;
+    }
     let secs = started.elapsed().as_secs_f64();
     if let Some(dir) = &a.system_dlls_out {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -39,7 +39,7 @@ impl TallyKey {
     /// `open`: `None` when decided without the table (both names known),
     /// else (verdict if the stub matches, its allowlist entry, the
     /// `stub_mismatch` alternative's entry). Entries are below
-    /// [`Allowlist::MAX_ENTRIES`], so each fits in 24 bits.
+    /// [`crate::Allowlist::MAX_ENTRIES`], so each fits in 24 bits.
     fn new(
         kind: ModuleKind,
         offset: u64,
