@@ -141,7 +141,7 @@ fn cut_scenarios_alerts_are_alerts_of_the_whole_trace() {
             }
             let mut o = Options::new(s);
             o.seed = 11 + i as u64;
-            o.syscalls = 12_000;
+            o.syscalls = 8_000;
             o.pointer_size = ps;
             o.compress = i % 2 == 0;
             let mut bytes = std::io::Cursor::new(Vec::new());

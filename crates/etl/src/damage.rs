@@ -184,3 +184,77 @@ impl DamageLog {
         Some(if from == u64::MAX { 0 } else { from })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Order;
+    use std::ops::ControlFlow;
+
+    fn sample() -> Vec<u8> {
+        std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../samples/mixed.etl"
+        ))
+        .unwrap()
+    }
+
+    /// Gaps and every event's (processor, timestamp) in time order.
+    fn read(bytes: Vec<u8>) -> (Vec<Gap>, Vec<(u16, u64)>) {
+        let f = EtlFile::from_bytes(bytes).unwrap();
+        let mut r = f.events(Order::Time);
+        let mut evs = Vec::new();
+        r.for_each(|e| {
+            evs.push((e.processor, e.timestamp));
+            ControlFlow::Continue(())
+        });
+        (r.into_diagnostics_and_gaps().1, evs)
+    }
+
+    #[test]
+    fn a_whole_file_has_no_gap() {
+        assert!(read(sample()).0.is_empty());
+    }
+
+    /// Cut or holed files: every event of the whole file that the damaged
+    /// one lacks lies inside a gap (the gaps cover what is missing).
+    #[test]
+    fn gaps_cover_every_missing_event() {
+        let whole = sample();
+        let (_, all) = read(whole.clone());
+        let f = EtlFile::from_bytes(whole.clone()).unwrap();
+        let bufs: Vec<(usize, usize)> = f
+            .buffers()
+            .iter()
+            .map(|b| (b.offset as usize, b.header.buffer_size as usize))
+            .collect();
+        let mut damaged: Vec<(String, Vec<u8>)> = Vec::new();
+        for cut in [whole.len() / 2, 458752, 524288, 655360, 600_000] {
+            damaged.push((format!("cut {cut}"), whole[..cut].to_vec()));
+        }
+        for &(off, size) in &bufs[1..] {
+            let mut v = whole[..off].to_vec();
+            v.extend_from_slice(&whole[off + size..]);
+            damaged.push((format!("buffer at {off} dropped"), v));
+            // A record header inside the buffer made invalid.
+            let mut v = whole.clone();
+            v[off + 72 + 4096..off + 72 + 4104].fill(0xFF);
+            damaged.push((format!("buffer at {off} corrupt"), v));
+        }
+        for (what, bytes) in damaged {
+            let (gaps, got) = read(bytes);
+            let got: std::collections::HashSet<_> = got.into_iter().collect();
+            let missing: Vec<_> = all.iter().filter(|e| !got.contains(e)).collect();
+            if missing.is_empty() {
+                continue;
+            }
+            assert!(!gaps.is_empty(), "{what}: events missing, no gap");
+            for (p, t) in missing {
+                assert!(
+                    gaps.iter().any(|g| g.from <= *t && *t <= g.to),
+                    "{what}: event of processor {p} at {t} outside every gap {gaps:?}"
+                );
+            }
+        }
+    }
+}

@@ -38,6 +38,10 @@ pub enum ErrorKind {
     /// The buffer's processor is past the time-order reader's
     /// [`crate::MAX_PROCESSORS`] streams; its buffers are skipped in time order.
     TooManyProcessors { processor: u16 },
+    /// An end-of-records marker (`0xFFFFFFFF`) with `left` bytes of records
+    /// after it that are not the `0xFF` fill: the buffer's filled size says
+    /// there is more (a damaged record header reads as the marker).
+    EarlyEndMarker { left: u32 },
 }
 
 impl fmt::Display for ErrorKind {
@@ -70,6 +74,10 @@ impl fmt::Display for ErrorKind {
             ErrorKind::MemoryBudget { need } => write!(
                 f,
                 "buffer needs {need} bytes, over the reader's memory budget"
+            ),
+            ErrorKind::EarlyEndMarker { left } => write!(
+                f,
+                "end-of-records marker with {left} bytes of the buffer's filled size after it"
             ),
             ErrorKind::TooManyProcessors { processor } => write!(
                 f,

@@ -961,6 +961,20 @@ impl Cursor {
                     self.pos += p.aligned_size();
                 }
                 Ok(None) => {
+                    // The marker ends the records; past it only fill may
+                    // follow, up to the filled size.
+                    if rest.len() > 4 && rest[4..].iter().any(|&b| b != 0xFF) && !self.partial {
+                        let left = (rest.len() - 4).min(u32::MAX as usize) as u32;
+                        sh.diag.error(EtlError::in_buffer(
+                            self.base + self.pos as u64,
+                            self.buf_offset,
+                            ErrorKind::EarlyEndMarker { left },
+                        ));
+                        sh.diag.abandoned_buffer_tails += 1;
+                        sh.diag.abandoned_bytes += u64::from(left);
+                        sh.damage
+                            .lost_after(self.event.processor, self.event.timestamp);
+                    }
                     if !self.load_next(file, sh) {
                         return;
                     }

@@ -581,18 +581,31 @@ impl<'a> Damage<'a> {
             return None;
         }
         let d = self.diag;
-        let mut w = format!(
-            "input damaged: {} reader errors, {} buffers skipped, {} buffer tails abandoned ({} bytes)",
-            d.error_count, d.skipped_buffers, d.abandoned_buffer_tails, d.abandoned_bytes
-        );
+        let mut parts = Vec::new();
+        if d.error_count > 0 {
+            parts.push(format!("{} reader errors", d.error_count));
+        }
+        if d.skipped_buffers > 0 {
+            parts.push(format!("{} buffers skipped", d.skipped_buffers));
+        }
+        if d.abandoned_buffer_tails > 0 {
+            parts.push(format!(
+                "{} buffer tails abandoned ({} bytes)",
+                d.abandoned_buffer_tails, d.abandoned_bytes
+            ));
+        }
         if self.written > self.found {
-            w.push_str(&format!(
-                ", {} of {} buffers missing (the logfile header counts {} written; cut or copied in part?)",
+            parts.push(format!(
+                "{} of {} buffers missing (the logfile header counts {} written: cut or copied in part?)",
                 self.written - self.found,
                 self.written,
                 self.written
             ));
         }
+        if parts.is_empty() {
+            parts.push("buffers the index could not place".into());
+        }
+        let mut w = format!("input damaged: {}", parts.join(", "));
         if let Some(from) = self.gaps.iter().map(|g| g.from).min() {
             let start = first.unwrap_or(clock.sync_raw).min(from);
             let secs = (from - start) as f64 / clock.ticks_per_second.max(1) as f64;
