@@ -14,8 +14,19 @@ pub const ERROR_ALREADY_EXISTS: u32 = 183;
 /// `ERROR_MORE_DATA`: a query whose name room was too small (the counters are
 /// still filled in).
 pub const ERROR_MORE_DATA: u32 = 234;
-/// `ERROR_CANCELLED`: `ProcessTrace` after `CloseTrace`.
+/// `ERROR_NOT_SUPPORTED`: e.g. a system-logger session where there is none
+/// (before Windows 8, or inside a Windows Server container).
+pub const ERROR_NOT_SUPPORTED: u32 = 50;
+/// `ERROR_BUSY`.
+pub const ERROR_BUSY: u32 = 170;
+/// `ERROR_CANCELLED`: `ProcessTrace`'s "the consumer canceled processing by
+/// returning FALSE in their BufferCallback function"
+/// ([ProcessTrace](https://learn.microsoft.com/windows/win32/api/evntrace/nf-evntrace-processtrace));
+/// syscall-sentry sets no BufferCallback, so for it this is an error too.
 pub const ERROR_CANCELLED: u32 = 1223;
+/// `ERROR_NO_SYSTEM_RESOURCES`: too many sessions of this kind (at most 8
+/// system-logger sessions, 64 sessions in all).
+pub const ERROR_NO_SYSTEM_RESOURCES: u32 = 1450;
 /// `ERROR_WMI_INSTANCE_NOT_FOUND`: no session by that name.
 pub const ERROR_WMI_INSTANCE_NOT_FOUND: u32 = 4201;
 
@@ -34,6 +45,10 @@ pub enum LiveError {
     SessionLost { session: String, restarts: u32 },
     /// The consumer thread did not end after the session stopped.
     ConsumerStuck,
+    /// `ProcessTrace` returned on its own with this status while the
+    /// session was still ours to run (0: it returned success although the
+    /// session still exists). The session was stopped.
+    ConsumerFailed { session: String, code: u32 },
     /// Anything else (I/O on the outputs, the system directories).
     Other(String),
 }
@@ -50,6 +65,23 @@ impl LiveError {
                 session: session.to_string(),
             },
             code => LiveError::Win32 { call, code },
+        }
+    }
+
+    /// What to do about a bare Win32 code, when there is something to say.
+    fn advice(call: &str, code: u32) -> Option<&'static str> {
+        match code {
+            ERROR_NO_SYSTEM_RESOURCES => Some(
+                "too many trace sessions: Windows allows at most 8 system-logger sessions \
+                 (--session private) and 64 sessions in all. List them with \
+                 `logman query -ets` and stop one you do not need, or use --session kernel",
+            ),
+            ERROR_NOT_SUPPORTED if call.starts_with("StartTraceW") => Some(
+                "this system does not support the requested session: --session private needs \
+                 Windows 8 or later and is not available inside Windows Server containers; \
+                 use --session kernel on the host",
+            ),
+            _ => None,
         }
     }
 
@@ -82,7 +114,23 @@ impl fmt::Display for LiveError {
             LiveError::NotFound { session } => {
                 write!(f, "no trace session named \"{session}\" is running")
             }
-            LiveError::Win32 { call, code } => write!(f, "{call} failed: Win32 error {code}"),
+            LiveError::Win32 { call, code } => {
+                write!(f, "{call} failed: Win32 error {code}")?;
+                if let Some(a) = LiveError::advice(call, *code) {
+                    write!(f, ": {a}")?;
+                }
+                Ok(())
+            }
+            LiveError::ConsumerFailed { session, code: 0 } => write!(
+                f,
+                "ProcessTrace returned although the trace session \"{session}\" was still \
+                 running; the session was stopped. Run again; if it recurs, report it"
+            ),
+            LiveError::ConsumerFailed { session, code } => write!(
+                f,
+                "ProcessTrace failed with Win32 error {code} while reading \"{session}\"; \
+                 the session was stopped (events from then on are missing). Run again"
+            ),
             LiveError::SessionLost { session, restarts } => write!(
                 f,
                 "the trace session \"{session}\" was stopped by another program and could not be \
@@ -131,6 +179,16 @@ mod tests {
                 session: "x".into()
             }
         );
+        let e = LiveError::from_code("StartTraceW", "mine", 1450).to_string();
+        assert!(e.contains("at most 8 system-logger sessions"), "{e}");
+        let e = LiveError::from_code("StartTraceW", "mine", 50).to_string();
+        assert!(e.contains("Windows Server containers"), "{e}");
+        let e = LiveError::ConsumerFailed {
+            session: "s".into(),
+            code: 1359,
+        };
+        assert!(e.to_string().contains("Win32 error 1359"));
+        assert!(e.to_string().contains("session was stopped"));
         assert_eq!(
             LiveError::from_code("OpenTraceW", "x", 87),
             LiveError::Win32 {

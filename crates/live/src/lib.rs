@@ -18,6 +18,7 @@ pub mod driver;
 pub mod error;
 pub mod evidence;
 pub mod properties;
+pub mod reorder;
 pub mod ring;
 pub mod status;
 pub mod supervisor;
@@ -28,6 +29,7 @@ pub mod win;
 
 pub use error::LiveError;
 pub use properties::{Buffers, Destination, SessionKind, SessionSpec};
+pub use reorder::{Reorder, ReorderConfig, ReorderStats};
 pub use ring::{ring, RingConsumer, RingProducer, RingStats};
 pub use status::{LiveTotals, StatusLine};
 pub use view::RecordView;

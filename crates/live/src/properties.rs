@@ -47,6 +47,10 @@ pub const EVENT_TRACE_REAL_TIME_MODE: u32 = 0x0000_0100;
 /// `EVENT_TRACE_SYSTEM_LOGGER_MODE` (Windows 8+): a private session that may
 /// receive kernel events.
 pub const EVENT_TRACE_SYSTEM_LOGGER_MODE: u32 = 0x0200_0000;
+/// `EVENT_TRACE_USE_MS_FLUSH_TIMER` (Windows 8+): `FlushTimer` is in
+/// milliseconds, not seconds
+/// ([Logging Mode Constants](https://learn.microsoft.com/windows/win32/etw/logging-mode-constants)).
+pub const EVENT_TRACE_USE_MS_FLUSH_TIMER: u32 = 0x0000_0010;
 
 /// `EVENT_TRACE_FLAG_PROCESS`.
 pub const EVENT_TRACE_FLAG_PROCESS: u32 = 0x0000_0001;
@@ -70,13 +74,39 @@ pub const CLIENT_CONTEXT_QPC: u32 = 1;
 pub const KERNEL_LOGGER_NAME: &str = "NT Kernel Logger";
 /// The default name of a private system-logger session.
 pub const PRIVATE_LOGGER_NAME: &str = "syscall-sentry";
-/// Session GUID of syscall-sentry's private system-logger session (any unique
-/// GUID works; this one is fixed so `stop` and `--force` find it).
-pub const PRIVATE_SESSION_GUID: Guid = Guid::from_u128(0x5e7c_a11e_5e17_4c0d_9a1b_73c5_a11f_0001);
+/// The session GUID of a private session named `name`. `StartTraceW` refuses
+/// a session whose name *or* GUID is taken (`ERROR_ALREADY_EXISTS`), so one
+/// fixed GUID for every private session would stop a second one (`record`
+/// while `live` runs, another `--session-name`) from starting. Derived from
+/// the name (case-folded, as session names are case-insensitive): unique
+/// per name, the same for every run, and `stop`/`--force` need only the
+/// name. Two FNV-1a 64-bit hashes with different bases, marked as an RFC
+/// 4122 variant with version nibble 8 ("custom").
+pub fn private_session_guid(name: &str) -> Guid {
+    let fnv = |basis: u64| {
+        name.to_lowercase()
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .fold(basis, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+            })
+    };
+    let hi = fnv(0xcbf2_9ce4_8422_2325);
+    let lo = fnv(0x5e7c_a11e_5e17_4c0d);
+    let v = (u128::from(hi) << 64) | u128::from(lo);
+    let v = (v & !(0xF << 76)) | (0x8 << 76);
+    let v = (v & !(0x3 << 62)) | (0x2 << 62);
+    Guid::from_u128(v)
+}
 
 /// Room reserved for each name, in UTF-16 units including the NUL, so that
 /// `ControlTraceW(QUERY)` can write back names up to this length.
 pub const NAME_ROOM_CHARS: usize = 1024;
+
+/// Longest session name: "limited to 1,024 characters"
+/// ([StartTraceW](https://learn.microsoft.com/windows/win32/api/evntrace/nf-evntrace-starttracew));
+/// counted here as UTF-16 units with the terminating NUL.
+pub const MAX_SESSION_NAME_CHARS: usize = NAME_ROOM_CHARS - 1;
 
 /// Which session to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,8 +130,23 @@ impl SessionKind {
     pub fn guid(&self) -> Guid {
         match self {
             SessionKind::KernelLogger => guids::SYSTEM_TRACE_CONTROL,
-            SessionKind::Private { .. } => PRIVATE_SESSION_GUID,
+            SessionKind::Private { name } => private_session_guid(name),
         }
+    }
+
+    /// Refuses names Windows would refuse, with the reason.
+    pub fn check(&self) -> Result<(), String> {
+        let n = self.name().encode_utf16().count();
+        if n == 0 {
+            return Err("--session-name: empty; give the session a name".into());
+        }
+        if n > MAX_SESSION_NAME_CHARS {
+            return Err(format!(
+                "--session-name: {n} characters; ETW session names are limited to \
+                 {MAX_SESSION_NAME_CHARS} (StartTraceW), choose a shorter one"
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -122,18 +167,48 @@ pub struct Buffers {
     pub buffer_kb: u32,
     pub minimum: u32,
     pub maximum: u32,
-    /// Seconds between forced flushes (real-time latency bound).
-    pub flush_timer_s: u32,
+    /// Milliseconds between forced flushes (the real-time latency bound,
+    /// which the reordering stage's lag must exceed); 0: no timer, buffers
+    /// are written when full (`record`).
+    pub flush_ms: u32,
+}
+
+/// Default buffer size: 256 KB. A stack walk on every syscall is tens of
+/// thousands of events a second per busy processor; 64 KB buffers fill
+/// (and need a free buffer) 4 times as often.
+pub const DEFAULT_BUFFER_KB: u32 = 256;
+/// Default flush interval for real-time sessions.
+pub const DEFAULT_FLUSH_MS: u32 = 250;
+/// Most memory the default buffer counts may reach, in KB (512 MiB).
+pub const MAX_DEFAULT_BUFFER_MEMORY_KB: u64 = 512 << 10;
+
+impl Buffers {
+    /// Buffer counts for a host with `processors` logical processors: ETW
+    /// needs at least two buffers per processor
+    /// ([EVENT_TRACE_PROPERTIES.MinimumBuffers](https://learn.microsoft.com/windows/win32/api/evntrace/ns-evntrace-event_trace_properties));
+    /// minimum `max(2 × processors, 16)`, maximum that plus
+    /// `max(4 × processors, 64)` for bursts, capped so that all buffers
+    /// together stay within 512 MiB. With 256 KB buffers: 4 MiB minimum and
+    /// 20 MiB maximum on up to 8 processors, 32 and 96 MiB on 64.
+    pub fn for_processors(processors: u32, buffer_kb: u32, flush_ms: u32) -> Buffers {
+        let n = processors.max(1);
+        let kb = buffer_kb.max(1);
+        let cap = (MAX_DEFAULT_BUFFER_MEMORY_KB / u64::from(kb)).clamp(2, u64::from(u32::MAX));
+        let minimum = (2 * n).max(16);
+        let maximum = minimum.saturating_add((4 * n).max(64));
+        Buffers {
+            buffer_kb: kb,
+            minimum: (u64::from(minimum).min(cap)) as u32,
+            maximum: (u64::from(maximum).min(cap)) as u32,
+            flush_ms,
+        }
+    }
 }
 
 impl Default for Buffers {
+    /// For 8 processors, real time.
     fn default() -> Self {
-        Buffers {
-            buffer_kb: 64,
-            minimum: 20,
-            maximum: 128,
-            flush_timer_s: 1,
-        }
+        Buffers::for_processors(8, DEFAULT_BUFFER_KB, DEFAULT_FLUSH_MS)
     }
 }
 
@@ -147,24 +222,27 @@ pub struct SessionSpec {
 
 impl SessionSpec {
     pub fn log_file_mode(&self) -> u32 {
-        let dest = match self.destination {
+        let mut dest = match self.destination {
             Destination::RealTime => EVENT_TRACE_REAL_TIME_MODE,
             Destination::File(_) => EVENT_TRACE_FILE_MODE_SEQUENTIAL,
         };
+        if self.buffers.flush_ms != 0 {
+            dest |= EVENT_TRACE_USE_MS_FLUSH_TIMER;
+        }
         match self.kind {
             SessionKind::KernelLogger => dest,
             SessionKind::Private { .. } => dest | EVENT_TRACE_SYSTEM_LOGGER_MODE,
         }
     }
 
-    /// `EnableFlags` in the block: the kernel logger takes them there; a
-    /// private system logger ignores them and gets them through
-    /// `TraceSetInformation(TraceSystemTraceEnableFlagsInfo)` instead.
+    /// `EnableFlags` in the block, for both kinds: the kernel logger takes
+    /// them there, and so does a system logger ("use the EnableFlags member
+    /// of EVENT_TRACE_PROPERTIES", [Configuring and Starting a SystemTraceProvider Session](https://learn.microsoft.com/windows/win32/etw/configuring-and-starting-a-systemtraceprovider-session));
+    /// a private session also gets them through
+    /// `TraceSetInformation(TraceSystemTraceEnableFlagsInfo)`, after its
+    /// stacks are set.
     pub fn enable_flags(&self) -> u32 {
-        match self.kind {
-            SessionKind::KernelLogger => SENTRY_ENABLE_FLAGS,
-            SessionKind::Private { .. } => 0,
-        }
+        SENTRY_ENABLE_FLAGS
     }
 }
 
@@ -219,7 +297,7 @@ impl PropertiesBlock {
         put_u32(b, offsets::MINIMUM_BUFFERS, spec.buffers.minimum);
         put_u32(b, offsets::MAXIMUM_BUFFERS, spec.buffers.maximum);
         put_u32(b, offsets::LOG_FILE_MODE, spec.log_file_mode());
-        put_u32(b, offsets::FLUSH_TIMER, spec.buffers.flush_timer_s);
+        put_u32(b, offsets::FLUSH_TIMER, spec.buffers.flush_ms);
         put_u32(b, offsets::ENABLE_FLAGS, spec.enable_flags());
         block
     }
@@ -339,8 +417,12 @@ pub const SYSCALL_ENTER: ClassicEventId = ClassicEventId {
     event_type: 51,
 };
 /// [Image Load](https://learn.microsoft.com/windows/win32/etw/image-load), type 10.
+/// The kernel logs it as hook 0x030A, in the Process group (the corpus'
+/// traces show it), so the stack request names the Process class GUID with
+/// type 10; the Image class GUID with type 10 names a hook that is never
+/// logged and gets no stack.
 pub const IMAGE_LOAD: ClassicEventId = ClassicEventId {
-    guid: guids::IMAGE_LOAD,
+    guid: guids::PROCESS,
     event_type: 10,
 };
 /// [Process Start](https://learn.microsoft.com/windows/win32/etw/process-typegroup1), type 1.
@@ -417,11 +499,15 @@ mod tests {
         );
         assert_eq!(get_u32(bytes, 40), 1, "ClientContext = QPC");
         assert_eq!(get_u32(bytes, 44), 0x0002_0000, "WNODE_FLAG_TRACED_GUID");
-        assert_eq!(get_u32(bytes, 48), 64);
-        assert_eq!(get_u32(bytes, 52), 20);
-        assert_eq!(get_u32(bytes, 56), 128);
-        assert_eq!(get_u32(bytes, 64), 0x100, "EVENT_TRACE_REAL_TIME_MODE");
-        assert_eq!(get_u32(bytes, 68), 1);
+        assert_eq!(get_u32(bytes, 48), 256);
+        assert_eq!(get_u32(bytes, 52), 16);
+        assert_eq!(get_u32(bytes, 56), 80);
+        assert_eq!(
+            get_u32(bytes, 64),
+            0x110,
+            "EVENT_TRACE_REAL_TIME_MODE | EVENT_TRACE_USE_MS_FLUSH_TIMER"
+        );
+        assert_eq!(get_u32(bytes, 68), 250, "ms");
         assert_eq!(
             get_u32(bytes, 72),
             0x87,
@@ -437,7 +523,11 @@ mod tests {
             Destination::File(path.into()),
         ));
         let bytes = &b.bytes;
-        assert_eq!(get_u32(bytes, 64), 0x1, "EVENT_TRACE_FILE_MODE_SEQUENTIAL");
+        assert_eq!(
+            get_u32(bytes, 64),
+            0x11,
+            "EVENT_TRACE_FILE_MODE_SEQUENTIAL | EVENT_TRACE_USE_MS_FLUSH_TIMER"
+        );
         let lf = get_u32(bytes, 112) as usize;
         assert_eq!(lf, b.log_file_name_offset);
         assert_eq!(lf % 8, 0);
@@ -449,19 +539,16 @@ mod tests {
 
     #[test]
     fn private_session_uses_system_logger_mode_and_own_guid() {
-        let b = PropertiesBlock::for_start(&spec(
-            SessionKind::Private {
-                name: "sentry-test".into(),
-            },
-            Destination::RealTime,
-        ));
-        assert_eq!(get_u32(&b.bytes, 64), 0x0200_0100);
-        assert_eq!(
-            get_u32(&b.bytes, 72),
-            0,
-            "flags go through TraceSetInformation"
-        );
-        assert_eq!(Guid::read(&b.bytes[24..]).unwrap(), PRIVATE_SESSION_GUID);
+        let kind = SessionKind::Private {
+            name: "sentry-test".into(),
+        };
+        let b = PropertiesBlock::for_start(&spec(kind.clone(), Destination::RealTime));
+        assert_eq!(get_u32(&b.bytes, 64), 0x0200_0110);
+        assert_eq!(get_u32(&b.bytes, 72), 0x87, "EnableFlags in the block too");
+        let g = Guid::read(&b.bytes[24..]).unwrap();
+        assert_eq!(g, kind.guid());
+        assert_ne!(g, Guid::default());
+        assert_ne!(g, guids::SYSTEM_TRACE_CONTROL);
         assert_eq!(PropertiesBlock::string_at(&b.bytes, 120), "sentry-test");
         assert_eq!(group_mask_bytes(SENTRY_ENABLE_FLAGS)[..4], [0x87, 0, 0, 0]);
     }
@@ -520,7 +607,78 @@ mod tests {
         );
         assert_eq!(bytes[16], 51);
         assert_eq!(&bytes[17..24], &[0; 7]);
-        assert_eq!(Guid::read(&bytes[24..]).unwrap(), guids::IMAGE_LOAD);
+        // Image Load is hook 0x030A: the Process class GUID, type 10.
+        assert_eq!(Guid::read(&bytes[24..]).unwrap(), guids::PROCESS);
         assert_eq!(bytes[40], 10);
+    }
+
+    #[test]
+    fn private_session_guids_are_unique_per_name_and_stable() {
+        let g = |n: &str| private_session_guid(n);
+        assert_eq!(g("syscall-sentry"), g("syscall-sentry"));
+        assert_eq!(
+            g("syscall-sentry"),
+            g("SYSCALL-Sentry"),
+            "names are case-insensitive"
+        );
+        let names = [
+            "syscall-sentry",
+            "syscall-sentry-record",
+            "a",
+            "b",
+            "sentry-1",
+            "sentry-2",
+        ];
+        let mut all: Vec<Guid> = names.iter().map(|n| g(n)).collect();
+        all.sort_by_key(|g| g.to_le_bytes());
+        all.dedup();
+        assert_eq!(all.len(), names.len());
+        // RFC 4122 variant, version 8.
+        let b = g("syscall-sentry").to_le_bytes();
+        assert_eq!(b[7] >> 4, 8);
+        assert_eq!(b[8] >> 6, 2);
+    }
+
+    #[test]
+    fn session_names_over_the_limit_are_refused() {
+        let ok = SessionKind::Private {
+            name: "x".repeat(MAX_SESSION_NAME_CHARS),
+        };
+        assert!(ok.check().is_ok());
+        let long = SessionKind::Private {
+            name: "x".repeat(MAX_SESSION_NAME_CHARS + 1),
+        };
+        let e = long.check().unwrap_err();
+        assert!(
+            e.contains("1024 characters") && e.contains("limited to 1023"),
+            "{e}"
+        );
+        assert!(SessionKind::Private {
+            name: String::new()
+        }
+        .check()
+        .is_err());
+        assert!(SessionKind::KernelLogger.check().is_ok());
+    }
+
+    #[test]
+    fn buffers_follow_the_processor_count() {
+        let b = Buffers::for_processors(2, 256, 250);
+        assert_eq!((b.minimum, b.maximum), (16, 80));
+        let b = Buffers::for_processors(64, 256, 250);
+        assert_eq!((b.minimum, b.maximum), (128, 384));
+        assert!(b.minimum >= 2 * 64, "two buffers per processor at least");
+        // 640 processors: 2 per processor would be 1280 buffers of 256 KB
+        // (320 MiB); the maximum is capped at 512 MiB in all.
+        let b = Buffers::for_processors(640, 256, 250);
+        assert_eq!(b.minimum, 1280);
+        assert_eq!(b.maximum, 2048);
+        // A file session without a flush timer: no ms-timer flag.
+        let s = SessionSpec {
+            kind: SessionKind::KernelLogger,
+            destination: Destination::File("t.etl".into()),
+            buffers: Buffers::for_processors(4, 256, 0),
+        };
+        assert_eq!(s.log_file_mode(), EVENT_TRACE_FILE_MODE_SEQUENTIAL);
     }
 }

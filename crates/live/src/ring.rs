@@ -204,6 +204,12 @@ impl RingConsumer {
     /// The next record as a [`RawEvent`] borrowing this consumer's scratch
     /// buffer, or `None` when the ring is empty.
     pub fn pop(&mut self) -> Option<RawEvent<'_>> {
+        self.pop_record().map(decode)
+    }
+
+    /// The next record's bytes in the ring layout (for the reordering stage,
+    /// which keeps them as they are), or `None` when the ring is empty.
+    pub fn pop_record(&mut self) -> Option<&[u8]> {
         let total = {
             let peek = self.inner.read_chunk(4).ok()?;
             let (a, b) = peek.as_slices();
@@ -220,7 +226,7 @@ impl RingConsumer {
         self.scratch.extend_from_slice(a);
         self.scratch.extend_from_slice(b);
         chunk.commit_all();
-        Some(decode(&self.scratch))
+        Some(&self.scratch)
     }
 
     /// Records waiting in the ring (in bytes).
@@ -236,6 +242,30 @@ impl RingConsumer {
     pub fn is_abandoned(&self) -> bool {
         self.inner.is_abandoned()
     }
+}
+
+/// A record's total length (its first field).
+#[inline]
+pub fn record_len(rec: &[u8]) -> usize {
+    u32_at(rec, 0) as usize
+}
+
+/// A record's processor index.
+#[inline]
+pub fn record_processor(rec: &[u8]) -> u16 {
+    u16_at(rec, 20)
+}
+
+/// A record's raw timestamp.
+#[inline]
+pub fn record_timestamp(rec: &[u8]) -> u64 {
+    u64_at(rec, 24)
+}
+
+/// A whole record (as [`RingConsumer::pop_record`] gives it) as a [`RawEvent`].
+#[inline]
+pub fn decode_record(rec: &[u8]) -> RawEvent<'_> {
+    decode(rec)
 }
 
 fn decode(rec: &[u8]) -> RawEvent<'_> {

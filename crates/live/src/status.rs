@@ -23,6 +23,11 @@ pub struct LiveTotals {
     pub restarts: u32,
     /// Extended items that did not fit a record view.
     pub truncated_extended: u64,
+    /// Events that arrived after later ones had gone to the engine (the
+    /// reordering stage's lag was too short for them).
+    pub reorder_late: u64,
+    /// Events the reordering stage let go early because its memory was full.
+    pub reorder_overflow: u64,
 }
 
 impl LiveTotals {
@@ -93,6 +98,13 @@ impl fmt::Display for StatusLine {
             t.events_lost,
             t.real_time_buffers_lost
         )?;
+        if t.reorder_late + t.reorder_overflow > 0 {
+            write!(
+                f,
+                ", out of order: late {}, reorder overflow {}",
+                t.reorder_late, t.reorder_overflow
+            )?;
+        }
         if t.external_stops > 0 {
             write!(
                 f,

@@ -9,6 +9,12 @@
 //! That is reported as an alert (a sensor going blind is itself suspicious)
 //! and the session is started again, within a restart budget so two tools do
 //! not fight forever.
+//!
+//! `ProcessTrace` returning is an outside stop only if it returned success
+//! *and* the session is gone. An error status, or success while the session
+//! still exists, is a consumer failure: the session is stopped (never left
+//! running with nobody reading it, the kernel walking a stack on every
+//! syscall of the host) and `live` ends with the error.
 
 use std::collections::VecDeque;
 
@@ -27,8 +33,12 @@ pub enum StopReason {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Observation {
     StopRequested(StopReason),
-    /// `ProcessTrace` returned (the consumer thread ended).
-    ConsumerEnded,
+    /// `ProcessTrace` returned (the consumer thread ended) with `status`;
+    /// `session_running`: a query afterwards still found the session.
+    ConsumerEnded {
+        status: u32,
+        session_running: bool,
+    },
     /// A periodic `ControlTraceW(QUERY)` failed; `session_missing` when the
     /// error says the session no longer exists.
     QueryFailed {
@@ -55,6 +65,9 @@ pub enum Action {
     /// Stopped by someone else and not restartable (budget exhausted or the
     /// restart failed): close, flush, exit with an error.
     GiveUp,
+    /// The consumer failed (`ProcessTrace`'s status): stop our session,
+    /// flush, exit with the error.
+    Fail { status: u32 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,11 +132,17 @@ impl Supervisor {
                 Action::StopSession(r)
             }
             (Phase::Stopping(_), StopRequested(_)) => Action::Continue,
-            (Phase::Stopping(r), ConsumerEnded) => {
+            (Phase::Stopping(r), ConsumerEnded { .. }) => {
                 self.phase = Phase::Done;
                 Action::Finish(r)
             }
-            (Phase::Running, ConsumerEnded)
+            (
+                Phase::Running,
+                ConsumerEnded {
+                    status: 0,
+                    session_running: false,
+                },
+            )
             | (
                 Phase::Running,
                 QueryFailed {
@@ -132,6 +151,10 @@ impl Supervisor {
             ) => {
                 self.external_stops += 1;
                 self.try_restart(now_s)
+            }
+            (Phase::Running, ConsumerEnded { status, .. }) => {
+                self.phase = Phase::Done;
+                Action::Fail { status }
             }
             (_, QueryFailed { .. }) => Action::Continue,
             (Phase::Restarting, Restarted) => {
@@ -143,7 +166,7 @@ impl Supervisor {
                 Action::GiveUp
             }
             // The old consumer ending while we restart is expected.
-            (Phase::Restarting, ConsumerEnded) => Action::Continue,
+            (Phase::Restarting, ConsumerEnded { .. }) => Action::Continue,
             (_, Restarted) | (_, RestartFailed) => Action::Continue,
         }
     }
@@ -174,6 +197,54 @@ mod tests {
     use super::*;
     use Observation::*;
 
+    /// `ProcessTrace` returned success and the session is gone.
+    const ENDED: Observation = ConsumerEnded {
+        status: 0,
+        session_running: false,
+    };
+
+    #[test]
+    fn a_consumer_failure_is_not_an_outside_stop() {
+        // An error status: stop the session and fail, no restart.
+        let mut s = Supervisor::default();
+        assert_eq!(
+            s.on(
+                ConsumerEnded {
+                    status: 1359,
+                    session_running: true
+                },
+                3
+            ),
+            Action::Fail { status: 1359 }
+        );
+        assert_eq!(s.phase(), Phase::Done);
+        assert_eq!(s.external_stops(), 0);
+        // Success while the session still exists: also a failure.
+        let mut s = Supervisor::default();
+        assert_eq!(
+            s.on(
+                ConsumerEnded {
+                    status: 0,
+                    session_running: true
+                },
+                3
+            ),
+            Action::Fail { status: 0 }
+        );
+        // An error even though the session is gone: still the error.
+        let mut s = Supervisor::default();
+        assert_eq!(
+            s.on(
+                ConsumerEnded {
+                    status: 6,
+                    session_running: false
+                },
+                3
+            ),
+            Action::Fail { status: 6 }
+        );
+    }
+
     #[test]
     fn user_stop_then_consumer_end_finishes() {
         let mut s = Supervisor::default();
@@ -196,19 +267,16 @@ mod tests {
             ),
             Action::Continue
         );
-        assert_eq!(
-            s.on(ConsumerEnded, 4),
-            Action::Finish(StopReason::Interrupt)
-        );
+        assert_eq!(s.on(ENDED, 4), Action::Finish(StopReason::Interrupt));
         assert_eq!(s.phase(), Phase::Done);
         assert_eq!(s.external_stops(), 0);
-        assert_eq!(s.on(ConsumerEnded, 5), Action::Continue);
+        assert_eq!(s.on(ENDED, 5), Action::Continue);
     }
 
     #[test]
     fn external_stop_restarts_and_resumes() {
         let mut s = Supervisor::default();
-        assert_eq!(s.on(ConsumerEnded, 10), Action::Restart { attempt: 1 });
+        assert_eq!(s.on(ENDED, 10), Action::Restart { attempt: 1 });
         assert_eq!(s.phase(), Phase::Restarting);
         assert_eq!(s.on(Restarted, 10), Action::Continue);
         assert_eq!(s.phase(), Phase::Running);
@@ -223,7 +291,7 @@ mod tests {
             Action::Restart { attempt: 2 }
         );
         // The old consumer ending during the restart is expected.
-        assert_eq!(s.on(ConsumerEnded, 20), Action::Continue);
+        assert_eq!(s.on(ENDED, 20), Action::Continue);
         assert_eq!(s.on(Restarted, 21), Action::Continue);
         assert_eq!(s.external_stops(), 2);
         assert_eq!(s.restarts(), 2);
@@ -245,7 +313,7 @@ mod tests {
         let mut s = Supervisor::new(3, 60);
         for (i, t) in [0u64, 10, 20].into_iter().enumerate() {
             assert_eq!(
-                s.on(ConsumerEnded, t),
+                s.on(ENDED, t),
                 Action::Restart {
                     attempt: i as u32 + 1
                 }
@@ -253,16 +321,13 @@ mod tests {
             s.on(Restarted, t);
         }
         // A fourth stop within 60 s of the first: give up.
-        assert_eq!(s.on(ConsumerEnded, 30), Action::GiveUp);
+        assert_eq!(s.on(ENDED, 30), Action::GiveUp);
         assert_eq!(s.phase(), Phase::Done);
 
         // Spread out over time, restarts keep being allowed.
         let mut s = Supervisor::new(3, 60);
         for k in 0..10u64 {
-            assert!(matches!(
-                s.on(ConsumerEnded, k * 30),
-                Action::Restart { .. }
-            ));
+            assert!(matches!(s.on(ENDED, k * 30), Action::Restart { .. }));
             s.on(Restarted, k * 30);
         }
     }
@@ -270,16 +335,16 @@ mod tests {
     #[test]
     fn failed_restart_gives_up_and_stop_during_restart_stops() {
         let mut s = Supervisor::default();
-        s.on(ConsumerEnded, 0);
+        s.on(ENDED, 0);
         assert_eq!(s.on(RestartFailed, 0), Action::GiveUp);
 
         let mut s = Supervisor::default();
-        s.on(ConsumerEnded, 0);
+        s.on(ENDED, 0);
         assert_eq!(
             s.on(StopRequested(StopReason::Duration), 1),
             Action::StopSession(StopReason::Duration)
         );
-        assert_eq!(s.on(ConsumerEnded, 1), Action::Finish(StopReason::Duration));
+        assert_eq!(s.on(ENDED, 1), Action::Finish(StopReason::Duration));
     }
 }
 

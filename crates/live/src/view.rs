@@ -16,6 +16,23 @@ pub const EVENT_HEADER_FLAG_32_BIT_HEADER: u16 = 0x0020;
 pub const EVENT_HEADER_FLAG_64_BIT_HEADER: u16 = 0x0040;
 /// `EVENT_HEADER_FLAG_CLASSIC_HEADER`: a classic (MOF) event.
 pub const EVENT_HEADER_FLAG_CLASSIC_HEADER: u16 = 0x0100;
+/// `EVENT_HEADER_FLAG_PROCESSOR_INDEX`: `BufferContext.ProcessorIndex` holds
+/// the processor; without it only `BufferContext.ProcessorNumber` does.
+pub const EVENT_HEADER_FLAG_PROCESSOR_INDEX: u16 = 0x0200;
+
+/// The processor of an event from the first two bytes of its
+/// [ETW_BUFFER_CONTEXT](https://learn.microsoft.com/windows/win32/api/relogger/ns-relogger-etw_buffer_context)
+/// (a union of `ProcessorIndex: u16` with `ProcessorNumber: u8, Alignment:
+/// u8`), as `GetEventProcessorIndex` in `evntcons.h` reads it: the 16-bit
+/// index when [`EVENT_HEADER_FLAG_PROCESSOR_INDEX`] is set, else the 8-bit
+/// number (the `Alignment` byte is not part of it).
+pub fn processor_of(flags: u16, buffer_context: [u8; 2]) -> u16 {
+    if flags & EVENT_HEADER_FLAG_PROCESSOR_INDEX != 0 {
+        u16::from_le_bytes(buffer_context)
+    } else {
+        u16::from(buffer_context[0])
+    }
+}
 
 /// Extended data items a view can carry; more are counted as truncated.
 pub const MAX_EXTENDED_ITEMS: usize = 8;
@@ -332,5 +349,19 @@ mod tests {
         }
         assert_eq!(items.as_slice().len(), MAX_EXTENDED_ITEMS);
         assert_eq!(items.truncated, 2);
+    }
+
+    #[test]
+    fn processor_index_needs_its_flag() {
+        // Processor 3, Alignment byte 8: read blindly that is 0x803.
+        assert_eq!(processor_of(0x0040, [3, 8]), 3);
+        assert_eq!(
+            processor_of(0x0040 | EVENT_HEADER_FLAG_PROCESSOR_INDEX, [3, 1]),
+            0x103
+        );
+        assert_eq!(
+            processor_of(EVENT_HEADER_FLAG_PROCESSOR_INDEX, [0x2c, 0x01]),
+            300
+        );
     }
 }

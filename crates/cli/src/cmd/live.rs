@@ -43,15 +43,19 @@ pub struct SessionArgs {
     #[arg(long, value_name = "SECONDS")]
     pub duration: Option<f64>,
     /// ETW buffer size in KB.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = sentry_live::properties::DEFAULT_BUFFER_KB)]
     pub buffer_kb: u32,
-    #[arg(long, default_value_t = 20)]
-    pub min_buffers: u32,
-    #[arg(long, default_value_t = 128)]
-    pub max_buffers: u32,
-    /// Seconds between buffer flushes.
-    #[arg(long, default_value_t = 1)]
-    pub flush_seconds: u32,
+    /// Minimum ETW buffers (default: 2 per processor, at least 16).
+    #[arg(long)]
+    pub min_buffers: Option<u32>,
+    /// Maximum ETW buffers (default: the minimum plus 4 per processor, at
+    /// least 64 more; 512 MiB in all at most).
+    #[arg(long)]
+    pub max_buffers: Option<u32>,
+    /// Milliseconds between buffer flushes (default: 250 for live; none for
+    /// record, whose buffers are written when full).
+    #[arg(long, value_name = "MS")]
+    pub flush_ms: Option<u32>,
     /// Also collect stacks of image loads.
     #[arg(long)]
     pub image_load_stacks: bool,
@@ -70,6 +74,15 @@ pub struct Args {
     /// Size of the callback -> engine ring in MiB.
     #[arg(long, default_value_t = 32)]
     pub ring_mb: usize,
+    /// How long events are held to put them back into time order (ETW
+    /// delivers each processor's buffers when they are flushed); must exceed
+    /// --flush-ms.
+    #[arg(long, value_name = "MS", default_value_t = sentry_live::reorder::DEFAULT_LAG_MS)]
+    pub reorder_lag_ms: u64,
+    /// Memory for events held for reordering, in MiB; past it the oldest go
+    /// on early (counted as "reorder overflow").
+    #[arg(long, value_name = "MIB", default_value_t = 128)]
+    pub reorder_mb: usize,
     /// Directory with ntdll.dll, win32u.dll, ntoskrnl.exe, win32k*.sys to use
     /// instead of this host's System32 and SysWOW64.
     #[arg(long, value_name = "DIR")]
@@ -111,17 +124,32 @@ fn session_kind(choice: SessionChoice, name: &str) -> sentry_live::SessionKind {
 }
 
 impl SessionArgs {
-    fn spec(&self, destination: sentry_live::Destination) -> sentry_live::SessionSpec {
-        sentry_live::SessionSpec {
-            kind: session_kind(self.session, &self.session_name),
-            destination,
-            buffers: sentry_live::Buffers {
-                buffer_kb: self.buffer_kb,
-                minimum: self.min_buffers,
-                maximum: self.max_buffers.max(self.min_buffers),
-                flush_timer_s: self.flush_seconds,
-            },
+    /// The session for a host with `processors` logical processors.
+    fn spec(
+        &self,
+        destination: sentry_live::Destination,
+        processors: u32,
+    ) -> anyhow::Result<sentry_live::SessionSpec> {
+        let kind = session_kind(self.session, &self.session_name);
+        kind.check().map_err(|e| anyhow::anyhow!(e))?;
+        let flush_ms = self.flush_ms.unwrap_or(match destination {
+            sentry_live::Destination::RealTime => sentry_live::properties::DEFAULT_FLUSH_MS,
+            sentry_live::Destination::File(_) => 0,
+        });
+        let mut buffers =
+            sentry_live::Buffers::for_processors(processors, self.buffer_kb, flush_ms);
+        if let Some(m) = self.min_buffers {
+            buffers.minimum = m;
         }
+        if let Some(m) = self.max_buffers {
+            buffers.maximum = m;
+        }
+        buffers.maximum = buffers.maximum.max(buffers.minimum);
+        Ok(sentry_live::SessionSpec {
+            kind,
+            destination,
+            buffers,
+        })
     }
 
     fn stacks(&self) -> Vec<sentry_live::properties::ClassicEventId> {
@@ -183,19 +211,33 @@ pub fn evidence_json(
 #[cfg(not(windows))]
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     args.session.duration()?;
-    let _ = (
-        args.session.spec(sentry_live::Destination::RealTime),
-        args.session.stacks(),
-        args.ring_mb,
-    );
+    let spec = args.session.spec(sentry_live::Destination::RealTime, 1)?;
+    reorder_lag(&args, &spec)?;
+    let _ = (args.session.stacks(), args.ring_mb);
     anyhow::bail!(NEEDS_WINDOWS)
 }
 
 #[cfg(not(windows))]
 pub fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
     args.session.duration()?;
+    args.session
+        .spec(sentry_live::Destination::File(String::new()), 1)?;
     let _ = (args.out, args.session.stacks());
     anyhow::bail!(NEEDS_WINDOWS)
+}
+
+/// The reordering lag, checked against the session's flush interval.
+fn reorder_lag(args: &Args, spec: &sentry_live::SessionSpec) -> anyhow::Result<u64> {
+    let flush = u64::from(spec.buffers.flush_ms);
+    if flush == 0 || args.reorder_lag_ms <= flush {
+        anyhow::bail!(
+            "--reorder-lag-ms {} must exceed the flush interval (--flush-ms {}): a quiet \
+             processor's events arrive up to one flush interval late",
+            args.reorder_lag_ms,
+            flush
+        );
+    }
+    Ok(args.reorder_lag_ms)
 }
 
 #[cfg(not(windows))]
@@ -304,6 +346,11 @@ mod windows_impl {
             }
             let _ = self.verdicts.report.flush();
         }
+        fn events_missing(&mut self, from: u64, to: u64, cause: &str) {
+            // Alerts whose module map the gap may have changed become
+            // `unresolved` (docs/verdicts.md).
+            self.engine.note_events_missing(from, to, cause);
+        }
     }
 
     fn system_dlls(args: &Args) -> anyhow::Result<Option<Arc<SystemDlls>>> {
@@ -334,7 +381,21 @@ mod windows_impl {
         let format = args.report.format()?;
         let allowlist = args.report.allowlist()?;
         let duration = args.session.duration()?;
+        let processors = win::processor_count();
+        let spec = args.session.spec(Destination::RealTime, processors)?;
+        let lag_ms = super::reorder_lag(&args, &spec)?;
         let system_dlls = system_dlls(&args)?;
+        // An elevated token holds SeDebugPrivilege disabled; reading other
+        // processes' memory and the kernel's module bases need it enabled.
+        if let Err(code) = win::enable_debug_privilege() {
+            if !args.report.quiet {
+                eprintln!(
+                    "syscall-sentry: warning: SeDebugPrivilege could not be enabled (Win32 \
+                     error {code}): kernel module bases and other users' call-site bytes may be \
+                     unreadable"
+                );
+            }
+        }
         let modules = win::kernel_modules();
         if !args.report.quiet {
             let visible = modules.iter().filter(|(b, _)| *b != 0).count();
@@ -348,7 +409,8 @@ mod windows_impl {
         let out = args.report.alert_writer()?;
         let shared = SharedOut(Rc::new(RefCell::new(out)));
         let mut engine = Engine::new(EngineConfig {
-            window_ms: args.report.window_ms,
+            // Longer than the reordering lag, so a late stack still pairs.
+            window_ms: sentry_live::reorder::live_window_ms(args.report.window_ms, lag_ms),
             max_pending: args.report.max_pending,
             learning: Learning::Online,
             system_dlls,
@@ -375,13 +437,22 @@ mod windows_impl {
             Box::new(shared.clone()),
         );
         report.set_clock(clock);
+        // Raw timestamps are QPC ticks (ClientContext 1).
+        let ticks_per_second = clock.map_or(10_000_000, |c| c.ticks_per_second);
         let opts = LiveOptions {
-            spec: args.session.spec(Destination::RealTime),
+            spec,
             stacks: args.session.stacks(),
             force: args.session.force,
             duration,
             status_every: std::time::Duration::from_secs(args.session.status_seconds.max(1)),
             ring_bytes: args.ring_mb.max(1) << 20,
+            reorder: sentry_live::ReorderConfig::new(
+                lag_ms,
+                ticks_per_second,
+                args.reorder_mb.max(1) << 20,
+                processors as usize,
+            ),
+            idle_release: std::time::Duration::from_millis(lag_ms),
         };
         let started = Instant::now();
         let mut sink = Sink {
@@ -423,11 +494,13 @@ mod windows_impl {
             if let Ok(o) = &result {
                 let l = &o.totals;
                 t.push_str(&format!(
-                    "live: {} events, ring drops {}, ETW EventsLost {}, RealTimeBuffersLost {}, stopped externally {}x, restarts {}, stop: {:?}\n",
+                    "live: {} events, ring drops {}, ETW EventsLost {}, RealTimeBuffersLost {}, reorder late {}, reorder overflow {}, stopped externally {}x, restarts {}, stop: {:?}\n",
                     l.events,
                     l.ring_drops,
                     l.events_lost,
                     l.real_time_buffers_lost,
+                    l.reorder_late,
+                    l.reorder_overflow,
                     l.external_stops,
                     l.restarts,
                     o.stop_reason
@@ -452,9 +525,10 @@ mod windows_impl {
         let path =
             std::path::absolute(&args.out).with_context(|| format!("{}", args.out.display()))?;
         let opts = RecordOptions {
-            spec: args
-                .session
-                .spec(Destination::File(path.to_string_lossy().into_owned())),
+            spec: args.session.spec(
+                Destination::File(path.to_string_lossy().into_owned()),
+                win::processor_count(),
+            )?,
             stacks: args.session.stacks(),
             force: args.session.force,
             duration: args.session.duration()?,
@@ -512,7 +586,7 @@ mod tests {
 
     #[derive(clap::Subcommand)]
     enum C {
-        Live(Args),
+        Live(Box<Args>),
         Record(RecordArgs),
         Stop(StopArgs),
     }
@@ -521,9 +595,19 @@ mod tests {
     fn options_build_the_documented_session() {
         let t = T::try_parse_from(["x", "live", "--duration", "5", "--image-load-stacks"]).unwrap();
         let C::Live(a) = t.c else { panic!() };
-        let spec = a.session.spec(sentry_live::Destination::RealTime);
+        let spec = a
+            .session
+            .spec(sentry_live::Destination::RealTime, 8)
+            .unwrap();
         assert_eq!(spec.kind, sentry_live::SessionKind::KernelLogger);
         assert_eq!(spec.buffers, sentry_live::Buffers::default());
+        assert_eq!(spec.buffers.flush_ms, 250);
+        assert_eq!(reorder_lag(&a, &spec).unwrap(), 1000);
+        let spec32 = a
+            .session
+            .spec(sentry_live::Destination::RealTime, 32)
+            .unwrap();
+        assert_eq!(spec32.buffers.minimum, 64, "2 per processor");
         assert_eq!(a.session.stacks().len(), 2);
         assert_eq!(
             a.session.duration().unwrap(),
@@ -546,10 +630,34 @@ mod tests {
         let C::Record(r) = t.c else { panic!() };
         let spec = r
             .session
-            .spec(sentry_live::Destination::File("t.etl".into()));
+            .spec(sentry_live::Destination::File("t.etl".into()), 4)
+            .unwrap();
         assert_eq!(spec.kind.name(), "mine");
         assert_eq!(spec.buffers.buffer_kb, 256);
+        assert_eq!(spec.buffers.flush_ms, 0, "record: no flush timer");
         assert_eq!(spec.log_file_mode(), 0x0200_0001);
+
+        // A lag not longer than the flush interval is refused.
+        let t = T::try_parse_from(["x", "live", "--flush-ms", "1000"]).unwrap();
+        let C::Live(a) = t.c else { panic!() };
+        let spec = a
+            .session
+            .spec(sentry_live::Destination::RealTime, 2)
+            .unwrap();
+        assert!(reorder_lag(&a, &spec)
+            .unwrap_err()
+            .to_string()
+            .contains("must exceed"));
+        // Session names over ETW's limit are refused before any call.
+        let long = "n".repeat(1024);
+        let t = T::try_parse_from(["x", "live", "--session", "private", "--session-name", &long])
+            .unwrap();
+        let C::Live(a) = t.c else { panic!() };
+        let e = a
+            .session
+            .spec(sentry_live::Destination::RealTime, 2)
+            .unwrap_err();
+        assert!(e.to_string().contains("limited to 1023"), "{e}");
 
         assert!(T::try_parse_from(["x", "live", "--duration", "1e300"])
             .unwrap()

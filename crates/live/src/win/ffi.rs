@@ -17,11 +17,17 @@ use std::mem::{offset_of, size_of};
 use std::path::PathBuf;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sentry_raw::{Clock, Guid};
+use windows::core::w;
 use windows::core::{BOOL, GUID, PCWSTR, PWSTR};
-use windows::Win32::Foundation::{CloseHandle, GetLastError, HANDLE};
+use windows::Win32::Foundation::{CloseHandle, GetLastError, HANDLE, LUID};
+use windows::Win32::Security::{
+    AdjustTokenPrivileges, LookupPrivilegeValueW, LUID_AND_ATTRIBUTES, SE_PRIVILEGE_ENABLED,
+    TOKEN_ADJUST_PRIVILEGES, TOKEN_PRIVILEGES, TOKEN_QUERY,
+};
 use windows::Win32::System::Console::{
     SetConsoleCtrlHandler, CTRL_BREAK_EVENT, CTRL_CLOSE_EVENT, CTRL_C_EVENT, CTRL_LOGOFF_EVENT,
     CTRL_SHUTDOWN_EVENT,
@@ -40,14 +46,15 @@ use windows::Win32::System::SystemInformation::{
     GetSystemDirectoryW, GetSystemTimePreciseAsFileTime, GetSystemWow64DirectoryW,
 };
 use windows::Win32::System::Threading::{
-    OpenProcess, PROCESS_QUERY_LIMITED_INFORMATION, PROCESS_VM_READ,
+    GetActiveProcessorCount, GetCurrentProcess, OpenProcess, OpenProcessToken,
+    ALL_PROCESSOR_GROUPS, PROCESS_QUERY_LIMITED_INFORMATION, PROCESS_VM_READ,
 };
 
 use crate::error::ERROR_MORE_DATA;
 use crate::properties::{offsets, PropertiesBlock, CLASSIC_EVENT_ID_SIZE, PROPERTIES_SIZE};
 use crate::ring::RingProducer;
 use crate::supervisor::StopReason;
-use crate::view::{ExtItem, ExtItems, RecordView};
+use crate::view::{processor_of, ExtItem, ExtItems, RecordView};
 
 // The byte layout built by `properties` must be the one Windows reads.
 const _: () = assert!(size_of::<EVENT_TRACE_PROPERTIES>() == PROPERTIES_SIZE);
@@ -81,12 +88,11 @@ const _: () =
 const _: () =
     assert!(offset_of!(EVENT_TRACE_PROPERTIES, LoggerNameOffset) == offsets::LOGGER_NAME_OFFSET);
 
-/// `INVALID_PROCESSTRACE_HANDLE` (`INVALID_HANDLE_VALUE` widened to 64 bits).
-const INVALID_PROCESSTRACE_HANDLE: u64 = if size_of::<usize>() == 8 {
-    u64::MAX
-} else {
-    u32::MAX as u64
-};
+/// `INVALID_PROCESSTRACE_HANDLE`: `(TRACEHANDLE)INVALID_HANDLE_VALUE`, all
+/// ones in the 64-bit builds this project makes. A valid handle may have
+/// any of its 64 bits set, so nothing else is compared.
+const INVALID_PROCESSTRACE_HANDLE: u64 = u64::MAX;
+const _: () = assert!(size_of::<usize>() == 8, "64-bit Windows only");
 
 /// A NUL-terminated UTF-16 copy of `s`.
 fn wide(s: &str) -> Vec<u16> {
@@ -209,14 +215,47 @@ struct CallbackContext {
     producer: RingProducer,
 }
 
-/// An opened real-time consumer. Owns the callback context until
-/// [`OpenTrace::close`].
-pub struct OpenTrace {
-    handle: u64,
-    ctx: NonNull<CallbackContext>,
+/// Everything `OpenTraceW` is given, at one fixed heap address until
+/// `CloseTrace`: the `EVENT_TRACE_LOGFILEW` (Windows fills in its
+/// `LogfileHeader` and updates `CurrentTime`, `BuffersRead`... while
+/// `ProcessTrace` runs), the logger name it points to, and the callback's
+/// context.
+struct Consumer {
+    logfile: EVENT_TRACE_LOGFILEW,
+    name: Vec<u16>,
+    ctx: CallbackContext,
 }
 
-// SAFETY: the context behind `ctx` is used by the callback only while
+/// Closes a trace handle exactly once, whichever thread asks first: the
+/// consumer thread after `ProcessTrace` returns, or the main thread to
+/// unblock a `ProcessTrace` that does not.
+#[derive(Clone)]
+pub struct TraceCloser {
+    handle: u64,
+    closed: Arc<AtomicBool>,
+}
+
+impl TraceCloser {
+    /// `CloseTrace`, unless it was already called; returns its status
+    /// (`None` when it had been).
+    pub fn close(&self) -> Option<u32> {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return None;
+        }
+        // SAFETY: CloseTrace validates the handle; it is called at most once
+        // for this handle (the flag above).
+        Some(unsafe { CloseTrace(PROCESSTRACE_HANDLE { Value: self.handle }) }.0)
+    }
+}
+
+/// An opened real-time consumer. Owns [`Consumer`] until
+/// [`OpenTrace::close`].
+pub struct OpenTrace {
+    closer: TraceCloser,
+    inner: NonNull<Consumer>,
+}
+
+// SAFETY: the `Consumer` behind `inner` is used by the callback only while
 // `ProcessTrace` runs on whichever thread owns this value, and is freed in
 // `close`, which consumes it; moving the owner to another thread before that
 // is sound (RingProducer is Send).
@@ -229,69 +268,73 @@ pub fn open_real_time(
     session_name: &str,
     producer: RingProducer,
 ) -> Result<OpenTrace, (u32, RingProducer)> {
-    let ctx = NonNull::from(Box::leak(Box::new(CallbackContext { producer })));
-    let mut name = wide(session_name);
-    let mut logfile = EVENT_TRACE_LOGFILEW {
-        LoggerName: PWSTR(name.as_mut_ptr()),
-        Context: ctx.as_ptr().cast(),
-        ..Default::default()
-    };
-    logfile.Anonymous1.ProcessTraceMode = PROCESS_TRACE_MODE_REAL_TIME
+    let inner = NonNull::from(Box::leak(Box::new(Consumer {
+        logfile: EVENT_TRACE_LOGFILEW::default(),
+        name: wide(session_name),
+        ctx: CallbackContext { producer },
+    })));
+    // SAFETY: `inner` was just leaked from a Box: valid, aligned, and not
+    // shared with anyone yet.
+    let c = unsafe { &mut *inner.as_ptr() };
+    c.logfile.LoggerName = PWSTR(c.name.as_mut_ptr());
+    c.logfile.Context = (&mut c.ctx as *mut CallbackContext).cast();
+    c.logfile.Anonymous1.ProcessTraceMode = PROCESS_TRACE_MODE_REAL_TIME
         | PROCESS_TRACE_MODE_EVENT_RECORD
         | PROCESS_TRACE_MODE_RAW_TIMESTAMP;
-    logfile.Anonymous2.EventRecordCallback = Some(on_event);
-    // SAFETY: `logfile` is a fully initialised EVENT_TRACE_LOGFILEW whose
-    // LoggerName points to a NUL-terminated string alive during the call;
-    // Context points to a leaked Box that stays valid until `close` (or the
-    // error path below) reclaims it.
-    let handle = unsafe { OpenTraceW(&mut logfile) }.Value;
+    c.logfile.Anonymous2.EventRecordCallback = Some(on_event);
+    // SAFETY: `c.logfile` is a fully initialised EVENT_TRACE_LOGFILEW at a
+    // stable heap address; LoggerName points to the NUL-terminated `c.name`
+    // and Context to `c.ctx`, all of which live in the same leaked Box until
+    // `close` (or the error path below) reclaims it.
+    let handle = unsafe { OpenTraceW(&mut c.logfile) }.Value;
     if handle == INVALID_PROCESSTRACE_HANDLE {
         // SAFETY: GetLastError has no preconditions.
         let code = unsafe { GetLastError() }.0;
-        // SAFETY: OpenTraceW failed, so nothing holds `ctx`: reclaim the Box
-        // leaked above exactly once.
-        let ctx = unsafe { Box::from_raw(ctx.as_ptr()) };
-        return Err((code, ctx.producer));
+        // SAFETY: OpenTraceW failed, so nothing holds `inner`: reclaim the
+        // Box leaked above exactly once.
+        let c = unsafe { Box::from_raw(inner.as_ptr()) };
+        return Err((code, c.ctx.producer));
     }
-    Ok(OpenTrace { handle, ctx })
+    Ok(OpenTrace {
+        closer: TraceCloser {
+            handle,
+            closed: Arc::new(AtomicBool::new(false)),
+        },
+        inner,
+    })
 }
 
 impl OpenTrace {
-    /// The raw handle, for [`close_trace_handle`] from another thread.
-    pub fn raw_handle(&self) -> u64 {
-        self.handle
+    /// A handle closer for another thread.
+    pub fn closer(&self) -> TraceCloser {
+        self.closer.clone()
     }
 
     /// `ProcessTrace`: delivers events to the callback until the session
     /// stops or the trace is closed. Returns the Win32 status.
     pub fn process(&mut self) -> u32 {
-        let handles = [PROCESSTRACE_HANDLE { Value: self.handle }];
+        let handles = [PROCESSTRACE_HANDLE {
+            Value: self.closer.handle,
+        }];
         // SAFETY: the handle came from a successful OpenTraceW and is not
-        // closed before this returns (close consumes `self`); the callback's
-        // context stays alive for as long as `self` exists.
+        // closed by this thread before this returns (close consumes `self`);
+        // another thread may close it, which makes ProcessTrace return. The
+        // logfile and context stay alive for as long as `self` exists.
         unsafe { ProcessTrace(&handles, None, None) }.0
     }
 
-    /// `CloseTrace` and give the ring producer back. Call after `process`
-    /// returned (or instead of it).
-    pub fn close(self) -> (u32, RingProducer) {
-        // SAFETY: closing a handle from OpenTraceW; a second close (after
-        // `close_trace_handle` from another thread) only returns an error.
-        let status = unsafe { CloseTrace(PROCESSTRACE_HANDLE { Value: self.handle }) }.0;
+    /// `CloseTrace` (unless another thread already did) and give the ring
+    /// producer back. Call after `process` returned (or instead of it).
+    pub fn close(self) -> RingProducer {
+        self.closer.close();
         // SAFETY: ProcessTrace is not running (it returned, or was never
-        // called, on the thread that owns `self`), so no callback can touch
-        // the context any more; the Box leaked in `open_real_time` is
-        // reclaimed exactly once since `self` is consumed.
-        let ctx = unsafe { Box::from_raw(self.ctx.as_ptr()) };
-        (status, ctx.producer)
+        // called, on the thread that owns `self`), and the handle is closed,
+        // so nothing touches the logfile or the context any more; the Box
+        // leaked in `open_real_time` is reclaimed exactly once since `self`
+        // is consumed.
+        let c = unsafe { Box::from_raw(self.inner.as_ptr()) };
+        c.ctx.producer
     }
-}
-
-/// `CloseTrace` on a raw handle from another thread: the documented way to
-/// make a stuck `ProcessTrace` return.
-pub fn close_trace_handle(handle: u64) -> u32 {
-    // SAFETY: CloseTrace validates the handle; the worst case is an error code.
-    unsafe { CloseTrace(PROCESSTRACE_HANDLE { Value: handle }) }.0
 }
 
 fn guid(g: &GUID) -> Guid {
@@ -343,8 +386,10 @@ fn view_of(rec: &EVENT_RECORD) -> RecordView<'_> {
         }
     }
     // SAFETY: both members of the ETW_BUFFER_CONTEXT union are plain integers
-    // over the same two bytes; ProcessorIndex is the full 16-bit index.
-    let processor = unsafe { rec.BufferContext.Anonymous.ProcessorIndex };
+    // over the same two bytes; which one is valid depends on the header flag
+    // (`processor_of`).
+    let context = unsafe { rec.BufferContext.Anonymous.ProcessorIndex };
+    let processor = processor_of(h.Flags, context.to_le_bytes());
     let d = &h.EventDescriptor;
     RecordView {
         provider: guid(&h.ProviderId),
@@ -430,6 +475,60 @@ pub fn signal_done() {
 }
 
 // --- Live-only enrichment ----------------------------------------------
+
+/// Logical processors in all processor groups
+/// ([GetActiveProcessorCount](https://learn.microsoft.com/windows/win32/api/winbase/nf-winbase-getactiveprocessorcount)).
+pub fn processor_count() -> u32 {
+    // SAFETY: no preconditions.
+    unsafe { GetActiveProcessorCount(ALL_PROCESSOR_GROUPS) }
+}
+
+/// `ERROR_NOT_ALL_ASSIGNED`: AdjustTokenPrivileges succeeded but the token
+/// does not hold the privilege.
+const ERROR_NOT_ALL_ASSIGNED: u32 = 1300;
+
+/// Enables SeDebugPrivilege in this process's token. An elevated token
+/// holds it disabled, and `ReadProcessMemory` on other users' processes and
+/// `EnumDeviceDrivers`' kernel bases need it enabled
+/// ([AdjustTokenPrivileges](https://learn.microsoft.com/windows/win32/api/securitybaseapi/nf-securitybaseapi-adjusttokenprivileges)).
+/// Returns the Win32 error when it cannot be enabled.
+pub fn enable_debug_privilege() -> Result<(), u32> {
+    let mut token = HANDLE::default();
+    // SAFETY: GetCurrentProcess returns a pseudo handle; `token` is a valid
+    // out pointer.
+    unsafe {
+        OpenProcessToken(
+            GetCurrentProcess(),
+            TOKEN_ADJUST_PRIVILEGES | TOKEN_QUERY,
+            &mut token,
+        )
+    }
+    .map_err(|e| e.code().0 as u32)?;
+    let mut luid = LUID::default();
+    // SAFETY: a NUL-terminated literal and a valid out pointer.
+    let looked_up = unsafe { LookupPrivilegeValueW(None, w!("SeDebugPrivilege"), &mut luid) };
+    let result = looked_up.map_err(|e| e.code().0 as u32).and_then(|()| {
+        let tp = TOKEN_PRIVILEGES {
+            PrivilegeCount: 1,
+            Privileges: [LUID_AND_ATTRIBUTES {
+                Luid: luid,
+                Attributes: SE_PRIVILEGE_ENABLED,
+            }],
+        };
+        // SAFETY: `token` was opened with TOKEN_ADJUST_PRIVILEGES; `tp` is a
+        // complete one-entry TOKEN_PRIVILEGES alive during the call.
+        unsafe { AdjustTokenPrivileges(token, false, Some(&tp), 0, None, None) }
+            .map_err(|e| e.code().0 as u32)?;
+        // SAFETY: no preconditions.
+        match unsafe { GetLastError() }.0 {
+            ERROR_NOT_ALL_ASSIGNED => Err(ERROR_NOT_ALL_ASSIGNED),
+            _ => Ok(()),
+        }
+    });
+    // SAFETY: `token` was opened above and is closed once.
+    let _ = unsafe { CloseHandle(token) };
+    result
+}
 
 /// The session clock, known out of band: a QPC reading (the raw timestamp
 /// unit with `ClientContext` 1) next to the current UTC FILETIME.

@@ -10,7 +10,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub use ffi::{
-    clock_now, kernel_modules, read_process_memory, system_directory, syswow64_directory,
+    clock_now, enable_debug_privilege, kernel_modules, processor_count, read_process_memory,
+    system_directory, syswow64_directory,
 };
 
 /// Tells a console-close handler waiting in the background that the outputs
@@ -26,6 +27,7 @@ use crate::properties::{
     group_mask_bytes, stack_tracing_bytes, ClassicEventId, PropertiesBlock, SessionCounters,
     SessionKind, SessionSpec, SENTRY_ENABLE_FLAGS,
 };
+use crate::reorder::ReorderConfig;
 use crate::ring::RingProducer;
 use crate::supervisor::StopReason;
 
@@ -48,6 +50,7 @@ impl Session {
         force: bool,
     ) -> Result<Session, LiveError> {
         let name = spec.kind.name().to_string();
+        spec.kind.check().map_err(LiveError::Other)?;
         let block = PropertiesBlock::for_start(spec);
         let handle = match ffi::start_trace(&name, &block) {
             Ok(h) => h,
@@ -76,16 +79,8 @@ impl Session {
             name,
             stopped: false,
         };
-        if let SessionKind::Private { .. } = spec.kind {
-            ffi::set_information(
-                handle,
-                TRACE_SYSTEM_TRACE_ENABLE_FLAGS_INFO,
-                &group_mask_bytes(SENTRY_ENABLE_FLAGS),
-            )
-            .map_err(|code| {
-                LiveError::from_code("TraceSetInformation(flags)", &session.name, code)
-            })?;
-        }
+        // Stacks first, then (private sessions) the flags again, so that
+        // syscalls logged once the flags apply get their stacks.
         if !stacks.is_empty() {
             ffi::set_information(
                 handle,
@@ -94,6 +89,16 @@ impl Session {
             )
             .map_err(|code| {
                 LiveError::from_code("TraceSetInformation(stacks)", &session.name, code)
+            })?;
+        }
+        if let SessionKind::Private { .. } = spec.kind {
+            ffi::set_information(
+                handle,
+                TRACE_SYSTEM_TRACE_ENABLE_FLAGS_INFO,
+                &group_mask_bytes(SENTRY_ENABLE_FLAGS),
+            )
+            .map_err(|code| {
+                LiveError::from_code("TraceSetInformation(flags)", &session.name, code)
             })?;
         }
         Ok(session)
@@ -108,12 +113,27 @@ impl Session {
         ffi::control_trace(&self.name, false).map(|b| SessionCounters::read(&b))
     }
 
-    /// `ControlTraceW(STOP)`: returns the final counters.
+    /// `ControlTraceW(STOP)`: returns the final counters. Only a stop that
+    /// worked (or found the session gone) marks the session stopped; after
+    /// any other error the caller may retry, and the guard tries again when
+    /// dropped.
     pub fn stop(&mut self) -> Result<SessionCounters, LiveError> {
-        self.stopped = true;
-        ffi::control_trace(&self.name, true)
-            .map(|b| SessionCounters::read(&b))
-            .map_err(|code| LiveError::from_code("ControlTraceW(STOP)", &self.name, code))
+        match ffi::control_trace(&self.name, true) {
+            Ok(b) => {
+                self.stopped = true;
+                Ok(SessionCounters::read(&b))
+            }
+            Err(code) => {
+                if code == ERROR_WMI_INSTANCE_NOT_FOUND {
+                    self.stopped = true;
+                }
+                Err(LiveError::from_code(
+                    "ControlTraceW(STOP)",
+                    &self.name,
+                    code,
+                ))
+            }
+        }
     }
 }
 
@@ -139,11 +159,11 @@ pub fn query_session(name: &str) -> Result<SessionCounters, LiveError> {
         .map_err(|code| LiveError::from_code("ControlTraceW(QUERY)", name, code))
 }
 
-/// The thread running `ProcessTrace`; it gives the ring producer back when
-/// it ends.
+/// The thread running `ProcessTrace`; it gives the ring producer back, with
+/// `ProcessTrace`'s status, when it ends.
 struct ConsumerThread {
-    join: JoinHandle<RingProducer>,
-    raw_handle: u64,
+    join: JoinHandle<(RingProducer, u32)>,
+    closer: ffi::TraceCloser,
 }
 
 fn spawn_consumer(
@@ -152,12 +172,12 @@ fn spawn_consumer(
 ) -> Result<ConsumerThread, (LiveError, Option<RingProducer>)> {
     let mut trace = ffi::open_real_time(name, producer)
         .map_err(|(code, p)| (LiveError::from_code("OpenTraceW", name, code), Some(p)))?;
-    let raw_handle = trace.raw_handle();
+    let closer = trace.closer();
     let join = std::thread::Builder::new()
         .name("etw-consumer".into())
         .spawn(move || {
-            trace.process();
-            trace.close().1
+            let status = trace.process();
+            (trace.close(), status)
         })
         .map_err(|e| {
             (
@@ -165,7 +185,7 @@ fn spawn_consumer(
                 None,
             )
         })?;
-    Ok(ConsumerThread { join, raw_handle })
+    Ok(ConsumerThread { join, closer })
 }
 
 /// What `live` runs.
@@ -177,6 +197,10 @@ pub struct LiveOptions {
     pub duration: Option<Duration>,
     pub status_every: Duration,
     pub ring_bytes: usize,
+    /// The reordering stage (lag longer than the flush interval).
+    pub reorder: ReorderConfig,
+    /// The lag in wall-clock time: no event for this long releases all.
+    pub idle_release: Duration,
 }
 
 /// [`Platform`] over ETW: the session, and `ProcessTrace` threads.
@@ -230,12 +254,12 @@ impl Platform for EtwPlatform<'_> {
         c.join.is_finished()
     }
 
-    fn join_consumer(&mut self, c: ConsumerThread) -> Result<RingProducer, LiveError> {
+    fn join_consumer(&mut self, c: ConsumerThread) -> Result<(RingProducer, u32), LiveError> {
         c.join.join().map_err(|_| LiveError::ConsumerStuck)
     }
 
     fn unblock_consumer(&mut self, c: &ConsumerThread) {
-        ffi::close_trace_handle(c.raw_handle);
+        c.closer.close();
     }
 
     fn stop_request(&self) -> Option<StopReason> {
@@ -260,6 +284,8 @@ pub fn run_live(opts: &LiveOptions, sink: &mut dyn LiveSink) -> Result<LiveOutco
         duration: opts.duration,
         status_every: opts.status_every,
         ring_bytes: opts.ring_bytes,
+        reorder: opts.reorder,
+        idle_release: opts.idle_release,
         ..DriveConfig::default()
     };
     drive(&mut platform, &cfg, sink)
@@ -373,7 +399,7 @@ mod tests {
         match result {
             Err(LiveError::NotElevated { call }) => assert_eq!(call, "StartTraceW"),
             Err(LiveError::Win32 { call, code: 120 }) if under_wine() => {
-                assert_eq!(call, "TraceSetInformation(flags)");
+                assert_eq!(call, "TraceSetInformation(stacks)");
                 eprintln!("after the guard's stop: {:?}", stop_session(&name));
             }
             Err(e) => panic!("{e}"),
