@@ -139,6 +139,20 @@ def calls(log, checks):
             stacks = tsi[0]["stacks"]
             if {"guid": "ce1dbfb4-137e-4da6-87b0-3f59aa102cbc", "type": 51} not in stacks:
                 sys.exit(f"{log}: no SysCallEnter stacks in {stacks}")
+        elif kind == "audit-setup":  # --source audit: kernel events without SYSCALL, the provider with stacks
+            s = of("StartTraceW", status=0)[0]
+            if s["enable_flags"] & 0x87 != 0x07:
+                sys.exit(f"{log}: EnableFlags {s['enable_flags']:#x}: expected process, thread, image, no SYSCALL")
+            en = [x for x in of("EnableTraceEx2", status=0) if x["handle"] == s["handle"]]
+            want = {"provider": "e02a841c-75a3-4fa7-afc8-ae09cf9b7f23", "control_code": 1, "level": 4,
+                    "match_any": 0, "match_all": 0, "params_version": 2}
+            if len(en) != 1 or any(en[0].get(k) != v for k, v in want.items()):
+                sys.exit(f"{log}: EnableTraceEx2 calls on the session {en}, expected one with {want}")
+            if en[0]["enable_property"] & 0x4 == 0:
+                sys.exit(f"{log}: EnableTraceEx2 without EVENT_ENABLE_PROPERTY_STACK_TRACE: {en[0]}")
+            for x in of("TraceSetInformation", status=0):
+                if x["class"] == 3 and {"guid": "ce1dbfb4-137e-4da6-87b0-3f59aa102cbc", "type": 51} in x["stacks"]:
+                    sys.exit(f"{log}: SysCallEnter stacks asked for by the audit source: {x}")
         elif kind == "image-load-stacks":
             st = [x for x in of("TraceSetInformation", status=0) if x["class"] == 3][0]["stacks"]
             if {"guid": "3d6fa8d0-fe05-11d0-9dda-00c04fd7ba7c", "type": 10} not in st:

@@ -188,3 +188,68 @@ fn the_audit_source_finds_the_same_opens_with_far_fewer_events() {
     }
     std::fs::remove_dir_all(&dlls).ok();
 }
+
+/// ECS documents of audit events (alerts, and one per event with
+/// `--per-syscall`) use only ECS 9.4.0 fields outside `syscall_sentry.`
+/// (checked against the vendored subset of ECS's fields.csv that
+/// `tests/ecs.rs` uses), carry the target under `syscall_sentry.target`, and
+/// raise the severity of the lsass.exe opens.
+#[test]
+fn audit_ecs_documents_use_ecs_fields() {
+    const FIELDS: &str = include_str!("data/ecs-9.4.0-fields-subset.csv");
+    let fields: std::collections::BTreeSet<&str> = FIELDS
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split(',').nth(3))
+        .collect();
+    fn leaves(prefix: &str, v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(o) => {
+                for (k, x) in o {
+                    let name = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    leaves(&name, x, out);
+                }
+            }
+            _ => out.push(prefix.to_string()),
+        }
+    }
+    let etl = tmp("ecs-lsass.etl");
+    synth("audit-lsass-direct", &[], &etl);
+    let mut raised = 0;
+    for extra in [&[][..], &["--per-syscall"][..]] {
+        let o = bin()
+            .args(["analyze", "-q", "--format", "ecs"])
+            .args(extra)
+            .arg(&etl)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1));
+        for l in String::from_utf8_lossy(&o.stdout).lines() {
+            let d: Value = serde_json::from_str(l).unwrap();
+            let mut names = Vec::new();
+            leaves("", &d, &mut names);
+            for n in &names {
+                assert!(
+                    n.starts_with("syscall_sentry.") || fields.contains(n.as_str()),
+                    "{n} is not an ECS field: {d}"
+                );
+            }
+            assert!(d["syscall_sentry"]["api"].is_string(), "{d}");
+            if d["event"]["kind"] == "alert" {
+                assert_eq!(d["syscall_sentry"]["api"], "NtOpenProcess", "{d}");
+                assert_eq!(
+                    d["syscall_sentry"]["target"]["process"]["name"],
+                    "lsass.exe"
+                );
+                assert_eq!(d["event"]["severity"], 99, "{d}");
+                raised += 1;
+            }
+        }
+    }
+    assert!(raised > 2);
+    std::fs::remove_file(&etl).ok();
+}

@@ -159,7 +159,7 @@ fn a_closed_output_pipe_is_not_an_error() {
 #[test]
 fn exit_codes_are_documented_and_kept() {
     let o = run(&["analyze", "--help"]);
-    // clap wraps the help at 100 columns: compare with line breaks as spaces.
+    // clap wraps to the terminal's width.
     let help = String::from_utf8_lossy(&o.stdout)
         .split_whitespace()
         .collect::<Vec<_>>()

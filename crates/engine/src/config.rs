@@ -6,8 +6,6 @@ use std::sync::Arc;
 use crate::allowlist::Allowlist;
 use crate::classify::ServiceTable;
 use crate::sysdlls::SystemDlls;
-#[allow(unused_imports)] // doc links
-use crate::{Engine, SyscallVerdict};
 use sentry_images::Images;
 
 /// Which events are parents of StackWalk events.
@@ -32,9 +30,9 @@ pub enum Learning {
     Only,
     /// One pass: learn over the whole input while classifying, and leave
     /// each rule-5 decision that depends on the learned service open
-    /// ([`SyscallVerdict::service_check`]) until the input ends. Exactly the
+    /// ([`SyscallVerdict::service_check`](crate::SyscallVerdict::service_check)) until the input ends. Exactly the
     /// verdicts of a [`Learning::Only`] pass followed by a [`Learning::Fixed`]
-    /// one: [`Engine::finish`] settles the counts, [`crate::report::Report`] the
+    /// one: [`Engine::finish`](crate::Engine::finish) settles the counts, [`crate::report::Report`] the
     /// alerts and the summary (`analyze`'s default).
     Deferred,
 }
@@ -55,7 +53,7 @@ pub struct EngineConfig {
     pub images: Option<Arc<Images>>,
     pub allowlist: Allowlist,
     /// Classify a SysCallEnter with the StackWalk right after it without
-    /// the correlator (see [`Engine::process`]). The results are the same
+    /// the correlator (see [`Engine::process`](crate::Engine::process)). The results are the same
     /// either way; `false` exists to check that.
     pub hold_syscalls: bool,
 }

@@ -1,63 +1,7 @@
 //! The [`Engine`]: one event in, state updated, calls with a stack handed
-//! to the classifier, verdicts out through a [`VerdictSink`].
-//!
-//! For a live session: `Engine::set_header(header, raw)` (or `set_clock`)
-//! once, `EngineConfig { learning: Learning::Online, .. }`, and
-//! `ReportConfig { immediate: true, .. }` so that each new alert key is
-//! printed when first seen (the aggregated lines follow at `finish`).
-//! Call [`Engine::stats`] any time for counters; events must come in time
-//! order (per-processor streams merged), as `ProcessTrace` delivers them.
-//!
-//! * Verdicts come out through a [`VerdictSink`] ([`crate::report::Report`] is one;
-//!   tests use closures wrapped in [`FnSink`]). A [`SyscallVerdict`] borrows the
-//!   engine's state: format what you need inside the call.
-//! * The engine never panics on hostile input; decode errors are counted in
-//!   [`EngineStats`] with file offsets.
-//! * Memory is bounded: the pending set holds at most `max_pending` entries
-//!   (oldest evicted, counted) and ended processes are dropped once the
-//!   correlation window has passed.
-//! * Service identity (rule 5): with `system_dlls`, by export names; else
-//!   from a [`ServiceTable`]. `analyze` runs one pass with
-//!   [`Learning::Deferred`]: decisions that need the learned table wait for
-//!   its end (settled by [`Engine::finish`] and [`crate::report::Report::finish`]).
-//!   With `--per-syscall` it runs a [`Learning::Only`] pass, takes
-//!   [`Engine::into_services`], and hands the table to a classifying pass;
-//!   `live` uses [`Learning::Online`].
-//! * [`Pairing::AnyEvent`] pairs StackWalk events with every kind of parent
-//!   (used on real traces, which carry no SysCallEnter); pairs come out
-//!   through [`VerdictSink::stack_pair`].
-//! * What the engine could not see ([`Completeness`]): an alert of rules 3
-//!   or 7 whose process's module map the trace does not show is
-//!   `unresolved` (docs/verdicts.md). A file reader's damage, or a live
-//!   session's `EventsLost`/`RealTimeBuffersLost` growing between two reads
-//!   (from the previous read's time to now), goes in through
-//!   [`Engine::note_events_missing`]; loss with no time through
-//!   [`Engine::note_loss_without_time`].
-//! * Output formatting (JSON lines, ECS, summary table, statistics) is in
-//!   [`crate::report`], shared by `analyze` and `live` (`Report::set_header` gives
-//!   ECS `host.os` to alerts printed before `finish`).
-//! * The common pair, a SysCallEnter whose very next event is its StackWalk
-//!   with the user part, skips the correlator: the syscall is held for one
-//!   event and classified from the StackWalk's frames in place. Anything
-//!   else hands it to the correlator first; results and counters are the
-//!   same either way (`tests/held_pairs.rs`; `EngineStats::held_pairs`
-//!   counts the shortcut).
-//! * Stack caching: Windows logs a key's frames when it deletes the key
-//!   (opcode 35) or at rundown (36), after the references (37/38). A syscall
-//!   waiting for a key is parked past the window (still under the cap) and
-//!   its process is kept until it is resolved.
-//!
-//! # Interpretations of docs/verdicts.md
-//! * Alerts are `direct` and `indirect`; `kernel_origin`, `no_stack` and
-//!   `truncated` are counted and reported per syscall, never alerted.
-//! * A stack is complete with its user part (or a kernel part of pid 0/4,
-//!   which has no user mode); a kernel part alone waits for the window, then
-//!   is `kernel_origin`.
-//! * Stub modules are `ntdll.dll`/`win32u.dll` whose path ends in
-//!   `\System32\<name>`; a SysWOW64 ntdll marks the process WoW64.
-//! * Rule 5 compares export names (`Nt`=`Zw`) when both the stub and the
-//!   routine are named by the supplied DLLs, else the learned service.
-//! * Rule 7: only a user-mode caller can be unbacked.
+//! to the classifier, verdicts out through a [`VerdictSink`]. Its notes
+//! (sessions, sinks, bounds, rule 5, held pairs, stack caching, how the
+//! rules are read) are on [`Engine`] itself.
 
 #![forbid(unsafe_code)]
 
@@ -108,7 +52,63 @@ fn skipped_when_learning(id: EventId) -> bool {
     )
 }
 
-/// The engine. See the crate documentation.
+/// For a live session: `Engine::set_header(header, raw)` (or `set_clock`)
+/// once, `EngineConfig { learning: Learning::Online, .. }`, and
+/// `ReportConfig { immediate: true, .. }` so that each new alert key is
+/// printed when first seen (the aggregated lines follow at `finish`).
+/// Call [`Engine::stats`] any time for counters; events must come in time
+/// order (per-processor streams merged), as `ProcessTrace` delivers them.
+///
+/// * Verdicts come out through a [`VerdictSink`] ([`crate::report::Report`] is one;
+///   tests use closures wrapped in [`crate::FnSink`]). A [`crate::SyscallVerdict`] borrows the
+///   engine's state: format what you need inside the call.
+/// * The engine never panics on hostile input; decode errors are counted in
+///   [`crate::EngineStats`] with file offsets.
+/// * Memory is bounded: the pending set holds at most `max_pending` entries
+///   (oldest evicted, counted) and ended processes are dropped once the
+///   correlation window has passed.
+/// * Service identity (rule 5): with `system_dlls`, by export names; else
+///   from a [`crate::ServiceTable`]. `analyze` runs one pass with
+///   [`crate::Learning::Deferred`]: decisions that need the learned table wait for
+///   its end (settled by [`Engine::finish`] and [`crate::report::Report::finish`]).
+///   With `--per-syscall` it runs a [`crate::Learning::Only`] pass, takes
+///   [`Engine::into_services`], and hands the table to a classifying pass;
+///   `live` uses [`crate::Learning::Online`].
+/// * [`crate::Pairing::AnyEvent`] pairs StackWalk events with every kind of parent
+///   (used on real traces, which carry no SysCallEnter); pairs come out
+///   through [`crate::VerdictSink::stack_pair`].
+/// * What the engine could not see ([`crate::Completeness`]): an alert of rules 3
+///   or 7 whose process's module map the trace does not show is
+///   `unresolved` (docs/verdicts.md). A file reader's damage, or a live
+///   session's `EventsLost`/`RealTimeBuffersLost` growing between two reads
+///   (from the previous read's time to now), goes in through
+///   [`Engine::note_events_missing`]; loss with no time through
+///   [`Engine::note_loss_without_time`].
+/// * Output formatting (JSON lines, ECS, summary table, statistics) is in
+///   [`crate::report`], shared by `analyze` and `live` (`Report::set_header` gives
+///   ECS `host.os` to alerts printed before `finish`).
+/// * The common pair, a SysCallEnter whose very next event is its StackWalk
+///   with the user part, skips the correlator: the syscall is held for one
+///   event and classified from the StackWalk's frames in place. Anything
+///   else hands it to the correlator first; results and counters are the
+///   same either way (`tests/held_pairs.rs`; `EngineStats::held_pairs`
+///   counts the shortcut).
+/// * Stack caching: Windows logs a key's frames when it deletes the key
+///   (opcode 35) or at rundown (36), after the references (37/38). A syscall
+///   waiting for a key is parked past the window (still under the cap) and
+///   its process is kept until it is resolved.
+///
+/// # Interpretations of docs/verdicts.md
+/// * Alerts are `direct` and `indirect`; `kernel_origin`, `no_stack` and
+///   `truncated` are counted and reported per syscall, never alerted.
+/// * A stack is complete with its user part (or a kernel part of pid 0/4,
+///   which has no user mode); a kernel part alone waits for the window, then
+///   is `kernel_origin`.
+/// * Stub modules are `ntdll.dll`/`win32u.dll` whose path ends in
+///   `\System32\<name>`; a SysWOW64 ntdll marks the process WoW64.
+/// * Rule 5 compares export names (`Nt`=`Zw`) when both the stub and the
+///   routine are named by the supplied DLLs, else the learned service.
+/// * Rule 7: only a user-mode caller can be unbacked.
 pub struct Engine {
     pub(crate) pairing: Pairing,
     pub(crate) learning: Learning,

@@ -788,7 +788,7 @@ impl Report {
             call_stack: callstack::pending(v).map(Box::new),
             audit: v
                 .audit
-                .map(|a| Box::new((a, v.target.map(|p| p.image_file_name.to_string())))),
+                .map(|a| Box::new((*a, v.target.map(|p| p.image_file_name.to_string())))),
         }
     }
 
@@ -1874,6 +1874,15 @@ pub fn stats_text(s: &EngineStats, wall_seconds: f64, alerts: usize) -> String {
         "syscalls: {}, normal {}, direct {}, indirect {}, kernel_origin {}, no_stack {}, truncated {}, unresolved {}, suppressed {}; alerts (deduplicated): {}\n",
         s.syscalls, v.normal, v.direct, v.indirect, v.kernel_origin, v.no_stack, v.truncated, v.unresolved, s.suppressed, alerts
     ));
+    if s.audit_events > 0 {
+        t.push_str(&format!(
+            "Kernel-Audit-API-Calls events: {} ({} of system calls, counted in syscalls; {} of drivers, not classified; {} with a split stack)\n",
+            s.audit_events,
+            s.audit_events - s.audit_not_syscall,
+            s.audit_not_syscall,
+            s.audit_split_stacks
+        ));
+    }
     if v.unresolved > 0 {
         let u = &s.unresolved;
         t.push_str(&format!(

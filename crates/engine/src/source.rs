@@ -15,7 +15,9 @@ mod paired;
 
 pub(crate) use held::Held;
 
-/// What [`Engine::emit_syscall`] needs of a paired syscall besides its stack.
+/// What every source hands the classifier ([`crate::Engine::emit_syscall`]):
+/// the call's time, processor, identity (a `SysCallAddress` or an audit id),
+/// whether it has a stack, and its process and thread.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct StackedCall {
     pub(crate) ts: u64,

@@ -7,8 +7,6 @@ use crate::completeness::{LossGap, UnresolvedCounts};
 use crate::correlate::CorrelatorStats;
 use crate::state::StateStats;
 use crate::verdict::VerdictCounts;
-#[allow(unused_imports)] // doc links
-use crate::{Engine, Learning};
 
 /// A decode error kept for the statistics.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -17,8 +15,8 @@ pub struct DecodeErrorSample {
     pub message: String,
 }
 
-/// Engine statistics, returned by [`Engine::finish`] (and readable any time
-/// through [`Engine::stats`]).
+/// Engine statistics, returned by [`Engine::finish`](crate::Engine::finish) (and readable any time
+/// through [`Engine::stats`](crate::Engine::stats)).
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct EngineStats {
     pub events: u64,
@@ -53,8 +51,8 @@ pub struct EngineStats {
     pub last_timestamp: Option<u64>,
     pub pending_now: u64,
     pub learned_return_sites: u64,
-    /// [`Learning::Deferred`]: syscalls whose rule-5 decision waited for
-    /// the end of the input (settled in `verdicts` by [`Engine::finish`]).
+    /// [`Learning::Deferred`](crate::Learning::Deferred): syscalls whose rule-5 decision waited for
+    /// the end of the input (settled in `verdicts` by [`Engine::finish`](crate::Engine::finish)).
     pub service_checks_deferred: u64,
     /// Syscalls decided as if their stub matched because the tallies were
     /// full (only a hostile trace gets there).

@@ -800,3 +800,112 @@ fn unresolved_when_the_state_could_not_be_seen() {
     assert!(s.trace_incomplete);
     assert_eq!(s.loss_gaps.len(), 1);
 }
+
+/// The payload and extended data of a Kernel-Audit-API-Calls `OpenProcess`
+/// event (id 5) of `target` for `PROCESS_VM_READ|PROCESS_QUERY_INFORMATION`,
+/// with its stack item (`STACK_TRACE64`, match id 0).
+fn audit_open_process(frames: &[u64], target: u32) -> (Vec<u8>, Vec<u8>) {
+    let mut payload = Vec::new();
+    let mut e =
+        sentry_kernel_audit_api::AuditEvent::new(sentry_kernel_audit_api::AuditApi::OpenProcess, 0);
+    e.target_pid = Some(target);
+    e.desired_access = Some(sentry_kernel_audit_api::AccessMask(0x0410));
+    e.encode(8, &mut payload);
+    let mut data = 0u64.to_le_bytes().to_vec();
+    for f in frames {
+        data.extend_from_slice(&f.to_le_bytes());
+    }
+    let mut ext = Vec::new();
+    ext.extend_from_slice(&((8 + data.len()) as u16).to_le_bytes());
+    ext.extend_from_slice(&sentry_raw::ext_type::STACK_TRACE64.to_le_bytes());
+    ext.extend_from_slice(&0u16.to_le_bytes());
+    ext.extend_from_slice(&(data.len() as u16).to_le_bytes());
+    ext.extend_from_slice(&data);
+    (payload, ext)
+}
+
+fn audit_raw<'a>(ts: u64, tid: u32, payload: &'a [u8], ext: &'a [u8]) -> RawEvent<'a> {
+    RawEvent {
+        header: HeaderKind::EventHeader64,
+        id: EventId::Manifest {
+            provider: sentry_kernel_audit_api::PROVIDER,
+            id: 5,
+            version: 0,
+            channel: 0,
+            level: 4,
+            opcode: 0,
+            task: 0,
+            keyword: 0,
+        },
+        version: 0,
+        pid: Some(PID),
+        tid: Some(tid),
+        processor: 0,
+        timestamp: ts,
+        pointer_size: 8,
+        payload,
+        extended: sentry_raw::ExtendedData(ext),
+        offset: 0,
+    }
+}
+
+/// Both sources in one stream, learning the services from it: each
+/// NtOpenProcess makes a SysCallEnter (routine `SVC_A`) and an audit event
+/// (id 5) at the same return site. The audit observations outnumber the
+/// syscall ones, yet neither source's learned service is the other's: the
+/// syscalls stay `normal` (a shared key space would call them
+/// `stub_mismatch`), and so do the audit events; the audit event's pid and
+/// target come through.
+#[test]
+fn syscall_and_audit_sources_learn_apart_in_one_stream() {
+    let site = NTDLL + 0x1014;
+    let frames = stack_of(&[site, K32 + 0x10, APP + 0x40]);
+    for learning in [Learning::Online, Learning::Deferred] {
+        let mut h = Harness::new(EngineConfig {
+            learning,
+            ..EngineConfig::default()
+        });
+        let mut audit = Vec::new();
+        for i in 0..6u64 {
+            let ts = 1000 + i * 100;
+            let (payload, ext) = audit_open_process(&frames, 788);
+            let mut sink = FnSink(|v: &SyscallVerdict<'_>| {
+                audit.push((
+                    v.verdict,
+                    v.reason,
+                    v.pid,
+                    v.tid,
+                    v.audit.and_then(|a| a.target_pid),
+                    v.service_check.is_some(),
+                ))
+            });
+            h.engine
+                .process(&audit_raw(ts + 50, 77, &payload, &ext), &mut sink);
+            h.engine
+                .process(&audit_raw(ts + 60, 77, &payload, &ext), &mut sink);
+            if i % 2 == 0 {
+                h.syscall(ts, 0, SVC_A);
+                h.stack(ts, 0, PID, 77, &frames);
+            }
+        }
+        h.finish();
+        assert_eq!(audit.len(), 12);
+        for a in &audit {
+            assert_eq!(
+                (a.0, a.1, a.2, a.3, a.4),
+                (Verdict::Normal, None, Some(PID), Some(77), Some(788)),
+                "{learning:?}"
+            );
+        }
+        assert_eq!(h.got.len(), 3);
+        if learning == Learning::Online {
+            for g in &h.got {
+                assert_eq!((g.verdict, g.reason), (Verdict::Normal, None), "{g:?}");
+            }
+        }
+        let s = h.engine.stats();
+        assert_eq!(s.audit_events, 12);
+        assert_eq!(s.verdicts.normal, 15, "{learning:?}: {:?}", s.verdicts);
+        assert_eq!(s.verdicts.indirect, 0);
+    }
+}

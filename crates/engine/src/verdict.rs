@@ -9,10 +9,8 @@ use crate::correlate::{Finish, ParentHook};
 use crate::resolve::Resolver;
 use crate::source::audit::AuditFacts;
 use crate::state::{ModuleKind, ProcessInfo};
-#[allow(unused_imports)] // doc links
-use crate::{Learning, Pairing};
 
-/// A rule-5 decision left open by [`Learning::Deferred`]: the syscall's
+/// A rule-5 decision left open by [`Learning::Deferred`](crate::Learning::Deferred): the syscall's
 /// verdict is the one in [`SyscallVerdict`] when the service learned for
 /// this return site (over the whole input) is its `SysCallAddress`, else
 /// `indirect`/`stub_mismatch`.
@@ -97,13 +95,13 @@ pub struct SyscallVerdict<'a> {
     pub resolver: Resolver<'a>,
     /// `--images`, for evidence (bytes, module hashes).
     pub images: Option<&'a sentry_images::Images>,
-    /// [`Learning::Deferred`] only: rule 5 is still open; `verdict`,
+    /// [`Learning::Deferred`](crate::Learning::Deferred) only: rule 5 is still open; `verdict`,
     /// `reason` and `suppressed` hold the outcome if the stub matches.
     pub service_check: Option<ServiceCheck>,
     /// A Kernel-Audit-API-Calls event: its API, target, access and return
     /// code (`service_address` is then the event id, see
     /// [`SyscallVerdict::audit_api`]).
-    pub audit: Option<AuditFacts>,
+    pub audit: Option<&'a AuditFacts>,
     /// The audit event's target process, from the state.
     pub target: Option<&'a ProcessInfo>,
 }
@@ -127,7 +125,7 @@ impl SyscallVerdict<'_> {
     }
 }
 
-/// A stack paired with a non-syscall parent ([`Pairing::AnyEvent`]).
+/// A stack paired with a non-syscall parent ([`Pairing::AnyEvent`](crate::Pairing::AnyEvent)).
 pub struct StackPair<'a> {
     pub timestamp: u64,
     pub parent: ParentHook,
@@ -146,7 +144,7 @@ pub trait VerdictSink {
     /// A hint, before classification: the next verdict is likely of
     /// process `pid` at call site `call_site` (its first user frame).
     fn prefetch(&mut self, _pid: u32, _call_site: u64) {}
-    /// Only in [`Pairing::AnyEvent`] mode.
+    /// Only in [`Pairing::AnyEvent`](crate::Pairing::AnyEvent) mode.
     fn stack_pair(&mut self, _p: &StackPair<'_>) {}
 }
 

@@ -98,7 +98,7 @@ fn audit_scenarios_match_their_truth() {
             let mut o = Options::new(s);
             o.pointer_size = ps;
             o.compress = compress;
-            o.syscalls = 8000;
+            o.syscalls = 4000;
             let mut truth = Vec::new();
             let (cur, summary) = generate(&o, Cursor::new(Vec::new()), Some(&mut truth)).unwrap();
             let etl = cur.into_inner();

@@ -11,7 +11,7 @@
 //! | 3 | 0 | LinkSourceName, LinkTargetName (UnicodeString), DesiredAccess (UInt32), ReturnCode (UInt32) |
 //! | 4 | 0 | ReturnCode (UInt32) |
 //! | 5 | 0 | TargetProcessId (UInt32), DesiredAccess (UInt32), ReturnCode (UInt32) |
-//! | 6 | 0 | TargetProcessId, TargetThreatId [sic], DesiredAccess, ReturnCode (UInt32 each) |
+//! | 6 | 0 | TargetProcessId, TargetThreatId (sic), DesiredAccess, ReturnCode (UInt32 each) |
 //! | 7, 8 | 0 | DriverName (UnicodeString), ReturnCode (UInt32) |
 //!
 //! A `Pointer` is as wide as the event's pointer size (the header kind:

@@ -14,6 +14,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod audit;
 pub mod driver;
 pub mod error;
 pub mod evidence;
@@ -27,6 +28,7 @@ pub mod view;
 #[cfg(windows)]
 pub mod win;
 
+pub use audit::Source;
 pub use error::LiveError;
 pub use properties::{Buffers, Destination, SessionKind, SessionSpec};
 pub use reorder::{Reorder, ReorderConfig, ReorderStats};

@@ -218,6 +218,9 @@ pub struct SessionSpec {
     pub kind: SessionKind,
     pub destination: Destination,
     pub buffers: Buffers,
+    /// Which events carry the calls (`crate::audit`): the kernel flags and
+    /// whether the Kernel-Audit-API-Calls provider is enabled.
+    pub source: crate::audit::Source,
 }
 
 impl SessionSpec {
@@ -242,7 +245,7 @@ impl SessionSpec {
     /// `TraceSetInformation(TraceSystemTraceEnableFlagsInfo)`, after its
     /// stacks are set.
     pub fn enable_flags(&self) -> u32 {
-        SENTRY_ENABLE_FLAGS
+        self.source.enable_flags()
     }
 }
 
@@ -474,6 +477,7 @@ mod tests {
             kind,
             destination,
             buffers: Buffers::default(),
+            source: Default::default(),
         }
     }
 
@@ -678,6 +682,7 @@ mod tests {
             kind: SessionKind::KernelLogger,
             destination: Destination::File("t.etl".into()),
             buffers: Buffers::for_processors(4, 256, 0),
+            source: Default::default(),
         };
         assert_eq!(s.log_file_mode(), EVENT_TRACE_FILE_MODE_SEQUENTIAL);
     }

@@ -726,10 +726,19 @@ fn coverage_warning(stats: &sentry_engine::EngineStats) -> Option<String> {
     if stats.syscalls == 0 {
         return Some(format!(
             "no SysCallEnter events: this trace was recorded without the SYSCALL kernel flag, \
-             so it cannot show hidden syscalls ({HOW})"
+             so it cannot show hidden syscalls ({HOW}; or the Kernel-Audit-API-Calls \
+             provider with its stacks: docs/audit-api.md)"
         ));
     }
     let with_stack = stats.syscalls - stats.verdicts.no_stack;
+    if with_stack == 0 && stats.audit_events > 0 {
+        return Some(format!(
+            "none of the {} Kernel-Audit-API-Calls events has a stack: the provider was \
+             enabled without EVENT_ENABLE_PROPERTY_STACK_TRACE, so no verdict is possible \
+             (docs/audit-api.md)",
+            stats.syscalls
+        ));
+    }
     if with_stack == 0 {
         return Some(format!(
             "none of the {} syscalls has a stack: stack walking on SysCallEnter was not \
@@ -840,6 +849,12 @@ mod tests {
         stats.verdicts.no_stack = 4;
         stats.verdicts.normal = 1;
         assert_eq!(coverage_warning(&stats), None);
+        // Audit events without their stack item: the enable property is missing.
+        stats.verdicts.no_stack = 5;
+        stats.verdicts.normal = 0;
+        stats.audit_events = 5;
+        let w = coverage_warning(&stats).unwrap();
+        assert!(w.contains("EVENT_ENABLE_PROPERTY_STACK_TRACE"), "{w}");
     }
 
     fn args(files: Vec<PathBuf>, out: PathBuf) -> Args {

@@ -65,6 +65,31 @@ pub struct SessionArgs {
     /// Seconds between status lines on stderr.
     #[arg(long, default_value_t = 5)]
     pub status_seconds: u64,
+    /// Which events carry the calls: syscalls (SysCallEnter with a stack
+    /// walk, every system call), audit (Microsoft-Windows-Kernel-Audit-API-Calls
+    /// with their stacks: NtOpenProcess, NtOpenThread, NtSetContextThread...,
+    /// far fewer events; needs --session private) or both. See
+    /// docs/audit-api.md.
+    #[arg(long, value_enum, default_value = "syscalls")]
+    pub source: SourceChoice,
+}
+
+/// `--source` of `live` and `record`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceChoice {
+    Syscalls,
+    Audit,
+    Both,
+}
+
+impl SourceChoice {
+    fn source(self) -> sentry_live::Source {
+        match self {
+            SourceChoice::Syscalls => sentry_live::Source::Syscalls,
+            SourceChoice::Audit => sentry_live::Source::Audit,
+            SourceChoice::Both => sentry_live::Source::Both,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -145,15 +170,27 @@ impl SessionArgs {
             buffers.maximum = m;
         }
         buffers.maximum = buffers.maximum.max(buffers.minimum);
+        let source = self.source.source();
+        source.check(&kind).map_err(|e| anyhow::anyhow!(e))?;
         Ok(sentry_live::SessionSpec {
             kind,
             destination,
             buffers,
+            source,
         })
     }
 
+    /// Kernel events with stack walks: SysCallEnter only for the syscall
+    /// source (audit events carry their own stacks).
     fn stacks(&self) -> Vec<sentry_live::properties::ClassicEventId> {
-        sentry_live::properties::stack_events(self.image_load_stacks, self.process_start_stacks)
+        let mut v = sentry_live::properties::stack_events(
+            self.image_load_stacks,
+            self.process_start_stacks,
+        );
+        if !self.source.source().syscalls() {
+            v.retain(|e| *e != sentry_live::properties::SYSCALL_ENTER);
+        }
+        v
     }
 
     fn duration(&self) -> anyhow::Result<Option<std::time::Duration>> {

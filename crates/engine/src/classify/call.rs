@@ -39,7 +39,7 @@ impl TallyKey {
     /// `open`: `None` when decided without the table (both names known),
     /// else (verdict if the stub matches, its allowlist entry, the
     /// `stub_mismatch` alternative's entry). Entries are below
-    /// [`Allowlist::MAX_ENTRIES`], so each fits in 24 bits.
+    /// [`crate::Allowlist::MAX_ENTRIES`], so each fits in 24 bits.
     fn new(
         kind: ModuleKind,
         offset: u64,
@@ -108,7 +108,7 @@ impl Engine {
         stack_all: &[u64],
         finish: Finish,
         sink: &mut dyn VerdictSink,
-        audit: Option<AuditFacts>,
+        audit: Option<&AuditFacts>,
     ) {
         let StackedCall {
             ts,

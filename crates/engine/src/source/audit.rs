@@ -151,7 +151,7 @@ impl Engine {
             tid: ev.tid.unwrap_or(u32::MAX),
         };
         let facts = AuditFacts::of(&a);
-        self.emit_call(pair, &frames, Finish::Complete, sink, Some(facts));
+        self.emit_call(pair, &frames, Finish::Complete, sink, Some(&facts));
         self.stack_buf = frames;
     }
 }

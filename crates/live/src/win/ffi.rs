@@ -5,6 +5,7 @@
 //! APIs: [StartTraceW](https://learn.microsoft.com/windows/win32/api/evntrace/nf-evntrace-starttracew),
 //! [ControlTraceW](https://learn.microsoft.com/windows/win32/api/evntrace/nf-evntrace-controltracew),
 //! [TraceSetInformation](https://learn.microsoft.com/windows/win32/api/evntrace/nf-evntrace-tracesetinformation),
+//! [EnableTraceEx2](https://learn.microsoft.com/windows/win32/api/evntrace/nf-evntrace-enabletraceex2),
 //! [OpenTraceW](https://learn.microsoft.com/windows/win32/api/evntrace/nf-evntrace-opentracew),
 //! [ProcessTrace](https://learn.microsoft.com/windows/win32/api/evntrace/nf-evntrace-processtrace),
 //! [CloseTrace](https://learn.microsoft.com/windows/win32/api/evntrace/nf-evntrace-closetrace),
@@ -34,8 +35,9 @@ use windows::Win32::System::Console::{
 };
 use windows::Win32::System::Diagnostics::Debug::ReadProcessMemory;
 use windows::Win32::System::Diagnostics::Etw::{
-    CloseTrace, ControlTraceW, OpenTraceW, ProcessTrace, StartTraceW, TraceSetInformation,
-    CLASSIC_EVENT_ID, CONTROLTRACE_HANDLE, EVENT_RECORD, EVENT_TRACE_CONTROL_QUERY,
+    CloseTrace, ControlTraceW, EnableTraceEx2, OpenTraceW, ProcessTrace, StartTraceW,
+    TraceSetInformation, CLASSIC_EVENT_ID, CONTROLTRACE_HANDLE, ENABLE_TRACE_PARAMETERS,
+    ENABLE_TRACE_PARAMETERS_VERSION_2, EVENT_RECORD, EVENT_TRACE_CONTROL_QUERY,
     EVENT_TRACE_CONTROL_STOP, EVENT_TRACE_LOGFILEW, EVENT_TRACE_PROPERTIES, PROCESSTRACE_HANDLE,
     PROCESS_TRACE_MODE_EVENT_RECORD, PROCESS_TRACE_MODE_RAW_TIMESTAMP,
     PROCESS_TRACE_MODE_REAL_TIME, TRACE_QUERY_INFO_CLASS, WNODE_HEADER,
@@ -201,6 +203,45 @@ pub fn set_information(session: u64, class: i32, bytes: &[u8]) -> Result<(), u32
             TRACE_QUERY_INFO_CLASS(class),
             info.as_ptr(),
             len,
+        )
+    };
+    if err.0 == 0 {
+        Ok(())
+    } else {
+        Err(err.0)
+    }
+}
+
+/// `EnableTraceEx2(EVENT_CONTROL_CODE_ENABLE_PROVIDER)` on a session
+/// handle: the provider at `e.level` with `e.enable_property` (for the
+/// Kernel-Audit-API-Calls source, `EVENT_ENABLE_PROPERTY_STACK_TRACE`).
+pub fn enable_provider(session: u64, e: &crate::audit::ProviderEnable) -> Result<(), u32> {
+    let g = e.provider;
+    let provider = GUID {
+        data1: g.data1,
+        data2: g.data2,
+        data3: g.data3,
+        data4: g.data4,
+    };
+    let params = ENABLE_TRACE_PARAMETERS {
+        Version: ENABLE_TRACE_PARAMETERS_VERSION_2,
+        EnableProperty: e.enable_property,
+        ..Default::default()
+    };
+    // SAFETY: `provider` and `params` live on this stack frame for the
+    // whole call, are properly aligned and initialised (no filter
+    // descriptors: `EnableFilterDesc` null, `FilterDescCount` 0); Windows
+    // only reads them.
+    let err = unsafe {
+        EnableTraceEx2(
+            CONTROLTRACE_HANDLE { Value: session },
+            &provider,
+            crate::audit::EVENT_CONTROL_CODE_ENABLE_PROVIDER,
+            e.level,
+            e.match_any,
+            e.match_all,
+            0,
+            Some(&params),
         )
     };
     if err.0 == 0 {

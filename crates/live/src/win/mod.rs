@@ -25,7 +25,7 @@ pub use crate::driver::{LiveOutcome, LiveSink};
 use crate::error::{LiveError, ERROR_ALREADY_EXISTS, ERROR_WMI_INSTANCE_NOT_FOUND};
 use crate::properties::{
     group_mask_bytes, stack_tracing_bytes, ClassicEventId, PropertiesBlock, SessionCounters,
-    SessionKind, SessionSpec, SENTRY_ENABLE_FLAGS,
+    SessionKind, SessionSpec,
 };
 use crate::reorder::ReorderConfig;
 use crate::ring::RingProducer;
@@ -51,6 +51,7 @@ impl Session {
     ) -> Result<Session, LiveError> {
         let name = spec.kind.name().to_string();
         spec.kind.check().map_err(LiveError::Other)?;
+        spec.source.check(&spec.kind).map_err(LiveError::Other)?;
         let block = PropertiesBlock::for_start(spec);
         let handle = match ffi::start_trace(&name, &block) {
             Ok(h) => h,
@@ -95,11 +96,23 @@ impl Session {
             ffi::set_information(
                 handle,
                 TRACE_SYSTEM_TRACE_ENABLE_FLAGS_INFO,
-                &group_mask_bytes(SENTRY_ENABLE_FLAGS),
+                &group_mask_bytes(spec.enable_flags()),
             )
             .map_err(|code| {
                 LiveError::from_code("TraceSetInformation(flags)", &session.name, code)
             })?;
+        }
+        // The audit source: the provider on this same session, with stacks.
+        if spec.source.audit() {
+            ffi::enable_provider(handle, &crate::audit::ProviderEnable::audit_api()).map_err(
+                |code| {
+                    LiveError::from_code(
+                        "EnableTraceEx2(Microsoft-Windows-Kernel-Audit-API-Calls)",
+                        &session.name,
+                        code,
+                    )
+                },
+            )?;
         }
         Ok(session)
     }
@@ -394,6 +407,7 @@ mod tests {
             kind: SessionKind::Private { name: name.clone() },
             destination: Destination::RealTime,
             buffers: Buffers::default(),
+            source: Default::default(),
         };
         let result = Session::start(&spec, &stack_events(false, false), false);
         match result {
