@@ -197,10 +197,22 @@ fn the_audit_source_finds_the_same_opens_with_far_fewer_events() {
 #[test]
 fn audit_ecs_documents_use_ecs_fields() {
     const FIELDS: &str = include_str!("data/ecs-9.4.0-fields-subset.csv");
+    const ELASTIC_FIELDS: &str =
+        include_str!("../../engine/tests/data/elastic-endpoint-call-stack-fields.json");
     let fields: std::collections::BTreeSet<&str> = FIELDS
         .lines()
         .skip(1)
         .filter_map(|l| l.split(',').nth(3))
+        .collect();
+    // Elastic Defend's call-stack fields (process.Ext, process.thread.Ext):
+    // defined by the endpoint package, not ECS (tests/elastic_fields.rs
+    // checks their types).
+    let elastic: Value = serde_json::from_str(ELASTIC_FIELDS).unwrap();
+    let elastic: std::collections::BTreeSet<&str> = elastic["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
         .collect();
     fn leaves(prefix: &str, v: &Value, out: &mut Vec<String>) {
         match v {
@@ -234,8 +246,10 @@ fn audit_ecs_documents_use_ecs_fields() {
             leaves("", &d, &mut names);
             for n in &names {
                 assert!(
-                    n.starts_with("syscall_sentry.") || fields.contains(n.as_str()),
-                    "{n} is not an ECS field: {d}"
+                    n.starts_with("syscall_sentry.")
+                        || fields.contains(n.as_str())
+                        || elastic.contains(n.as_str()),
+                    "{n} is neither an ECS nor an Elastic endpoint field: {d}"
                 );
             }
             assert!(d["syscall_sentry"]["api"].is_string(), "{d}");
