@@ -91,6 +91,9 @@ pub struct Args {
     /// live process (ReadProcessMemory).
     #[arg(long)]
     pub no_read_memory: bool,
+    /// ECS `host.name` of the alerts (default: this machine's DNS host name).
+    #[arg(long, value_name = "NAME")]
+    pub host: Option<String>,
     #[command(flatten)]
     pub report: ReportArgs,
 }
@@ -213,6 +216,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     args.session.duration()?;
     let spec = args.session.spec(sentry_live::Destination::RealTime, 1)?;
     reorder_lag(&args, &spec)?;
+    host_name(args.host.as_deref(), || None)?;
     let _ = (args.session.stacks(), args.ring_mb);
     anyhow::bail!(NEEDS_WINDOWS)
 }
@@ -224,6 +228,61 @@ pub fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         .spec(sentry_live::Destination::File(String::new()), 1)?;
     let _ = (args.out, args.session.stacks());
     anyhow::bail!(NEEDS_WINDOWS)
+}
+
+/// The end-of-run warning when the run lost events (session `EventsLost` /
+/// `RealTimeBuffersLost`, ring drops, reorder overflow or late events),
+/// shown on stderr even with `-q`, as `analyze` does for a damaged trace.
+/// `unresolved`: syscalls left without an alert because of it.
+#[cfg_attr(not(windows), allow(dead_code))]
+pub fn loss_warning(t: &sentry_live::LiveTotals, unresolved: u64) -> Option<String> {
+    let parts: Vec<String> = [
+        (
+            t.events_lost,
+            "events the session could not log (EventsLost)",
+        ),
+        (
+            t.real_time_buffers_lost,
+            "buffers not delivered (RealTimeBuffersLost)",
+        ),
+        (
+            t.ring_drops,
+            "events dropped at the callback (ring full: --ring-mb)",
+        ),
+        (
+            t.reorder_overflow,
+            "events let go unordered (reorder memory full: --reorder-mb)",
+        ),
+        (
+            t.reorder_late,
+            "events later than the reorder lag (--reorder-lag-ms)",
+        ),
+    ]
+    .into_iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, what)| format!("{n} {what}"))
+    .collect();
+    if parts.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "events were lost: {} (flooding ETW is also a way to hide): syscalls and state may be \
+         missing, alerts carry \"trace_incomplete\", {unresolved} syscalls left unresolved",
+        parts.join(", ")
+    ))
+}
+
+/// ECS `host.name`: `--host` if given (not empty), else the machine's name
+/// (`None` when it cannot be read: the field is then left out).
+fn host_name(
+    arg: Option<&str>,
+    machine: impl FnOnce() -> Option<String>,
+) -> anyhow::Result<Option<String>> {
+    match arg {
+        Some(h) if h.trim().is_empty() => anyhow::bail!("--host: empty name"),
+        Some(h) => Ok(Some(h.to_string())),
+        None => Ok(machine().filter(|m| !m.trim().is_empty())),
+    }
 }
 
 /// The reordering lag, checked against the session's flush interval.
@@ -348,8 +407,10 @@ mod windows_impl {
         }
         fn events_missing(&mut self, from: u64, to: u64, cause: &str) {
             // Alerts whose module map the gap may have changed become
-            // `unresolved` (docs/verdicts.md).
+            // `unresolved` (docs/verdicts.md); those that stand from now on
+            // say the trace is incomplete.
             self.engine.note_events_missing(from, to, cause);
+            self.verdicts.report.set_trace_incomplete(true);
         }
     }
 
@@ -384,6 +445,7 @@ mod windows_impl {
         let processors = win::processor_count();
         let spec = args.session.spec(Destination::RealTime, processors)?;
         let lag_ms = super::reorder_lag(&args, &spec)?;
+        let host = super::host_name(args.host.as_deref(), win::computer_name)?;
         let system_dlls = system_dlls(&args)?;
         // An elevated token holds SeDebugPrivilege disabled; reading other
         // processes' memory and the kernel's module bases need it enabled.
@@ -432,6 +494,7 @@ mod windows_impl {
                     until: None,
                 },
                 immediate: true,
+                host,
                 ..ReportConfig::default()
             },
             Box::new(shared.clone()),
@@ -484,6 +547,15 @@ mod windows_impl {
         let stats = engine.finish(&mut verdicts);
         verdicts.report.finish(&engine).context("writing output")?;
         let alerts = verdicts.report.alert_count();
+        // Always shown, even with --quiet: a run that lost events is not
+        // "clean" when it found nothing.
+        let loss = result
+            .as_ref()
+            .ok()
+            .and_then(|o| super::loss_warning(&o.totals, stats.verdicts.unresolved));
+        if let Some(w) = &loss {
+            eprintln!("syscall-sentry: warning: {w}");
+        }
         if !args.report.quiet {
             let mut t = verdicts.report.summary_table();
             t.push_str(&report::stats_text(
@@ -514,11 +586,7 @@ mod windows_impl {
         shared.0.borrow_mut().flush()?;
         win::outputs_flushed();
         result.map_err(explain)?;
-        Ok(if alerts > 0 {
-            ExitCode::from(1)
-        } else {
-            ExitCode::SUCCESS
-        })
+        Ok(crate::exit::of(alerts > 0, loss.is_some()))
     }
 
     pub fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
@@ -675,6 +743,57 @@ mod tests {
         fn live_duration_err(&self) -> bool {
             matches!(self, C::Live(a) if a.session.duration().is_err())
         }
+    }
+
+    #[test]
+    fn loss_is_named_in_the_warning() {
+        let mut t = sentry_live::LiveTotals::default();
+        assert_eq!(loss_warning(&t, 0), None, "no loss, no warning");
+        t.events = 1000;
+        t.external_stops = 1;
+        assert_eq!(loss_warning(&t, 0), None, "an outside stop is not loss");
+        t.events_lost = 7;
+        t.reorder_late = 3;
+        let w = loss_warning(&t, 2).unwrap();
+        assert!(
+            w.contains("7 events the session could not log (EventsLost)"),
+            "{w}"
+        );
+        assert!(w.contains("3 events later than the reorder lag"), "{w}");
+        assert!(
+            w.contains("trace_incomplete") && w.contains("2 syscalls left unresolved"),
+            "{w}"
+        );
+        assert!(!w.contains("ring"), "{w}");
+        for f in [
+            |t: &mut sentry_live::LiveTotals| t.real_time_buffers_lost = 1,
+            |t: &mut sentry_live::LiveTotals| t.ring_drops = 1,
+            |t: &mut sentry_live::LiveTotals| t.reorder_overflow = 1,
+        ] {
+            let mut t = sentry_live::LiveTotals::default();
+            f(&mut t);
+            assert!(loss_warning(&t, 0).is_some());
+        }
+    }
+
+    #[test]
+    fn host_name_is_the_override_or_the_machine() {
+        let t = T::try_parse_from(["x", "live", "--host", "ws-17"]).unwrap();
+        let C::Live(a) = t.c else { panic!() };
+        assert_eq!(
+            host_name(a.host.as_deref(), || Some("machine".into())).unwrap(),
+            Some("ws-17".into())
+        );
+        assert_eq!(
+            host_name(None, || Some("machine".into())).unwrap(),
+            Some("machine".into())
+        );
+        assert_eq!(host_name(None, || None).unwrap(), None);
+        assert_eq!(host_name(None, || Some(" ".into())).unwrap(), None);
+        assert!(host_name(Some(""), || None)
+            .unwrap_err()
+            .to_string()
+            .contains("empty"));
     }
 
     #[test]
