@@ -76,9 +76,10 @@ pub struct Args {
     pub ring_mb: usize,
     /// How long events are held to put them back into time order (ETW
     /// delivers each processor's buffers when they are flushed); must exceed
-    /// --flush-ms.
-    #[arg(long, value_name = "MS", default_value_t = sentry_live::reorder::DEFAULT_LAG_MS)]
-    pub reorder_lag_ms: u64,
+    /// the flush interval (default: 4 flush intervals, 1000 ms; 4000 on
+    /// Windows 7, whose flush is 1 s).
+    #[arg(long, value_name = "MS")]
+    pub reorder_lag_ms: Option<u64>,
     /// Memory for events held for reordering, in MiB; past it the oldest go
     /// on early (counted as "reorder overflow").
     #[arg(long, value_name = "MIB", default_value_t = 128)]
@@ -127,11 +128,13 @@ fn session_kind(choice: SessionChoice, name: &str) -> sentry_live::SessionKind {
 }
 
 impl SessionArgs {
-    /// The session for a host with `processors` logical processors.
+    /// The session for a host with `processors` logical processors running
+    /// Windows `os` (major, minor; see [`sentry_live::Buffers::for_os`]).
     fn spec(
         &self,
         destination: sentry_live::Destination,
         processors: u32,
+        os: (u32, u32),
     ) -> anyhow::Result<sentry_live::SessionSpec> {
         let kind = session_kind(self.session, &self.session_name);
         kind.check().map_err(|e| anyhow::anyhow!(e))?;
@@ -148,6 +151,7 @@ impl SessionArgs {
             buffers.maximum = m;
         }
         buffers.maximum = buffers.maximum.max(buffers.minimum);
+        let buffers = buffers.for_os(os.0, os.1);
         Ok(sentry_live::SessionSpec {
             kind,
             destination,
@@ -214,7 +218,9 @@ pub fn evidence_json(
 #[cfg(not(windows))]
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     args.session.duration()?;
-    let spec = args.session.spec(sentry_live::Destination::RealTime, 1)?;
+    let spec = args
+        .session
+        .spec(sentry_live::Destination::RealTime, 1, OS_OFF_WINDOWS)?;
     reorder_lag(&args, &spec)?;
     host_name(args.host.as_deref(), || None)?;
     let _ = (args.session.stacks(), args.ring_mb);
@@ -224,8 +230,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 #[cfg(not(windows))]
 pub fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
     args.session.duration()?;
-    args.session
-        .spec(sentry_live::Destination::File(String::new()), 1)?;
+    args.session.spec(
+        sentry_live::Destination::File(String::new()),
+        1,
+        OS_OFF_WINDOWS,
+    )?;
     let _ = (args.out, args.session.stacks());
     anyhow::bail!(NEEDS_WINDOWS)
 }
@@ -287,17 +296,27 @@ fn host_name(
 
 /// The reordering lag, checked against the session's flush interval.
 fn reorder_lag(args: &Args, spec: &sentry_live::SessionSpec) -> anyhow::Result<u64> {
-    let flush = u64::from(spec.buffers.flush_ms);
-    if flush == 0 || args.reorder_lag_ms <= flush {
+    let flush = spec.buffers.flush_ms;
+    let lag = args
+        .reorder_lag_ms
+        .unwrap_or_else(|| sentry_live::reorder::default_lag_ms(flush));
+    if flush == 0 || lag <= u64::from(flush) {
+        let whole = if spec.buffers.ms_flush_timer {
+            ""
+        } else {
+            ", in whole seconds on this Windows version"
+        };
         anyhow::bail!(
-            "--reorder-lag-ms {} must exceed the flush interval (--flush-ms {}): a quiet \
-             processor's events arrive up to one flush interval late",
-            args.reorder_lag_ms,
-            flush
+            "--reorder-lag-ms {lag} must exceed the flush interval ({flush} ms{whole}): a quiet \
+             processor's events arrive up to one flush interval late"
         );
     }
-    Ok(args.reorder_lag_ms)
+    Ok(lag)
 }
+
+/// Windows 10 for the checks off Windows.
+#[cfg(not(windows))]
+const OS_OFF_WINDOWS: (u32, u32) = (10, 0);
 
 #[cfg(not(windows))]
 pub fn stop(args: StopArgs) -> anyhow::Result<ExitCode> {
@@ -443,7 +462,9 @@ mod windows_impl {
         let allowlist = args.report.allowlist()?;
         let duration = args.session.duration()?;
         let processors = win::processor_count();
-        let spec = args.session.spec(Destination::RealTime, processors)?;
+        let spec = args
+            .session
+            .spec(Destination::RealTime, processors, win::os_version())?;
         let lag_ms = super::reorder_lag(&args, &spec)?;
         let host = super::host_name(args.host.as_deref(), win::computer_name)?;
         let system_dlls = system_dlls(&args)?;
@@ -596,6 +617,7 @@ mod windows_impl {
             spec: args.session.spec(
                 Destination::File(path.to_string_lossy().into_owned()),
                 win::processor_count(),
+                win::os_version(),
             )?,
             stacks: args.session.stacks(),
             force: args.session.force,
@@ -665,7 +687,7 @@ mod tests {
         let C::Live(a) = t.c else { panic!() };
         let spec = a
             .session
-            .spec(sentry_live::Destination::RealTime, 8)
+            .spec(sentry_live::Destination::RealTime, 8, (10, 0))
             .unwrap();
         assert_eq!(spec.kind, sentry_live::SessionKind::KernelLogger);
         assert_eq!(spec.buffers, sentry_live::Buffers::default());
@@ -673,7 +695,7 @@ mod tests {
         assert_eq!(reorder_lag(&a, &spec).unwrap(), 1000);
         let spec32 = a
             .session
-            .spec(sentry_live::Destination::RealTime, 32)
+            .spec(sentry_live::Destination::RealTime, 32, (10, 0))
             .unwrap();
         assert_eq!(spec32.buffers.minimum, 64, "2 per processor");
         assert_eq!(a.session.stacks().len(), 2);
@@ -698,7 +720,7 @@ mod tests {
         let C::Record(r) = t.c else { panic!() };
         let spec = r
             .session
-            .spec(sentry_live::Destination::File("t.etl".into()), 4)
+            .spec(sentry_live::Destination::File("t.etl".into()), 4, (10, 0))
             .unwrap();
         assert_eq!(spec.kind.name(), "mine");
         assert_eq!(spec.buffers.buffer_kb, 256);
@@ -706,11 +728,19 @@ mod tests {
         assert_eq!(spec.log_file_mode(), 0x0200_0001);
 
         // A lag not longer than the flush interval is refused.
-        let t = T::try_parse_from(["x", "live", "--flush-ms", "1000"]).unwrap();
+        let t = T::try_parse_from([
+            "x",
+            "live",
+            "--flush-ms",
+            "1000",
+            "--reorder-lag-ms",
+            "1000",
+        ])
+        .unwrap();
         let C::Live(a) = t.c else { panic!() };
         let spec = a
             .session
-            .spec(sentry_live::Destination::RealTime, 2)
+            .spec(sentry_live::Destination::RealTime, 2, (10, 0))
             .unwrap();
         assert!(reorder_lag(&a, &spec)
             .unwrap_err()
@@ -723,7 +753,7 @@ mod tests {
         let C::Live(a) = t.c else { panic!() };
         let e = a
             .session
-            .spec(sentry_live::Destination::RealTime, 2)
+            .spec(sentry_live::Destination::RealTime, 2, (10, 0))
             .unwrap_err();
         assert!(e.to_string().contains("limited to 1023"), "{e}");
 
@@ -743,6 +773,33 @@ mod tests {
         fn live_duration_err(&self) -> bool {
             matches!(self, C::Live(a) if a.session.duration().is_err())
         }
+    }
+
+    #[test]
+    fn windows_7_gets_a_1_s_flush_and_a_longer_lag() {
+        let t = T::try_parse_from(["x", "live"]).unwrap();
+        let C::Live(a) = t.c else { panic!() };
+        let win7 = a
+            .session
+            .spec(sentry_live::Destination::RealTime, 4, (6, 1))
+            .unwrap();
+        assert_eq!(win7.buffers.flush_ms, 1000);
+        assert_eq!(win7.log_file_mode() & 0x10, 0, "no ms flush timer flag");
+        assert_eq!(reorder_lag(&a, &win7).unwrap(), 4000, "4 flush intervals");
+        let win10 = a
+            .session
+            .spec(sentry_live::Destination::RealTime, 4, (10, 0))
+            .unwrap();
+        assert_eq!(reorder_lag(&a, &win10).unwrap(), 1000);
+        // A lag given for a 250 ms flush is too short for Windows 7's 1 s.
+        let t = T::try_parse_from(["x", "live", "--reorder-lag-ms", "800"]).unwrap();
+        let C::Live(a) = t.c else { panic!() };
+        assert_eq!(reorder_lag(&a, &win10).unwrap(), 800);
+        let e = reorder_lag(&a, &win7).unwrap_err().to_string();
+        assert!(
+            e.contains("must exceed") && e.contains("whole seconds"),
+            "{e}"
+        );
     }
 
     #[test]

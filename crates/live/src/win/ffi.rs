@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use sentry_raw::{Clock, Guid};
 use windows::core::w;
 use windows::core::{BOOL, GUID, PCWSTR, PWSTR};
+use windows::Wdk::System::SystemServices::RtlGetVersion;
 use windows::Win32::Foundation::{CloseHandle, GetLastError, HANDLE, LUID};
 use windows::Win32::Security::{
     AdjustTokenPrivileges, LookupPrivilegeValueW, LUID_AND_ATTRIBUTES, SE_PRIVILEGE_ENABLED,
@@ -44,7 +45,7 @@ use windows::Win32::System::Performance::{QueryPerformanceCounter, QueryPerforma
 use windows::Win32::System::ProcessStatus::{EnumDeviceDrivers, GetDeviceDriverFileNameW};
 use windows::Win32::System::SystemInformation::{
     ComputerNameDnsHostname, GetComputerNameExW, GetSystemDirectoryW,
-    GetSystemTimePreciseAsFileTime, GetSystemWow64DirectoryW,
+    GetSystemTimePreciseAsFileTime, GetSystemWow64DirectoryW, OSVERSIONINFOW,
 };
 use windows::Win32::System::Threading::{
     GetActiveProcessorCount, GetCurrentProcess, OpenProcess, OpenProcessToken,
@@ -565,6 +566,25 @@ pub fn system_directory() -> Option<PathBuf> {
 pub fn syswow64_directory() -> Option<PathBuf> {
     // SAFETY: the buffer and its length are passed together by the binding.
     directory(|b| unsafe { GetSystemWow64DirectoryW(Some(b)) })
+}
+
+/// The Windows version (major, minor) from
+/// [RtlGetVersion](https://learn.microsoft.com/windows-hardware/drivers/ddi/wdm/nf-wdm-rtlgetversion),
+/// which, unlike `GetVersionExW`, is not capped at 6.2 for programs without
+/// a compatibility manifest. `(0, 0)` if it fails (treated as old: the
+/// flush timer then goes in seconds, which every version reads correctly).
+pub fn os_version() -> (u32, u32) {
+    let mut v = OSVERSIONINFOW {
+        dwOSVersionInfoSize: size_of::<OSVERSIONINFOW>() as u32,
+        ..Default::default()
+    };
+    // SAFETY: `v` is a valid OSVERSIONINFOW with its size set, as required.
+    let status = unsafe { RtlGetVersion(&mut v) };
+    if status.is_ok() {
+        (v.dwMajorVersion, v.dwMinorVersion)
+    } else {
+        (0, 0)
+    }
 }
 
 /// This machine's DNS host name (ECS `host.name` of live alerts), from
