@@ -45,12 +45,13 @@ pub struct SessionArgs {
     /// ETW buffer size in KB.
     #[arg(long, default_value_t = sentry_live::properties::DEFAULT_BUFFER_KB)]
     pub buffer_kb: u32,
-    /// Minimum ETW buffers (default: 2 per processor, at least 16).
-    #[arg(long)]
+    /// Minimum ETW buffers (default: 2 per processor, at least 16; ETW
+    /// needs at least 2 per processor).
+    #[arg(long, value_name = "N")]
     pub min_buffers: Option<u32>,
-    /// Maximum ETW buffers (default: the minimum plus 4 per processor, at
-    /// least 64 more; 512 MiB in all at most).
-    #[arg(long)]
+    /// Maximum ETW buffers, for bursts (default: the minimum plus 4 per
+    /// processor, at least 64 more; 512 MiB in all at most).
+    #[arg(long, value_name = "N")]
     pub max_buffers: Option<u32>,
     /// Milliseconds between buffer flushes (default: 250 for live; none for
     /// record, whose buffers are written when full).
@@ -113,6 +114,7 @@ pub struct StopArgs {
     /// kernel: "NT Kernel Logger"; private: --session-name.
     #[arg(long, value_enum, default_value = "kernel")]
     pub session: SessionChoice,
+    /// Name of the private session to stop.
     #[arg(long, default_value = "syscall-sentry")]
     pub session_name: String,
 }
@@ -831,6 +833,20 @@ mod tests {
             f(&mut t);
             assert!(loss_warning(&t, 0).is_some());
         }
+    }
+
+    #[test]
+    fn every_option_has_help_text() {
+        use clap::CommandFactory;
+        let mut missing = Vec::new();
+        for sub in T::command().get_subcommands() {
+            for a in sub.get_arguments() {
+                if a.get_help().is_none() && a.get_id() != "help" {
+                    missing.push(format!("{} --{}", sub.get_name(), a.get_id()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "options without help: {missing:?}");
     }
 
     #[test]
