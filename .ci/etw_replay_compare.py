@@ -7,6 +7,9 @@
                                 stack exists)
   alerts LIVE ANALYZE           the final alert of each key equals analyze's
                                 (fields that depend on the clock left out)
+  lossy LIVE_ECS ANALYZE        `live --format ecs` after event loss: every
+                                alert is one analyze raised on the intact
+                                trace, carries trace_incomplete and host.name
   calls LOG CHECK...            assertions on the harness's call log
 """
 import json
@@ -90,6 +93,28 @@ def alerts(live, analyze):
     print(f"  {len(a)} alerts equal analyze's")
 
 
+def lossy(live, analyze):
+    theirs = {alert_key(v) for v in lines(analyze) if v.get("type") == "alert"}
+    ours = [v for v in lines(live) if v.get("event", {}).get("kind") == "alert"]
+    if not ours:
+        sys.exit(f"{live}: no ECS alerts")
+    for v in ours:
+        x = v["syscall_sentry"]
+        k = (v["process"].get("pid"), x.get("call_site"), x.get("verdict"), x.get("reason"))
+        if k not in theirs:
+            sys.exit(f"{live}: alert {k} is not one analyze raised on the intact trace")
+        if not v.get("host", {}).get("name"):
+            sys.exit(f"{live}: alert {k} without host.name")
+    final = {}
+    for v in ours:
+        final[(v["process"].get("pid"), v["syscall_sentry"].get("call_site"))] = v
+    bad = [k for k, v in final.items() if v["syscall_sentry"].get("trace_incomplete") is not True]
+    if bad:
+        sys.exit(f"{live}: {len(bad)} final alerts without trace_incomplete, e.g. {bad[0]}")
+    print(f"  {len(ours)} alert lines ({len(final)} keys), all raised by analyze on the intact trace, "
+          f"all with host.name {ours[0]['host']['name']!r}, final ones with trace_incomplete")
+
+
 def calls(log, checks):
     c = lines(log)
 
@@ -109,6 +134,10 @@ def calls(log, checks):
         elif kind == "start-status":  # some StartTraceW returned this
             if not of("StartTraceW", status=int(arg)):
                 sys.exit(f"{log}: no StartTraceW returned {arg}")
+        elif kind == "seconds-flush":  # Windows 7: FlushTimer N seconds, no ms flag
+            for x in of("StartTraceW", status=0):
+                if x["flush_timer"] != int(arg) or x["log_file_mode"] & 0x10:
+                    sys.exit(f"{log}: flush {x['flush_timer']} mode {x['log_file_mode']:#x}, expected {arg} s without 0x10")
         elif kind == "no-start":
             if of("StartTraceW"):
                 sys.exit(f"{log}: StartTraceW was called")
@@ -168,4 +197,4 @@ def calls(log, checks):
 
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
-    {"verdicts": verdicts, "alerts": alerts}.get(cmd, lambda *a: calls(a[0], a[1:]))(*args)
+    {"verdicts": verdicts, "alerts": alerts, "lossy": lossy}.get(cmd, lambda *a: calls(a[0], a[1:]))(*args)

@@ -22,9 +22,9 @@ pub const INCOMPLETE: u8 = 3;
 pub const BROKEN_PIPE: u8 = 141;
 
 /// The `--help` text.
-pub const HELP: &str = "Exit codes (analyze): 0 nothing found, input whole; 1 alerts found; \
-2 could not analyse; 3 nothing found, but the input was damaged or incomplete (see the \
-warnings on stderr); 141 the output pipe was closed.";
+pub const HELP: &str = "Exit codes (analyze, live): 0 nothing found, input whole; 1 alerts found; \
+2 could not analyse; 3 nothing found, but the input was damaged or incomplete, or live lost \
+events (see the warnings on stderr); 141 the output pipe was closed.";
 
 /// The code of a finished analysis.
 pub fn of(alerts: bool, incomplete: bool) -> ExitCode {

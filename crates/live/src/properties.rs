@@ -47,9 +47,13 @@ pub const EVENT_TRACE_REAL_TIME_MODE: u32 = 0x0000_0100;
 /// `EVENT_TRACE_SYSTEM_LOGGER_MODE` (Windows 8+): a private session that may
 /// receive kernel events.
 pub const EVENT_TRACE_SYSTEM_LOGGER_MODE: u32 = 0x0200_0000;
-/// `EVENT_TRACE_USE_MS_FLUSH_TIMER` (Windows 8+): `FlushTimer` is in
-/// milliseconds, not seconds
-/// ([Logging Mode Constants](https://learn.microsoft.com/windows/win32/etw/logging-mode-constants)).
+/// `EVENT_TRACE_USE_MS_FLUSH_TIMER`: `FlushTimer` is in milliseconds, not
+/// seconds. Not in the public `evntrace.h` nor in Microsoft Learn's
+/// [Logging Mode Constants](https://learn.microsoft.com/windows/win32/etw/logging-mode-constants)
+/// (which lists no such mode), whose
+/// [EVENT_TRACE_PROPERTIES.FlushTimer](https://learn.microsoft.com/windows/win32/api/evntrace/ns-evntrace-event_trace_properties)
+/// is "how often, in seconds ... The minimum flush time is 1 second". It is
+/// used only where [`Buffers::for_os`] trusts it (Windows 8 and later).
 pub const EVENT_TRACE_USE_MS_FLUSH_TIMER: u32 = 0x0000_0010;
 
 /// `EVENT_TRACE_FLAG_PROCESS`.
@@ -171,6 +175,9 @@ pub struct Buffers {
     /// which the reordering stage's lag must exceed); 0: no timer, buffers
     /// are written when full (`record`).
     pub flush_ms: u32,
+    /// `FlushTimer` goes in milliseconds with `EVENT_TRACE_USE_MS_FLUSH_TIMER`
+    /// (else in whole seconds, `flush_ms` being a multiple of 1000).
+    pub ms_flush_timer: bool,
 }
 
 /// Default buffer size: 256 KB. A stack walk on every syscall is tens of
@@ -201,6 +208,32 @@ impl Buffers {
             minimum: (u64::from(minimum).min(cap)) as u32,
             maximum: (u64::from(maximum).min(cap)) as u32,
             flush_ms,
+            ms_flush_timer: true,
+        }
+    }
+
+    /// The flush settings for Windows `major.minor`. Windows 7 (6.1) and
+    /// earlier are not trusted with `EVENT_TRACE_USE_MS_FLUSH_TIMER`: Microsoft
+    /// documents `FlushTimer` in seconds only, and a 250 read as seconds
+    /// would hold a quiet processor's events for four minutes. There the
+    /// interval is rounded up to whole seconds (at least 1 s, the documented
+    /// minimum) and written in seconds without the flag; `flush_ms` keeps
+    /// the real interval, so the reordering lag is checked against it.
+    /// Windows 8 (6.2) and later keep the millisecond timer.
+    pub fn for_os(mut self, major: u32, minor: u32) -> Buffers {
+        if (major, minor) < (6, 2) && self.flush_ms != 0 {
+            self.flush_ms = self.flush_ms.div_ceil(1000).max(1).saturating_mul(1000);
+            self.ms_flush_timer = false;
+        }
+        self
+    }
+
+    /// The `FlushTimer` value, in the unit the logging mode says.
+    pub fn flush_timer(&self) -> u32 {
+        if self.ms_flush_timer {
+            self.flush_ms
+        } else {
+            self.flush_ms / 1000
         }
     }
 }
@@ -229,7 +262,7 @@ impl SessionSpec {
             Destination::RealTime => EVENT_TRACE_REAL_TIME_MODE,
             Destination::File(_) => EVENT_TRACE_FILE_MODE_SEQUENTIAL,
         };
-        if self.buffers.flush_ms != 0 {
+        if self.buffers.flush_ms != 0 && self.buffers.ms_flush_timer {
             dest |= EVENT_TRACE_USE_MS_FLUSH_TIMER;
         }
         match self.kind {
@@ -300,7 +333,7 @@ impl PropertiesBlock {
         put_u32(b, offsets::MINIMUM_BUFFERS, spec.buffers.minimum);
         put_u32(b, offsets::MAXIMUM_BUFFERS, spec.buffers.maximum);
         put_u32(b, offsets::LOG_FILE_MODE, spec.log_file_mode());
-        put_u32(b, offsets::FLUSH_TIMER, spec.buffers.flush_ms);
+        put_u32(b, offsets::FLUSH_TIMER, spec.buffers.flush_timer());
         put_u32(b, offsets::ENABLE_FLAGS, spec.enable_flags());
         block
     }
@@ -685,5 +718,42 @@ mod tests {
             source: Default::default(),
         };
         assert_eq!(s.log_file_mode(), EVENT_TRACE_FILE_MODE_SEQUENTIAL);
+    }
+
+    #[test]
+    fn windows_7_flushes_in_whole_seconds_without_the_ms_flag() {
+        let block = |b: Buffers| {
+            let s = SessionSpec {
+                kind: SessionKind::KernelLogger,
+                destination: Destination::RealTime,
+                buffers: b,
+                source: Default::default(),
+            };
+            let p = PropertiesBlock::for_start(&s);
+            (
+                get_u32(&p.bytes, 64),
+                get_u32(&p.bytes, 68),
+                s.buffers.flush_ms,
+            )
+        };
+        let live = Buffers::for_processors(8, 256, DEFAULT_FLUSH_MS);
+        // Windows 8 (6.2), 8.1, 10/11: 250 ms with the flag.
+        for (major, minor) in [(6, 2), (6, 3), (10, 0)] {
+            assert_eq!(block(live.for_os(major, minor)), (0x110, 250, 250));
+        }
+        // Windows 7 (6.1), Vista (6.0): 1 s, written as 1 without the flag
+        // (250 there would be 250 seconds).
+        for (major, minor) in [(6, 1), (6, 0)] {
+            assert_eq!(block(live.for_os(major, minor)), (0x100, 1, 1000));
+        }
+        // Rounded up to whole seconds.
+        let b = Buffers::for_processors(8, 256, 1500).for_os(6, 1);
+        assert_eq!(
+            (b.flush_ms, b.flush_timer(), b.ms_flush_timer),
+            (2000, 2, false)
+        );
+        // record without a timer stays without one.
+        let b = Buffers::for_processors(8, 256, 0).for_os(6, 1);
+        assert_eq!((b.flush_ms, b.flush_timer()), (0, 0));
     }
 }

@@ -77,6 +77,12 @@ pub const DEFAULT_LAG_MS: u64 = 1000;
 /// with a stack walk on every syscall).
 pub const DEFAULT_MAX_BYTES: usize = 128 << 20;
 
+/// The lag for a flush interval when none is given: four intervals (1 s
+/// with the 250 ms flush; 4 s on Windows 7, whose flush is 1 s).
+pub fn default_lag_ms(flush_ms: u32) -> u64 {
+    (u64::from(flush_ms) * 4).max(DEFAULT_LAG_MS)
+}
+
 /// The correlation window `live` gives the engine: at least twice the lag,
 /// so that a syscall whose stack arrives late (but within the lag) is still
 /// pending when the stack comes.

@@ -45,12 +45,13 @@ pub struct SessionArgs {
     /// ETW buffer size in KB.
     #[arg(long, default_value_t = sentry_live::properties::DEFAULT_BUFFER_KB)]
     pub buffer_kb: u32,
-    /// Minimum ETW buffers (default: 2 per processor, at least 16).
-    #[arg(long)]
+    /// Minimum ETW buffers (default: 2 per processor, at least 16; ETW
+    /// needs at least 2 per processor).
+    #[arg(long, value_name = "N")]
     pub min_buffers: Option<u32>,
-    /// Maximum ETW buffers (default: the minimum plus 4 per processor, at
-    /// least 64 more; 512 MiB in all at most).
-    #[arg(long)]
+    /// Maximum ETW buffers, for bursts (default: the minimum plus 4 per
+    /// processor, at least 64 more; 512 MiB in all at most).
+    #[arg(long, value_name = "N")]
     pub max_buffers: Option<u32>,
     /// Milliseconds between buffer flushes (default: 250 for live; none for
     /// record, whose buffers are written when full).
@@ -101,9 +102,10 @@ pub struct Args {
     pub ring_mb: usize,
     /// How long events are held to put them back into time order (ETW
     /// delivers each processor's buffers when they are flushed); must exceed
-    /// --flush-ms.
-    #[arg(long, value_name = "MS", default_value_t = sentry_live::reorder::DEFAULT_LAG_MS)]
-    pub reorder_lag_ms: u64,
+    /// the flush interval (default: 4 flush intervals, 1000 ms; 4000 on
+    /// Windows 7, whose flush is 1 s).
+    #[arg(long, value_name = "MS")]
+    pub reorder_lag_ms: Option<u64>,
     /// Memory for events held for reordering, in MiB; past it the oldest go
     /// on early (counted as "reorder overflow").
     #[arg(long, value_name = "MIB", default_value_t = 128)]
@@ -116,6 +118,9 @@ pub struct Args {
     /// live process (ReadProcessMemory).
     #[arg(long)]
     pub no_read_memory: bool,
+    /// ECS `host.name` of the alerts (default: this machine's DNS host name).
+    #[arg(long, value_name = "NAME")]
+    pub host: Option<String>,
     #[command(flatten)]
     pub report: ReportArgs,
 }
@@ -134,6 +139,7 @@ pub struct StopArgs {
     /// kernel: "NT Kernel Logger"; private: --session-name.
     #[arg(long, value_enum, default_value = "kernel")]
     pub session: SessionChoice,
+    /// Name of the private session to stop.
     #[arg(long, default_value = "syscall-sentry")]
     pub session_name: String,
 }
@@ -149,11 +155,13 @@ fn session_kind(choice: SessionChoice, name: &str) -> sentry_live::SessionKind {
 }
 
 impl SessionArgs {
-    /// The session for a host with `processors` logical processors.
+    /// The session for a host with `processors` logical processors running
+    /// Windows `os` (major, minor; see [`sentry_live::Buffers::for_os`]).
     fn spec(
         &self,
         destination: sentry_live::Destination,
         processors: u32,
+        os: (u32, u32),
     ) -> anyhow::Result<sentry_live::SessionSpec> {
         let kind = session_kind(self.session, &self.session_name);
         kind.check().map_err(|e| anyhow::anyhow!(e))?;
@@ -172,6 +180,7 @@ impl SessionArgs {
         buffers.maximum = buffers.maximum.max(buffers.minimum);
         let source = self.source.source();
         source.check(&kind).map_err(|e| anyhow::anyhow!(e))?;
+        let buffers = buffers.for_os(os.0, os.1);
         Ok(sentry_live::SessionSpec {
             kind,
             destination,
@@ -248,8 +257,11 @@ pub fn evidence_json(
 #[cfg(not(windows))]
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     args.session.duration()?;
-    let spec = args.session.spec(sentry_live::Destination::RealTime, 1)?;
+    let spec = args
+        .session
+        .spec(sentry_live::Destination::RealTime, 1, OS_OFF_WINDOWS)?;
     reorder_lag(&args, &spec)?;
+    host_name(args.host.as_deref(), || None)?;
     let _ = (args.session.stacks(), args.ring_mb);
     anyhow::bail!(NEEDS_WINDOWS)
 }
@@ -257,25 +269,93 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 #[cfg(not(windows))]
 pub fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
     args.session.duration()?;
-    args.session
-        .spec(sentry_live::Destination::File(String::new()), 1)?;
+    args.session.spec(
+        sentry_live::Destination::File(String::new()),
+        1,
+        OS_OFF_WINDOWS,
+    )?;
     let _ = (args.out, args.session.stacks());
     anyhow::bail!(NEEDS_WINDOWS)
 }
 
+/// The end-of-run warning when the run lost events (session `EventsLost` /
+/// `RealTimeBuffersLost`, ring drops, reorder overflow or late events),
+/// shown on stderr even with `-q`, as `analyze` does for a damaged trace.
+/// `unresolved`: syscalls left without an alert because of it.
+#[cfg_attr(not(windows), allow(dead_code))]
+pub fn loss_warning(t: &sentry_live::LiveTotals, unresolved: u64) -> Option<String> {
+    let parts: Vec<String> = [
+        (
+            t.events_lost,
+            "events the session could not log (EventsLost)",
+        ),
+        (
+            t.real_time_buffers_lost,
+            "buffers not delivered (RealTimeBuffersLost)",
+        ),
+        (
+            t.ring_drops,
+            "events dropped at the callback (ring full: --ring-mb)",
+        ),
+        (
+            t.reorder_overflow,
+            "events let go unordered (reorder memory full: --reorder-mb)",
+        ),
+        (
+            t.reorder_late,
+            "events later than the reorder lag (--reorder-lag-ms)",
+        ),
+    ]
+    .into_iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, what)| format!("{n} {what}"))
+    .collect();
+    if parts.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "events were lost: {} (flooding ETW is also a way to hide): syscalls and state may be \
+         missing, alerts carry \"trace_incomplete\", {unresolved} syscalls left unresolved",
+        parts.join(", ")
+    ))
+}
+
+/// ECS `host.name`: `--host` if given (not empty), else the machine's name
+/// (`None` when it cannot be read: the field is then left out).
+fn host_name(
+    arg: Option<&str>,
+    machine: impl FnOnce() -> Option<String>,
+) -> anyhow::Result<Option<String>> {
+    match arg {
+        Some(h) if h.trim().is_empty() => anyhow::bail!("--host: empty name"),
+        Some(h) => Ok(Some(h.to_string())),
+        None => Ok(machine().filter(|m| !m.trim().is_empty())),
+    }
+}
+
 /// The reordering lag, checked against the session's flush interval.
 fn reorder_lag(args: &Args, spec: &sentry_live::SessionSpec) -> anyhow::Result<u64> {
-    let flush = u64::from(spec.buffers.flush_ms);
-    if flush == 0 || args.reorder_lag_ms <= flush {
+    let flush = spec.buffers.flush_ms;
+    let lag = args
+        .reorder_lag_ms
+        .unwrap_or_else(|| sentry_live::reorder::default_lag_ms(flush));
+    if flush == 0 || lag <= u64::from(flush) {
+        let whole = if spec.buffers.ms_flush_timer {
+            ""
+        } else {
+            ", in whole seconds on this Windows version"
+        };
         anyhow::bail!(
-            "--reorder-lag-ms {} must exceed the flush interval (--flush-ms {}): a quiet \
-             processor's events arrive up to one flush interval late",
-            args.reorder_lag_ms,
-            flush
+            "--reorder-lag-ms {lag} must exceed the flush interval ({flush} ms{whole}): a quiet \
+             processor's events arrive up to one flush interval late"
         );
     }
-    Ok(args.reorder_lag_ms)
+    Ok(lag)
 }
+
+/// Windows 10 for the checks off Windows.
+#[cfg(not(windows))]
+const OS_OFF_WINDOWS: (u32, u32) = (10, 0);
 
 #[cfg(not(windows))]
 pub fn stop(args: StopArgs) -> anyhow::Result<ExitCode> {
@@ -385,8 +465,10 @@ mod windows_impl {
         }
         fn events_missing(&mut self, from: u64, to: u64, cause: &str) {
             // Alerts whose module map the gap may have changed become
-            // `unresolved` (docs/verdicts.md).
+            // `unresolved` (docs/verdicts.md); those that stand from now on
+            // say the trace is incomplete.
             self.engine.note_events_missing(from, to, cause);
+            self.verdicts.report.set_trace_incomplete(true);
         }
     }
 
@@ -419,8 +501,11 @@ mod windows_impl {
         let allowlist = args.report.allowlist()?;
         let duration = args.session.duration()?;
         let processors = win::processor_count();
-        let spec = args.session.spec(Destination::RealTime, processors)?;
+        let spec = args
+            .session
+            .spec(Destination::RealTime, processors, win::os_version())?;
         let lag_ms = super::reorder_lag(&args, &spec)?;
+        let host = super::host_name(args.host.as_deref(), win::computer_name)?;
         let system_dlls = system_dlls(&args)?;
         // An elevated token holds SeDebugPrivilege disabled; reading other
         // processes' memory and the kernel's module bases need it enabled.
@@ -469,6 +554,7 @@ mod windows_impl {
                     until: None,
                 },
                 immediate: true,
+                host,
                 ..ReportConfig::default()
             },
             Box::new(shared.clone()),
@@ -521,6 +607,15 @@ mod windows_impl {
         let stats = engine.finish(&mut verdicts);
         verdicts.report.finish(&engine).context("writing output")?;
         let alerts = verdicts.report.alert_count();
+        // Always shown, even with --quiet: a run that lost events is not
+        // "clean" when it found nothing.
+        let loss = result
+            .as_ref()
+            .ok()
+            .and_then(|o| super::loss_warning(&o.totals, stats.verdicts.unresolved));
+        if let Some(w) = &loss {
+            eprintln!("syscall-sentry: warning: {w}");
+        }
         if !args.report.quiet {
             let mut t = verdicts.report.summary_table();
             t.push_str(&report::stats_text(
@@ -551,11 +646,7 @@ mod windows_impl {
         shared.0.borrow_mut().flush()?;
         win::outputs_flushed();
         result.map_err(explain)?;
-        Ok(if alerts > 0 {
-            ExitCode::from(1)
-        } else {
-            ExitCode::SUCCESS
-        })
+        Ok(crate::exit::of(alerts > 0, loss.is_some()))
     }
 
     pub fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
@@ -565,6 +656,7 @@ mod windows_impl {
             spec: args.session.spec(
                 Destination::File(path.to_string_lossy().into_owned()),
                 win::processor_count(),
+                win::os_version(),
             )?,
             stacks: args.session.stacks(),
             force: args.session.force,
@@ -634,7 +726,7 @@ mod tests {
         let C::Live(a) = t.c else { panic!() };
         let spec = a
             .session
-            .spec(sentry_live::Destination::RealTime, 8)
+            .spec(sentry_live::Destination::RealTime, 8, (10, 0))
             .unwrap();
         assert_eq!(spec.kind, sentry_live::SessionKind::KernelLogger);
         assert_eq!(spec.buffers, sentry_live::Buffers::default());
@@ -642,7 +734,7 @@ mod tests {
         assert_eq!(reorder_lag(&a, &spec).unwrap(), 1000);
         let spec32 = a
             .session
-            .spec(sentry_live::Destination::RealTime, 32)
+            .spec(sentry_live::Destination::RealTime, 32, (10, 0))
             .unwrap();
         assert_eq!(spec32.buffers.minimum, 64, "2 per processor");
         assert_eq!(a.session.stacks().len(), 2);
@@ -667,7 +759,7 @@ mod tests {
         let C::Record(r) = t.c else { panic!() };
         let spec = r
             .session
-            .spec(sentry_live::Destination::File("t.etl".into()), 4)
+            .spec(sentry_live::Destination::File("t.etl".into()), 4, (10, 0))
             .unwrap();
         assert_eq!(spec.kind.name(), "mine");
         assert_eq!(spec.buffers.buffer_kb, 256);
@@ -675,11 +767,19 @@ mod tests {
         assert_eq!(spec.log_file_mode(), 0x0200_0001);
 
         // A lag not longer than the flush interval is refused.
-        let t = T::try_parse_from(["x", "live", "--flush-ms", "1000"]).unwrap();
+        let t = T::try_parse_from([
+            "x",
+            "live",
+            "--flush-ms",
+            "1000",
+            "--reorder-lag-ms",
+            "1000",
+        ])
+        .unwrap();
         let C::Live(a) = t.c else { panic!() };
         let spec = a
             .session
-            .spec(sentry_live::Destination::RealTime, 2)
+            .spec(sentry_live::Destination::RealTime, 2, (10, 0))
             .unwrap();
         assert!(reorder_lag(&a, &spec)
             .unwrap_err()
@@ -692,7 +792,7 @@ mod tests {
         let C::Live(a) = t.c else { panic!() };
         let e = a
             .session
-            .spec(sentry_live::Destination::RealTime, 2)
+            .spec(sentry_live::Destination::RealTime, 2, (10, 0))
             .unwrap_err();
         assert!(e.to_string().contains("limited to 1023"), "{e}");
 
@@ -712,6 +812,98 @@ mod tests {
         fn live_duration_err(&self) -> bool {
             matches!(self, C::Live(a) if a.session.duration().is_err())
         }
+    }
+
+    #[test]
+    fn windows_7_gets_a_1_s_flush_and_a_longer_lag() {
+        let t = T::try_parse_from(["x", "live"]).unwrap();
+        let C::Live(a) = t.c else { panic!() };
+        let win7 = a
+            .session
+            .spec(sentry_live::Destination::RealTime, 4, (6, 1))
+            .unwrap();
+        assert_eq!(win7.buffers.flush_ms, 1000);
+        assert_eq!(win7.log_file_mode() & 0x10, 0, "no ms flush timer flag");
+        assert_eq!(reorder_lag(&a, &win7).unwrap(), 4000, "4 flush intervals");
+        let win10 = a
+            .session
+            .spec(sentry_live::Destination::RealTime, 4, (10, 0))
+            .unwrap();
+        assert_eq!(reorder_lag(&a, &win10).unwrap(), 1000);
+        // A lag given for a 250 ms flush is too short for Windows 7's 1 s.
+        let t = T::try_parse_from(["x", "live", "--reorder-lag-ms", "800"]).unwrap();
+        let C::Live(a) = t.c else { panic!() };
+        assert_eq!(reorder_lag(&a, &win10).unwrap(), 800);
+        let e = reorder_lag(&a, &win7).unwrap_err().to_string();
+        assert!(
+            e.contains("must exceed") && e.contains("whole seconds"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn loss_is_named_in_the_warning() {
+        let mut t = sentry_live::LiveTotals::default();
+        assert_eq!(loss_warning(&t, 0), None, "no loss, no warning");
+        t.events = 1000;
+        t.external_stops = 1;
+        assert_eq!(loss_warning(&t, 0), None, "an outside stop is not loss");
+        t.events_lost = 7;
+        t.reorder_late = 3;
+        let w = loss_warning(&t, 2).unwrap();
+        assert!(
+            w.contains("7 events the session could not log (EventsLost)"),
+            "{w}"
+        );
+        assert!(w.contains("3 events later than the reorder lag"), "{w}");
+        assert!(
+            w.contains("trace_incomplete") && w.contains("2 syscalls left unresolved"),
+            "{w}"
+        );
+        assert!(!w.contains("ring"), "{w}");
+        for f in [
+            |t: &mut sentry_live::LiveTotals| t.real_time_buffers_lost = 1,
+            |t: &mut sentry_live::LiveTotals| t.ring_drops = 1,
+            |t: &mut sentry_live::LiveTotals| t.reorder_overflow = 1,
+        ] {
+            let mut t = sentry_live::LiveTotals::default();
+            f(&mut t);
+            assert!(loss_warning(&t, 0).is_some());
+        }
+    }
+
+    #[test]
+    fn every_option_has_help_text() {
+        use clap::CommandFactory;
+        let mut missing = Vec::new();
+        for sub in T::command().get_subcommands() {
+            for a in sub.get_arguments() {
+                if a.get_help().is_none() && a.get_id() != "help" {
+                    missing.push(format!("{} --{}", sub.get_name(), a.get_id()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "options without help: {missing:?}");
+    }
+
+    #[test]
+    fn host_name_is_the_override_or_the_machine() {
+        let t = T::try_parse_from(["x", "live", "--host", "ws-17"]).unwrap();
+        let C::Live(a) = t.c else { panic!() };
+        assert_eq!(
+            host_name(a.host.as_deref(), || Some("machine".into())).unwrap(),
+            Some("ws-17".into())
+        );
+        assert_eq!(
+            host_name(None, || Some("machine".into())).unwrap(),
+            Some("machine".into())
+        );
+        assert_eq!(host_name(None, || None).unwrap(), None);
+        assert_eq!(host_name(None, || Some(" ".into())).unwrap(), None);
+        assert!(host_name(Some(""), || None)
+            .unwrap_err()
+            .to_string()
+            .contains("empty"));
     }
 
     #[test]

@@ -393,8 +393,11 @@ mod windows_impl {
     }
 
     /// The session as `live` and `record` size it for this host: buffers
-    /// per processor, a 250 ms flush for real time, none for a file.
+    /// per processor, a 250 ms flush for real time (whole seconds before
+    /// Windows 8), none for a file. The syscall source: the fixtures' NtClose
+    /// is not one of the calls Kernel-Audit-API-Calls logs.
     fn spec(kind: SessionKind, destination: Destination, processors: u32) -> SessionSpec {
+        let (major, minor) = win::os_version();
         let flush_ms = match destination {
             Destination::RealTime => sentry_live::properties::DEFAULT_FLUSH_MS,
             Destination::File(_) => 0,
@@ -406,7 +409,9 @@ mod windows_impl {
                 processors,
                 sentry_live::properties::DEFAULT_BUFFER_KB,
                 flush_ms,
-            ),
+            )
+            .for_os(major, minor),
+            source: sentry_live::Source::Syscalls,
         }
     }
 

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use sentry_raw::{Clock, Guid};
 use windows::core::w;
 use windows::core::{BOOL, GUID, PCWSTR, PWSTR};
+use windows::Wdk::System::SystemServices::RtlGetVersion;
 use windows::Win32::Foundation::{CloseHandle, GetLastError, HANDLE, LUID};
 use windows::Win32::Security::{
     AdjustTokenPrivileges, LookupPrivilegeValueW, LUID_AND_ATTRIBUTES, SE_PRIVILEGE_ENABLED,
@@ -45,7 +46,8 @@ use windows::Win32::System::Diagnostics::Etw::{
 use windows::Win32::System::Performance::{QueryPerformanceCounter, QueryPerformanceFrequency};
 use windows::Win32::System::ProcessStatus::{EnumDeviceDrivers, GetDeviceDriverFileNameW};
 use windows::Win32::System::SystemInformation::{
-    GetSystemDirectoryW, GetSystemTimePreciseAsFileTime, GetSystemWow64DirectoryW,
+    ComputerNameDnsHostname, GetComputerNameExW, GetSystemDirectoryW,
+    GetSystemTimePreciseAsFileTime, GetSystemWow64DirectoryW, OSVERSIONINFOW,
 };
 use windows::Win32::System::Threading::{
     GetActiveProcessorCount, GetCurrentProcess, OpenProcess, OpenProcessToken,
@@ -605,6 +607,55 @@ pub fn system_directory() -> Option<PathBuf> {
 pub fn syswow64_directory() -> Option<PathBuf> {
     // SAFETY: the buffer and its length are passed together by the binding.
     directory(|b| unsafe { GetSystemWow64DirectoryW(Some(b)) })
+}
+
+/// The Windows version (major, minor) from
+/// [RtlGetVersion](https://learn.microsoft.com/windows-hardware/drivers/ddi/wdm/nf-wdm-rtlgetversion),
+/// which, unlike `GetVersionExW`, is not capped at 6.2 for programs without
+/// a compatibility manifest. `(0, 0)` if it fails (treated as old: the
+/// flush timer then goes in seconds, which every version reads correctly).
+pub fn os_version() -> (u32, u32) {
+    let mut v = OSVERSIONINFOW {
+        dwOSVersionInfoSize: size_of::<OSVERSIONINFOW>() as u32,
+        ..Default::default()
+    };
+    // SAFETY: `v` is a valid OSVERSIONINFOW with its size set, as required.
+    let status = unsafe { RtlGetVersion(&mut v) };
+    if status.is_ok() {
+        (v.dwMajorVersion, v.dwMinorVersion)
+    } else {
+        (0, 0)
+    }
+}
+
+/// This machine's DNS host name (ECS `host.name` of live alerts), from
+/// [GetComputerNameExW](https://learn.microsoft.com/windows/win32/api/sysinfoapi/nf-sysinfoapi-getcomputernameexw)
+/// with `ComputerNameDnsHostname`: on `ERROR_MORE_DATA` the size needed,
+/// terminator included, comes back in the size argument.
+pub fn computer_name() -> Option<String> {
+    let mut size = 256u32;
+    for _ in 0..2 {
+        let mut buf = vec![0u16; size as usize];
+        let mut n = size;
+        // SAFETY: `buf` holds `n` u16s and stays alive for the call, which
+        // writes at most `n` of them; `n` is a valid in/out pointer.
+        let r = unsafe {
+            GetComputerNameExW(
+                ComputerNameDnsHostname,
+                Some(PWSTR(buf.as_mut_ptr())),
+                &mut n,
+            )
+        };
+        if r.is_ok() {
+            let name = String::from_utf16_lossy(&buf[..(n as usize).min(buf.len())]);
+            return (!name.is_empty()).then_some(name);
+        }
+        if n <= size {
+            return None;
+        }
+        size = n;
+    }
+    None
 }
 
 /// Loaded kernel modules: (image base, file name as the kernel reports it,

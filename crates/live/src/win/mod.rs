@@ -10,8 +10,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub use ffi::{
-    clock_now, enable_debug_privilege, kernel_modules, processor_count, read_process_memory,
-    system_directory, syswow64_directory,
+    clock_now, computer_name, enable_debug_privilege, kernel_modules, os_version, processor_count,
+    read_process_memory, system_directory, syswow64_directory,
 };
 
 /// Tells a console-close handler waiting in the background that the outputs
