@@ -138,6 +138,8 @@ pub struct Engine {
     pub(crate) no_services: ServiceTable,
     /// What the engine may have missed (see [`Completeness`]).
     pub(crate) completeness: Completeness,
+    /// Audit events whose user part comes in another event.
+    pub(crate) split: crate::source::split::SplitStacks,
 }
 
 impl Engine {
@@ -172,6 +174,7 @@ impl Engine {
             hold_syscalls: cfg.hold_syscalls,
             no_services: ServiceTable::new(),
             completeness: Completeness::default(),
+            split: Default::default(),
         };
         e.update_window();
         e.corr.set_count_co_parents(e.pairing == Pairing::AnyEvent);
@@ -282,7 +285,7 @@ impl Engine {
 
     /// Pending entries in the correlator now.
     pub fn pending(&self) -> usize {
-        self.corr.pending() + usize::from(self.held.is_some())
+        self.corr.pending() + usize::from(self.held.is_some()) + self.split.pending()
     }
 
     /// Statistics so far.
@@ -453,6 +456,7 @@ impl Engine {
         self.release_held();
         self.corr.flush();
         self.drain(sink);
+        self.flush_split(sink);
         self.settle_deferred();
         self.stats()
     }

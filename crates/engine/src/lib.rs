@@ -70,6 +70,7 @@ pub use engine::Engine;
 pub use resolve::Resolver;
 pub use sentry_images::Images;
 pub use source::audit::{is_protected_process, AuditFacts, PROTECTED_PROCESSES};
+pub use source::split::StackSplit;
 pub use state::{Module, ModuleKind, ModuleMap, ProcessInfo, StateStats};
 pub use stats::{DecodeErrorSample, EngineStats};
 pub use sysdlls::{SystemDll, SystemDlls};

@@ -657,6 +657,9 @@ impl Report {
             o["access"] = json!(a.access_names());
             o["access_mask"] = json!(a.access.map(|m| format!("{:#x}", m.0)));
             o["return_code"] = json!(a.return_code.to_string());
+            if let Some(sp) = a.stack_split {
+                o["stack_split"] = json!(sp.as_str());
+            }
             if v.verdict.is_alert() {
                 o["severity"] = json!(severity(v.verdict, a, target));
             }
@@ -1829,6 +1832,9 @@ fn ecs_syscall(o: &Value, cx: &EcsContext<'_>) -> Value {
         for k in ["source", "api", "access", "access_mask", "return_code"] {
             x[k] = o[k].clone();
         }
+        if !o["stack_split"].is_null() {
+            x["stack_split"] = o["stack_split"].clone();
+        }
         if alert {
             v["event"]["severity"] = o["severity"].clone();
         }
@@ -1882,6 +1888,16 @@ pub fn stats_text(s: &EngineStats, wall_seconds: f64, alerts: usize) -> String {
             s.audit_not_syscall,
             s.audit_split_stacks
         ));
+        if s.audit_split_stacks > 0 || s.audit_user_parts > 0 {
+            t.push_str(&format!(
+                "split stacks: {} joined with their user part, {} without it (no_stack), {} classified from the user frames they hold; Kernel-EventTracing user parts: {} ({} unused)\n",
+                s.audit_split_joined,
+                s.audit_split_unjoined,
+                s.audit_split_user_only,
+                s.audit_user_parts,
+                s.audit_user_parts_unused
+            ));
+        }
     }
     if v.unresolved > 0 {
         let u = &s.unresolved;

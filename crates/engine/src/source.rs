@@ -12,6 +12,7 @@
 pub(crate) mod audit;
 mod held;
 mod paired;
+pub(crate) mod split;
 
 pub(crate) use held::Held;
 

@@ -35,9 +35,25 @@ pub struct EngineStats {
     /// drivers): counted, not classified.
     pub audit_not_syscall: u64,
     /// Audit events whose stack item has a non-zero `MatchId` (Windows
-    /// logged the user part in another event, which is not joined yet):
-    /// classified from the part they carry.
+    /// logged the kernel and user parts in separate events).
     pub audit_split_stacks: u64,
+    /// Of those, kernel parts joined with their user part (a
+    /// Kernel-EventTracing `StackTraceUserModeStackTrace` event of the
+    /// thread): classified from the whole stack.
+    pub audit_split_joined: u64,
+    /// Kernel parts whose user part never came (window, cap, end of
+    /// input): `no_stack`, never `kernel_origin`.
+    pub audit_split_unjoined: u64,
+    /// Split items that hold user frames: classified from them.
+    pub audit_split_user_only: u64,
+    /// Joins where both `MatchId`s are non-zero and differ (the join is by
+    /// thread; this tells whether `MatchId` agrees on a real capture).
+    pub audit_split_match_ids_differ: u64,
+    /// Kernel-EventTracing `StackTraceUserModeStackTrace` events read.
+    pub audit_user_parts: u64,
+    /// Of those, user parts that completed no audit event (they also
+    /// follow other providers' kernel-mode events).
+    pub audit_user_parts_unused: u64,
     pub verdicts: VerdictCounts,
     pub suppressed: u64,
     pub correlator: CorrelatorStats,

@@ -44,10 +44,15 @@
 mod access;
 mod event;
 mod stack;
+mod user_stack;
 
 pub use access::{AccessMask, ObjectKind, ReturnCode};
 pub use event::{decode, AuditApi, AuditEvent, DecodeError, Utf16};
 pub use stack::CallStack;
+pub use user_stack::{
+    is_user_mode_stack_event, user_mode_stack, EVENT_TRACING_PROVIDER, USER_MODE_STACK_TRACE,
+    USER_MODE_STACK_TRACE_OPCODE,
+};
 
 use sentry_raw::Guid;
 

@@ -19,6 +19,7 @@ use sentry_kernel_audit_api::{AccessMask, AuditApi, AuditEvent, ReturnCode};
 use sentry_raw::RawEvent;
 
 use crate::correlate::Finish;
+use crate::source::split::StackSplit;
 use crate::source::StackedCall;
 use crate::verdict::VerdictSink;
 use crate::Engine;
@@ -62,6 +63,9 @@ pub struct AuditFacts {
     pub target_tid: Option<u32>,
     pub access: Option<AccessMask>,
     pub return_code: ReturnCode,
+    /// Set when the event's stack item was split (non-zero `MatchId`):
+    /// what became of it ([`StackSplit`]).
+    pub stack_split: Option<StackSplit>,
 }
 
 impl AuditFacts {
@@ -72,6 +76,7 @@ impl AuditFacts {
             target_tid: e.target_tid,
             access: e.desired_access,
             return_code: e.return_code,
+            stack_split: None,
         }
     }
 
@@ -119,9 +124,17 @@ pub fn is_protected_process(image: &str) -> bool {
 
 impl Engine {
     /// A manifest event: a Kernel-Audit-API-Calls event is a complete call
-    /// with its own stack (`source::audit`); others are not used.
+    /// with its own stack (`source::audit`), unless its stack is split: then
+    /// a Kernel-EventTracing event carries the user part (`source::split`).
+    /// Others are not used.
     #[inline(never)]
     pub(crate) fn on_manifest_event(&mut self, ev: &RawEvent<'_>, sink: &mut dyn VerdictSink) {
+        if !self.split.is_empty() {
+            self.expire_split(ev.timestamp, sink);
+        }
+        if let Some(user) = sentry_kernel_audit_api::user_mode_stack(ev) {
+            return self.on_user_part(ev, user, sink);
+        }
         let a = match sentry_kernel_audit_api::decode(ev) {
             Ok(Some(a)) => a,
             Ok(None) => return,
@@ -136,12 +149,7 @@ impl Engine {
         let stack = sentry_kernel_audit_api::CallStack::of(ev);
         let mut frames = std::mem::take(&mut self.stack_buf);
         frames.clear();
-        if let Some(s) = &stack {
-            s.collect_into(&mut frames);
-            if s.match_id != 0 {
-                self.stats.audit_split_stacks += 1;
-            }
-        }
+        let mut facts = AuditFacts::of(&a);
         let pair = StackedCall {
             ts: ev.timestamp,
             parent_processor: ev.processor,
@@ -150,7 +158,23 @@ impl Engine {
             pid: ev.pid.unwrap_or(u32::MAX),
             tid: ev.tid.unwrap_or(u32::MAX),
         };
-        let facts = AuditFacts::of(&a);
+        if let Some(s) = &stack {
+            s.collect_into(&mut frames);
+            if s.match_id != 0 && !frames.is_empty() {
+                self.stats.audit_split_stacks += 1;
+                if frames.iter().any(|&f| f < self.kernel_boundary) {
+                    // The user part is here: what the rules read.
+                    self.stats.audit_split_user_only += 1;
+                    facts.stack_split = Some(StackSplit::UserPartOnly);
+                } else if !matches!(pair.pid, 0 | 4) && ev.tid.is_some() {
+                    // The kernel part: the user part comes later, on the
+                    // thread (the System and Idle processes have none).
+                    self.hold_kernel_part(pair, facts, s.match_id, &frames, sink);
+                    self.stack_buf = frames;
+                    return;
+                }
+            }
+        }
         self.emit_call(pair, &frames, Finish::Complete, sink, Some(&facts));
         self.stack_buf = frames;
     }
