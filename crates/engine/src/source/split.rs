@@ -283,3 +283,398 @@ impl Engine {
         self.split.give_back(k.frames);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::{Reason, Verdict};
+    use crate::verdict::{FnSink, SyscallVerdict};
+    use crate::EngineConfig;
+    use sentry_kernel::{Image, KernelEvent, Lifecycle};
+    use sentry_kernel_audit_api::{AccessMask, AuditApi, AuditEvent};
+    use sentry_raw::{EventId, Guid, HeaderKind};
+
+    const NTDLL: u64 = 0x7FFB_0000_0000;
+    const K32: u64 = 0x7FF9_0000_0000;
+    const APP: u64 = 0x7FF6_0000_0000;
+    const SHELL: u64 = 0x0000_0200_0000;
+    const NTOS: u64 = 0xFFFF_F800_0000_0000;
+    const PID: u32 = 1234;
+    const TID: u32 = 77;
+    /// The kernel part of an audited NtOpenProcess: the stack capture in
+    /// ETW, PsOpenProcess, the routine, KiSystemServiceCopyEnd.
+    const KERNEL: [u64; 4] = [NTOS + 0x10, NTOS + 0x20, NTOS + 0x30, NTOS + 0x40];
+
+    /// What a test reads of a verdict.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    struct Got {
+        ts: u64,
+        pid: Option<u32>,
+        tid: Option<u32>,
+        verdict: Verdict,
+        reason: Option<Reason>,
+        split: Option<StackSplit>,
+        finish: Finish,
+        frames: usize,
+    }
+
+    struct T {
+        engine: Engine,
+        got: Vec<Got>,
+    }
+
+    fn kernel_raw(ts: u64) -> RawEvent<'static> {
+        RawEvent {
+            header: HeaderKind::PerfInfo64,
+            id: EventId::Kernel {
+                group: 0x03,
+                opcode: 3,
+            },
+            version: 2,
+            pid: None,
+            tid: None,
+            processor: 0,
+            timestamp: ts,
+            pointer_size: 8,
+            payload: &[],
+            extended: Default::default(),
+            offset: 0,
+        }
+    }
+
+    /// A STACK_TRACE64 extended item.
+    fn item(match_id: u64, frames: &[u64]) -> Vec<u8> {
+        let mut data = match_id.to_le_bytes().to_vec();
+        for f in frames {
+            data.extend_from_slice(&f.to_le_bytes());
+        }
+        let mut ext = Vec::new();
+        ext.extend_from_slice(&((8 + data.len()) as u16).to_le_bytes());
+        ext.extend_from_slice(&sentry_raw::ext_type::STACK_TRACE64.to_le_bytes());
+        ext.extend_from_slice(&0u16.to_le_bytes());
+        ext.extend_from_slice(&(data.len() as u16).to_le_bytes());
+        ext.extend_from_slice(&data);
+        ext
+    }
+
+    fn manifest<'a>(
+        provider: Guid,
+        id: u16,
+        opcode: u8,
+        ts: u64,
+        pid: u32,
+        tid: u32,
+        payload: &'a [u8],
+        ext: &'a [u8],
+    ) -> RawEvent<'a> {
+        RawEvent {
+            header: HeaderKind::EventHeader64,
+            id: EventId::Manifest {
+                provider,
+                id,
+                version: 0,
+                channel: 0,
+                level: 4,
+                opcode,
+                task: 0,
+                keyword: 0,
+            },
+            version: 0,
+            pid: Some(pid),
+            tid: Some(tid),
+            processor: 1,
+            timestamp: ts,
+            pointer_size: 8,
+            payload,
+            extended: sentry_raw::ExtendedData(ext),
+            offset: 0,
+        }
+    }
+
+    impl T {
+        fn new() -> T {
+            let mut engine = Engine::new(EngineConfig::default());
+            let p = sentry_kernel::Process {
+                op: Lifecycle::DcStart,
+                unique_process_key: 0,
+                process_id: PID,
+                parent_id: 4,
+                session_id: 1,
+                exit_status: 0,
+                directory_table_base: 0,
+                flags: None,
+                user_sid: String::new(),
+                image_file_name: "app.exe".into(),
+                command_line: String::new(),
+                package_full_name: String::new(),
+                application_id: String::new(),
+            };
+            engine.on_kernel_event(&kernel_raw(1), KernelEvent::Process(p));
+            for (pid, base, size, path) in [
+                (
+                    PID,
+                    NTDLL,
+                    0x20_0000,
+                    r"\Device\HarddiskVolume3\Windows\System32\ntdll.dll",
+                ),
+                (
+                    PID,
+                    K32,
+                    0x10_0000,
+                    r"\Device\HarddiskVolume3\Windows\System32\KernelBase.dll",
+                ),
+                (PID, APP, 0x1_0000, r"\Device\HarddiskVolume3\app\app.exe"),
+                (0, NTOS, 0x100_0000, r"\SystemRoot\system32\ntoskrnl.exe"),
+            ] {
+                let i = Image {
+                    op: Lifecycle::DcStart,
+                    image_base: base,
+                    image_size: size,
+                    process_id: pid,
+                    image_checksum: 0,
+                    time_date_stamp: 0,
+                    default_base: 0,
+                    file_name: path.into(),
+                };
+                engine.on_kernel_event(&kernel_raw(1), KernelEvent::Image(i));
+            }
+            T {
+                engine,
+                got: Vec::new(),
+            }
+        }
+
+        fn feed(&mut self, ev: &RawEvent<'_>) {
+            let got = &mut self.got;
+            self.engine
+                .process(ev, &mut FnSink(|v: &SyscallVerdict<'_>| got.push(Self::read(v))));
+        }
+
+        fn read(v: &SyscallVerdict<'_>) -> Got {
+            Got {
+                ts: v.timestamp,
+                pid: v.pid,
+                tid: v.tid,
+                verdict: v.verdict,
+                reason: v.reason,
+                split: v.audit.and_then(|a| a.stack_split),
+                finish: v.finish,
+                frames: v.stack.len(),
+            }
+        }
+
+        /// An audited NtOpenProcess of pid 788 with this stack item.
+        fn audit(&mut self, ts: u64, pid: u32, tid: u32, match_id: u64, frames: &[u64]) {
+            let mut e = AuditEvent::new(AuditApi::OpenProcess, 0);
+            e.target_pid = Some(788);
+            e.desired_access = Some(AccessMask(0x0410));
+            let mut payload = Vec::new();
+            e.encode(8, &mut payload);
+            let ext = item(match_id, frames);
+            let ev = manifest(
+                sentry_kernel_audit_api::PROVIDER,
+                5,
+                0,
+                ts,
+                pid,
+                tid,
+                &payload,
+                &ext,
+            );
+            self.feed(&ev);
+        }
+
+        /// A Kernel-EventTracing StackTraceUserModeStackTrace (no payload).
+        fn user_part(&mut self, ts: u64, pid: u32, tid: u32, match_id: u64, frames: &[u64]) {
+            let ext = item(match_id, frames);
+            let ev = manifest(
+                sentry_kernel_audit_api::EVENT_TRACING_PROVIDER,
+                sentry_kernel_audit_api::USER_MODE_STACK_TRACE,
+                sentry_kernel_audit_api::USER_MODE_STACK_TRACE_OPCODE,
+                ts,
+                pid,
+                tid,
+                &[],
+                &ext,
+            );
+            self.feed(&ev);
+        }
+
+        fn finish(&mut self) -> crate::EngineStats {
+            let got = &mut self.got;
+            self.engine
+                .finish(&mut FnSink(|v: &SyscallVerdict<'_>| got.push(Self::read(v))))
+        }
+    }
+
+    /// User parts: a normal call through ntdll and kernelbase; a direct
+    /// syscall from app.exe; an indirect one whose stub's caller is
+    /// shellcode.
+    fn user_parts() -> [(Vec<u64>, Verdict, Option<Reason>); 3] {
+        [
+            (
+                vec![NTDLL + 0x1014, K32 + 0x10, APP + 0x40],
+                Verdict::Normal,
+                None,
+            ),
+            (
+                vec![APP + 0x120, APP + 0x40],
+                Verdict::Direct,
+                Some(Reason::Image),
+            ),
+            (
+                vec![NTDLL + 0x1014, SHELL + 0x33],
+                Verdict::Indirect,
+                Some(Reason::UnbackedCaller),
+            ),
+        ]
+    }
+
+    /// A split event joined with the user part that follows on its thread
+    /// gets the verdict of the same event unsplit, with the whole stack.
+    #[test]
+    fn joined_split_stacks_get_the_unsplit_verdicts() {
+        for (user, verdict, reason) in user_parts() {
+            let mut t = T::new();
+            let whole: Vec<u64> = KERNEL.iter().chain(&user).copied().collect();
+            t.audit(1000, PID, TID, 0, &whole);
+            t.audit(2000, PID, TID, 0x5151, &KERNEL);
+            assert_eq!(t.got.len(), 1, "the kernel part waits");
+            // Another thread's user part is not it.
+            t.user_part(2010, PID, TID + 1, 0x5151, &[APP + 0x500]);
+            assert_eq!(t.got.len(), 1);
+            t.user_part(2020, PID, TID, 0x5151, &user);
+            let s = t.finish();
+            assert_eq!(t.got.len(), 2, "{:?}", t.got);
+            let (a, b) = (&t.got[0], &t.got[1]);
+            assert_eq!((a.verdict, a.reason), (verdict, reason));
+            assert_eq!((b.verdict, b.reason), (verdict, reason), "{b:?}");
+            assert_eq!((b.ts, b.pid, b.tid), (2000, Some(PID), Some(TID)));
+            assert_eq!(b.frames, whole.len());
+            assert_eq!((a.split, b.split), (None, Some(StackSplit::Joined)));
+            assert_eq!(b.finish, Finish::Complete);
+            assert_eq!(
+                (s.audit_split_stacks, s.audit_split_joined, s.audit_split_unjoined),
+                (1, 1, 0)
+            );
+            assert_eq!((s.audit_user_parts, s.audit_user_parts_unused), (2, 1));
+            assert_eq!(s.audit_split_match_ids_differ, 0);
+            assert_eq!(s.syscalls, 2);
+            assert_eq!(s.pending_now, 0);
+        }
+    }
+
+    /// Every kernel part held on the thread takes the user part (the user
+    /// stack cannot change in between: TraceEvent's rule); one logged after
+    /// it does not. Differing match ids are counted, not refused.
+    #[test]
+    fn a_user_part_completes_every_earlier_kernel_part_of_its_thread() {
+        let mut t = T::new();
+        let user = [APP + 0x120, APP + 0x40];
+        t.audit(1000, PID, TID, 1, &KERNEL);
+        t.audit(1005, PID, TID, 2, &KERNEL);
+        t.user_part(1010, PID, TID, 2, &user);
+        assert_eq!(t.got.len(), 2);
+        for g in &t.got {
+            assert_eq!(
+                (g.verdict, g.split),
+                (Verdict::Direct, Some(StackSplit::Joined))
+            );
+        }
+        let s = t.engine.stats();
+        assert_eq!((s.audit_split_joined, s.audit_split_match_ids_differ), (2, 1));
+    }
+
+    /// Read in another order (a real-time session delivers each processor's
+    /// buffers in turn): the user part first, then its kernel part.
+    #[test]
+    fn a_user_part_read_first_joins_the_kernel_part_logged_before_it() {
+        let mut t = T::new();
+        t.user_part(1010, PID, TID, 9, &[APP + 0x120, APP + 0x40]);
+        // Logged after the user part: the next system call, not this one.
+        t.audit(1020, PID, TID, 8, &KERNEL);
+        assert!(t.got.is_empty());
+        t.audit(1000, PID, TID, 9, &KERNEL);
+        assert_eq!(t.got.len(), 1);
+        assert_eq!(
+            (t.got[0].ts, t.got[0].verdict, t.got[0].split),
+            (1000, Verdict::Direct, Some(StackSplit::Joined))
+        );
+        let s = t.finish();
+        assert_eq!((s.audit_split_joined, s.audit_split_unjoined), (1, 1));
+        assert_eq!(t.got[1].ts, 1020);
+        assert_eq!(t.got[1].verdict, Verdict::NoStack);
+    }
+
+    /// A kernel part whose user part never comes is `no_stack` (pid and
+    /// tid known), never `kernel_origin`: after the window, at the end of
+    /// the input, or evicted by the cap.
+    #[test]
+    fn a_kernel_part_without_its_user_part_is_no_stack_not_kernel_origin() {
+        let mut t = T::new();
+        let window = t.engine.corr.window_ticks();
+        t.audit(1000, PID, TID, 3, &KERNEL);
+        // Within the window nothing is decided.
+        t.audit(1000 + window, PID, TID, 0, &[]);
+        assert_eq!(t.got.len(), 1);
+        assert_eq!(t.got[0].verdict, Verdict::NoStack);
+        // Past it, the next manifest event decides it.
+        t.user_part(1001 + window, PID, TID + 5, 0, &[APP + 0x40]);
+        assert_eq!(t.got.len(), 2);
+        let g = &t.got[1];
+        assert_eq!(
+            (g.ts, g.pid, g.tid, g.verdict, g.reason),
+            (1000, Some(PID), Some(TID), Verdict::NoStack, None)
+        );
+        assert_eq!(
+            (g.split, g.finish, g.frames),
+            (Some(StackSplit::UserPartMissing), Finish::Expired, 0)
+        );
+        t.audit(5 * window, PID, TID, 4, &KERNEL);
+        let s = t.finish();
+        assert_eq!(t.got.len(), 3);
+        assert_eq!(
+            (t.got[2].verdict, t.got[2].finish),
+            (Verdict::NoStack, Finish::Flushed)
+        );
+        assert_eq!(s.audit_split_unjoined, 2);
+        assert_eq!(s.verdicts.kernel_origin, 0);
+        assert_eq!(s.verdicts.no_stack, 3);
+    }
+
+    #[test]
+    fn pending_kernel_parts_are_capped() {
+        let mut t = T::new();
+        for i in 0..=MAX_KERNEL_PARTS as u64 {
+            t.audit(1000 + i, PID, TID, i + 1, &KERNEL);
+        }
+        assert_eq!(t.got.len(), 1);
+        assert_eq!(
+            (t.got[0].ts, t.got[0].verdict, t.got[0].finish),
+            (1000, Verdict::NoStack, Finish::Evicted)
+        );
+        assert_eq!(t.engine.pending(), MAX_KERNEL_PARTS);
+        t.user_part(1000 + MAX_KERNEL_PARTS as u64, PID, TID, 0, &[APP + 0x40]);
+        assert_eq!(t.got.len(), MAX_KERNEL_PARTS + 1);
+        assert_eq!(t.engine.pending(), 0);
+    }
+
+    /// A split item holding user frames is classified from them, and says
+    /// so; a kernel part of the System process has no user part to wait
+    /// for (`kernel_origin` is then a fact).
+    #[test]
+    fn user_frames_in_a_split_item_and_the_system_process_are_decided_at_once() {
+        let mut t = T::new();
+        t.audit(1000, PID, TID, 6, &[APP + 0x120, APP + 0x40]);
+        t.audit(1100, 4, 8, 7, &KERNEL);
+        assert_eq!(t.got.len(), 2);
+        assert_eq!(
+            (t.got[0].verdict, t.got[0].split),
+            (Verdict::Direct, Some(StackSplit::UserPartOnly))
+        );
+        assert_eq!(t.got[1].verdict, Verdict::KernelOrigin);
+        let s = t.finish();
+        assert_eq!((s.audit_split_stacks, s.audit_split_user_only), (2, 1));
+        assert_eq!(s.audit_split_unjoined, 0);
+    }
+}
