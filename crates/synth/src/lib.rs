@@ -499,6 +499,8 @@ struct AuditTruth {
     target: Option<(u32, Option<u32>, &'static str)>,
     access: Option<u32>,
     return_code: u32,
+    /// The stack item was split (`"stack_split": true`).
+    split: bool,
 }
 
 /// The Audit-API event a syscall writes, if any (`NtTerminateProcess`
@@ -1595,9 +1597,33 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
                 return Ok(());
             }
             let (pid, tid) = (pid, tid);
-            self.audit_event(cpu, t, pid, tid, &mut call, kernel, user)?;
+            // Split stacks (docs/audit-api.md): the StackWalk split draw,
+            // and one alert in three (by time, no random draw), when there
+            // is a user part.
+            let split = !user.is_empty()
+                && (delivery == Delivery::Split || (call.verdict != "normal" && t % 3 == 0));
+            self.audit_event(cpu, t, pid, tid, &mut call, kernel, user, split)?;
             let u = user.first().copied();
-            self.draws(delivery);
+            if split && delivery == Delivery::Split {
+                // The draws of the syscall source's split delivery, used:
+                // the user part on the processor and at the time its
+                // StackWalk user part would have.
+                self.tick(1, 40);
+                self.tick(5, 300);
+                self.rng.chance(30);
+                let cpu2 = if self.rng.chance(500) {
+                    cpu
+                } else {
+                    self.rng.range(0, cpus) as u16
+                };
+                let ts = self.tick(1, 30);
+                self.user_mode_stack(cpu2, ts, pid, tid, t, user)?;
+            } else {
+                if split {
+                    self.user_mode_stack(cpu, t + 1, pid, tid, t, user)?;
+                }
+                self.draws(delivery);
+            }
             if let Some(u) = u {
                 if self.site_service.contains_key(&u) {
                     *self.sites.entry(u).or_default().entry(routine).or_default() += 1;
@@ -1681,6 +1707,8 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
     /// audited syscall at time `t`, with its stack item (the kernel frames
     /// from the stack capture down to `KiSystemServiceCopyEnd`, then the
     /// user frames), and fills in the call's target and access.
+    /// With `split`, the item holds the kernel frames only, with `MatchId`
+    /// `t`, and [`Gen::user_mode_stack`] writes the user part.
     #[allow(clippy::too_many_arguments)]
     fn audit_event(
         &mut self,
@@ -1691,6 +1719,7 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
         call: &mut Call,
         kernel: &[u64],
         user: &[u64],
+        split: bool,
     ) -> Result<(), SynthError> {
         use sentry_kernel_audit_api::{AccessMask, AuditApi, AuditEvent};
         let svc = SERVICES[call.service];
@@ -1708,7 +1737,9 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
         frames.push(nt + Layout::KI_SYSTEM_SERVICE_COPY_END);
         // A kernel-thread caller's own kernel frames (none are audited today).
         frames.extend(kernel.iter().skip(2));
-        frames.extend_from_slice(user);
+        if !split {
+            frames.extend_from_slice(user);
+        }
         // The target: the technique's, else one of the running processes
         // picked from the time (no random draw).
         let n = self.procs.len().max(1);
@@ -1753,12 +1784,14 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
             target: e.target_pid.map(|p| (p, e.target_tid, target_name)),
             access: e.desired_access.map(|a| a.0),
             return_code: e.return_code.0,
+            split,
         });
         self.buf.clear();
         e.encode(self.ps(), &mut self.buf);
         let mut item = std::mem::take(&mut self.item);
         let width = self.ps();
-        let ext_type = sentry_etl_writer::stack_trace_item(width, 0, &frames, &mut item);
+        let match_id = if split { t } else { 0 };
+        let ext_type = sentry_etl_writer::stack_trace_item(width, match_id, &frames, &mut item);
         let ext: [(u16, &[u8]); 1] = [(ext_type, &item)];
         let rec = sentry_etl_writer::EventRecord {
             pointer_size: self.ps(),
@@ -1777,6 +1810,48 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
             user_time: 0,
             extended: &ext,
             payload: &self.buf,
+        };
+        let r = self.w.write_event(cpu, &rec);
+        self.item = item;
+        r.map_err(SynthError::from)
+    }
+
+    /// Writes the user part of a split audit stack: a
+    /// Microsoft-Windows-Kernel-EventTracing `StackTraceUserModeStackTrace`
+    /// (id 18, opcode 24, no payload) of the thread at `ts`, whose stack
+    /// item holds the user frames with the kernel part's `MatchId` (the
+    /// audit event's time `t`). The task number is not known (the manifest
+    /// dump names it `StackTrace` only): 0.
+    #[allow(clippy::too_many_arguments)]
+    fn user_mode_stack(
+        &mut self,
+        cpu: u16,
+        ts: u64,
+        pid: u32,
+        tid: u32,
+        t: u64,
+        user: &[u64],
+    ) -> Result<(), SynthError> {
+        let mut item = std::mem::take(&mut self.item);
+        let ext_type = sentry_etl_writer::stack_trace_item(self.ps(), t, user, &mut item);
+        let ext: [(u16, &[u8]); 1] = [(ext_type, &item)];
+        let rec = sentry_etl_writer::EventRecord {
+            pointer_size: self.ps(),
+            provider: sentry_kernel_audit_api::EVENT_TRACING_PROVIDER,
+            id: sentry_kernel_audit_api::USER_MODE_STACK_TRACE,
+            version: 0,
+            channel: 0,
+            level: 4,
+            opcode: sentry_kernel_audit_api::USER_MODE_STACK_TRACE_OPCODE,
+            task: 0,
+            keyword: 0,
+            pid,
+            tid,
+            timestamp: ts,
+            kernel_time: 0,
+            user_time: 0,
+            extended: &ext,
+            payload: &[],
         };
         let r = self.w.write_event(cpu, &rec);
         self.item = item;
@@ -1965,6 +2040,9 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
                 ", \"source\": \"audit\", \"api\": \"{}\", \"target_pid\": {tp}, \"target_tid\": {tt}, \"target\": {tn}, \"access\": {access}, \"return_code\": \"{:#010x}\"",
                 a.api, a.return_code
             )?;
+            if a.split {
+                t.write_all(b", \"stack_split\": true")?;
+            }
         }
         t.write_all(b"}")?;
         Ok(())

@@ -193,7 +193,10 @@ fn dissect_reads_compressed_and_stack_cached() {
 /// the provider, id and level, one STACK_TRACE item per event (64-bit on a
 /// 64-bit trace, 32-bit on a 32-bit one; match id 0) whose frames end in a
 /// user part, and the header's pid/tid and the payload's target pid equal
-/// the truth entry with that timestamp.
+/// the truth entry with that timestamp. A `stack_split` entry's item holds
+/// the kernel frames only, with match id its timestamp, and one
+/// Kernel-EventTracing event 18 (opcode 24, no payload) of the same thread,
+/// later, holds the user frames with the same match id.
 #[test]
 fn dissect_reads_audit_events() {
     for (ps, compress) in [(8u8, false), (4, true)] {
@@ -230,23 +233,48 @@ fn dissect_reads_audit_events() {
             .iter()
             .map(|r| (r["timestamp"].as_u64().unwrap(), r))
             .collect();
+        let hex = |g: sentry_raw::Guid| -> String {
+            g.to_le_bytes().iter().map(|b| format!("{b:02x}")).collect()
+        };
+        let provider = hex(sentry_kernel_audit_api::PROVIDER);
+        let tracing = hex(sentry_kernel_audit_api::EVENT_TRACING_PROVIDER);
+        let (user_parts, events): (Vec<&Value>, Vec<&Value>) =
+            events.iter().partition(|e| e["provider"] == tracing.as_str());
         assert_eq!(events.len(), rows.len());
         assert_eq!(
             summary.stats.per_event.values().sum::<u64>(),
-            events.len() as u64
+            (events.len() + user_parts.len()) as u64
         );
-        let provider: String = sentry_kernel_audit_api::PROVIDER
-            .to_le_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
         let kstart = if ps == 8 {
             0xFFFF_8000_0000_0000u64
         } else {
             0x8000_0000
         };
+        let split: Vec<&&Value> = rows
+            .values()
+            .filter(|r| r["stack_split"] == true)
+            .collect();
+        assert!(split.len() * 50 > rows.len(), "{} split", split.len());
+        assert_eq!(user_parts.len(), split.len());
+        let mut user_of = HashMap::new();
+        for u in &user_parts {
+            assert_eq!((&u["id"], &u["opcode"], &u["level"]), (&18.into(), &24.into(), &4.into()));
+            assert_eq!(u["user_data"], "", "no payload");
+            let frames = u["stack"][1].as_array().unwrap();
+            assert!(frames.iter().all(|f| f.as_u64().unwrap() < kstart), "{u}");
+            user_of.insert(u["stack"][0].as_u64().unwrap(), *u);
+        }
         for e in &events {
             let row = rows[&e["ts"].as_u64().unwrap()];
+            if row["stack_split"] == true {
+                let (match_id, frames) = (&e["stack"][0], e["stack"][1].as_array().unwrap());
+                assert_eq!(match_id, &e["ts"], "{e}");
+                assert!(frames.iter().all(|f| f.as_u64().unwrap() >= kstart), "{e}");
+                let u = user_of[&match_id.as_u64().unwrap()];
+                assert_eq!((&u["pid"], &u["tid"]), (&e["pid"], &e["tid"]));
+                assert!(u["ts"].as_u64() > e["ts"].as_u64());
+                continue;
+            }
             assert_eq!(e["provider"], provider.as_str());
             assert_eq!(e["level"], 4);
             assert_eq!(e["pid"], row["pid"], "{e}");

@@ -1,6 +1,6 @@
 """List the EVENT_HEADER records of an .etl file with dissect.etl (an
 independent reader) as JSON: timestamp, pid, tid, provider bytes, event id,
-level, each extended item's header as dissect parses it, the stack item's
+level, opcode, each extended item's header as dissect parses it, the stack item's
 MatchId and frames, and the user data.
 
 Used by crates/synth/tests/oracle.rs for the Audit-API scenarios. dissect's
@@ -56,6 +56,7 @@ def main(path):
                     "provider": bytes(d.ProviderId).hex(),
                     "id": d.Id,
                     "level": d.Level,
+                    "opcode": d.OpCode,
                     "items": items,
                     "stack": stack,
                     "user_data": raw[skip:].hex(),
