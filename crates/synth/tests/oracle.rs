@@ -238,8 +238,9 @@ fn dissect_reads_audit_events() {
         };
         let provider = hex(sentry_kernel_audit_api::PROVIDER);
         let tracing = hex(sentry_kernel_audit_api::EVENT_TRACING_PROVIDER);
-        let (user_parts, events): (Vec<&Value>, Vec<&Value>) =
-            events.iter().partition(|e| e["provider"] == tracing.as_str());
+        let (user_parts, events): (Vec<&Value>, Vec<&Value>) = events
+            .iter()
+            .partition(|e| e["provider"] == tracing.as_str());
         assert_eq!(events.len(), rows.len());
         assert_eq!(
             summary.stats.per_event.values().sum::<u64>(),
@@ -250,15 +251,15 @@ fn dissect_reads_audit_events() {
         } else {
             0x8000_0000
         };
-        let split: Vec<&&Value> = rows
-            .values()
-            .filter(|r| r["stack_split"] == true)
-            .collect();
+        let split: Vec<&&Value> = rows.values().filter(|r| r["stack_split"] == true).collect();
         assert!(split.len() * 50 > rows.len(), "{} split", split.len());
         assert_eq!(user_parts.len(), split.len());
         let mut user_of = HashMap::new();
         for u in &user_parts {
-            assert_eq!((&u["id"], &u["opcode"], &u["level"]), (&18.into(), &24.into(), &4.into()));
+            assert_eq!(
+                (&u["id"], &u["opcode"], &u["level"]),
+                (&18.into(), &24.into(), &4.into())
+            );
             assert_eq!(u["user_data"], "", "no payload");
             let frames = u["stack"][1].as_array().unwrap();
             assert!(frames.iter().all(|f| f.as_u64().unwrap() < kstart), "{u}");

@@ -446,8 +446,10 @@ mod tests {
 
         fn feed(&mut self, ev: &RawEvent<'_>) {
             let got = &mut self.got;
-            self.engine
-                .process(ev, &mut FnSink(|v: &SyscallVerdict<'_>| got.push(Self::read(v))));
+            self.engine.process(
+                ev,
+                &mut FnSink(|v: &SyscallVerdict<'_>| got.push(Self::read(v))),
+            );
         }
 
         fn read(v: &SyscallVerdict<'_>) -> Got {
@@ -502,8 +504,9 @@ mod tests {
 
         fn finish(&mut self) -> crate::EngineStats {
             let got = &mut self.got;
-            self.engine
-                .finish(&mut FnSink(|v: &SyscallVerdict<'_>| got.push(Self::read(v))))
+            self.engine.finish(&mut FnSink(|v: &SyscallVerdict<'_>| {
+                got.push(Self::read(v))
+            }))
         }
     }
 
@@ -554,7 +557,11 @@ mod tests {
             assert_eq!((a.split, b.split), (None, Some(StackSplit::Joined)));
             assert_eq!(b.finish, Finish::Complete);
             assert_eq!(
-                (s.audit_split_stacks, s.audit_split_joined, s.audit_split_unjoined),
+                (
+                    s.audit_split_stacks,
+                    s.audit_split_joined,
+                    s.audit_split_unjoined
+                ),
                 (1, 1, 0)
             );
             assert_eq!((s.audit_user_parts, s.audit_user_parts_unused), (2, 1));
@@ -582,7 +589,10 @@ mod tests {
             );
         }
         let s = t.engine.stats();
-        assert_eq!((s.audit_split_joined, s.audit_split_match_ids_differ), (2, 1));
+        assert_eq!(
+            (s.audit_split_joined, s.audit_split_match_ids_differ),
+            (2, 1)
+        );
     }
 
     /// Read in another order (a real-time session delivers each processor's
