@@ -357,6 +357,7 @@ mod tests {
         ext
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn manifest<'a>(
         provider: Guid,
         id: u16,
