@@ -23,7 +23,8 @@ fn run(o: &Options) -> (Vec<u8>, Value, u64) {
 
 /// Each audit event decodes, and its header pid/tid, target, access and
 /// return code, and its stack's first user frame's presence, equal the
-/// truth entry with its timestamp; nothing else is in the truth.
+/// truth entry with its timestamp; nothing else is in the truth. A split
+/// entry's user part is in its own Kernel-EventTracing event.
 #[test]
 fn audit_events_carry_the_truth() {
     for s in Scenario::AUDIT {
@@ -47,6 +48,7 @@ fn audit_events_carry_the_truth() {
                 0x8000_0000
             };
             let mut seen = 0;
+            let mut split = HashMap::new();
             let mut r = file.events(Order::Time);
             while let Some(ev) = r.next_event() {
                 if let sentry_raw::EventId::Kernel { group, .. } = ev.id {
@@ -70,12 +72,36 @@ fn audit_events_carry_the_truth() {
                 );
                 assert_eq!(row["return_code"], format!("{:#010x}", a.return_code.0));
                 let stack = CallStack::of(&ev).expect("stack item");
-                assert_eq!((stack.match_id, stack.width), (0, ps));
                 let frames: Vec<u64> = stack.frames().collect();
                 assert!(frames[0] >= kstart, "kernel frames first");
-                assert!(frames.iter().any(|&f| f < kstart), "a user part");
+                assert_eq!(stack.width, ps);
+                if row["stack_split"] == true {
+                    // The kernel part; the user part follows (below).
+                    assert_eq!(stack.match_id, ev.timestamp);
+                    assert!(frames.iter().all(|&f| f >= kstart));
+                    split.insert(stack.match_id, (ev.timestamp, ev.tid));
+                } else {
+                    assert_eq!(stack.match_id, 0);
+                    assert!(frames.iter().any(|&f| f < kstart), "a user part");
+                }
             }
             assert_eq!(seen, rows.len(), "{}", s.name());
+            // Each split event's user part: a Kernel-EventTracing event 18
+            // of its thread, later, with its match id and user frames only.
+            let mut r = file.events(Order::Time);
+            let mut users = 0;
+            while let Some(ev) = r.next_event() {
+                let Some(u) = sentry_kernel_audit_api::user_mode_stack(&ev) else {
+                    continue;
+                };
+                users += 1;
+                let (t, tid) = split[&u.match_id];
+                assert!(ev.timestamp > t);
+                assert_eq!(ev.tid, tid);
+                assert!(ev.payload.is_empty());
+                assert!(u.frames().all(|f| f < kstart));
+            }
+            assert_eq!(users, split.len(), "{}", s.name());
         }
     }
 }
