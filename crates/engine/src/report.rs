@@ -1721,6 +1721,13 @@ fn ecs(a: &Alert, cx: &EcsContext<'_>) -> Value {
             }
         }
     }
+    if let Some(h) = a
+        .call_stack
+        .as_ref()
+        .and_then(|c| c.exception_handler.as_ref())
+    {
+        v["syscall_sentry"]["exception_handler"] = json!(h);
+    }
     if a.api.is_some() {
         // The other process of the call, laid out as Elastic Endpoint's
         // `Target.process`, under our namespace (ECS has no such field).
@@ -1894,6 +1901,12 @@ pub fn stats_text(s: &EngineStats, wall_seconds: f64, alerts: usize) -> String {
         t.push_str(&format!(
             "return addresses (--images): checked {}, not done {} (no file, unbacked or skipped: never counted as passed)\n",
             s.frames_checked, s.frames_not_done
+        ));
+    }
+    if s.exception_checks + s.exception_checks_not_done > 0 {
+        t.push_str(&format!(
+            "exception dispatch (rule 8b): checked {}, not done {} (no ntdll exports: give --images or --system-dlls; never counted as passed), stacks with a handler frame {}\n",
+            s.exception_checks, s.exception_checks_not_done, s.exception_dispatch_stacks
         ));
     }
     let c = &s.correlator;

@@ -52,6 +52,7 @@ use sentry_etl_writer::payload::{self, ImagePayload, ProcessPayload, ThreadPaylo
 use sentry_etl_writer::{EtlWriter, HeaderClass, Record, TraceConfig, WriteStats};
 
 pub mod evasion;
+pub mod exception_handler;
 pub mod pe;
 mod rng;
 pub mod world;
@@ -76,6 +77,10 @@ pub enum Scenario {
     StackTruncation,
     Wow64Bypass,
     Lookalikes,
+    /// Exception handlers in private memory calling APIs, and their benign
+    /// look-alikes (`exception_handler`).
+    ExceptionHandler,
+    ExceptionLookalikes,
     /// A process-listing tool opening many processes and threads through
     /// kernelbase (`OpenProcess`/`OpenThread`): every audited call `normal`.
     AuditBenign,
@@ -133,12 +138,14 @@ impl Scenario {
 
     /// The call-stack evasion scenarios and their benign look-alikes
     /// (`evasion`); `wow64-bypass` needs a 64-bit trace.
-    pub const EVASION: [Scenario; 5] = [
+    pub const EVASION: [Scenario; 7] = [
         Scenario::ClonedNtdll,
         Scenario::RopFrames,
         Scenario::StackTruncation,
         Scenario::Wow64Bypass,
         Scenario::Lookalikes,
+        Scenario::ExceptionHandler,
+        Scenario::ExceptionLookalikes,
     ];
 
     /// The Audit-API scenarios (written with [`Source::Audit`] by default).
@@ -174,6 +181,8 @@ impl Scenario {
             Scenario::StackTruncation => "stack-truncation",
             Scenario::Wow64Bypass => "wow64-bypass",
             Scenario::Lookalikes => "evasion-lookalikes",
+            Scenario::ExceptionHandler => "exception-handler",
+            Scenario::ExceptionLookalikes => "exception-lookalikes",
             Scenario::AuditBenign => "audit-benign",
             Scenario::AuditLsassDirect => "audit-lsass-direct",
             Scenario::AuditIndirect => "audit-indirect",
@@ -300,6 +309,8 @@ enum Tech {
     StubGadget,
     HeavensGate,
     Evasion(evasion::Ev),
+    /// Exception handlers calling APIs (`exception_handler`).
+    Exception(exception_handler::Xh),
     /// A process lister's OpenProcess/OpenThread through kernelbase.
     ProcList,
     /// The same from a WoW64 process (through wow64cpu and the 64-bit ntdll).
@@ -363,6 +374,9 @@ fn plan(s: Scenario) -> Plan {
         | Scenario::StackTruncation
         | Scenario::Wow64Bypass
         | Scenario::Lookalikes => (evasion::plan(s), vec![]),
+        Scenario::ExceptionHandler | Scenario::ExceptionLookalikes => {
+            (exception_handler::plan(s), vec![])
+        }
         Scenario::AuditBenign => (vec![(T::ProcList, 150), (T::Wow64ProcList, 50)], vec![]),
         Scenario::AuditLsassDirect => (
             vec![
@@ -541,12 +555,14 @@ pub fn generate<W: Write + Seek, T: Write>(
     let (mut attack, delivery) = plan(o.scenario);
     if o.scenario == Scenario::Mixed {
         attack.extend(evasion::mixed());
+        attack.extend(exception_handler::mixed());
     }
     let wow = o.pointer_size == 8;
     if !wow {
         attack.retain(|(t, _)| {
             !matches!(t, Tech::HeavensGate | Tech::Wow64ProcList)
                 && !matches!(t, Tech::Evasion(e) if e.needs_wow64())
+                && !matches!(t, Tech::Exception(x) if x.needs_wow64())
         });
     }
     let benign_w = BENIGN
@@ -1057,7 +1073,8 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
         {
             self.launch(5960, "svcupdate.exe", ProcKind::Implant, 3)?;
         }
-        self.start_evasion()
+        self.start_evasion()?;
+        self.start_exception()
     }
 
     /// Background life: short-lived processes come and go, threads start.
@@ -1185,6 +1202,7 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
                 user.truncate(MAX_FRAMES - kernel.len());
                 return r;
             }
+            Tech::Exception(x) => return self.build_exception(x, user),
             Tech::Ntdll | Tech::Jit => {
                 let pi = if tech == Tech::Jit {
                     self.pick_proc(&[ProcKind::JitHost], None)?
