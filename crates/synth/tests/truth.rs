@@ -396,6 +396,28 @@ fn check(o: &Options) {
                 assert!(t_count(t) > 0, "{t}");
             }
         }
+        Scenario::ExceptionHandler => {
+            assert!(r("exception_handler") > 0);
+            // Only ntdll's exports show the dispatcher frame.
+            assert!(entries
+                .iter()
+                .filter(|e| e["reason"] == "exception_handler")
+                .all(|e| e["without_images"]["verdict"] == "normal"));
+        }
+        Scenario::ExceptionLookalikes => {
+            assert_eq!(n("direct") + n("indirect"), 0);
+            let mut want = vec![
+                "benign-exception-handler",
+                "benign-dotnet-catch-funclet",
+                "benign-jit-fault",
+            ];
+            if o.pointer_size == 8 {
+                want.push("benign-exception-handler-wow64");
+            }
+            for t in want {
+                assert!(t_count(t) > 0, "{t}");
+            }
+        }
         Scenario::Mixed => {
             for reason in [
                 "image",

@@ -309,6 +309,57 @@ mod tests {
         );
     }
 
+    /// The dispatcher's RVAs come from the export table, the same from
+    /// `--images` and `--system-dlls`, for the native and the 32-bit ntdll.
+    #[test]
+    fn span_from_either_source() {
+        use sentry_synth::evasion::{KI_USER_CALLBACK_DISPATCHER, KI_USER_EXCEPTION_DISPATCHER};
+        let l = sentry_synth::world::Layout::new(8);
+        let files = sentry_synth::pe::images(&l, &Default::default());
+        let want = Some((
+            KI_USER_EXCEPTION_DISPATCHER as u32,
+            KI_USER_CALLBACK_DISPATCHER as u32,
+        ));
+        for dir in ["System32", "SysWOW64"] {
+            let (_, bytes) = files
+                .iter()
+                .find(|(p, _)| *p == format!("{dir}/ntdll.dll"))
+                .unwrap();
+            let sys = SystemDlls {
+                dlls: vec![crate::SystemDll::parse("ntdll.dll", bytes).unwrap()],
+            };
+            assert_eq!(Dispatchers::span(None, Some((&sys, 0))), want, "{dir}");
+            let imgs = Images::from_files(vec![(dir.into(), bytes.clone())]);
+            assert_eq!(Dispatchers::span(Some((&imgs, 0)), None), want, "{dir}");
+        }
+        // The synthetic --system-dlls ntdll lists stubs only: no span.
+        let sys = sentry_synth::pe::system_dlls(&l);
+        let d = crate::SystemDll::parse("ntdll.dll", &sys[0].1).unwrap();
+        assert_eq!(d.exception_dispatcher, None);
+    }
+
+    /// "H is in no module" is a claim about the whole module map: it
+    /// stands only when the engine saw the map built (docs/verdicts.md).
+    #[test]
+    fn unseen_module_map_leaves_it_unresolved() {
+        use crate::classify::{Outcome, Reason, Verdict};
+        let mut o = Outcome::new(Verdict::Indirect);
+        o.reason = Some(Reason::ExceptionHandler);
+        let mut c = crate::Completeness::default();
+        assert_eq!(c.unresolved(&o, None, 50), Some(Reason::ProcessUnknown));
+        let mut p = process(false, true);
+        p.known_since = Some(10);
+        p.ntdll = false;
+        assert_eq!(
+            c.unresolved(&o, Some(&p), 50),
+            Some(Reason::ModulesIncomplete)
+        );
+        p.ntdll = true;
+        assert_eq!(c.unresolved(&o, Some(&p), 50), None);
+        c.note_gap(20, 30, "buffers_missing");
+        assert_eq!(c.unresolved(&o, Some(&p), 50), Some(Reason::EventsLost));
+    }
+
     #[test]
     fn unload_forgets_the_dispatcher() {
         let mut d = Dispatchers {
