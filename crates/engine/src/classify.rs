@@ -465,8 +465,9 @@ pub fn classify<'a>(ctx: &Context<'a>, stack: Option<&[u64]>, service_address: u
         let (h, check) = exception::exception_handler(p, modules, user);
         out.exception_check = check;
         if let Some(mut h) = h {
-            h.handler += ui;
-            h.dispatcher += ui;
+            let ui = u32::try_from(ui).unwrap_or(u32::MAX);
+            h.handler = h.handler.saturating_add(ui);
+            h.dispatcher = h.dispatcher.saturating_add(ui);
             out.handler = Some(h);
             if h.unbacked {
                 out.verdict = Verdict::Indirect;

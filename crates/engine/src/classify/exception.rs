@@ -107,18 +107,33 @@ pub enum ExceptionCheck {
 pub struct HandlerFrame {
     /// `H`: the first frame inward of the dispatch frames that is not in
     /// the dispatching ntdll.
-    pub handler: usize,
+    pub handler: u32,
     /// The frame in `KiUserExceptionDispatcher`.
-    pub dispatcher: usize,
+    pub dispatcher: u32,
     /// `H` is in no module.
     pub unbacked: bool,
 }
 
 /// Rule 8b on the user frames `user` (`user[0]` is `U`): the handler the
 /// dispatcher called, if the stack holds a dispatcher frame past `U`, and
-/// whether the check could be done. Indices are in `user`.
-#[inline]
+/// whether the check could be done. Indices are in `user`. Without any
+/// ntdll exports (no `--images`/`--system-dlls`: the common case) this is
+/// one test.
+#[inline(always)]
 pub fn exception_handler(
+    process: &ProcessInfo,
+    modules: &ModuleMap,
+    user: &[u64],
+) -> (Option<HandlerFrame>, ExceptionCheck) {
+    let d = &process.exception_dispatchers;
+    if d.native.is_none() && d.wow64.is_none() {
+        return (None, ExceptionCheck::NotDone);
+    }
+    search(process, modules, user)
+}
+
+#[inline(never)]
+fn search(
     process: &ProcessInfo,
     modules: &ModuleMap,
     user: &[u64],
@@ -130,9 +145,6 @@ pub fn exception_handler(
     } else {
         ExceptionCheck::NotDone
     };
-    if d.native.is_none() && d.wow64.is_none() {
-        return (None, check);
-    }
     let Some(j) = user
         .iter()
         .skip(1)
@@ -160,8 +172,8 @@ fn handler_of(modules: &ModuleMap, user: &[u64], j: usize) -> Option<HandlerFram
             Some(m) if m.base == base => continue,
             m => {
                 return Some(HandlerFrame {
-                    handler: k,
-                    dispatcher: j,
+                    handler: u32::try_from(k).ok()?,
+                    dispatcher: u32::try_from(j).ok()?,
                     unbacked: m.is_none(),
                 })
             }

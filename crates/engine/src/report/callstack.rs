@@ -150,11 +150,12 @@ pub fn pending(v: &SyscallVerdict<'_>) -> Option<Pending> {
         })
     });
     let exception_handler = v.outcome.handler.filter(|h| h.unbacked).and_then(|h| {
-        let (a, d) = (*v.stack.get(h.handler)?, *v.stack.get(h.dispatcher)?);
+        let (f, df) = (h.handler as usize, h.dispatcher as usize);
+        let (a, d) = (*v.stack.get(f)?, *v.stack.get(df)?);
         Some(HandlerEvidence {
-            frame: h.handler,
+            frame: f,
             address: format!("{a:#x}"),
-            dispatcher_frame: h.dispatcher,
+            dispatcher_frame: df,
             dispatcher: r.describe(d),
         })
     });
