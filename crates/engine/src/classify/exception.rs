@@ -13,6 +13,10 @@
 //! `KiUserExceptionDispatcher`, then the faulting code
 //! ([Vectored Exception Handling](https://learn.microsoft.com/windows/win32/debug/vectored-exception-handling),
 //! [x64 exception handling](https://learn.microsoft.com/cpp/build/exception-handling-x64)).
+//! A published walk has exactly this shape above the handler (nccgroup,
+//! DetectWindowsCopyOnWriteForAPI, `d-nonmodulecallstack/README.md`: an
+//! unbacked VEH, two ntdll frames, `KiUserExceptionDispatcher`, the
+//! faulting `memcpy`).
 //! `H` in private memory is a handler registered from shellcode (VEH sleep
 //! masks that flip page protection, hardware-breakpoint hooks): Elastic's
 //! "VirtualProtect via Vectored Exception Handling" idea. The faulting
