@@ -162,7 +162,7 @@ fn check(path: &Path) -> Result<bool, String> {
         .and_then(|d| d.file_name())
         .map_or(String::new(), |d| d.to_string_lossy().to_string());
     println!(
-        "| {parent}/{name} | {} | {} | {}/{} ({} same form+length) | {}/{} | {} | {} ({:.3}%: {} call, {} transition) | {} at boundaries, {} mismatched | {named} of {offsets} offsets, {} mismatched | {} |",
+        "| {parent}/{name} | {} | {} | {}/{} ({} same form+length) | {}/{} ({} as such) | {} | {} ({:.3}%: {} call, {} transition) | {} at boundaries, {} mismatched | {named} of {offsets} offsets, {} mismatched | {} |",
         if img.bits == Bits::B64 { "x64" } else { "x86" },
         f.instructions,
         f.calls_preceded,
@@ -170,6 +170,7 @@ fn check(path: &Path) -> Result<bool, String> {
         f.calls_same_form,
         f.transitions_preceded,
         f.transitions,
+        f.transitions_exact,
         f.not_done,
         f.others,
         100.0 * f.ambiguity(),

@@ -65,6 +65,7 @@ fn every_real_call_site_is_call_preceded() {
         // syscall (x64) or sysenter (x86), and int 2Eh.
         assert_eq!(f.transitions, 2, "{name}");
         assert_eq!(f.transitions_preceded, 2, "{name}");
+        assert_eq!(f.transitions_exact, 2, "{name}");
         // Looking backwards is ambiguous: the end of an ordinary
         // instruction is sometimes also the end of bytes that decode as a
         // call (1 of 199 x64 boundaries, 2 of 217 x86 ones here). Such an

@@ -240,6 +240,9 @@ pub struct Figures {
     pub calls_by_form: BTreeMap<&'static str, u64>,
     pub transitions: u64,
     pub transitions_preceded: u64,
+    /// ... of which our check names the transition itself (else a call
+    /// happens to end there too, which also passes).
+    pub transitions_exact: u64,
     /// Ends of all other instructions, and how many of them we call
     /// call-preceded / transition-preceded.
     pub others: u64,
@@ -318,7 +321,11 @@ pub fn compare(img: &Image, base: u64, listing: &Listing) -> Figures {
             } else if is_transition(i) {
                 f.transitions += 1;
                 match p {
-                    Preceded::Call(..) | Preceded::Transition(_) => f.transitions_preceded += 1,
+                    Preceded::Transition(_) => {
+                        f.transitions_preceded += 1;
+                        f.transitions_exact += 1;
+                    }
+                    Preceded::Call(..) => f.transitions_preceded += 1,
                     _ => f.mismatch(format!("{:#x}: after `{}`: {p:?}", i.va, i.mnemonic)),
                 }
             } else {
