@@ -294,6 +294,15 @@ mod tests {
             (&[0xFF, 0x14, 0x25, 1, 2, 3, 4], CallForm::Memory),
             (&[0x41, 0xFF, 0x55, 0x10], CallForm::Memory),
             (&[0xFF, 0x1D, 1, 2, 3, 4], CallForm::Far),
+            // The prefixed forms compilers and linkers emit: `call qword ptr
+            // cs:[rip+X]`, `bnd call` (F2, MPX), `notrack call` (3E, CET),
+            // `data16 call rax` (66: ignored by near branches), REX.W far.
+            (&[0x2E, 0xFF, 0x15, 1, 2, 3, 4], CallForm::RipRelative),
+            (&[0xF2, 0xFF, 0x15, 1, 2, 3, 4], CallForm::RipRelative),
+            (&[0xF2, 0xE8, 1, 2, 3, 4], CallForm::Relative),
+            (&[0x3E, 0xFF, 0x15, 1, 2, 3, 4], CallForm::RipRelative),
+            (&[0x66, 0xFF, 0xD0], CallForm::Register),
+            (&[0x48, 0xFF, 0x1D, 1, 2, 3, 4], CallForm::Far),
         ];
         for (code, form) in cases {
             assert_eq!(
