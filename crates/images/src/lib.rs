@@ -516,6 +516,15 @@ impl Image {
         }
     }
 
+    /// RVA ranges (start, length) of the executable sections' file-backed
+    /// bytes: where [`Image::preceded`] and [`Image::gadget`] read.
+    pub fn code_ranges(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        self.sections
+            .iter()
+            .filter(|s| s.executable)
+            .map(|s| (s.rva, s.len))
+    }
+
     /// The gadget shape at `rva`, if any.
     pub fn gadget(&self, rva: u32) -> Option<Gadget> {
         x86::gadget_at(self.bytes_at(rva, x86::MAX_INSN)?, self.bits)
