@@ -70,4 +70,7 @@ pub struct EngineStats {
     /// unbacked, skipped by rule). Zero without `--images`.
     pub frames_checked: u64,
     pub frames_not_done: u64,
+    /// Built-in recognisers (`builtin:chromium-sandbox`): what each
+    /// suppressed (also counted in `suppressed`) and what it checked.
+    pub builtin: crate::builtin_allowlist::BuiltinStats,
 }

@@ -398,6 +398,7 @@ fn analyze_file(
         max_pending: args.report.max_pending,
         system_dlls,
         images,
+        builtin: args.report.builtin(),
         ..EngineConfig::default()
     };
 

@@ -236,6 +236,20 @@ impl Engine {
                 c.mismatch_suppressed = self.allowlist.matching(&facts);
             }
         }
+        if suppressed.is_none() && verdict == Verdict::Direct && reason == Some(Reason::Unbacked) {
+            if let Some(i) = crate::builtin_allowlist::chromium_sandbox(
+                &self.builtin,
+                &mut self.stats.builtin.chromium_sandbox,
+                &ctx,
+                &outcome,
+                u,
+                address,
+            ) {
+                suppressed = Some((verdict, reason, i));
+                verdict = Verdict::Normal;
+                reason = None;
+            }
+        }
         if let Some((kind, offset)) = observed {
             let open =
                 service_check.map(|c| (verdict, suppressed.map(|s| s.2), c.mismatch_suppressed));
