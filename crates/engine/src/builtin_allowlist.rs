@@ -219,11 +219,9 @@ fn service_name<'a>(ctx: &Context<'a>, address: u64) -> Option<&'a str> {
 
 /// `Nt`/`Zw` name the same service.
 fn intercepted(name: &str) -> bool {
-    let bare = name
-        .strip_prefix("Zw")
+    name.strip_prefix("Zw")
         .or_else(|| name.strip_prefix("Nt"))
-        .unwrap_or(name);
-    INTERCEPTED_SERVICES.iter().any(|s| &s[2..] == bare)
+        .is_some_and(|bare| INTERCEPTED_SERVICES.iter().any(|s| &s[2..] == bare))
 }
 
 /// Decides `builtin:chromium-sandbox` for one `direct`/`unbacked` syscall
