@@ -871,6 +871,7 @@ mod tests {
             stats_json: None,
             report: ReportArgs {
                 allowlist: None,
+                no_builtin_allowlist: false,
                 format: "json".into(),
                 per_syscall: true,
                 out: Some(out),
