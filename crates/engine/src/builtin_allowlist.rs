@@ -66,8 +66,9 @@
 use std::sync::Arc;
 
 use crate::allowlist::Allowlist;
-use crate::classify::{Context, Outcome, Reason, Verdict};
-use crate::state::{Module, ProcessInfo};
+use crate::classify::{Outcome, Reason, Verdict};
+use crate::state::{Module, ModuleMap, ProcessInfo};
+use crate::sysdlls::SystemDlls;
 
 /// The name a built-in suppression reports (`allowlist` in JSON lines).
 pub const CHROMIUM_SANDBOX: &str = "builtin:chromium-sandbox";
@@ -209,9 +210,13 @@ fn browser(process: &str) -> Option<&'static str> {
 
 /// The routine's name at `SysCallAddress`, when the kernel module holding it
 /// was matched to a supplied image (as rule 5 names it).
-fn service_name<'a>(ctx: &Context<'a>, address: u64) -> Option<&'a str> {
-    let sys = ctx.system_dlls?;
-    let m = ctx.kernel.find(address)?;
+fn service_name<'a>(
+    kernel: &ModuleMap,
+    system_dlls: Option<&'a SystemDlls>,
+    address: u64,
+) -> Option<&'a str> {
+    let sys = system_dlls?;
+    let m = kernel.find(address)?;
     let d = sys.dlls.get(m.system_dll?)?;
     d.export_at(u32::try_from(address - m.base).ok()?)
         .map(|s| &**s)
@@ -226,12 +231,19 @@ fn intercepted(name: &str) -> bool {
 
 /// Decides `builtin:chromium-sandbox` for one `direct`/`unbacked` syscall
 /// (`u`: its first user frame), counting the result. `Some(entry)` when
-/// suppressed.
+/// suppressed. Out of line and given plain values (no `Context` to spill):
+/// rule 3's alerts are rare, the per-syscall path only tests the verdict.
+#[cold]
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn chromium_sandbox(
     cfg: &BuiltinAllowlist,
     stats: &mut ChromiumSandboxStats,
-    ctx: &Context<'_>,
+    process: Option<&ProcessInfo>,
     outcome: &Outcome<'_>,
+    kernel: &ModuleMap,
+    system_dlls: Option<&SystemDlls>,
+    kernel_boundary: u64,
     u: u64,
     service_address: u64,
 ) -> Option<usize> {
@@ -241,16 +253,16 @@ pub(crate) fn chromium_sandbox(
     {
         return None;
     }
-    let p: &ProcessInfo = ctx.process?;
+    let p = process?;
     let signer = browser(&p.image_file_name)?;
     let c: &Module = outcome.caller_module?;
     if !c.name.eq_ignore_ascii_case(&p.image_file_name)
         || !THUNK_RETURN_SITES.contains(&(u % 64))
-        || ctx.kernel_boundary != 0xFFFF_8000_0000_0000
+        || kernel_boundary != 0xFFFF_8000_0000_0000
     {
         return None;
     }
-    let service = service_name(ctx, service_address);
+    let service = service_name(kernel, system_dlls, service_address);
     if service.is_some_and(|s| !intercepted(s)) {
         stats.rejected_service += 1;
         return None;
