@@ -194,6 +194,23 @@ fn chromium_sandbox_thunks_are_suppressed_and_attacks_in_browsers_found() {
         );
     }
 
+    // ECS: the suppression is in our own field set, not at the top level.
+    let ecs = lines(&run(&[
+        "analyze",
+        "-q",
+        "--per-syscall",
+        "--format",
+        "ecs",
+        &t.etl,
+    ]));
+    let thunk_lines = ecs
+        .iter()
+        .filter(|v| v["syscall_sentry"]["allowlist"] == BUILTIN)
+        .count() as u64;
+    assert!(ecs
+        .iter()
+        .all(|v| v.get("suppressed").is_none() && v.get("allowlist").is_none()));
+
     // Off: every thunk syscall is rule 3's alert again.
     let out = run(&[
         "analyze",
@@ -213,6 +230,7 @@ fn chromium_sandbox_thunks_are_suppressed_and_attacks_in_browsers_found() {
         .filter(|v| label(v) == "direct/unbacked")
         .count() as u64;
     assert_eq!(direct, attacks + thunks);
+    assert_eq!(thunk_lines, thunks);
     assert!(lines(&out).iter().all(|v| v.get("allowlist").is_none()));
     std::fs::remove_dir_all(&dir).ok();
 }
