@@ -77,4 +77,7 @@ pub struct EngineStats {
     pub exception_checks: u64,
     pub exception_checks_not_done: u64,
     pub exception_dispatch_stacks: u64,
+    /// Built-in recognisers (`builtin:chromium-sandbox`): what each
+    /// suppressed (also counted in `suppressed`) and what it checked.
+    pub builtin: crate::builtin_allowlist::BuiltinStats,
 }
