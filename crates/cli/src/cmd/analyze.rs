@@ -398,6 +398,7 @@ fn analyze_file(
         max_pending: args.report.max_pending,
         system_dlls,
         images,
+        builtin: args.report.builtin(),
         ..EngineConfig::default()
     };
 
@@ -870,6 +871,7 @@ mod tests {
             stats_json: None,
             report: ReportArgs {
                 allowlist: None,
+                no_builtin_allowlist: false,
                 format: "json".into(),
                 per_syscall: true,
                 out: Some(out),

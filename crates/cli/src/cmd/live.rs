@@ -537,6 +537,7 @@ mod windows_impl {
             learning: Learning::Online,
             system_dlls,
             allowlist,
+            builtin: args.report.builtin(),
             ..EngineConfig::default()
         });
         let clock = win::clock_now();
