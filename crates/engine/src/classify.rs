@@ -9,6 +9,7 @@ use std::sync::Arc;
 use sentry_images::{Gadget, Images, Preceded};
 
 mod call;
+pub mod proxy;
 
 pub(crate) use call::SiteTallies;
 
@@ -85,6 +86,10 @@ pub enum Reason {
     /// Rule 9 (`--images`): a frame past `U` has no `call` before it (ROP
     /// gadget, synthetic frame).
     NotCallPreceded,
+    /// Rule 8b (`--images`, x64): an exported API ran as a thread-pool,
+    /// timer or APC callback (no user frame between ntdll's dispatcher and
+    /// the API layer).
+    ProxyCall,
     /// Unresolved: no start or rundown of the process was seen.
     ProcessUnknown,
     /// Unresolved: the process's `\System32\ntdll.dll` mapping was not seen.
@@ -95,7 +100,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 13] = [
         Reason::Image,
         Reason::Unbacked,
         Reason::HeavensGate,
@@ -105,6 +110,7 @@ impl Reason {
         Reason::ClonedStubModule,
         Reason::Wow64Bypass,
         Reason::NotCallPreceded,
+        Reason::ProxyCall,
         Reason::ProcessUnknown,
         Reason::ModulesIncomplete,
         Reason::EventsLost,
@@ -121,6 +127,7 @@ impl Reason {
             Reason::ClonedStubModule => "cloned_stub_module",
             Reason::Wow64Bypass => "wow64_bypass",
             Reason::NotCallPreceded => "not_call_preceded",
+            Reason::ProxyCall => "proxy_call",
             Reason::ProcessUnknown => "process_unknown",
             Reason::ModulesIncomplete => "modules_incomplete",
             Reason::EventsLost => "events_lost",
@@ -262,6 +269,8 @@ pub struct Outcome<'a> {
     pub frame_check: Option<FrameCheck>,
     /// Rule 9's coverage (zero without `--images`).
     pub bytes: BytesChecked,
+    /// Rule 8b's answer (`NoShape` when the rules stopped before it).
+    pub proxy: proxy::ProxyCheck,
 }
 
 impl Outcome<'_> {
@@ -279,6 +288,7 @@ impl Outcome<'_> {
             by_names: false,
             frame_check: None,
             bytes: BytesChecked::default(),
+            proxy: proxy::ProxyCheck::NoShape,
         }
     }
 }
@@ -446,6 +456,16 @@ pub fn classify<'a>(ctx: &Context<'a>, stack: Option<&[u64]>, service_address: u
     if ctx.process.is_some_and(|p| p.wow64) && wow64_bypassed(modules, user) {
         out.verdict = Verdict::Indirect;
         out.reason = Some(Reason::Wow64Bypass);
+        return out;
+    }
+    // Rule 8b: a proxied call (before rule 9: docs/verdicts.md).
+    out.proxy = proxy::check(ctx.images, modules, user);
+    if let proxy::ProxyCheck::Found(mut f) = out.proxy {
+        f.api_index += ui;
+        f.dispatcher_index += ui;
+        out.proxy = proxy::ProxyCheck::Found(f);
+        out.verdict = Verdict::Indirect;
+        out.reason = Some(Reason::ProxyCall);
         return out;
     }
     // Rule 9.

@@ -1896,6 +1896,12 @@ pub fn stats_text(s: &EngineStats, wall_seconds: f64, alerts: usize) -> String {
             s.frames_checked, s.frames_not_done
         ));
     }
+    if s.proxy_checked + s.proxy_not_done > 0 {
+        t.push_str(&format!(
+            "proxied-call shapes (rule 8b): checked {}, not done {} (no --images file or no x64 function table: never counted as passed)\n",
+            s.proxy_checked, s.proxy_not_done
+        ));
+    }
     let c = &s.correlator;
     t.push_str(&format!(
         "correlator: matched {}, syscall without stack {}, stack without syscall {}, expired {}, fragments stitched {}, evicted {}, peak pending {}, keys resolved {}, keys unresolved {}\n",

@@ -53,6 +53,7 @@ use sentry_etl_writer::{EtlWriter, HeaderClass, Record, TraceConfig, WriteStats}
 
 pub mod evasion;
 pub mod pe;
+pub mod proxy_call;
 mod rng;
 pub mod world;
 
@@ -76,6 +77,11 @@ pub enum Scenario {
     StackTruncation,
     Wow64Bypass,
     Lookalikes,
+    /// Proxied calls (`proxy_call`): an API run as a thread-pool, timer or
+    /// APC callback.
+    ProxyCall,
+    /// Benign stacks that look like proxied calls.
+    ProxyLookalikes,
     /// A process-listing tool opening many processes and threads through
     /// kernelbase (`OpenProcess`/`OpenThread`): every audited call `normal`.
     AuditBenign,
@@ -141,6 +147,9 @@ impl Scenario {
         Scenario::Lookalikes,
     ];
 
+    /// The proxied-call scenario and its look-alikes (`proxy_call`).
+    pub const PROXY: [Scenario; 2] = [Scenario::ProxyCall, Scenario::ProxyLookalikes];
+
     /// The Audit-API scenarios (written with [`Source::Audit`] by default).
     pub const AUDIT: [Scenario; 5] = [
         Scenario::AuditBenign,
@@ -174,6 +183,8 @@ impl Scenario {
             Scenario::StackTruncation => "stack-truncation",
             Scenario::Wow64Bypass => "wow64-bypass",
             Scenario::Lookalikes => "evasion-lookalikes",
+            Scenario::ProxyCall => "proxy-call",
+            Scenario::ProxyLookalikes => "proxy-lookalikes",
             Scenario::AuditBenign => "audit-benign",
             Scenario::AuditLsassDirect => "audit-lsass-direct",
             Scenario::AuditIndirect => "audit-indirect",
@@ -187,6 +198,7 @@ impl Scenario {
             .into_iter()
             .chain(Scenario::EVASION)
             .chain(Scenario::AUDIT)
+            .chain(Scenario::PROXY)
             .find(|x| x.name() == s)
     }
 }
@@ -300,6 +312,7 @@ enum Tech {
     StubGadget,
     HeavensGate,
     Evasion(evasion::Ev),
+    Proxy(proxy_call::Px),
     /// A process lister's OpenProcess/OpenThread through kernelbase.
     ProcList,
     /// The same from a WoW64 process (through wow64cpu and the 64-bit ntdll).
@@ -363,6 +376,7 @@ fn plan(s: Scenario) -> Plan {
         | Scenario::StackTruncation
         | Scenario::Wow64Bypass
         | Scenario::Lookalikes => (evasion::plan(s), vec![]),
+        Scenario::ProxyCall | Scenario::ProxyLookalikes => (proxy_call::plan(s), vec![]),
         Scenario::AuditBenign => (vec![(T::ProcList, 150), (T::Wow64ProcList, 50)], vec![]),
         Scenario::AuditLsassDirect => (
             vec![
@@ -541,12 +555,14 @@ pub fn generate<W: Write + Seek, T: Write>(
     let (mut attack, delivery) = plan(o.scenario);
     if o.scenario == Scenario::Mixed {
         attack.extend(evasion::mixed());
+        attack.extend(proxy_call::mixed());
     }
     let wow = o.pointer_size == 8;
     if !wow {
         attack.retain(|(t, _)| {
             !matches!(t, Tech::HeavensGate | Tech::Wow64ProcList)
                 && !matches!(t, Tech::Evasion(e) if e.needs_wow64())
+                && !matches!(t, Tech::Proxy(p) if p.needs_wow64())
         });
     }
     let benign_w = BENIGN
@@ -1057,7 +1073,8 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
         {
             self.launch(5960, "svcupdate.exe", ProcKind::Implant, 3)?;
         }
-        self.start_evasion()
+        self.start_evasion()?;
+        self.start_proxy()
     }
 
     /// Background life: short-lived processes come and go, threads start.
@@ -1182,6 +1199,11 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
         let (pi, service, verdict, reason, technique) = match tech {
             Tech::Evasion(e) => {
                 let r = self.build_evasion(e, user);
+                user.truncate(MAX_FRAMES - kernel.len());
+                return r;
+            }
+            Tech::Proxy(p) => {
+                let r = self.build_proxy(p, user);
                 user.truncate(MAX_FRAMES - kernel.len());
                 return r;
             }

@@ -41,6 +41,9 @@ pub struct CallStackFacts {
     /// Rule 9's frame, with the bytes around its return address.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub return_check: Option<ReturnEvidence>,
+    /// Rule 8b's API frame and the export its function begins at.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_call: Option<ProxyEvidence>,
     /// The `truncated_stack` flag (docs/verdicts.md, "Flags").
     #[serde(skip)]
     pub truncated: bool,
@@ -81,6 +84,17 @@ pub struct ReturnEvidence {
     pub gadget: Option<&'static str>,
 }
 
+/// The API run as a callback (rule 8b).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ProxyEvidence {
+    /// Index in `stack` of the API frame `A`.
+    pub frame: usize,
+    /// `module!Export+0xoffset` of `A` (Elastic's `symbol_info` form).
+    pub symbol_info: String,
+    /// Index in `stack` of ntdll's dispatcher frame `N` that called it.
+    pub dispatcher_frame: usize,
+}
+
 fn system_module(m: &Module) -> bool {
     let p = m.path.to_ascii_lowercase();
     p.contains("\\windows\\system32\\") || p.contains("\\windows\\syswow64\\")
@@ -113,6 +127,7 @@ pub struct Pending {
     user_index: usize,
     truncated: bool,
     return_check: Option<ReturnEvidence>,
+    proxy_call: Option<ProxyEvidence>,
     module_identity: Option<(u32, u64)>,
 }
 
@@ -133,8 +148,24 @@ pub fn pending(v: &SyscallVerdict<'_>) -> Option<Pending> {
             gadget: f.gadget.map(|g| g.as_str()),
         })
     });
+    let proxy_call = match v.outcome.proxy {
+        crate::classify::proxy::ProxyCheck::Found(f) => (|| {
+            let a = *v.stack.get(f.api_index)?;
+            let m = r.module_of(a)?;
+            let img = v.images?.image(m.image?).ok()?;
+            let name = img.export_at(f.function_rva)?;
+            let off = (a - m.base).checked_sub(u64::from(f.function_rva))?;
+            Some(ProxyEvidence {
+                frame: f.api_index,
+                symbol_info: format!("{}!{name}+{off:#x}", m.name.to_ascii_lowercase()),
+                dispatcher_frame: f.dispatcher_index,
+            })
+        })(),
+        _ => None,
+    };
     Some(Pending {
         user_index: ui,
+        proxy_call,
         truncated: crate::classify::stack_truncated(r.modules, v.stack, r.kernel_boundary),
         return_check,
         module_identity: v.outcome.user_module.map(|m| (m.time_date_stamp, m.size)),
@@ -202,6 +233,7 @@ pub fn facts(
             sha256: None,
         }),
         return_check: p.return_check.clone(),
+        proxy_call: p.proxy_call.clone(),
     }
 }
 
@@ -212,6 +244,7 @@ pub fn behaviors(verdict: Verdict, reason: Option<Reason>, truncated: bool) -> V
     let mut b = match (verdict, reason) {
         (Verdict::Direct, _) => vec!["direct_syscall"],
         (Verdict::Indirect, Some(Reason::NotCallPreceded)) => vec!["image_rop"],
+        (Verdict::Indirect, Some(Reason::ProxyCall)) => vec!["proxy_call"],
         _ => vec![],
     };
     if truncated {
@@ -238,6 +271,11 @@ pub fn ecs_process_fields(
             fr["instruction_pointer"] = json!(rc.instruction_pointer);
             fr["callsite_leading_bytes"] = json!(rc.leading_bytes);
             fr["callsite_trailing_bytes"] = json!(rc.trailing_bytes);
+        }
+    }
+    if let Some(pc) = &f.proxy_call {
+        if let Some(fr) = frames.get_mut(pc.frame.wrapping_sub(f.user_index)) {
+            fr["symbol_info"] = json!(pc.symbol_info);
         }
     }
     let mut fum = json!({"name": f.final_user_module.name});

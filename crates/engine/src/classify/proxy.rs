@@ -1,0 +1,262 @@
+//! Rule 8b (docs/verdicts.md): a proxied call, i.e. an exported API run
+//! directly as a thread-pool, timer or APC callback, so that no user frame
+//! lies between ntdll's callback dispatcher and the API layer (Elastic's
+//! `proxy_call` behaviour; rule "Windows API via a CallBack Function" in
+//! elastic/protections-artifacts, whose stacks are
+//! `ntdll.dll|kernelbase.dll|ntdll.dll|kernel32.dll|ntdll.dll`).
+//!
+//! The stack, from `C` outward: frames in ntdll (the stub's own callers:
+//! the loader under `LoadLibrary`, ...; in a WoW64 process also WoW64's
+//! layer and the 32-bit ntdll, down to the 32-bit side), then a run of one
+//! or more frames in the API layer (`kernelbase.dll`, `kernel32.dll` of
+//! System32, or of SysWOW64 in a WoW64 process), then a frame `N` in the
+//! ntdll of the same bitness that is not the stack's last. The run's
+//! outermost frame `A` is where the API was entered from ntdll: the call is
+//! proxied when `A` lies in a function that *begins* at an export of its
+//! module (the API itself was the callback). That is decided from the x64
+//! exception directory of the module's `--images` file
+//! ([`sentry_images::Image::function_start`]); kernelbase's `DllMain`
+//! (called by the loader), internal wrappers (an APC routine of kernelbase
+//! that calls an API) and `kernel32!BaseThreadInitThunk` (the thread root,
+//! excluded by name) are not exports there, or not proxies.
+//!
+//! Not done (counted, never passed): no `--images` file for `A`'s module,
+//! a PE32 module (x86 and WoW64's 32-bit side have no function table, and
+//! the nearest export below an address is no function bound), an address
+//! no table entry covers, or a chain that cannot be followed.
+
+use sentry_images::{FunctionStart, Images};
+
+use crate::state::{Module, ModuleKind, ModuleMap};
+
+/// What rule 8b found: the frame `A` (index in the user part), and the
+/// RVA where its function (an export) begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProxyFinding {
+    pub api_index: usize,
+    pub dispatcher_index: usize,
+    pub function_rva: u32,
+}
+
+/// Rule 8b's answer for one stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProxyCheck {
+    /// The stack does not have the shape (no API-layer run under ntdll).
+    #[default]
+    NoShape,
+    /// The shape is there and `A`'s function was bounded: not an export
+    /// (or the thread root).
+    Passed,
+    /// The shape is there but `A`'s function could not be bounded.
+    NotDone,
+    /// A proxied call.
+    Found(ProxyFinding),
+}
+
+/// `kernelbase.dll` or `kernel32.dll` in System32 (`false`) or SysWOW64
+/// (`true`); `None` for any other module.
+fn api_layer(m: &Module) -> Option<bool> {
+    let n = m.name.as_bytes();
+    if !(n.len() == 12 && m.name.eq_ignore_ascii_case("kernel32.dll")
+        || n.len() == 14 && m.name.eq_ignore_ascii_case("kernelbase.dll"))
+    {
+        return None;
+    }
+    let dir = m.path.len().checked_sub(n.len() + 10)?;
+    let d = m.path.get(dir..m.path.len() - n.len())?;
+    if d.eq_ignore_ascii_case("\\system32\\") {
+        Some(false)
+    } else if d.eq_ignore_ascii_case("\\syswow64\\") {
+        Some(true)
+    } else {
+        None
+    }
+}
+
+/// The shape: indices of `A` and `N` in `user` (`user[0]` is `U`).
+pub fn shape(modules: &ModuleMap, user: &[u64]) -> Option<(usize, usize)> {
+    let mut j = 1;
+    // The stub's own callers in ntdll (and, for WoW64, the way down to the
+    // 32-bit side).
+    while let Some(m) = user.get(j).and_then(|&a| modules.find(a)) {
+        if !matches!(
+            m.kind,
+            ModuleKind::Ntdll | ModuleKind::NtdllWow64 | ModuleKind::Wow64Layer
+        ) {
+            break;
+        }
+        j += 1;
+    }
+    let first = j;
+    let mut wow = None;
+    while let Some(m) = user.get(j).and_then(|&a| modules.find(a)) {
+        match (api_layer(m), wow) {
+            (Some(w), None) => wow = Some(w),
+            (Some(w), Some(v)) if w == v => {}
+            _ => break,
+        }
+        j += 1;
+    }
+    let wow = wow?;
+    if j == first || j + 1 >= user.len() {
+        return None;
+    }
+    let n = modules.find(user[j])?;
+    let want = if wow {
+        ModuleKind::NtdllWow64
+    } else {
+        ModuleKind::Ntdll
+    };
+    (n.kind == want).then_some((j - 1, j))
+}
+
+/// Rule 8b over the user part of a stack.
+pub fn check(images: Option<&Images>, modules: &ModuleMap, user: &[u64]) -> ProxyCheck {
+    let Some((ai, ni)) = shape(modules, user) else {
+        return ProxyCheck::NoShape;
+    };
+    let Some(m) = modules.find(user[ai]) else {
+        return ProxyCheck::NotDone;
+    };
+    let Some(img) = images
+        .zip(m.image)
+        .and_then(|(images, i)| images.image(i).ok())
+    else {
+        return ProxyCheck::NotDone;
+    };
+    let Ok(rva) = u32::try_from(user[ai] - m.base) else {
+        return ProxyCheck::NotDone;
+    };
+    match img.function_start(rva) {
+        FunctionStart::At(begin) => match img.export_at(begin) {
+            Some(name) if &**name != "BaseThreadInitThunk" => ProxyCheck::Found(ProxyFinding {
+                api_index: ai,
+                dispatcher_index: ni,
+                function_rva: begin,
+            }),
+            _ => ProxyCheck::Passed,
+        },
+        FunctionStart::NotFound | FunctionStart::Unresolved | FunctionStart::NoTable => {
+            ProxyCheck::NotDone
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn module(name: &str, dir: &str, base: u64, kind: ModuleKind) -> Module {
+        Module {
+            base,
+            size: 0x10_0000,
+            name: Arc::from(name),
+            path: Arc::from(format!("\\Device\\HarddiskVolume3\\Windows\\{dir}\\{name}")),
+            kind,
+            time_date_stamp: 0,
+            system_dll: None,
+            image: None,
+        }
+    }
+
+    const NT: u64 = 0x7ff0_0000_0000;
+    const KB: u64 = 0x7ff1_0000_0000;
+    const K32: u64 = 0x7ff2_0000_0000;
+    const APP: u64 = 0x7ff3_0000_0000;
+    const NT32: u64 = 0x7700_0000;
+    const KB32: u64 = 0x7600_0000;
+    const WOW: u64 = 0x7ff4_0000_0000;
+
+    fn map() -> ModuleMap {
+        let mut m = ModuleMap::default();
+        m.insert(module("ntdll.dll", "System32", NT, ModuleKind::Ntdll));
+        m.insert(module("KernelBase.dll", "System32", KB, ModuleKind::Other));
+        m.insert(module("kernel32.dll", "System32", K32, ModuleKind::Other));
+        m.insert(module("app.dll", "Temp", APP, ModuleKind::Other));
+        m.insert(module(
+            "ntdll.dll",
+            "SysWOW64",
+            NT32,
+            ModuleKind::NtdllWow64,
+        ));
+        m.insert(module(
+            "kernelbase.dll",
+            "SysWOW64",
+            KB32,
+            ModuleKind::Other,
+        ));
+        m.insert(module("wow64.dll", "System32", WOW, ModuleKind::Wow64Layer));
+        m
+    }
+
+    #[test]
+    fn the_shape_needs_a_run_under_ntdll_that_is_not_the_root() {
+        let m = map();
+        // Proxied: stub | kernelbase | ntdll (pool) | kernel32 | ntdll.
+        let s = [NT + 0x14, KB + 0x10, NT + 0x200, K32 + 0x30, NT + 0x300];
+        assert_eq!(shape(&m, &s), Some((1, 2)));
+        // ntdll frames under the stub are skipped; a two-frame run.
+        let s = [
+            NT + 0x14,
+            NT + 0x90,
+            KB + 0x10,
+            KB + 0x80,
+            NT + 0x200,
+            NT + 1,
+        ];
+        assert_eq!(shape(&m, &s), Some((3, 4)));
+        // A user frame between: the callback was the application's.
+        let s = [NT + 0x14, KB + 0x10, APP + 1, NT + 0x200, NT + 0x300];
+        assert_eq!(shape(&m, &s), None);
+        // The thread root: ntdll is the last frame.
+        let s = [NT + 0x14, KB + 0x10, K32 + 0x30, NT + 0x300];
+        assert_eq!(shape(&m, &s), None);
+        // Unbacked after the run.
+        let s = [NT + 0x14, KB + 0x10, 0x1000, NT + 0x300];
+        assert_eq!(shape(&m, &s), None);
+        // WoW64: the 32-bit kernelbase under the 32-bit ntdll.
+        let s = [
+            NT + 0x14,
+            WOW + 5,
+            NT32 + 0x40,
+            KB32 + 9,
+            NT32 + 0x50,
+            NT32 + 0x60,
+        ];
+        assert_eq!(shape(&m, &s), Some((3, 4)));
+        // ... but not under the native one (no such stack exists).
+        let s = [
+            NT + 0x14,
+            WOW + 5,
+            NT32 + 0x40,
+            KB32 + 9,
+            NT + 0x50,
+            NT + 0x60,
+        ];
+        assert_eq!(shape(&m, &s), None);
+        // Only ntdll: nothing to check (an Nt stub as the callback is
+        // blind, docs/verdicts.md).
+        let s = [NT + 0x14, NT + 0x200, NT + 0x300];
+        assert_eq!(shape(&m, &s), None);
+    }
+
+    #[test]
+    fn without_bytes_the_shape_is_not_done() {
+        let m = map();
+        let s = [NT + 0x14, KB + 0x10, NT + 0x200, K32 + 0x30, NT + 0x300];
+        assert_eq!(check(None, &m, &s), ProxyCheck::NotDone);
+        let s = [NT + 0x14, KB + 0x10, APP + 1, NT + 0x300];
+        assert_eq!(check(None, &m, &s), ProxyCheck::NoShape);
+    }
+
+    #[test]
+    fn api_layer_is_kernelbase_or_kernel32_in_a_windows_folder() {
+        let k = |n: &str, d: &str| api_layer(&module(n, d, 0, ModuleKind::Other));
+        assert_eq!(k("KERNELBASE.DLL", "system32"), Some(false));
+        assert_eq!(k("kernel32.dll", "SysWOW64"), Some(true));
+        assert_eq!(k("kernel32.dll", "Temp"), None);
+        assert_eq!(k("kernel33.dll", "System32"), None);
+        assert_eq!(k("ntdll.dll", "System32"), None);
+    }
+}
