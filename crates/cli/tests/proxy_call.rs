@@ -1,4 +1,4 @@
-//! Proxied calls (rule 8b, `proxy_call`) through the CLI, as a user runs
+//! Proxied calls (rule 8c, `proxy_call`) through the CLI, as a user runs
 //! them: `synth` writes the trace, its truth and the traced host's DLLs
 //! (`--images-out`), `analyze --per-syscall` classifies with and without
 //! `--images`, x64 and x86. Every syscall's verdict and reason equals the
@@ -36,7 +36,7 @@ fn label(v: &Value) -> String {
 /// (true positives, false positives, false negatives) per label.
 type Tally = BTreeMap<String, (u64, u64, u64)>;
 
-/// Rule 8b's counters of one analysis.
+/// Rule 8c's counters of one analysis.
 #[derive(Debug, Default, Clone, Copy)]
 struct Shapes {
     checked: u64,

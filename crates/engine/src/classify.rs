@@ -86,7 +86,7 @@ pub enum Reason {
     /// Rule 9 (`--images`): a frame past `U` has no `call` before it (ROP
     /// gadget, synthetic frame).
     NotCallPreceded,
-    /// Rule 8b (`--images`, x64): an exported API ran as a thread-pool,
+    /// Rule 8c (`--images`, x64): an exported API ran as a thread-pool,
     /// timer or APC callback (no user frame between ntdll's dispatcher and
     /// the API layer).
     ProxyCall,
@@ -269,7 +269,7 @@ pub struct Outcome<'a> {
     pub frame_check: Option<FrameCheck>,
     /// Rule 9's coverage (zero without `--images`).
     pub bytes: BytesChecked,
-    /// Rule 8b's answer (`NoShape` when the rules stopped before it).
+    /// Rule 8c's answer (`NoShape` when the rules stopped before it).
     pub proxy: proxy::ProxyCheck,
 }
 
@@ -458,7 +458,7 @@ pub fn classify<'a>(ctx: &Context<'a>, stack: Option<&[u64]>, service_address: u
         out.reason = Some(Reason::Wow64Bypass);
         return out;
     }
-    // Rule 8b: a proxied call (before rule 9: docs/verdicts.md).
+    // Rule 8c: a proxied call (after 8b, before 9: docs/verdicts.md).
     out.proxy = proxy::check(ctx.images, modules, user);
     if let proxy::ProxyCheck::Found(mut f) = out.proxy {
         f.api_index += ui;

@@ -70,7 +70,7 @@ pub struct EngineStats {
     /// unbacked, skipped by rule). Zero without `--images`.
     pub frames_checked: u64,
     pub frames_not_done: u64,
-    /// Rule 8b (`proxy_call`): stacks with the proxied-call shape whose
+    /// Rule 8c (`proxy_call`): stacks with the proxied-call shape whose
     /// API frame's function was bounded (checked), and those where it
     /// could not be (no `--images` file, x86/WoW64 32-bit modules without
     /// a function table): never counted as passed.

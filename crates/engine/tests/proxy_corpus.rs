@@ -1,9 +1,9 @@
-//! Rule 8b's stack shape (docs/verdicts.md: an API-layer run right under
+//! Rule 8c's stack shape (docs/verdicts.md: an API-layer run right under
 //! ntdll, not at the root) on the real stacks of /work/shared/corpus (no
 //! SysCallEnter there: every StackWalk paired with any event is a real
 //! stack the kernel walked). Only stacks whose innermost user frame is in
 //! ntdll are looked at, as a syscall's would be. The shapes found are what
-//! rule 8b would have to bound with `--images` on a real machine; none can
+//! rule 8c would have to bound with `--images` on a real machine; none can
 //! be an alert here (no module bytes), and their frames are printed so
 //! that a reader sees which real code has the shape: 25 of 5,210 stacks,
 //! all on WoW64's 32-bit side (x86 thread roots and a DllMain), where the
@@ -34,7 +34,7 @@ fn corpus(name: &str) -> Option<PathBuf> {
 struct Seen {
     from_ntdll: u64,
     /// Shapes whose API frame is in a native (System32) module: the ones
-    /// rule 8b would decide.
+    /// rule 8c would decide.
     native: u64,
     shapes: BTreeMap<String, u64>,
 }

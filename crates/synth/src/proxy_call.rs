@@ -1,4 +1,4 @@
-//! Proxied calls (docs/verdicts.md, rule 8b `proxy_call`) and the benign
+//! Proxied calls (docs/verdicts.md, rule 8c `proxy_call`) and the benign
 //! stacks that look like them.
 //!
 //! The technique, as Elastic's rule "Windows API via a CallBack Function"

@@ -1,4 +1,4 @@
-//! Rule 8b (docs/verdicts.md): a proxied call, i.e. an exported API run
+//! Rule 8c (docs/verdicts.md): a proxied call, i.e. an exported API run
 //! directly as a thread-pool, timer or APC callback, so that no user frame
 //! lies between ntdll's callback dispatcher and the API layer (Elastic's
 //! `proxy_call` behaviour; rule "Windows API via a CallBack Function" in
@@ -29,7 +29,7 @@ use sentry_images::{FunctionStart, Images};
 
 use crate::state::{Module, ModuleKind, ModuleMap};
 
-/// What rule 8b found: the frame `A` (index in the user part), and the
+/// What rule 8c found: the frame `A` (index in the user part), and the
 /// RVA where its function (an export) begins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProxyFinding {
@@ -38,7 +38,7 @@ pub struct ProxyFinding {
     pub function_rva: u32,
 }
 
-/// Rule 8b's answer for one stack.
+/// Rule 8c's answer for one stack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ProxyCheck {
     /// The stack does not have the shape (no API-layer run under ntdll).
@@ -110,7 +110,7 @@ pub fn shape(modules: &ModuleMap, user: &[u64]) -> Option<(usize, usize)> {
     (n.kind == want).then_some((j - 1, j))
 }
 
-/// Rule 8b over the user part of a stack.
+/// Rule 8c over the user part of a stack.
 pub fn check(images: Option<&Images>, modules: &ModuleMap, user: &[u64]) -> ProxyCheck {
     let Some((ai, ni)) = shape(modules, user) else {
         return ProxyCheck::NoShape;

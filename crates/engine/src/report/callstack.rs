@@ -41,7 +41,7 @@ pub struct CallStackFacts {
     /// Rule 9's frame, with the bytes around its return address.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub return_check: Option<ReturnEvidence>,
-    /// Rule 8b's API frame and the export its function begins at.
+    /// Rule 8c's API frame and the export its function begins at.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proxy_call: Option<ProxyEvidence>,
     /// The `truncated_stack` flag (docs/verdicts.md, "Flags").
@@ -84,7 +84,7 @@ pub struct ReturnEvidence {
     pub gadget: Option<&'static str>,
 }
 
-/// The API run as a callback (rule 8b).
+/// The API run as a callback (rule 8c).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct ProxyEvidence {
     /// Index in `stack` of the API frame `A`.
