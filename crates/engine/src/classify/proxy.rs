@@ -73,41 +73,37 @@ fn api_layer(m: &Module) -> Option<bool> {
     }
 }
 
-/// The shape: indices of `A` and `N` in `user` (`user[0]` is `U`).
+/// The shape: indices of `A` and `N` in `user` (`user[0]` is `U`). One
+/// module lookup per frame, stopping at the first frame that rules the
+/// shape out (for most stacks the first frame past ntdll, the caller's
+/// own module).
 pub fn shape(modules: &ModuleMap, user: &[u64]) -> Option<(usize, usize)> {
-    let mut j = 1;
-    // The stub's own callers in ntdll (and, for WoW64, the way down to the
-    // 32-bit side).
-    while let Some(m) = user.get(j).and_then(|&a| modules.find(a)) {
-        if !matches!(
-            m.kind,
-            ModuleKind::Ntdll | ModuleKind::NtdllWow64 | ModuleKind::Wow64Layer
-        ) {
-            break;
-        }
-        j += 1;
-    }
-    let first = j;
-    let mut wow = None;
-    while let Some(m) = user.get(j).and_then(|&a| modules.find(a)) {
-        match (api_layer(m), wow) {
-            (Some(w), None) => wow = Some(w),
+    // `Some(wow)` once the API-layer run has begun.
+    let mut run: Option<bool> = None;
+    for (j, &a) in user.iter().enumerate().skip(1) {
+        let m = modules.find(a)?;
+        match (run, api_layer(m)) {
+            // The stub's own callers in ntdll (and, for WoW64, the way
+            // down to the 32-bit side).
+            (None, None)
+                if matches!(
+                    m.kind,
+                    ModuleKind::Ntdll | ModuleKind::NtdllWow64 | ModuleKind::Wow64Layer
+                ) => {}
+            (None, None) => return None,
+            (None, Some(w)) => run = Some(w),
             (Some(w), Some(v)) if w == v => {}
-            _ => break,
+            (Some(w), _) => {
+                let want = if w {
+                    ModuleKind::NtdllWow64
+                } else {
+                    ModuleKind::Ntdll
+                };
+                return (m.kind == want && j + 1 < user.len()).then_some((j - 1, j));
+            }
         }
-        j += 1;
     }
-    let wow = wow?;
-    if j == first || j + 1 >= user.len() {
-        return None;
-    }
-    let n = modules.find(user[j])?;
-    let want = if wow {
-        ModuleKind::NtdllWow64
-    } else {
-        ModuleKind::Ntdll
-    };
-    (n.kind == want).then_some((j - 1, j))
+    None
 }
 
 /// Rule 8c over the user part of a stack.
