@@ -20,7 +20,8 @@
 //! that calls an API) and `kernel32!BaseThreadInitThunk` (the thread root,
 //! excluded by name) are not exports there, or not proxies.
 //!
-//! Not done (counted, never passed): no `--images` file for `A`'s module,
+//! Applied with `--images` only (as rule 9). Not done (counted, never
+//! passed): no `--images` file matched for `A`'s module,
 //! a PE32 module (x86 and WoW64's 32-bit side have no function table, and
 //! the nearest export below an address is no function bound), an address
 //! no table entry covers, or a chain that cannot be followed.
@@ -107,17 +108,14 @@ pub fn shape(modules: &ModuleMap, user: &[u64]) -> Option<(usize, usize)> {
 }
 
 /// Rule 8c over the user part of a stack.
-pub fn check(images: Option<&Images>, modules: &ModuleMap, user: &[u64]) -> ProxyCheck {
+pub fn check(images: &Images, modules: &ModuleMap, user: &[u64]) -> ProxyCheck {
     let Some((ai, ni)) = shape(modules, user) else {
         return ProxyCheck::NoShape;
     };
     let Some(m) = modules.find(user[ai]) else {
         return ProxyCheck::NotDone;
     };
-    let Some(img) = images
-        .zip(m.image)
-        .and_then(|(images, i)| images.image(i).ok())
-    else {
+    let Some(img) = m.image.and_then(|i| images.image(i).ok()) else {
         return ProxyCheck::NotDone;
     };
     let Ok(rva) = u32::try_from(user[ai] - m.base) else {
@@ -238,12 +236,13 @@ mod tests {
     }
 
     #[test]
-    fn without_bytes_the_shape_is_not_done() {
+    fn without_a_matched_file_the_shape_is_not_done() {
         let m = map();
+        let images = Images::default();
         let s = [NT + 0x14, KB + 0x10, NT + 0x200, K32 + 0x30, NT + 0x300];
-        assert_eq!(check(None, &m, &s), ProxyCheck::NotDone);
+        assert_eq!(check(&images, &m, &s), ProxyCheck::NotDone);
         let s = [NT + 0x14, KB + 0x10, APP + 1, NT + 0x300];
-        assert_eq!(check(None, &m, &s), ProxyCheck::NoShape);
+        assert_eq!(check(&images, &m, &s), ProxyCheck::NoShape);
     }
 
     #[test]
