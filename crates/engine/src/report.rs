@@ -1898,7 +1898,7 @@ pub fn stats_text(s: &EngineStats, wall_seconds: f64, alerts: usize) -> String {
     }
     if s.proxy_checked + s.proxy_not_done > 0 {
         t.push_str(&format!(
-            "proxied-call shapes (rule 8c): checked {}, not done {} (no --images file or no x64 function table: never counted as passed)\n",
+            "proxied-call shapes (rule 8c): checked {}, not done {} (no matched --images file or no x64 function table: never counted as passed)\n",
             s.proxy_checked, s.proxy_not_done
         ));
     }

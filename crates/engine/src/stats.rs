@@ -72,8 +72,9 @@ pub struct EngineStats {
     pub frames_not_done: u64,
     /// Rule 8c (`proxy_call`): stacks with the proxied-call shape whose
     /// API frame's function was bounded (checked), and those where it
-    /// could not be (no `--images` file, x86/WoW64 32-bit modules without
-    /// a function table): never counted as passed.
+    /// could not be (no `--images` file matched, x86/WoW64 32-bit modules
+    /// without a function table): never counted as passed. Zero without
+    /// `--images`.
     pub proxy_checked: u64,
     pub proxy_not_done: u64,
 }
