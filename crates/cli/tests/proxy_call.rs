@@ -34,6 +34,36 @@ fn label(v: &Value) -> String {
     }
 }
 
+/// `synth` of a scenario with its truth and `--images-out` files:
+/// (trace, images folder).
+fn synth(dir: &Path, scenario: &str, ps: u8, syscalls: u64) -> (String, String) {
+    let etl = dir.join(format!("{scenario}-{ps}.etl"));
+    let img = dir.join(format!("{scenario}-{ps}-images"));
+    let (etl_s, img_s) = (etl.to_str().unwrap(), img.to_str().unwrap());
+    run(&[
+        "synth",
+        "--scenario",
+        scenario,
+        "--pointer-size",
+        &ps.to_string(),
+        "--syscalls",
+        &syscalls.to_string(),
+        "--seed",
+        "17",
+        "-o",
+        etl_s,
+        "--images-out",
+        img_s,
+    ]);
+    (etl_s.to_string(), img_s.to_string())
+}
+
+/// The first line of a `--stats-json` file.
+fn stats(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap();
+    serde_json::from_str(text.lines().next().unwrap()).unwrap()
+}
+
 /// (true positives, false positives, false negatives) per label.
 type Tally = BTreeMap<String, (u64, u64, u64)>;
 
@@ -45,37 +75,21 @@ struct Shapes {
 }
 
 fn check(dir: &Path, scenario: &str, ps: u8, tally: &mut Tally) -> [Shapes; 2] {
-    let etl = dir.join(format!("{scenario}-{ps}.etl"));
-    let img = dir.join(format!("{scenario}-{ps}-images"));
-    let (etl_s, img_s) = (etl.to_str().unwrap(), img.to_str().unwrap());
-    let ps_s = ps.to_string();
-    run(&[
-        "synth",
-        "--scenario",
-        scenario,
-        "--pointer-size",
-        &ps_s,
-        "--syscalls",
-        "3000",
-        "--seed",
-        "17",
-        "-o",
-        etl_s,
-        "--images-out",
-        img_s,
-    ]);
+    let (etl_s, img_s) = synth(dir, scenario, ps, 3000);
+    let (etl_s, img_s) = (etl_s.as_str(), img_s.as_str());
+    let etl = Path::new(etl_s);
     let truth: Value =
         serde_json::from_slice(&std::fs::read(etl.with_extension("truth.json")).unwrap()).unwrap();
     let mut shapes = [Shapes::default(); 2];
     for (k, with_images) in [false, true].into_iter().enumerate() {
-        let stats = dir.join(format!("{scenario}-{ps}-{with_images}.stats.json"));
+        let stats_path = dir.join(format!("{scenario}-{ps}-{with_images}.stats.json"));
         let mut args = vec![
             "analyze",
             "-q",
             "--per-syscall",
             etl_s,
             "--stats-json",
-            stats.to_str().unwrap(),
+            stats_path.to_str().unwrap(),
         ];
         if with_images {
             args.extend(["--images", img_s]);
@@ -112,14 +126,7 @@ fn check(dir: &Path, scenario: &str, ps: u8, tally: &mut Tally) -> [Shapes; 2] {
                 panic!("{scenario} {ps}-bit images={with_images}: {e} got {g}");
             }
         }
-        let s: Value = serde_json::from_str(
-            std::fs::read_to_string(&stats)
-                .unwrap()
-                .lines()
-                .next()
-                .unwrap(),
-        )
-        .unwrap();
+        let s = stats(&stats_path);
         shapes[k] = Shapes {
             checked: s["proxy_checked"].as_u64().unwrap(),
             not_done: s["proxy_not_done"].as_u64().unwrap(),
@@ -199,26 +206,15 @@ fn proxied_calls_have_precision_and_recall_one() {
 
 /// An alert names the API that ran as the callback and carries Elastic's
 /// fields as Elastic's rule "Windows API via a CallBack Function" reads
-/// them (summary, final user module `Undetermined`, behaviour).
+/// them (summary, final user module `Undetermined` for a pool worker,
+/// behaviour).
 #[cfg_attr(windows, ignore)]
 #[test]
 fn an_alert_carries_the_evidence_and_elastic_fields() {
     let dir = std::env::temp_dir().join(format!("sentry-proxy-ev-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let etl = dir.join("p.etl");
-    let img = dir.join("img");
-    let (etl_s, img_s) = (etl.to_str().unwrap(), img.to_str().unwrap());
-    run(&[
-        "synth",
-        "--scenario",
-        "proxy-call",
-        "--syscalls",
-        "2000",
-        "-o",
-        etl_s,
-        "--images-out",
-        img_s,
-    ]);
+    let (etl_s, img_s) = synth(&dir, "proxy-call", 8, 2000);
+    let (etl_s, img_s) = (etl_s.as_str(), img_s.as_str());
     let lines = |format: &str| -> Vec<Value> {
         let out = run(&[
             "analyze", "-q", "--format", format, etl_s, "--images", img_s,
@@ -234,7 +230,16 @@ fn an_alert_carries_the_evidence_and_elastic_fields() {
     for a in &alerts {
         assert_eq!(a["reason"], "proxy_call", "{a}");
         assert_eq!(a["behaviors"], serde_json::json!(["proxy_call"]));
-        assert_eq!(a["final_user_module"]["name"], "Undetermined");
+        // A pool worker's stack holds system modules only: Undetermined.
+        // An APC runs on the thread that waited alertably: its own code
+        // is the final user module.
+        let summary = a["call_stack_summary"].as_str().unwrap();
+        let want = if summary.contains("tpinject.exe") {
+            "tpinject.exe"
+        } else {
+            "Undetermined"
+        };
+        assert_eq!(a["final_user_module"]["name"], want, "{a}");
         let pc = &a["proxy_call"];
         let frame = pc["frame"].as_u64().unwrap() as usize;
         assert_eq!(pc["dispatcher_frame"].as_u64().unwrap() as usize, frame + 1);
@@ -276,9 +281,14 @@ fn an_alert_carries_the_evidence_and_elastic_fields() {
             p["Ext"]["api"]["behaviors"],
             serde_json::json!(["proxy_call"])
         );
+        let t = &p["thread"]["Ext"];
+        let own = t["call_stack_summary"]
+            .as_str()
+            .unwrap()
+            .contains("tpinject.exe");
         assert_eq!(
-            p["thread"]["Ext"]["call_stack_final_user_module"]["name"],
-            "Undetermined"
+            t["call_stack_final_user_module"]["name"],
+            if own { "tpinject.exe" } else { "Undetermined" }
         );
         let frames = p["thread"]["Ext"]["call_stack"].as_array().unwrap();
         assert!(frames
@@ -296,23 +306,11 @@ fn an_alert_carries_the_evidence_and_elastic_fields() {
 fn unmatched_modules_are_not_done() {
     let dir = std::env::temp_dir().join(format!("sentry-proxy-nm-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let etl = dir.join("p.etl");
-    let img = dir.join("img");
-    let stats = dir.join("s.json");
-    let (etl_s, img_s) = (etl.to_str().unwrap(), img.to_str().unwrap());
-    run(&[
-        "synth",
-        "--scenario",
-        "proxy-call",
-        "--syscalls",
-        "2000",
-        "-o",
-        etl_s,
-        "--images-out",
-        img_s,
-    ]);
+    let (etl_s, img_s) = synth(&dir, "proxy-call", 8, 2000);
+    let (etl_s, img_s) = (etl_s.as_str(), img_s.as_str());
+    let stats_path = dir.join("s.json");
     for f in ["KernelBase.dll", "kernel32.dll"] {
-        std::fs::remove_file(img.join("System32").join(f)).unwrap();
+        std::fs::remove_file(Path::new(img_s).join("System32").join(f)).unwrap();
     }
     let out = run(&[
         "analyze",
@@ -322,21 +320,14 @@ fn unmatched_modules_are_not_done() {
         "--images",
         img_s,
         "--stats-json",
-        stats.to_str().unwrap(),
+        stats_path.to_str().unwrap(),
     ]);
     let proxied = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.contains("\"proxy_call\""))
         .count();
     assert_eq!(proxied, 0);
-    let s: Value = serde_json::from_str(
-        std::fs::read_to_string(&stats)
-            .unwrap()
-            .lines()
-            .next()
-            .unwrap(),
-    )
-    .unwrap();
+    let s = stats(&stats_path);
     assert_eq!(s["proxy_checked"], 0);
     assert!(s["proxy_not_done"].as_u64().unwrap() > 50, "{s}");
     std::fs::remove_dir_all(&dir).unwrap();

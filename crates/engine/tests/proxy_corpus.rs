@@ -9,26 +9,12 @@
 //! all on WoW64's 32-bit side (x86 thread roots and a DllMain), where the
 //! rule is not decided (no function table).
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use sentry_engine::classify::proxy::shape;
-use sentry_engine::{
-    Engine, EngineConfig, ModuleKind, Pairing, StackPair, SyscallVerdict, VerdictSink,
-};
-use sentry_etl::{EtlFile, Order};
-
-fn corpus(name: &str) -> Option<PathBuf> {
-    [
-        std::env::var("SENTRY_CORPUS").ok().map(PathBuf::from),
-        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus")),
-        Some(PathBuf::from("/work/shared/corpus")),
-    ]
-    .into_iter()
-    .flatten()
-    .map(|d| d.join(name))
-    .find(|p| p.exists())
-}
+use sentry_engine::{ModuleKind, StackPair, SyscallVerdict, VerdictSink};
 
 #[derive(Default)]
 struct Seen {
@@ -81,21 +67,10 @@ fn proxied_call_shapes_on_real_stacks() {
         "win8-x64-compressed-stackcache.etl",
         "win8-wow64-compressed-stackcache.etl",
     ] {
-        let Some(path) = corpus(name) else {
-            eprintln!("corpus file {name} not found: skipped");
+        let mut seen = Seen::default();
+        let Some(_) = support::replay_corpus(name, &mut seen) else {
             continue;
         };
-        let file = EtlFile::open(&path).unwrap();
-        let mut engine = Engine::new(EngineConfig {
-            pairing: Pairing::AnyEvent,
-            ..EngineConfig::default()
-        });
-        let mut seen = Seen::default();
-        let mut r = file.events(Order::Time);
-        while let Some(ev) = r.next_event() {
-            engine.process(&ev, &mut seen);
-        }
-        engine.finish(&mut seen);
         let n: u64 = seen.shapes.values().sum();
         eprintln!(
             "{name}: {} user stacks from ntdll, {n} with the proxied-call shape",
