@@ -230,6 +230,7 @@ fn an_alert_carries_the_evidence_and_elastic_fields() {
     for a in &alerts {
         assert_eq!(a["reason"], "proxy_call", "{a}");
         assert_eq!(a["behaviors"], serde_json::json!(["proxy_call"]));
+        assert_eq!(a["technique"], "proxy-call");
         // A pool worker's stack holds system modules only: Undetermined.
         // An APC runs on the thread that waited alertably: its own code
         // is the final user module.
@@ -281,6 +282,7 @@ fn an_alert_carries_the_evidence_and_elastic_fields() {
             p["Ext"]["api"]["behaviors"],
             serde_json::json!(["proxy_call"])
         );
+        assert_eq!(e["event"]["action"], "proxy-call");
         let t = &p["thread"]["Ext"];
         let own = t["call_stack_summary"]
             .as_str()

@@ -391,6 +391,7 @@ fn technique(verdict: Verdict, reason: Option<Reason>) -> &'static str {
     match (verdict, reason) {
         (Verdict::Direct, Some(Reason::HeavensGate)) => "heavens-gate",
         (Verdict::Direct, _) => "direct-syscall",
+        (Verdict::Indirect, Some(Reason::ProxyCall)) => "proxy-call",
         (Verdict::Indirect, _) => "indirect-syscall",
         _ => "",
     }
