@@ -128,6 +128,13 @@ fn call_stack_fields_follow_the_endpoint_schema() {
     std::fs::copy(&ntdll, Path::new(&cl_img).join("wmiclnt.dll")).unwrap();
     let cl_docs = ecs_alerts(&[&cl, "--images", &cl_img]);
     docs.extend(cl_docs.iter().cloned());
+    // Proxied calls: the `proxy_call` behaviour, a frame named by its API.
+    let (px, px_img) = synth(&dir, "proxy-call");
+    let px_docs = ecs_alerts(&[&px, "--images", &px_img]);
+    assert!(px_docs
+        .iter()
+        .any(|d| d["process"]["Ext"]["api"]["behaviors"][0] == "proxy_call"));
+    docs.extend(px_docs);
     // Per-syscall documents carry the truncated_stack flag as a behaviour.
     let (tr, _) = synth(&dir, "stack-truncation");
     let out = Command::new(BIN)

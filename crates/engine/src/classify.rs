@@ -10,6 +10,7 @@ use sentry_images::{Gadget, Images, Preceded};
 
 mod call;
 pub mod exception;
+pub mod proxy;
 
 pub(crate) use call::SiteTallies;
 
@@ -89,6 +90,10 @@ pub enum Reason {
     /// Rule 8b: the API was called by an exception handler in private
     /// memory, while ntdll dispatched the exception.
     ExceptionHandler,
+    /// Rule 8c (`--images`, x64): an exported API ran as a thread-pool,
+    /// timer or APC callback (no user frame between ntdll's dispatcher and
+    /// the API layer).
+    ProxyCall,
     /// Unresolved: no start or rundown of the process was seen.
     ProcessUnknown,
     /// Unresolved: the process's `\System32\ntdll.dll` mapping was not seen.
@@ -110,6 +115,7 @@ impl Reason {
         Reason::Wow64Bypass,
         Reason::NotCallPreceded,
         Reason::ExceptionHandler,
+        Reason::ProxyCall,
         Reason::ProcessUnknown,
         Reason::ModulesIncomplete,
         Reason::EventsLost,
@@ -127,6 +133,7 @@ impl Reason {
             Reason::Wow64Bypass => "wow64_bypass",
             Reason::NotCallPreceded => "not_call_preceded",
             Reason::ExceptionHandler => "exception_handler",
+            Reason::ProxyCall => "proxy_call",
             Reason::ProcessUnknown => "process_unknown",
             Reason::ModulesIncomplete => "modules_incomplete",
             Reason::EventsLost => "events_lost",
@@ -272,6 +279,8 @@ pub struct Outcome<'a> {
     pub handler: Option<exception::HandlerFrame>,
     /// Rule 8b's coverage.
     pub exception_check: exception::ExceptionCheck,
+    /// Rule 8c's answer (`NoShape` when the rules stopped before it).
+    pub proxy: proxy::ProxyCheck,
 }
 
 impl Outcome<'_> {
@@ -291,6 +300,7 @@ impl Outcome<'_> {
             bytes: BytesChecked::default(),
             handler: None,
             exception_check: exception::ExceptionCheck::NotReached,
+            proxy: proxy::ProxyCheck::NoShape,
         }
     }
 }
@@ -475,6 +485,21 @@ pub fn classify<'a>(ctx: &Context<'a>, stack: Option<&[u64]>, service_address: u
                 return out;
             }
         }
+    }
+    // Rule 8c: a proxied call (after 8b, before 9: docs/verdicts.md).
+    // Like rule 9 it needs module bytes: without `--images` it is not
+    // applied (walking the frames past `C` for every syscall only to count
+    // shapes cost 27% more instructions per syscall).
+    if let Some(images) = ctx.images {
+        out.proxy = proxy::check(images, modules, user);
+    }
+    if let proxy::ProxyCheck::Found(mut f) = out.proxy {
+        f.api_index += ui;
+        f.dispatcher_index += ui;
+        out.proxy = proxy::ProxyCheck::Found(f);
+        out.verdict = Verdict::Indirect;
+        out.reason = Some(Reason::ProxyCall);
+        return out;
     }
     // Rule 9.
     if let Some(images) = ctx.images {

@@ -391,6 +391,7 @@ fn technique(verdict: Verdict, reason: Option<Reason>) -> &'static str {
     match (verdict, reason) {
         (Verdict::Direct, Some(Reason::HeavensGate)) => "heavens-gate",
         (Verdict::Direct, _) => "direct-syscall",
+        (Verdict::Indirect, Some(Reason::ProxyCall)) => "proxy-call",
         (Verdict::Indirect, _) => "indirect-syscall",
         _ => "",
     }
@@ -1946,6 +1947,12 @@ pub fn stats_text(s: &EngineStats, wall_seconds: f64, alerts: usize) -> String {
         t.push_str(&format!(
             "exception dispatch (rule 8b): checked {}, not done {} (no ntdll exports: give --images or --system-dlls; never counted as passed), stacks with a handler frame {}\n",
             s.exception_checks, s.exception_checks_not_done, s.exception_dispatch_stacks
+        ));
+    }
+    if s.proxy_checked + s.proxy_not_done > 0 {
+        t.push_str(&format!(
+            "proxied-call shapes (rule 8c): checked {}, not done {} (no matched --images file or no x64 function table: never counted as passed)\n",
+            s.proxy_checked, s.proxy_not_done
         ));
     }
     let c = &s.correlator;

@@ -96,4 +96,11 @@ pub struct EngineStats {
     /// Built-in recognisers (`builtin:chromium-sandbox`): what each
     /// suppressed (also counted in `suppressed`) and what it checked.
     pub builtin: crate::builtin_allowlist::BuiltinStats,
+    /// Rule 8c (`proxy_call`): stacks with the proxied-call shape whose
+    /// API frame's function was bounded (checked), and those where it
+    /// could not be (no `--images` file matched, x86/WoW64 32-bit modules
+    /// without a function table): never counted as passed. Zero without
+    /// `--images`.
+    pub proxy_checked: u64,
+    pub proxy_not_done: u64,
 }

@@ -9,25 +9,11 @@
 //!   alert, because real walks end early: 19 of the Windows 7 trace's
 //!   multi-frame user stacks end in .NET's mscoree.dll).
 
-use std::path::PathBuf;
+mod support;
 
 use sentry_engine::{
-    stack_truncated, wow64_bypassed, Engine, EngineConfig, ModuleKind, Pairing, StackPair,
-    SyscallVerdict, VerdictSink,
+    stack_truncated, wow64_bypassed, ModuleKind, StackPair, SyscallVerdict, VerdictSink,
 };
-use sentry_etl::{EtlFile, Order};
-
-fn corpus(name: &str) -> Option<PathBuf> {
-    [
-        std::env::var("SENTRY_CORPUS").ok().map(PathBuf::from),
-        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus")),
-        Some(PathBuf::from("/work/shared/corpus")),
-    ]
-    .into_iter()
-    .flatten()
-    .map(|d| d.join(name))
-    .find(|p| p.exists())
-}
 
 #[derive(Default)]
 struct Seen {
@@ -76,21 +62,10 @@ fn evasion_rules_stay_quiet_on_real_stacks() {
         "win8-wow64-compressed-stackcache.etl",
         "win10-x64-kernel-rundown.etl",
     ] {
-        let Some(path) = corpus(name) else {
-            eprintln!("corpus file {name} not found: skipped");
+        let mut seen = Seen::default();
+        let Some(engine) = support::replay_corpus(name, &mut seen) else {
             continue;
         };
-        let file = EtlFile::open(&path).unwrap();
-        let mut engine = Engine::new(EngineConfig {
-            pairing: Pairing::AnyEvent,
-            ..EngineConfig::default()
-        });
-        let mut seen = Seen::default();
-        let mut r = file.events(Order::Time);
-        while let Some(ev) = r.next_event() {
-            engine.process(&ev, &mut seen);
-        }
-        engine.finish(&mut seen);
         let mut images = 0;
         for p in engine.state().processes() {
             for x in p.modules.iter() {

@@ -16,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod pdata;
 pub mod x86;
 
 use std::collections::{BTreeMap, HashMap};
@@ -28,6 +29,7 @@ use object::read::pe::{ImageNtHeaders, PeFile};
 use object::{LittleEndian as LE, Object};
 use sha2::{Digest, Sha256};
 
+pub use pdata::FunctionStart;
 pub use x86::{Bits, CallForm, Gadget, Transition};
 
 /// Bytes kept before and after a return address as evidence (Elastic's
@@ -73,6 +75,8 @@ pub struct Image {
     exports: BTreeMap<u32, Arc<str>>,
     /// RVAs of `KiUserExceptionDispatcher` (see [`export_span`]), found once.
     exception_dispatcher: Option<(u32, u32)>,
+    /// The x64 exception directory (`.pdata`), if present and sane.
+    functions: Option<pdata::Table>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -419,20 +423,22 @@ impl NotDone {
 impl Image {
     /// Parses a PE32 or PE32+ image (x86 or x64).
     pub fn parse(bytes: Vec<u8>) -> Result<Image, String> {
-        let (bits, sections, exports) =
+        let (bits, sections, exports, exception) =
             match object::FileKind::parse(&*bytes).map_err(|e| e.to_string())? {
                 object::FileKind::Pe64 => {
-                    let (s, e) = layout::<ImageNtHeaders64>(&bytes)?;
-                    (Bits::B64, s, e)
+                    let (s, e, x) = layout::<ImageNtHeaders64>(&bytes)?;
+                    (Bits::B64, s, e, x)
                 }
                 object::FileKind::Pe32 => {
-                    let (s, e) = layout::<ImageNtHeaders32>(&bytes)?;
-                    (Bits::B32, s, e)
+                    let (s, e, _) = layout::<ImageNtHeaders32>(&bytes)?;
+                    // PE32 images have no function table (x86 unwinds by
+                    // frame pointers and SEH records on the stack).
+                    (Bits::B32, s, e, None)
                 }
                 k => return Err(format!("not a PE image ({k:?})")),
             };
         let exception_dispatcher = export_span(&exports, EXCEPTION_DISPATCHER);
-        Ok(Image {
+        let mut img = Image {
             bits,
             sha256: OnceLock::new(),
             sha256_hex: OnceLock::new(),
@@ -440,7 +446,10 @@ impl Image {
             sections,
             exports,
             exception_dispatcher,
-        })
+            functions: None,
+        };
+        img.functions = exception.and_then(|(rva, size)| pdata::Table::locate(&img, rva, size));
+        Ok(img)
     }
 
     /// The RVAs `[start, end)` of `ntdll!KiUserExceptionDispatcher`, if
@@ -562,6 +571,21 @@ impl Image {
         self.exports.get(&rva)
     }
 
+    /// The start of the function holding `rva`, from the x64 exception
+    /// directory (chained entries resolved to their primary function).
+    /// [`FunctionStart::NoTable`] for PE32 images and images without one.
+    pub fn function_start(&self, rva: u32) -> FunctionStart {
+        match &self.functions {
+            Some(t) => t.function_start(self, rva),
+            None => FunctionStart::NoTable,
+        }
+    }
+
+    /// Entries of the exception directory (0 without one).
+    pub fn function_count(&self) -> usize {
+        self.functions.as_ref().map_or(0, |t| t.len())
+    }
+
     /// The nearest export at or below `rva`, with the distance from it.
     pub fn export_near(&self, rva: u32) -> Option<(&Arc<str>, u32)> {
         let (&a, n) = self.exports.range(..=rva).next_back()?;
@@ -569,7 +593,8 @@ impl Image {
     }
 }
 
-type Layout = (Vec<Section>, BTreeMap<u32, Arc<str>>);
+/// Sections, exports, and the exception directory's (RVA, size) if any.
+type Layout = (Vec<Section>, BTreeMap<u32, Arc<str>>, Option<(u32, u32)>);
 
 fn layout<H: ImageNtHeaders>(bytes: &[u8]) -> Result<Layout, String> {
     let pe = PeFile::<H>::parse(bytes).map_err(|e| e.to_string())?;
@@ -617,5 +642,9 @@ fn layout<H: ImageNtHeaders>(bytes: &[u8]) -> Result<Layout, String> {
             exports.entry(rva).or_insert_with(|| Arc::from(n));
         }
     }
-    Ok((sections, exports))
+    let exception = pe
+        .data_directory(object::pe::IMAGE_DIRECTORY_ENTRY_EXCEPTION)
+        .map(|d| (d.virtual_address.get(LE), d.size.get(LE)))
+        .filter(|&(rva, size)| rva != 0 && size != 0);
+    Ok((sections, exports, exception))
 }

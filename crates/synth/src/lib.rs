@@ -55,6 +55,7 @@ pub mod chromium_sandbox;
 pub mod evasion;
 pub mod exception_handler;
 pub mod pe;
+pub mod proxy_call;
 mod rng;
 pub mod world;
 
@@ -82,6 +83,11 @@ pub enum Scenario {
     /// look-alikes (`exception_handler`).
     ExceptionHandler,
     ExceptionLookalikes,
+    /// Proxied calls (`proxy_call`): an API run as a thread-pool, timer or
+    /// APC callback.
+    ProxyCall,
+    /// Benign stacks that look like proxied calls.
+    ProxyLookalikes,
     /// A process-listing tool opening many processes and threads through
     /// kernelbase (`OpenProcess`/`OpenThread`): every audited call `normal`.
     AuditBenign,
@@ -154,6 +160,9 @@ impl Scenario {
         Scenario::ExceptionLookalikes,
     ];
 
+    /// The proxied-call scenario and its look-alikes (`proxy_call`).
+    pub const PROXY: [Scenario; 2] = [Scenario::ProxyCall, Scenario::ProxyLookalikes];
+
     /// The Audit-API scenarios (written with [`Source::Audit`] by default).
     pub const AUDIT: [Scenario; 5] = [
         Scenario::AuditBenign,
@@ -192,6 +201,8 @@ impl Scenario {
             Scenario::Lookalikes => "evasion-lookalikes",
             Scenario::ExceptionHandler => "exception-handler",
             Scenario::ExceptionLookalikes => "exception-lookalikes",
+            Scenario::ProxyCall => "proxy-call",
+            Scenario::ProxyLookalikes => "proxy-lookalikes",
             Scenario::AuditBenign => "audit-benign",
             Scenario::AuditLsassDirect => "audit-lsass-direct",
             Scenario::AuditIndirect => "audit-indirect",
@@ -207,6 +218,7 @@ impl Scenario {
             .chain(Scenario::EVASION)
             .chain(Scenario::AUDIT)
             .chain(Scenario::CHROMIUM)
+            .chain(Scenario::PROXY)
             .find(|x| x.name() == s)
     }
 }
@@ -323,6 +335,7 @@ enum Tech {
     /// Exception handlers calling APIs (`exception_handler`).
     Exception(exception_handler::Xh),
     Chromium(chromium_sandbox::Cr),
+    Proxy(proxy_call::Px),
     /// A process lister's OpenProcess/OpenThread through kernelbase.
     ProcList,
     /// The same from a WoW64 process (through wow64cpu and the 64-bit ntdll).
@@ -390,6 +403,7 @@ fn plan(s: Scenario) -> Plan {
             (exception_handler::plan(s), vec![])
         }
         Scenario::ChromiumSandbox => (chromium_sandbox::plan(), vec![]),
+        Scenario::ProxyCall | Scenario::ProxyLookalikes => (proxy_call::plan(s), vec![]),
         Scenario::AuditBenign => (vec![(T::ProcList, 150), (T::Wow64ProcList, 50)], vec![]),
         Scenario::AuditLsassDirect => (
             vec![
@@ -578,6 +592,7 @@ pub fn generate<W: Write + Seek, T: Write>(
         attack.extend(evasion::mixed());
         attack.extend(exception_handler::mixed());
         attack.extend(chromium_sandbox::mixed());
+        attack.extend(proxy_call::mixed());
     }
     let wow = o.pointer_size == 8;
     if !wow {
@@ -586,6 +601,7 @@ pub fn generate<W: Write + Seek, T: Write>(
                 && !matches!(t, Tech::Evasion(e) if e.needs_wow64())
                 && !matches!(t, Tech::Exception(x) if x.needs_wow64())
                 && !matches!(t, Tech::Chromium(_))
+                && !matches!(t, Tech::Proxy(p) if p.needs_wow64())
         });
     }
     let benign_w = BENIGN
@@ -1098,7 +1114,8 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
         }
         self.start_evasion()?;
         self.start_exception()?;
-        self.start_chromium()
+        self.start_chromium()?;
+        self.start_proxy()
     }
 
     /// Background life: short-lived processes come and go, threads start.
@@ -1228,6 +1245,11 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
             }
             Tech::Exception(x) => return self.build_exception(x, user),
             Tech::Chromium(c) => return self.build_chromium(c, user),
+            Tech::Proxy(p) => {
+                let r = self.build_proxy(p, user);
+                user.truncate(MAX_FRAMES - kernel.len());
+                return r;
+            }
             Tech::Ntdll | Tech::Jit => {
                 let pi = if tech == Tech::Jit {
                     self.pick_proc(&[ProcKind::JitHost], None)?

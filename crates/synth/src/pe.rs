@@ -127,25 +127,32 @@ pub fn images(l: &Layout, code: &CodeMap) -> Vec<(String, Vec<u8>)> {
         .filter(|e| e.0.starts_with("KiUser"))
         .cloned()
         .collect();
-    let k32_exports = vec![(
-        "BaseThreadInitThunk".to_string(),
-        (Layout::BASE_THREAD_INIT_THUNK - 0x14) as u32,
-        0,
-    )];
+    let api_exports = |kind: ModKind| -> Vec<(String, u32, u16)> {
+        crate::proxy_call::functions(kind)
+            .iter()
+            .filter_map(|f| Some((f.name?.to_string(), f.begin, 0)))
+            .collect()
+    };
     let mut out = Vec::new();
     for (i, (dir, m, pe64)) in mods.iter().enumerate() {
         let mut sites = by_module.remove(&i).unwrap_or_default();
         sites.sort_unstable_by_key(|s| s.0);
         let no_calls = m.kind == ModKind::Wow64Cpu;
         let patches = code_patches(&sites, *pe64, no_calls);
+        let api = api_exports(m.kind);
         let (exports, stubs): (&[(String, u32, u16)], bool) = match m.kind {
             ModKind::Ntdll => (&nt_exports, true),
             ModKind::Win32u => (&w32_exports, true),
-            ModKind::Kernel32 => (&k32_exports, false),
             ModKind::Ntdll32 => (&nt32_exports, false),
-            _ => (&[], false),
+            _ => (&api, false),
         };
         let name = m.file_name().to_string();
+        // The x64 exception directory (proxied calls: docs/verdicts.md).
+        let funcs = if *pe64 {
+            crate::proxy_call::functions(m.kind)
+        } else {
+            Vec::new()
+        };
         let bytes = image_with(
             m,
             &name.to_ascii_lowercase(),
@@ -153,6 +160,7 @@ pub fn images(l: &Layout, code: &CodeMap) -> Vec<(String, Vec<u8>)> {
             stubs,
             *pe64,
             &patches,
+            &funcs,
         );
         out.push((format!("{dir}/{name}"), bytes));
     }
@@ -275,11 +283,12 @@ fn image(
     exports: &[(String, u32, u16)],
     stubs: bool,
 ) -> Vec<u8> {
-    image_with(m, dll_name, exports, stubs, l.pointer_size == 8, &[])
+    image_with(m, dll_name, exports, stubs, l.pointer_size == 8, &[], &[])
 }
 
 /// [`image`] with the bitness given and code `patches` (`(rva, bytes)`)
-/// written into `.text` after the stubs.
+/// written into `.text` after the stubs; `funcs` (PE32+ only) become the
+/// exception directory, placed in `.edata` after the export names.
 fn image_with(
     m: &Module,
     dll_name: &str,
@@ -287,6 +296,7 @@ fn image_with(
     stubs: bool,
     pe64: bool,
     patches: &[(u32, Vec<u8>)],
+    runtime: &[crate::proxy_call::Fun],
 ) -> Vec<u8> {
     let size_of_image = m.size as u32;
     // .edata: the last 0x1000-aligned pages of the image.
@@ -295,7 +305,9 @@ fn image_with(
     let n = sorted.len() as u32;
     let names_len: u32 =
         sorted.iter().map(|e| e.0.len() as u32 + 1).sum::<u32>() + dll_name.len() as u32 + 1;
-    let edata_len = 40 + 4 * n + 4 * n + 2 * n + names_len;
+    let exports_len = 40 + 4 * n + 4 * n + 2 * n + names_len;
+    let pdata = pdata_bytes(runtime);
+    let edata_len = align(exports_len, 4) + pdata.len() as u32;
     let edata_vsize = align(edata_len, 0x1000);
     let edata_rva = size_of_image - edata_vsize;
     let text_rva = 0x1000u32;
@@ -383,7 +395,12 @@ fn image_with(
     }
     put32(&mut f, dirs - 4, 16); // NumberOfRvaAndSizes
     put32(&mut f, dirs, edata_rva); // export directory
-    put32(&mut f, dirs + 4, edata_len);
+    put32(&mut f, dirs + 4, exports_len);
+    if !runtime.is_empty() {
+        // Exception directory: the RUNTIME_FUNCTION array first.
+        put32(&mut f, dirs + 3 * 8, edata_rva + align(exports_len, 4));
+        put32(&mut f, dirs + 3 * 8 + 4, 12 * runtime.len() as u32);
+    }
     debug_assert_eq!(dirs + 16 * 8, o + usize::from(opt_size));
     // Section table.
     let sec = o + usize::from(opt_size);
@@ -463,7 +480,67 @@ fn image_with(
         f[at..at + name.len()].copy_from_slice(name.as_bytes());
         str_rva += name.len() as u32 + 1;
     }
+    if !pdata.is_empty() {
+        let at = file_of(edata_rva + align(exports_len, 4));
+        let mut p = pdata;
+        // The table's RVAs are relative to its own start: rebase them.
+        rebase_pdata(&mut p, runtime.len(), edata_rva + align(exports_len, 4));
+        f[at..at + p.len()].copy_from_slice(&p);
+    }
     f
+}
+
+/// The exception directory of `funcs` (sorted by begin): `RUNTIME_FUNCTION`s
+/// then one `UNWIND_INFO` each (version 1, no codes; a cold part has
+/// `UNW_FLAG_CHAININFO` and its primary's `RUNTIME_FUNCTION` after it).
+/// Unwind RVAs are offsets from the table's start until [`rebase_pdata`].
+fn pdata_bytes(funcs: &[crate::proxy_call::Fun]) -> Vec<u8> {
+    if funcs.is_empty() {
+        return Vec::new();
+    }
+    let mut sorted: Vec<_> = funcs.to_vec();
+    sorted.sort_by_key(|f| f.begin);
+    let table = 12 * sorted.len() as u32;
+    let mut out = vec![0u8; table as usize];
+    let mut unwind = Vec::new();
+    for (i, f) in sorted.iter().enumerate() {
+        let at = table + unwind.len() as u32;
+        out[12 * i..12 * i + 4].copy_from_slice(&f.begin.to_le_bytes());
+        out[12 * i + 4..12 * i + 8].copy_from_slice(&f.end.to_le_bytes());
+        out[12 * i + 8..12 * i + 12].copy_from_slice(&at.to_le_bytes());
+        match f
+            .chained_to
+            .and_then(|b| sorted.iter().position(|g| g.begin == b))
+        {
+            Some(j) => {
+                unwind.extend_from_slice(&[0x01 | (0x4 << 3), 0, 0, 0]);
+                let p = &sorted[j];
+                unwind.extend_from_slice(&p.begin.to_le_bytes());
+                unwind.extend_from_slice(&p.end.to_le_bytes());
+                // The primary's own unwind info: patched by the rebase.
+                unwind.extend_from_slice(&(u32::MAX - j as u32).to_le_bytes());
+            }
+            None => unwind.extend_from_slice(&[0x01, 0x04, 0, 0]),
+        }
+    }
+    out.extend_from_slice(&unwind);
+    out
+}
+
+/// Makes the unwind RVAs of [`pdata_bytes`] absolute (the table starts at
+/// `rva`), including the primaries' entries in chained unwind infos.
+fn rebase_pdata(p: &mut [u8], n: usize, rva: u32) {
+    let get = |p: &[u8], o: usize| u32::from_le_bytes(p[o..o + 4].try_into().unwrap_or([0; 4]));
+    let unwinds: Vec<u32> = (0..n).map(|i| get(p, 12 * i + 8)).collect();
+    for (i, u) in unwinds.iter().enumerate() {
+        p[12 * i + 8..12 * i + 12].copy_from_slice(&(rva + u).to_le_bytes());
+        let o = *u as usize;
+        if p[o] >> 3 & 0x4 != 0 {
+            let j = (u32::MAX - get(p, o + 12)) as usize;
+            let primary = rva + unwinds[j];
+            p[o + 12..o + 16].copy_from_slice(&primary.to_le_bytes());
+        }
+    }
 }
 
 #[cfg(test)]

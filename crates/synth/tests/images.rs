@@ -84,7 +84,13 @@ fn check(s: Scenario, ps: u8) -> (usize, usize) {
 #[test]
 fn every_return_address_has_its_bytes() {
     for ps in [8, 4] {
-        for s in [Scenario::RopFrames, Scenario::Lookalikes, Scenario::Mixed] {
+        for s in [
+            Scenario::RopFrames,
+            Scenario::Lookalikes,
+            Scenario::Mixed,
+            Scenario::ProxyCall,
+            Scenario::ProxyLookalikes,
+        ] {
             let (checked, special) = check(s, ps);
             assert!(checked > 500, "{s:?} {ps}: {checked}");
             if s != Scenario::Mixed {

@@ -455,6 +455,27 @@ fn check(o: &Options) {
             assert!(t_count("shellcode-in-browser") > 0 && t_count("browser-exploit-syscall") > 0);
             assert_eq!(n("indirect"), 0);
         }
+        Scenario::ProxyCall => {
+            assert!(o.pointer_size == 4 || r("proxy_call") > 0);
+            assert!(
+                entries
+                    .iter()
+                    .all(|e| e["reason"] != "proxy_call"
+                        || e["without_images"]["verdict"] == "normal")
+            );
+        }
+        Scenario::ProxyLookalikes => {
+            assert_eq!(n("direct") + n("indirect"), 0);
+            for t in [
+                "benign-tp-user-callback",
+                "benign-tp-system-callback",
+                "benign-dllmain",
+                "benign-thread-start",
+                "benign-apc-wrapper",
+            ] {
+                assert!(t_count(t) > 0, "{t}");
+            }
+        }
         // Checked by tests/audit.rs.
         Scenario::AuditBenign
         | Scenario::AuditLsassDirect
@@ -502,6 +523,14 @@ fn every_evasion_scenario_both_pointer_sizes() {
         if s != Scenario::Wow64Bypass {
             check(&opts(s, 4, true, true, 4));
         }
+    }
+}
+
+#[test]
+fn every_proxy_scenario_both_pointer_sizes() {
+    for s in Scenario::PROXY {
+        check(&opts(s, 8, false, false, 5));
+        check(&opts(s, 4, true, true, 6));
     }
 }
 

@@ -16,7 +16,8 @@ pub struct Args {
     /// indirect-randomized, heavens-gate, degraded, mixed; call-stack
     /// evasion: cloned-ntdll, rop-frames, stack-truncation, wow64-bypass,
     /// evasion-lookalikes; Audit-API: audit-benign, audit-lsass-direct,
-    /// audit-indirect, audit-set-context, audit-mixed.
+    /// audit-indirect, audit-set-context, audit-mixed; proxied calls:
+    /// proxy-call, proxy-lookalikes.
     #[arg(long, default_value = "mixed")]
     pub scenario: String,
     /// Seed of the generator: the same seed and options write the same bytes.
@@ -112,6 +113,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             .chain(&Scenario::EVASION)
             .chain(Scenario::AUDIT.iter())
             .chain(Scenario::CHROMIUM.iter())
+            .chain(Scenario::PROXY.iter())
             .map(|s| s.name())
             .collect();
         format!(

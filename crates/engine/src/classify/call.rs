@@ -169,6 +169,11 @@ impl Engine {
         self.stats.frames_checked += u64::from(outcome.bytes.checked);
         self.stats.frames_not_done += u64::from(outcome.bytes.not_done);
         classify::exception::count(&mut self.stats, &outcome);
+        match outcome.proxy {
+            classify::proxy::ProxyCheck::NoShape => {}
+            classify::proxy::ProxyCheck::NotDone => self.stats.proxy_not_done += 1,
+            _ => self.stats.proxy_checked += 1,
+        }
         let u = outcome.user_index.map_or(0, |i| stack_all[i]);
         // Deferred learning: every return-site observation is counted (as
         // `learn_from` does), and a rule-5 decision that needs the learned

@@ -44,6 +44,9 @@ pub struct CallStackFacts {
     /// Rule 8b's handler frame (`exception_handler`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exception_handler: Option<HandlerEvidence>,
+    /// Rule 8c's API frame and the export its function begins at.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_call: Option<ProxyEvidence>,
     /// The `truncated_stack` flag (docs/verdicts.md, "Flags").
     #[serde(skip)]
     pub truncated: bool,
@@ -96,6 +99,17 @@ pub struct HandlerEvidence {
     pub dispatcher: String,
 }
 
+/// The API run as a callback (rule 8c).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ProxyEvidence {
+    /// Index in `stack` of the API frame `A`.
+    pub frame: usize,
+    /// `module!Export+0xoffset` of `A` (Elastic's `symbol_info` form).
+    pub symbol_info: String,
+    /// Index in `stack` of ntdll's dispatcher frame `N` that called it.
+    pub dispatcher_frame: usize,
+}
+
 fn system_module(m: &Module) -> bool {
     let p = m.path.to_ascii_lowercase();
     p.contains("\\windows\\system32\\") || p.contains("\\windows\\syswow64\\")
@@ -129,6 +143,7 @@ pub struct Pending {
     truncated: bool,
     return_check: Option<ReturnEvidence>,
     exception_handler: Option<HandlerEvidence>,
+    proxy_call: Option<ProxyEvidence>,
     module_identity: Option<(u32, u64)>,
 }
 
@@ -159,9 +174,25 @@ pub fn pending(v: &SyscallVerdict<'_>) -> Option<Pending> {
             dispatcher: r.describe(d),
         })
     });
+    let proxy_call = match v.outcome.proxy {
+        crate::classify::proxy::ProxyCheck::Found(f) => (|| {
+            let a = *v.stack.get(f.api_index)?;
+            let m = r.module_of(a)?;
+            let img = v.images?.image(m.image?).ok()?;
+            let name = img.export_at(f.function_rva)?;
+            let off = (a - m.base).checked_sub(u64::from(f.function_rva))?;
+            Some(ProxyEvidence {
+                frame: f.api_index,
+                symbol_info: format!("{}!{name}+{off:#x}", m.name.to_ascii_lowercase()),
+                dispatcher_frame: f.dispatcher_index,
+            })
+        })(),
+        _ => None,
+    };
     Some(Pending {
         exception_handler,
         user_index: ui,
+        proxy_call,
         truncated: crate::classify::stack_truncated(r.modules, v.stack, r.kernel_boundary),
         return_check,
         module_identity: v.outcome.user_module.map(|m| (m.time_date_stamp, m.size)),
@@ -230,6 +261,7 @@ pub fn facts(
         }),
         return_check: p.return_check.clone(),
         exception_handler: p.exception_handler.clone(),
+        proxy_call: p.proxy_call.clone(),
     }
 }
 
@@ -240,6 +272,7 @@ pub fn behaviors(verdict: Verdict, reason: Option<Reason>, truncated: bool) -> V
     let mut b = match (verdict, reason) {
         (Verdict::Direct, _) => vec!["direct_syscall"],
         (Verdict::Indirect, Some(Reason::NotCallPreceded)) => vec!["image_rop"],
+        (Verdict::Indirect, Some(Reason::ProxyCall)) => vec!["proxy_call"],
         _ => vec![],
     };
     if truncated {
@@ -266,6 +299,11 @@ pub fn ecs_process_fields(
             fr["instruction_pointer"] = json!(rc.instruction_pointer);
             fr["callsite_leading_bytes"] = json!(rc.leading_bytes);
             fr["callsite_trailing_bytes"] = json!(rc.trailing_bytes);
+        }
+    }
+    if let Some(pc) = &f.proxy_call {
+        if let Some(fr) = frames.get_mut(pc.frame.wrapping_sub(f.user_index)) {
+            fr["symbol_info"] = json!(pc.symbol_info);
         }
     }
     let mut fum = json!({"name": f.final_user_module.name});

@@ -20,3 +20,43 @@ impl Xorshift {
         self.next() % n
     }
 }
+
+/// A file of the real-trace corpus (`SENTRY_CORPUS`, or /work/shared/corpus
+/// next to the checkout), if present.
+pub fn corpus(name: &str) -> Option<std::path::PathBuf> {
+    use std::path::PathBuf;
+    [
+        std::env::var("SENTRY_CORPUS").ok().map(PathBuf::from),
+        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus")),
+        Some(PathBuf::from("/work/shared/corpus")),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|d| d.join(name))
+    .find(|p| p.exists())
+}
+
+/// Runs a corpus file through an engine that pairs stacks with any event
+/// (the corpus has no SysCallEnter), in time order, into `sink`; the engine
+/// is returned for its state. `None` (and a note) if the file is absent.
+pub fn replay_corpus(
+    name: &str,
+    sink: &mut impl sentry_engine::VerdictSink,
+) -> Option<sentry_engine::Engine> {
+    use sentry_engine::{Engine, EngineConfig, Pairing};
+    let Some(path) = corpus(name) else {
+        eprintln!("corpus file {name} not found: skipped");
+        return None;
+    };
+    let file = sentry_etl::EtlFile::open(&path).unwrap();
+    let mut engine = Engine::new(EngineConfig {
+        pairing: Pairing::AnyEvent,
+        ..EngineConfig::default()
+    });
+    let mut r = file.events(sentry_etl::Order::Time);
+    while let Some(ev) = r.next_event() {
+        engine.process(&ev, sink);
+    }
+    engine.finish(sink);
+    Some(engine)
+}
