@@ -494,10 +494,9 @@ impl State {
                 if !kernel && self.cloned(kind, name_str, i) {
                     kind = ModuleKind::ClonedStub;
                 }
-                let image = self
-                    .images
-                    .as_ref()
-                    .and_then(|s| s.find(name_str, i.image_size, i.time_date_stamp));
+                let image = self.images.as_ref().and_then(|s| {
+                    s.find_module(&i.file_name, name_str, i.image_size, i.time_date_stamp)
+                });
                 let system_dll = self
                     .system_dlls
                     .as_ref()

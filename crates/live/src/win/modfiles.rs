@@ -1,0 +1,194 @@
+//! Module files on disk (Win32 calls only; the logic is in
+//! `sentry_images::disk`): drive letters' NT device names, and a file's
+//! Authenticode signer.
+//!
+//! APIs:
+//! [GetLogicalDrives](https://learn.microsoft.com/windows/win32/api/fileapi/nf-fileapi-getlogicaldrives),
+//! [QueryDosDeviceW](https://learn.microsoft.com/windows/win32/api/fileapi/nf-fileapi-querydosdevicew),
+//! [WinVerifyTrust](https://learn.microsoft.com/windows/win32/api/wintrust/nf-wintrust-winverifytrust)
+//! with [WINTRUST_DATA](https://learn.microsoft.com/windows/win32/api/wintrust/ns-wintrust-wintrust_data)
+//! and [WINTRUST_FILE_INFO](https://learn.microsoft.com/windows/win32/api/wintrust/ns-wintrust-wintrust_file_info),
+//! [WTHelperProvDataFromStateData](https://learn.microsoft.com/windows/win32/api/wintrust/nf-wintrust-wthelperprovdatafromstatedata),
+//! [WTHelperGetProvSignerFromChain](https://learn.microsoft.com/windows/win32/api/wintrust/nf-wintrust-wthelpergetprovsignerfromchain),
+//! [CertGetNameStringW](https://learn.microsoft.com/windows/win32/api/wincrypt/nf-wincrypt-certgetnamestringw).
+
+use std::ffi::c_void;
+use std::os::windows::ffi::OsStrExt;
+use std::os::windows::io::AsRawHandle;
+use std::path::Path;
+
+use windows::core::PCWSTR;
+use windows::Win32::Foundation::{HANDLE, HWND};
+use windows::Win32::Security::Cryptography::{
+    szOID_COMMON_NAME, CertGetNameStringW, CERT_NAME_ATTR_TYPE,
+};
+use windows::Win32::Security::WinTrust::{
+    WTHelperGetProvSignerFromChain, WTHelperProvDataFromStateData, WinVerifyTrust,
+    WINTRUST_ACTION_GENERIC_VERIFY_V2, WINTRUST_DATA, WINTRUST_DATA_0, WINTRUST_FILE_INFO,
+    WTD_CACHE_ONLY_URL_RETRIEVAL, WTD_CHOICE_FILE, WTD_REVOCATION_CHECK_NONE, WTD_REVOKE_NONE,
+    WTD_STATEACTION_CLOSE, WTD_STATEACTION_VERIFY, WTD_UI_NONE,
+};
+use windows::Win32::Storage::FileSystem::{GetLogicalDrives, QueryDosDeviceW};
+
+/// `(drive, NT device)` for every drive letter, in letter order
+/// (`("C:", "\Device\HarddiskVolume3")`): the first name `QueryDosDeviceW`
+/// gives (the current mapping).
+pub fn dos_devices() -> Vec<(String, String)> {
+    // SAFETY: no arguments; returns a bit mask.
+    let mask = unsafe { GetLogicalDrives() };
+    let mut out = Vec::new();
+    let mut buf = vec![0u16; 1024];
+    for i in 0..26u32 {
+        if mask & (1 << i) == 0 {
+            continue;
+        }
+        let drive = format!("{}:", char::from(b'A' + i as u8));
+        let name: Vec<u16> = drive.encode_utf16().chain(std::iter::once(0)).collect();
+        // SAFETY: `name` is NUL-terminated and outlives the call; the
+        // binding passes `buf` with its length.
+        let n = unsafe { QueryDosDeviceW(PCWSTR(name.as_ptr()), Some(&mut buf)) } as usize;
+        if n == 0 || n > buf.len() {
+            continue;
+        }
+        // A list of NUL-terminated strings: the first is the mapping in use.
+        let first = buf[..n].split(|&c| c == 0).next().unwrap_or(&[]);
+        if !first.is_empty() {
+            out.push((drive, String::from_utf16_lossy(first)));
+        }
+    }
+    out
+}
+
+/// What `WinVerifyTrust` said about a file's embedded signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authenticode {
+    /// Subject common name of the signer's certificate, when the provider
+    /// found a signer (also for a signature that did not verify).
+    pub subject: Option<String>,
+    /// `WinVerifyTrust` returned 0: the signature verifies and chains to a
+    /// trusted root.
+    pub trusted: bool,
+    /// Its answer in words, with the HRESULT.
+    pub status: String,
+}
+
+/// Verifies the Authenticode signature embedded in `file` (open, at
+/// `path`) with `WINTRUST_ACTION_GENERIC_VERIFY_V2`, no UI, and no
+/// revocation check nor network retrieval (`WTD_REVOKE_NONE`,
+/// `WTD_REVOCATION_CHECK_NONE | WTD_CACHE_ONLY_URL_RETRIEVAL`): the check
+/// runs on the engine thread, and fetching a CRL or OCSP answer can block
+/// for many seconds, or forever on a host without network. The price: a
+/// revoked certificate still verifies. The file handle is given with the
+/// path (`WINTRUST_FILE_INFO.hFile`), so the file checked is the one whose
+/// bytes were read. Catalog signatures are not looked up: a file signed
+/// only in a catalog (most of System32) reports "no embedded signature".
+pub fn authenticode(file: &std::fs::File, path: &Path) -> Authenticode {
+    let wpath: Vec<u16> = path
+        .as_os_str()
+        .encode_wide()
+        .chain(std::iter::once(0))
+        .collect();
+    let mut info = WINTRUST_FILE_INFO {
+        cbStruct: size_of::<WINTRUST_FILE_INFO>() as u32,
+        pcwszFilePath: PCWSTR(wpath.as_ptr()),
+        hFile: HANDLE(file.as_raw_handle()),
+        pgKnownSubject: std::ptr::null_mut(),
+    };
+    let mut data = WINTRUST_DATA {
+        cbStruct: size_of::<WINTRUST_DATA>() as u32,
+        dwUIChoice: WTD_UI_NONE,
+        fdwRevocationChecks: WTD_REVOKE_NONE,
+        dwUnionChoice: WTD_CHOICE_FILE,
+        Anonymous: WINTRUST_DATA_0 { pFile: &mut info },
+        dwStateAction: WTD_STATEACTION_VERIFY,
+        dwProvFlags: WTD_REVOCATION_CHECK_NONE | WTD_CACHE_ONLY_URL_RETRIEVAL,
+        ..Default::default()
+    };
+    let mut action = WINTRUST_ACTION_GENERIC_VERIFY_V2;
+    // INVALID_HANDLE_VALUE as the window: "no interactive user".
+    let no_ui = HWND(-1isize as *mut c_void);
+    // SAFETY: `data` and the `info`/`wpath` it points to live until the
+    // CLOSE call below; the file handle stays open (borrowed `file`).
+    let hr = unsafe {
+        WinVerifyTrust(
+            no_ui,
+            &mut action,
+            (&mut data as *mut WINTRUST_DATA).cast::<c_void>(),
+        )
+    };
+    let subject = if data.hWVTStateData.0.is_null() {
+        None
+    } else {
+        signer_subject(data.hWVTStateData)
+    };
+    data.dwStateAction = WTD_STATEACTION_CLOSE;
+    // SAFETY: releases the state data the VERIFY call allocated; `data` is
+    // the same structure, still valid.
+    let _ = unsafe {
+        WinVerifyTrust(
+            no_ui,
+            &mut action,
+            (&mut data as *mut WINTRUST_DATA).cast::<c_void>(),
+        )
+    };
+    Authenticode {
+        subject,
+        trusted: hr == 0,
+        status: status_text(hr),
+    }
+}
+
+/// The first signer's certificate subject CN from the provider's state.
+fn signer_subject(state: HANDLE) -> Option<String> {
+    // SAFETY: `state` is the hWVTStateData of a VERIFY call not yet closed.
+    let prov = unsafe { WTHelperProvDataFromStateData(state) };
+    if prov.is_null() {
+        return None;
+    }
+    // SAFETY: `prov` is the provider data returned above, valid until CLOSE.
+    let sgnr = unsafe { WTHelperGetProvSignerFromChain(prov, 0, false, 0) };
+    if sgnr.is_null() {
+        return None;
+    }
+    // SAFETY: non-null pointer to the provider's signer, valid until CLOSE.
+    let sgnr = unsafe { &*sgnr };
+    if sgnr.csCertChain == 0 || sgnr.pasCertChain.is_null() {
+        return None;
+    }
+    // SAFETY: `pasCertChain` holds `csCertChain` (>= 1) entries; the first
+    // is the signer's own certificate.
+    let cert = unsafe { (*sgnr.pasCertChain).pCert };
+    if cert.is_null() {
+        return None;
+    }
+    let cn = Some(szOID_COMMON_NAME.0 as *const c_void);
+    // SAFETY: `cert` is a valid CERT_CONTEXT; with no buffer the call
+    // returns the size needed, terminator included.
+    let n = unsafe { CertGetNameStringW(cert, CERT_NAME_ATTR_TYPE, 0, cn, None) } as usize;
+    if n <= 1 || n > 4096 {
+        return None;
+    }
+    let mut buf = vec![0u16; n];
+    // SAFETY: as above; the binding passes `buf` with its length.
+    let n =
+        unsafe { CertGetNameStringW(cert, CERT_NAME_ATTR_TYPE, 0, cn, Some(&mut buf)) } as usize;
+    let s = String::from_utf16_lossy(&buf[..n.saturating_sub(1).min(buf.len())]);
+    (!s.is_empty()).then_some(s)
+}
+
+/// `WinVerifyTrust`'s documented answers in words.
+fn status_text(hr: i32) -> String {
+    let what = match hr as u32 {
+        0 => return "trusted".into(),
+        0x800B_0100 => "no embedded signature (catalog signatures are not checked)",
+        0x800B_0109 => "signature chains to an untrusted root",
+        0x800B_010A => "certificate chain could not be built",
+        0x800B_0101 => "certificate expired",
+        0x800B_0111 => "signer explicitly distrusted",
+        0x8009_6010 => "bad digest: the file changed after it was signed",
+        0x800B_0004 => "subject not trusted",
+        0x800B_0003 => "unknown subject form",
+        _ => "not verified",
+    };
+    format!("{what} ({:#010x})", hr as u32)
+}
