@@ -488,14 +488,15 @@ impl DiskFiles {
             }
         };
         let sig = sig?;
-        if let Some(h) = s.sha256.get() {
-            if **h != *img.sha256_hex_cached() {
-                let _ = s
-                    .failed
-                    .set(format!("{}: changed since it was first read", s.nt_path));
-                self.stats.mismatched.fetch_add(1, Ordering::Relaxed);
-                return None;
-            }
+        // The hash of the bytes whose signature was checked: the module's
+        // hash from now on, or, if one was taken before, the same.
+        let h = img.sha256_hex_cached();
+        if **s.sha256.get_or_init(|| h.into()) != *h {
+            let _ = s
+                .failed
+                .set(format!("{}: changed since it was first read", s.nt_path));
+            self.stats.mismatched.fetch_add(1, Ordering::Relaxed);
+            return None;
         }
         Some(s.signature.get_or_init(|| sig))
     }
