@@ -116,10 +116,10 @@ pub fn authenticode(file: &std::fs::File, path: &Path) -> Authenticode {
             (&mut data as *mut WINTRUST_DATA).cast::<c_void>(),
         )
     };
-    let subject = if data.hWVTStateData.0.is_null() {
-        None
+    let signer = if data.hWVTStateData.0.is_null() {
+        Signer::default()
     } else {
-        signer_subject(data.hWVTStateData)
+        signer_of(data.hWVTStateData)
     };
     data.dwStateAction = WTD_STATEACTION_CLOSE;
     // SAFETY: releases the state data the VERIFY call allocated; `data` is
@@ -131,49 +131,104 @@ pub fn authenticode(file: &std::fs::File, path: &Path) -> Authenticode {
             (&mut data as *mut WINTRUST_DATA).cast::<c_void>(),
         )
     };
+    // WinVerifyTrust's 0 alone is not taken as trust: the signer's own
+    // error and its chain's trust status must be clean too (Wine 8's
+    // WinVerifyTrust returns 0 for a self-signed signer whose root is in
+    // no store; `.ci/etw-replay-modfiles`). These can only withhold trust.
+    let chain_bad = signer.chain_error.is_none_or(|e| e & CHAIN_DISTRUST != 0);
+    let trusted = hr == 0 && signer.signer_error == 0 && !chain_bad;
+    let mut status = status_text(hr);
+    if hr == 0 && !trusted {
+        status = format!(
+            "not trusted: WinVerifyTrust returned 0 but the signer's error is {:#x} and its chain's error status {}",
+            signer.signer_error,
+            signer
+                .chain_error
+                .map_or("unknown (no chain)".to_string(), |e| format!("{e:#x}"))
+        );
+    } else if let Some(e) = signer.chain_error.filter(|e| *e != 0) {
+        status.push_str(&format!(", chain error status {e:#x}"));
+    }
     Authenticode {
-        subject,
-        trusted: hr == 0,
-        status: status_text(hr),
+        subject: signer.subject,
+        trusted,
+        status,
     }
 }
 
-/// The first signer's certificate subject CN from the provider's state.
-fn signer_subject(state: HANDLE) -> Option<String> {
+/// Chain errors that deny trust
+/// ([CERT_TRUST_STATUS](https://learn.microsoft.com/windows/win32/api/wincrypt/ns-wincrypt-cert_trust_status)):
+/// untrusted root, partial chain, bad signature, revoked, distrusted,
+/// cyclic, not valid for code signing (wincrypt.h values).
+const CHAIN_DISTRUST: u32 = 0x0000_0020 // CERT_TRUST_IS_UNTRUSTED_ROOT
+    | 0x0001_0000 // CERT_TRUST_IS_PARTIAL_CHAIN
+    | 0x0000_0008 // CERT_TRUST_IS_NOT_SIGNATURE_VALID
+    | 0x0000_0004 // CERT_TRUST_IS_REVOKED
+    | 0x0400_0000 // CERT_TRUST_IS_EXPLICIT_DISTRUST
+    | 0x0000_0080 // CERT_TRUST_IS_CYCLIC
+    | 0x0000_0010; // CERT_TRUST_IS_NOT_VALID_FOR_USAGE
+
+/// What the provider's state says of the first signer.
+#[derive(Default)]
+struct Signer {
+    subject: Option<String>,
+    /// `CRYPT_PROVIDER_SGNR.dwError` (no signer: nonzero).
+    signer_error: u32,
+    /// The signer's chain's `TrustStatus.dwErrorStatus`, if it has a chain.
+    chain_error: Option<u32>,
+}
+
+/// The first signer from the provider's state: its certificate's subject
+/// CN, its error and its chain's trust status.
+fn signer_of(state: HANDLE) -> Signer {
+    let none = Signer {
+        signer_error: u32::MAX,
+        ..Signer::default()
+    };
     // SAFETY: `state` is the hWVTStateData of a VERIFY call not yet closed.
     let prov = unsafe { WTHelperProvDataFromStateData(state) };
     if prov.is_null() {
-        return None;
+        return none;
     }
     // SAFETY: `prov` is the provider data returned above, valid until CLOSE.
     let sgnr = unsafe { WTHelperGetProvSignerFromChain(prov, 0, false, 0) };
     if sgnr.is_null() {
-        return None;
+        return none;
     }
     // SAFETY: non-null pointer to the provider's signer, valid until CLOSE.
     let sgnr = unsafe { &*sgnr };
+    let chain_error = (!sgnr.pChainContext.is_null()).then(|| {
+        // SAFETY: non-null chain context owned by the provider data.
+        unsafe { (*sgnr.pChainContext).TrustStatus.dwErrorStatus }
+    });
+    let mut out = Signer {
+        subject: None,
+        signer_error: sgnr.dwError,
+        chain_error,
+    };
     if sgnr.csCertChain == 0 || sgnr.pasCertChain.is_null() {
-        return None;
+        return out;
     }
     // SAFETY: `pasCertChain` holds `csCertChain` (>= 1) entries; the first
     // is the signer's own certificate.
     let cert = unsafe { (*sgnr.pasCertChain).pCert };
     if cert.is_null() {
-        return None;
+        return out;
     }
     let cn = Some(szOID_COMMON_NAME.0 as *const c_void);
     // SAFETY: `cert` is a valid CERT_CONTEXT; with no buffer the call
     // returns the size needed, terminator included.
     let n = unsafe { CertGetNameStringW(cert, CERT_NAME_ATTR_TYPE, 0, cn, None) } as usize;
     if n <= 1 || n > 4096 {
-        return None;
+        return out;
     }
     let mut buf = vec![0u16; n];
     // SAFETY: as above; the binding passes `buf` with its length.
     let n =
         unsafe { CertGetNameStringW(cert, CERT_NAME_ATTR_TYPE, 0, cn, Some(&mut buf)) } as usize;
     let s = String::from_utf16_lossy(&buf[..n.saturating_sub(1).min(buf.len())]);
-    (!s.is_empty()).then_some(s)
+    out.subject = (!s.is_empty()).then_some(s);
+    out
 }
 
 /// `WinVerifyTrust`'s documented answers in words.
