@@ -44,12 +44,25 @@ fn files(dir: &Path, max_bytes: usize, signer: Option<Arc<dyn SignatureCheck>>) 
     DiskFiles::new(map, max_bytes, signer)
 }
 
+/// The file's SHA-256 as `sha256sum` gives it (under Wine, where no Linux
+/// tool runs, of the file's bytes as read here).
 fn sha256sum(p: &Path) -> String {
-    let out = std::process::Command::new("sha256sum")
-        .arg(p)
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout).unwrap()[..64].to_string()
+    #[cfg(not(windows))]
+    {
+        let out = std::process::Command::new("sha256sum")
+            .arg(p)
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()[..64].to_string()
+    }
+    #[cfg(windows)]
+    {
+        use sha2::Digest;
+        sha2::Sha256::digest(std::fs::read(p).unwrap())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
 }
 
 fn nt(name: &str) -> String {
