@@ -301,13 +301,20 @@ impl DiskFiles {
     }
 
     /// The slot of a module as its Image event names it (no I/O). `None`
-    /// past [`MAX_SLOTS`] modules (counted as untracked).
+    /// past [`MAX_SLOTS`] modules (counted as untracked) and for a path with
+    /// no local drive (counted; such a module never has bytes, so the
+    /// engine treats it as it treats a module without a file).
     pub fn register(
         &self,
         nt_path: &str,
         size_of_image: u64,
         time_date_stamp: u32,
     ) -> Option<usize> {
+        let i = self.slot_of(nt_path, size_of_image, time_date_stamp)?;
+        self.slot(i)?.local.is_ok().then_some(i)
+    }
+
+    fn slot_of(&self, nt_path: &str, size_of_image: u64, time_date_stamp: u32) -> Option<usize> {
         let size = u32::try_from(size_of_image).ok()?;
         let key: SlotKey = (nt_path.to_ascii_lowercase().into(), size, time_date_stamp);
         let mut by_key = self.by_key.lock().ok()?;
@@ -462,6 +469,9 @@ impl DiskFiles {
         let s = self.slot(i)?;
         if let Some(h) = s.sha256.get() {
             return Some(h);
+        }
+        if s.failed.get().is_some() {
+            return None;
         }
         let img = self.image(i).ok()?;
         Some(s.sha256.get_or_init(|| img.sha256_hex().into()))

@@ -287,6 +287,11 @@ impl Images {
                 return Some(f);
             }
         }
+        // A module file that cannot serve answers at once (per frame, no
+        // error text made).
+        if self.disk.as_ref().is_some_and(|d| d.failure(i).is_some()) {
+            return None;
+        }
         let img = self.image(i).ok()?;
         let f = FrameFacts {
             preceded: img.preceded(rva),
