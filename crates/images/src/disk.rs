@@ -532,7 +532,7 @@ impl DiskFiles {
         let st = &self.stats;
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         format!(
-            "module files: {} modules tracked ({} untracked), {} files read ({:.1} MB), {} without a local path, {} unreadable or not PE, {} not matched (SizeOfImage/TimeDateStamp differ: replaced since loaded), {} evicted from the {} MiB cache, {} signatures checked",
+            "module files: {} modules tracked ({} untracked), {} files read ({:.1} MB), {} without a local path, {} missing, unreadable or not PE, {} not matched (SizeOfImage/TimeDateStamp differ: replaced since loaded), {} evicted from the {} MiB cache, {} signatures checked",
             g(&st.slots),
             g(&st.untracked),
             g(&st.reads),
