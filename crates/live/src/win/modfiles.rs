@@ -10,22 +10,29 @@
 //! and [WINTRUST_FILE_INFO](https://learn.microsoft.com/windows/win32/api/wintrust/ns-wintrust-wintrust_file_info),
 //! [WTHelperProvDataFromStateData](https://learn.microsoft.com/windows/win32/api/wintrust/nf-wintrust-wthelperprovdatafromstatedata),
 //! [WTHelperGetProvSignerFromChain](https://learn.microsoft.com/windows/win32/api/wintrust/nf-wintrust-wthelpergetprovsignerfromchain),
-//! [CertGetNameStringW](https://learn.microsoft.com/windows/win32/api/wincrypt/nf-wincrypt-certgetnamestringw).
+//! [CertGetNameStringW](https://learn.microsoft.com/windows/win32/api/wincrypt/nf-wincrypt-certgetnamestringw),
+//! and the catalog functions listed at [`catalog`].
 
 use std::ffi::c_void;
 use std::os::windows::ffi::OsStrExt;
 use std::os::windows::io::AsRawHandle;
 use std::path::Path;
 
-use windows::core::PCWSTR;
+use windows::core::{w, PCWSTR};
 use windows::Win32::Foundation::{HANDLE, HWND};
+use windows::Win32::Security::Cryptography::Catalog::{
+    CryptCATAdminAcquireContext2, CryptCATAdminCalcHashFromFileHandle2,
+    CryptCATAdminEnumCatalogFromHash, CryptCATAdminReleaseCatalogContext,
+    CryptCATAdminReleaseContext, CryptCATCatalogInfoFromContext, CATALOG_INFO,
+};
 use windows::Win32::Security::Cryptography::{
     szOID_COMMON_NAME, CertGetNameStringW, CERT_NAME_ATTR_TYPE,
 };
 use windows::Win32::Security::WinTrust::{
     WTHelperGetProvSignerFromChain, WTHelperProvDataFromStateData, WinVerifyTrust,
-    WINTRUST_ACTION_GENERIC_VERIFY_V2, WINTRUST_DATA, WINTRUST_DATA_0, WINTRUST_FILE_INFO,
-    WTD_CACHE_ONLY_URL_RETRIEVAL, WTD_CHOICE_FILE, WTD_REVOCATION_CHECK_NONE, WTD_REVOKE_NONE,
+    DRIVER_ACTION_VERIFY, WINTRUST_ACTION_GENERIC_VERIFY_V2, WINTRUST_CATALOG_INFO, WINTRUST_DATA,
+    WINTRUST_DATA_0, WINTRUST_DATA_UNION_CHOICE, WINTRUST_FILE_INFO, WTD_CACHE_ONLY_URL_RETRIEVAL,
+    WTD_CHOICE_CATALOG, WTD_CHOICE_FILE, WTD_REVOCATION_CHECK_NONE, WTD_REVOKE_NONE,
     WTD_STATEACTION_CLOSE, WTD_STATEACTION_VERIFY, WTD_UI_NONE,
 };
 use windows::Win32::Storage::FileSystem::{GetLogicalDrives, QueryDosDeviceW};
@@ -80,26 +87,91 @@ pub struct Authenticode {
 /// for many seconds, or forever on a host without network. The price: a
 /// revoked certificate still verifies. The file handle is given with the
 /// path (`WINTRUST_FILE_INFO.hFile`), so the file checked is the one whose
-/// bytes were read. Catalog signatures are not looked up: a file signed
-/// only in a catalog (most of System32) reports "no embedded signature".
+/// bytes were read. A file without an embedded signature (most of
+/// System32 is signed in catalogs) is looked up in this host's catalogs
+/// and, if one holds its hash, verified as that catalog's member: the
+/// signer is then the catalog's (not verified on a real Windows host: Wine
+/// has no catalogs).
 pub fn authenticode(file: &std::fs::File, path: &Path) -> Authenticode {
     let wpath: Vec<u16> = path
         .as_os_str()
         .encode_wide()
         .chain(std::iter::once(0))
         .collect();
+    let handle = HANDLE(file.as_raw_handle());
     let mut info = WINTRUST_FILE_INFO {
         cbStruct: size_of::<WINTRUST_FILE_INFO>() as u32,
         pcwszFilePath: PCWSTR(wpath.as_ptr()),
-        hFile: HANDLE(file.as_raw_handle()),
+        hFile: handle,
         pgKnownSubject: std::ptr::null_mut(),
     };
+    let embedded = verify(WTD_CHOICE_FILE, WINTRUST_DATA_0 { pFile: &mut info });
+    if embedded.hr as u32 != TRUST_E_NOSIGNATURE {
+        return embedded.result(None);
+    }
+    match catalog(handle, &wpath) {
+        Some((v, cat)) => v.result(Some(&cat)),
+        None => {
+            let mut a = embedded.result(None);
+            a.status =
+                "no embedded signature, and no catalog of this host holds its hash (0x800b0100)"
+                    .into();
+            a
+        }
+    }
+}
+
+/// `TRUST_E_NOSIGNATURE`: no signature in the file (look in catalogs).
+const TRUST_E_NOSIGNATURE: u32 = 0x800B_0100;
+
+/// One `WinVerifyTrust` call (VERIFY, read the signer, CLOSE).
+struct Verified {
+    hr: i32,
+    signer: Signer,
+}
+
+impl Verified {
+    /// WinVerifyTrust's 0 alone is not taken as trust: the signer's own
+    /// error and its chain's trust status must be clean too (Wine 8's
+    /// WinVerifyTrust returns 0 for a self-signed signer whose root is in
+    /// no store; `.ci/etw-replay-modfiles`). These can only withhold trust.
+    fn result(self, catalog: Option<&str>) -> Authenticode {
+        let Verified { hr, signer } = self;
+        let chain_bad = signer.chain_error.is_none_or(|e| e & CHAIN_DISTRUST != 0);
+        let trusted = hr == 0 && signer.signer_error == 0 && !chain_bad;
+        let mut status = status_text(hr);
+        if hr == 0 && !trusted {
+            status = format!(
+                "not trusted: WinVerifyTrust returned 0 but the signer's error is {:#x} and its chain's error status {}",
+                signer.signer_error,
+                signer
+                    .chain_error
+                    .map_or("unknown (no chain)".to_string(), |e| format!("{e:#x}"))
+            );
+        } else if let Some(e) = signer.chain_error.filter(|e| *e != 0) {
+            status.push_str(&format!(", chain error status {e:#x}"));
+        }
+        if let Some(c) = catalog {
+            status.push_str(&format!(", catalog {c}"));
+        }
+        Authenticode {
+            subject: signer.subject,
+            trusted,
+            status,
+        }
+    }
+}
+
+/// `WinVerifyTrust` with `WINTRUST_ACTION_GENERIC_VERIFY_V2` on `object`
+/// (a file or a catalog member, per `choice`), no UI, no revocation check,
+/// no network retrieval; the signer read before the state is closed.
+fn verify(choice: WINTRUST_DATA_UNION_CHOICE, object: WINTRUST_DATA_0) -> Verified {
     let mut data = WINTRUST_DATA {
         cbStruct: size_of::<WINTRUST_DATA>() as u32,
         dwUIChoice: WTD_UI_NONE,
         fdwRevocationChecks: WTD_REVOKE_NONE,
-        dwUnionChoice: WTD_CHOICE_FILE,
-        Anonymous: WINTRUST_DATA_0 { pFile: &mut info },
+        dwUnionChoice: choice,
+        Anonymous: object,
         dwStateAction: WTD_STATEACTION_VERIFY,
         dwProvFlags: WTD_REVOCATION_CHECK_NONE | WTD_CACHE_ONLY_URL_RETRIEVAL,
         ..Default::default()
@@ -107,8 +179,9 @@ pub fn authenticode(file: &std::fs::File, path: &Path) -> Authenticode {
     let mut action = WINTRUST_ACTION_GENERIC_VERIFY_V2;
     // INVALID_HANDLE_VALUE as the window: "no interactive user".
     let no_ui = HWND(-1isize as *mut c_void);
-    // SAFETY: `data` and the `info`/`wpath` it points to live until the
-    // CLOSE call below; the file handle stays open (borrowed `file`).
+    // SAFETY: `data` and the structure its union points to (owned by the
+    // caller, with the strings and hash it points to) live until the CLOSE
+    // call below; the file handles stay open (borrowed by the caller).
     let hr = unsafe {
         WinVerifyTrust(
             no_ui,
@@ -131,29 +204,96 @@ pub fn authenticode(file: &std::fs::File, path: &Path) -> Authenticode {
             (&mut data as *mut WINTRUST_DATA).cast::<c_void>(),
         )
     };
-    // WinVerifyTrust's 0 alone is not taken as trust: the signer's own
-    // error and its chain's trust status must be clean too (Wine 8's
-    // WinVerifyTrust returns 0 for a self-signed signer whose root is in
-    // no store; `.ci/etw-replay-modfiles`). These can only withhold trust.
-    let chain_bad = signer.chain_error.is_none_or(|e| e & CHAIN_DISTRUST != 0);
-    let trusted = hr == 0 && signer.signer_error == 0 && !chain_bad;
-    let mut status = status_text(hr);
-    if hr == 0 && !trusted {
-        status = format!(
-            "not trusted: WinVerifyTrust returned 0 but the signer's error is {:#x} and its chain's error status {}",
-            signer.signer_error,
-            signer
-                .chain_error
-                .map_or("unknown (no chain)".to_string(), |e| format!("{e:#x}"))
+    Verified { hr, signer }
+}
+
+/// The file's signature from a catalog of this host that holds its hash
+/// (SHA-256 catalogs first, then SHA-1), verified as a catalog member:
+/// [CryptCATAdminAcquireContext2](https://learn.microsoft.com/windows/win32/api/mscat/nf-mscat-cryptcatadminacquirecontext2),
+/// [CryptCATAdminCalcHashFromFileHandle2](https://learn.microsoft.com/windows/win32/api/mscat/nf-mscat-cryptcatadmincalchashfromfilehandle2),
+/// [CryptCATAdminEnumCatalogFromHash](https://learn.microsoft.com/windows/win32/api/mscat/nf-mscat-cryptcatadminenumcatalogfromhash),
+/// [CryptCATCatalogInfoFromContext](https://learn.microsoft.com/windows/win32/api/mscat/nf-mscat-cryptcatcataloginfofromcontext),
+/// [WINTRUST_CATALOG_INFO](https://learn.microsoft.com/windows/win32/api/wintrust/ns-wintrust-wintrust_catalog_info)
+/// (member tag: the hash in hex). `None` when no catalog holds it.
+fn catalog(file: HANDLE, wpath: &[u16]) -> Option<(Verified, String)> {
+    for alg in [w!("SHA256"), w!("SHA1")] {
+        let mut admin: isize = 0;
+        // SAFETY: `admin` receives the context; the GUID and algorithm name
+        // are static.
+        let ok = unsafe {
+            CryptCATAdminAcquireContext2(&mut admin, Some(&DRIVER_ACTION_VERIFY), alg, None, None)
+        };
+        if ok.is_err() || admin == 0 {
+            continue;
+        }
+        let found = catalog_with(admin, file, wpath);
+        // SAFETY: releases the context acquired above, once.
+        let _ = unsafe { CryptCATAdminReleaseContext(admin, 0) };
+        if found.is_some() {
+            return found;
+        }
+    }
+    None
+}
+
+fn catalog_with(admin: isize, file: HANDLE, wpath: &[u16]) -> Option<(Verified, String)> {
+    let mut hash = [0u8; 64];
+    let mut len = hash.len() as u32;
+    // SAFETY: `hash` holds `len` bytes; `file` is an open handle with read
+    // access (the hash is of the file's Authenticode-relevant bytes).
+    let ok = unsafe {
+        CryptCATAdminCalcHashFromFileHandle2(admin, file, &mut len, Some(hash.as_mut_ptr()), None)
+    };
+    let len = len as usize;
+    if ok.is_err() || len == 0 || len > hash.len() {
+        return None;
+    }
+    let hash = &mut hash[..len];
+    // SAFETY: `hash` is the buffer just filled; no previous context.
+    let cat = unsafe { CryptCATAdminEnumCatalogFromHash(admin, hash, None, None) };
+    if cat == 0 {
+        return None;
+    }
+    let mut ci = CATALOG_INFO {
+        cbStruct: size_of::<CATALOG_INFO>() as u32,
+        ..Default::default()
+    };
+    // SAFETY: `cat` is the catalog context returned above; `ci` is a
+    // CATALOG_INFO with its size set.
+    let info = unsafe { CryptCATCatalogInfoFromContext(cat, &mut ci, 0) };
+    let result = info.ok().map(|()| {
+        let n = ci.wszCatalogFile.iter().position(|&c| c == 0).unwrap_or(0);
+        let cat_path = &ci.wszCatalogFile[..=n.min(ci.wszCatalogFile.len() - 1)];
+        let tag: Vec<u16> = hash
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<String>()
+            .encode_utf16()
+            .chain(std::iter::once(0))
+            .collect();
+        let mut member = WINTRUST_CATALOG_INFO {
+            cbStruct: size_of::<WINTRUST_CATALOG_INFO>() as u32,
+            dwCatalogVersion: 0,
+            pcwszCatalogFilePath: PCWSTR(cat_path.as_ptr()),
+            pcwszMemberTag: PCWSTR(tag.as_ptr()),
+            pcwszMemberFilePath: PCWSTR(wpath.as_ptr()),
+            hMemberFile: file,
+            pbCalculatedFileHash: hash.as_mut_ptr(),
+            cbCalculatedFileHash: len as u32,
+            pcCatalogContext: std::ptr::null_mut(),
+            hCatAdmin: admin,
+        };
+        let v = verify(
+            WTD_CHOICE_CATALOG,
+            WINTRUST_DATA_0 {
+                pCatalog: &mut member,
+            },
         );
-    } else if let Some(e) = signer.chain_error.filter(|e| *e != 0) {
-        status.push_str(&format!(", chain error status {e:#x}"));
-    }
-    Authenticode {
-        subject: signer.subject,
-        trusted,
-        status,
-    }
+        (v, String::from_utf16_lossy(&ci.wszCatalogFile[..n]))
+    });
+    // SAFETY: releases the catalog context enumerated above, once.
+    let _ = unsafe { CryptCATAdminReleaseCatalogContext(admin, cat, 0) };
+    result
 }
 
 /// Chain errors that deny trust
@@ -235,7 +375,7 @@ fn signer_of(state: HANDLE) -> Signer {
 fn status_text(hr: i32) -> String {
     let what = match hr as u32 {
         0 => return "trusted".into(),
-        0x800B_0100 => "no embedded signature (catalog signatures are not checked)",
+        0x800B_0100 => "no signature",
         0x800B_0109 => "signature chains to an untrusted root",
         0x800B_010A => "certificate chain could not be built",
         0x800B_0101 => "certificate expired",
