@@ -9,6 +9,7 @@ use std::sync::Arc;
 use sentry_images::{Gadget, Images, Preceded};
 
 mod call;
+pub mod exception;
 
 pub(crate) use call::SiteTallies;
 
@@ -85,6 +86,9 @@ pub enum Reason {
     /// Rule 9 (`--images`): a frame past `U` has no `call` before it (ROP
     /// gadget, synthetic frame).
     NotCallPreceded,
+    /// Rule 8b: the API was called by an exception handler in private
+    /// memory, while ntdll dispatched the exception.
+    ExceptionHandler,
     /// Unresolved: no start or rundown of the process was seen.
     ProcessUnknown,
     /// Unresolved: the process's `\System32\ntdll.dll` mapping was not seen.
@@ -95,7 +99,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 13] = [
         Reason::Image,
         Reason::Unbacked,
         Reason::HeavensGate,
@@ -105,6 +109,7 @@ impl Reason {
         Reason::ClonedStubModule,
         Reason::Wow64Bypass,
         Reason::NotCallPreceded,
+        Reason::ExceptionHandler,
         Reason::ProcessUnknown,
         Reason::ModulesIncomplete,
         Reason::EventsLost,
@@ -121,6 +126,7 @@ impl Reason {
             Reason::ClonedStubModule => "cloned_stub_module",
             Reason::Wow64Bypass => "wow64_bypass",
             Reason::NotCallPreceded => "not_call_preceded",
+            Reason::ExceptionHandler => "exception_handler",
             Reason::ProcessUnknown => "process_unknown",
             Reason::ModulesIncomplete => "modules_incomplete",
             Reason::EventsLost => "events_lost",
@@ -262,6 +268,10 @@ pub struct Outcome<'a> {
     pub frame_check: Option<FrameCheck>,
     /// Rule 9's coverage (zero without `--images`).
     pub bytes: BytesChecked,
+    /// Rule 8b's handler frame, when a dispatcher frame was found.
+    pub handler: Option<exception::HandlerFrame>,
+    /// Rule 8b's coverage.
+    pub exception_check: exception::ExceptionCheck,
 }
 
 impl Outcome<'_> {
@@ -279,6 +289,8 @@ impl Outcome<'_> {
             by_names: false,
             frame_check: None,
             bytes: BytesChecked::default(),
+            handler: None,
+            exception_check: exception::ExceptionCheck::NotReached,
         }
     }
 }
@@ -447,6 +459,22 @@ pub fn classify<'a>(ctx: &Context<'a>, stack: Option<&[u64]>, service_address: u
         out.verdict = Verdict::Indirect;
         out.reason = Some(Reason::Wow64Bypass);
         return out;
+    }
+    // Rule 8b.
+    if let Some(p) = ctx.process {
+        let (h, check) = exception::exception_handler(p, modules, user);
+        out.exception_check = check;
+        if let Some(mut h) = h {
+            let ui = u32::try_from(ui).unwrap_or(u32::MAX);
+            h.handler = h.handler.saturating_add(ui);
+            h.dispatcher = h.dispatcher.saturating_add(ui);
+            out.handler = Some(h);
+            if h.unbacked {
+                out.verdict = Verdict::Indirect;
+                out.reason = Some(Reason::ExceptionHandler);
+                return out;
+            }
+        }
     }
     // Rule 9.
     if let Some(images) = ctx.images {

@@ -94,11 +94,12 @@ impl Completeness {
         process: Option<&ProcessInfo>,
         ts: u64,
     ) -> Option<Reason> {
-        // Rule 8 also claims a frame is in no WoW64 module.
+        // Rule 8 also claims a frame is in no WoW64 module, rule 8b that
+        // the exception handler is in no module.
         let needs_map = outcome.verdict == Verdict::Direct
             || matches!(
                 outcome.reason,
-                Some(Reason::UnbackedCaller | Reason::Wow64Bypass)
+                Some(Reason::UnbackedCaller | Reason::Wow64Bypass | Reason::ExceptionHandler)
             );
         if !needs_map {
             return None;

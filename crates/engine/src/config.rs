@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use crate::allowlist::Allowlist;
+use crate::builtin_allowlist::BuiltinAllowlist;
 use crate::classify::ServiceTable;
 use crate::sysdlls::SystemDlls;
 use sentry_images::Images;
@@ -52,6 +53,9 @@ pub struct EngineConfig {
     /// `--images`: module bytes for rule 9 (call-preceded return addresses).
     pub images: Option<Arc<Images>>,
     pub allowlist: Allowlist,
+    /// Built-in recognisers of benign sources (`builtin:chromium-sandbox`);
+    /// on unless `--no-builtin-allowlist`.
+    pub builtin: BuiltinAllowlist,
     /// Classify a SysCallEnter with the StackWalk right after it without
     /// the correlator (see [`Engine::process`](crate::Engine::process)). The results are the same
     /// either way; `false` exists to check that.
@@ -69,6 +73,7 @@ impl Default for EngineConfig {
             system_dlls: None,
             images: None,
             allowlist: Allowlist::default(),
+            builtin: BuiltinAllowlist::default(),
             hold_syscalls: true,
         }
     }

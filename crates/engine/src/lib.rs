@@ -44,6 +44,7 @@
 // The flow, in order: settings; the engine; state and address resolution;
 // the stack sources and the correlator; the classifier; what sinks get.
 pub mod allowlist;
+mod builtin_allowlist;
 pub mod classify;
 mod completeness;
 mod config;
@@ -59,6 +60,10 @@ pub mod sysdlls;
 mod verdict;
 
 pub use allowlist::{Allowlist, DEFAULT_ALLOWLIST};
+pub use builtin_allowlist::{
+    builtin_name, BuiltinAllowlist, BuiltinStats, ChromiumSandboxStats, SignerLookup, BROWSERS,
+    CHROMIUM_SANDBOX, INTERCEPTED_SERVICES,
+};
 pub use classify::{
     stack_truncated, wow64_bypassed, BytesChecked, FrameCheck, Outcome, Reason, ServiceTable,
     Verdict, MAX_STACK_FRAMES,

@@ -668,10 +668,19 @@ impl Report {
             o = ecs_syscall(&o, &self.ecs_context(self.header.as_ref()));
         }
         if let Some((sv, sr, i)) = v.suppressed {
-            o["suppressed"] = json!(true);
-            o["suppressed_verdict"] = json!(sv.as_str());
-            o["suppressed_reason"] = json!(sr.map(Reason::as_str));
-            o["allow_entry"] = json!(i);
+            // ECS: our own fields live under `syscall_sentry.`.
+            let x = if self.cfg.format == Format::Ecs {
+                &mut o["syscall_sentry"]
+            } else {
+                &mut o
+            };
+            x["suppressed"] = json!(true);
+            x["suppressed_verdict"] = json!(sv.as_str());
+            x["suppressed_reason"] = json!(sr.map(Reason::as_str));
+            match crate::builtin_name(i) {
+                Some(name) => x["allowlist"] = json!(name),
+                None => x["allow_entry"] = json!(i),
+            }
         }
         self.write_line(&o);
     }
@@ -1721,6 +1730,13 @@ fn ecs(a: &Alert, cx: &EcsContext<'_>) -> Value {
             }
         }
     }
+    if let Some(h) = a
+        .call_stack
+        .as_ref()
+        .and_then(|c| c.exception_handler.as_ref())
+    {
+        v["syscall_sentry"]["exception_handler"] = json!(h);
+    }
     if a.api.is_some() {
         // The other process of the call, laid out as Elastic Endpoint's
         // `Target.process`, under our namespace (ECS has no such field).
@@ -1874,6 +1890,20 @@ pub fn stats_text(s: &EngineStats, wall_seconds: f64, alerts: usize) -> String {
         "syscalls: {}, normal {}, direct {}, indirect {}, kernel_origin {}, no_stack {}, truncated {}, unresolved {}, suppressed {}; alerts (deduplicated): {}\n",
         s.syscalls, v.normal, v.direct, v.indirect, v.kernel_origin, v.no_stack, v.truncated, v.unresolved, s.suppressed, alerts
     ));
+    let c = &s.builtin.chromium_sandbox;
+    if c.suppressed + c.rejected_service + c.rejected_signer > 0 {
+        t.push_str(&format!(
+            "builtin allowlist {}: suppressed {} (service named and intercepted {}, not named {}; signer matched {}, not known {}); kept as alerts: service not intercepted {}, other signer {}\n",
+            crate::CHROMIUM_SANDBOX,
+            c.suppressed,
+            c.service_checked,
+            c.service_not_checked,
+            c.signer_checked,
+            c.signer_not_checked,
+            c.rejected_service,
+            c.rejected_signer
+        ));
+    }
     if s.audit_events > 0 {
         t.push_str(&format!(
             "Kernel-Audit-API-Calls events: {} ({} of system calls, counted in syscalls; {} of drivers, not classified; {} with a split stack)\n",
@@ -1894,6 +1924,12 @@ pub fn stats_text(s: &EngineStats, wall_seconds: f64, alerts: usize) -> String {
         t.push_str(&format!(
             "return addresses (--images): checked {}, not done {} (no file, unbacked or skipped: never counted as passed)\n",
             s.frames_checked, s.frames_not_done
+        ));
+    }
+    if s.exception_checks + s.exception_checks_not_done > 0 {
+        t.push_str(&format!(
+            "exception dispatch (rule 8b): checked {}, not done {} (no ntdll exports: give --images or --system-dlls; never counted as passed), stacks with a handler frame {}\n",
+            s.exception_checks, s.exception_checks_not_done, s.exception_dispatch_stacks
         ));
     }
     let c = &s.correlator;

@@ -295,6 +295,8 @@ pub struct ProcessInfo {
     pub known_since: Option<u64>,
     /// Its `\System32\ntdll.dll` was mapped (seen loading or in the rundown).
     pub ntdll: bool,
+    /// Where its ntdlls' `KiUserExceptionDispatcher` lies (rule 8b).
+    pub exception_dispatchers: crate::classify::exception::Dispatchers,
 }
 
 /// Counters of the state tracker.
@@ -517,6 +519,14 @@ impl State {
                     system_dll,
                     image,
                 };
+                let dispatcher = matches!(kind, ModuleKind::Ntdll | ModuleKind::NtdllWow64)
+                    .then(|| {
+                        crate::classify::exception::Dispatchers::span(
+                            self.images.as_deref().zip(image),
+                            self.system_dlls.as_deref().zip(system_dll),
+                        )
+                    })
+                    .flatten();
                 self.stats.images_loaded += 1;
                 if kernel {
                     self.kernel.insert(m);
@@ -529,6 +539,14 @@ impl State {
                     if kind == ModuleKind::Ntdll {
                         info.ntdll = true;
                     }
+                    if matches!(kind, ModuleKind::Ntdll | ModuleKind::NtdllWow64) {
+                        info.exception_dispatchers.on_ntdll(
+                            kind,
+                            i.image_base,
+                            i.image_size,
+                            dispatcher,
+                        );
+                    }
                     info.modules.insert(m);
                 }
             }
@@ -537,7 +555,9 @@ impl State {
                 if kernel {
                     self.kernel.remove(i.image_base);
                 } else if let Some(info) = self.processes.get_mut(&i.process_id) {
-                    info.modules.remove(i.image_base);
+                    if let Some(m) = info.modules.remove(i.image_base) {
+                        info.exception_dispatchers.on_unload(m.base, m.size);
+                    }
                 }
             }
             // End-of-trace rundown: the image is still loaded.

@@ -70,4 +70,14 @@ pub struct EngineStats {
     /// unbacked, skipped by rule). Zero without `--images`.
     pub frames_checked: u64,
     pub frames_not_done: u64,
+    /// Rule 8b (exception handler): syscalls whose stack was searched for
+    /// `KiUserExceptionDispatcher` (every ntdll's exports known), those
+    /// where it could not be (exports unknown: not done, never passed), and
+    /// those whose stack held a dispatcher frame with a handler.
+    pub exception_checks: u64,
+    pub exception_checks_not_done: u64,
+    pub exception_dispatch_stacks: u64,
+    /// Built-in recognisers (`builtin:chromium-sandbox`): what each
+    /// suppressed (also counted in `suppressed`) and what it checked.
+    pub builtin: crate::builtin_allowlist::BuiltinStats,
 }

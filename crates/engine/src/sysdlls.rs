@@ -27,6 +27,9 @@ pub struct SystemDll {
     pub return_sites: HashMap<u32, Arc<str>>,
     /// Export RVA -> name (an `Nt` name is preferred over a `Zw` alias).
     pub exports: BTreeMap<u32, Arc<str>>,
+    /// RVAs `[start, end)` of `KiUserExceptionDispatcher`, if exported
+    /// ([`sentry_images::export_span`]).
+    pub exception_dispatcher: Option<(u32, u32)>,
 }
 
 /// All supplied DLLs.
@@ -147,6 +150,10 @@ fn parse_pe<H: ImageNtHeaders>(name: &str, bytes: &[u8]) -> Result<SystemDll, St
         size_of_image,
         time_date_stamp,
         return_sites,
+        exception_dispatcher: sentry_images::export_span(
+            &exports,
+            sentry_images::EXCEPTION_DISPATCHER,
+        ),
         exports,
     })
 }

@@ -87,9 +87,7 @@ pub fn check_name(name: &str) -> Result<(), u32> {
 /// Checks a `StartTraceW` block (`b` is `Wnode.BufferSize` bytes).
 pub fn parse_start(name: &str, b: &[u8]) -> Result<StartProps, u32> {
     check_name(name)?;
-    if b.len() < PROPERTIES_SIZE || u32_at(b, 0) as usize != b.len() {
-        return Err(ERROR_BAD_LENGTH);
-    }
+    check_control(b)?;
     if u32_at(b, 44) & WNODE_FLAG_TRACED_GUID == 0 {
         return Err(ERROR_INVALID_PARAMETER);
     }
@@ -211,19 +209,24 @@ pub fn group_mask(b: &[u8]) -> Result<u32, u32> {
 mod tests {
     use super::*;
 
+    /// Writes a u32 field of the property block.
+    fn put(b: &mut [u8], at: usize, v: u32) {
+        b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    }
+
     fn block(name: &str, file: Option<&str>) -> Vec<u8> {
         let mut b = vec![0u8; 120 + 2048 + 2048];
         let n = b.len() as u32;
-        b[0..4].copy_from_slice(&n.to_le_bytes());
-        b[44..48].copy_from_slice(&WNODE_FLAG_TRACED_GUID.to_le_bytes());
-        b[40..44].copy_from_slice(&1u32.to_le_bytes());
-        b[116..120].copy_from_slice(&120u32.to_le_bytes());
+        put(&mut b, 0, n);
+        put(&mut b, 44, WNODE_FLAG_TRACED_GUID);
+        put(&mut b, 40, 1);
+        put(&mut b, 116, 120);
         for (i, u) in name.encode_utf16().enumerate() {
             b[120 + 2 * i..122 + 2 * i].copy_from_slice(&u.to_le_bytes());
         }
         let mode = match file {
             Some(f) => {
-                b[112..116].copy_from_slice(&(120u32 + 2048).to_le_bytes());
+                put(&mut b, 112, 120 + 2048);
                 for (i, u) in f.encode_utf16().enumerate() {
                     let at = 120 + 2048 + 2 * i;
                     b[at..at + 2].copy_from_slice(&u.to_le_bytes());
@@ -232,8 +235,8 @@ mod tests {
             }
             None => EVENT_TRACE_REAL_TIME_MODE | EVENT_TRACE_USE_MS_FLUSH_TIMER,
         };
-        b[64..68].copy_from_slice(&mode.to_le_bytes());
-        b[68..72].copy_from_slice(&250u32.to_le_bytes());
+        put(&mut b, 64, mode);
+        put(&mut b, 68, 250);
         b
     }
 
@@ -251,49 +254,30 @@ mod tests {
     fn malformed_blocks_are_refused() {
         let good = block("s", None);
         assert_eq!(parse_start("s", &good[..100]), Err(ERROR_BAD_LENGTH));
-        let mut b = good.clone();
-        b[0..4].copy_from_slice(&4000u32.to_le_bytes());
-        assert_eq!(
-            parse_start("s", &b),
-            Err(ERROR_BAD_LENGTH),
-            "BufferSize wrong"
-        );
-        let mut b = good.clone();
-        b[44..48].copy_from_slice(&0u32.to_le_bytes());
-        assert_eq!(
-            parse_start("s", &b),
-            Err(ERROR_INVALID_PARAMETER),
-            "no TRACED_GUID"
-        );
-        let mut b = good.clone();
-        let near_end = b.len() as u32 - 2;
-        b[116..120].copy_from_slice(&near_end.to_le_bytes());
-        assert_eq!(
-            parse_start("s", &b),
-            Err(ERROR_BAD_LENGTH),
-            "name past the end"
-        );
-        let mut b = good.clone();
-        b[112..116].copy_from_slice(&40u32.to_le_bytes());
-        assert_eq!(
-            parse_start("s", &b),
-            Err(ERROR_BAD_LENGTH),
-            "file name inside the struct"
-        );
-        let mut b = good.clone();
-        b[64..68].copy_from_slice(&EVENT_TRACE_FILE_MODE_SEQUENTIAL.to_le_bytes());
-        assert_eq!(
-            parse_start("s", &b),
-            Err(ERROR_BAD_PATHNAME),
-            "file mode, no file"
-        );
-        let mut b = good.clone();
-        b[40..44].copy_from_slice(&9u32.to_le_bytes());
-        assert_eq!(
-            parse_start("s", &b),
-            Err(ERROR_INVALID_PARAMETER),
-            "ClientContext"
-        );
+        // (field offset, value written there, the refusal, what is wrong)
+        let cases = [
+            (0, 4000, ERROR_BAD_LENGTH, "BufferSize wrong"),
+            (44, 0, ERROR_INVALID_PARAMETER, "no TRACED_GUID"),
+            (
+                116,
+                good.len() as u32 - 2,
+                ERROR_BAD_LENGTH,
+                "name past the end",
+            ),
+            (112, 40, ERROR_BAD_LENGTH, "file name inside the struct"),
+            (
+                64,
+                EVENT_TRACE_FILE_MODE_SEQUENTIAL,
+                ERROR_BAD_PATHNAME,
+                "file mode, no file",
+            ),
+            (40, 9, ERROR_INVALID_PARAMETER, "ClientContext"),
+        ];
+        for (at, value, refusal, what) in cases {
+            let mut b = good.clone();
+            put(&mut b, at, value);
+            assert_eq!(parse_start("s", &b), Err(refusal), "{what}");
+        }
         assert_eq!(parse_start("", &good), Err(ERROR_INVALID_PARAMETER));
         let long = "x".repeat(1025);
         assert_eq!(parse_start(&long, &good), Err(ERROR_INVALID_PARAMETER));

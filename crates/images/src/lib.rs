@@ -72,6 +72,8 @@ pub struct Image {
     sections: Vec<Section>,
     /// Export RVA -> name.
     exports: BTreeMap<u32, Arc<str>>,
+    /// RVAs of `KiUserExceptionDispatcher` (see [`export_span`]), found once.
+    exception_dispatcher: Option<(u32, u32)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -126,6 +128,23 @@ impl Hasher for MulHasher {
 
 /// Entries [`Images::frame`] keeps at most (about 16 MB).
 const MEMO_MAX: usize = 1 << 20;
+
+/// The ntdll export the kernel starts user-mode exception dispatch at
+/// (the context of the faulting instruction is on the stack below it).
+pub const EXCEPTION_DISPATCHER: &str = "KiUserExceptionDispatcher";
+
+/// The RVAs `[start, end)` an export covers by the "nearest export at or
+/// below" reading that [`FrameFacts::exception_dispatcher`] uses: from the
+/// export to the next export's RVA (`u32::MAX` if it is the last). `None`
+/// if no export has that name.
+pub fn export_span(exports: &BTreeMap<u32, Arc<str>>, name: &str) -> Option<(u32, u32)> {
+    let (&start, _) = exports.iter().find(|(_, n)| &***n == name)?;
+    let end = exports
+        .range(start.saturating_add(1)..)
+        .next()
+        .map_or(u32::MAX, |(&a, _)| a);
+    Some((start, end))
+}
 
 /// What one return address's bytes say ([`Images::frame`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -297,7 +316,7 @@ impl Images {
             preceded: img.preceded(rva),
             exception_dispatcher: img
                 .export_near(rva)
-                .is_some_and(|(n, _)| &**n == "KiUserExceptionDispatcher"),
+                .is_some_and(|(n, _)| &**n == EXCEPTION_DISPATCHER),
         };
         if let Ok(mut m) = self.memo.lock() {
             if m.len() >= MEMO_MAX {
@@ -464,6 +483,7 @@ impl Image {
                 }
                 k => return Err(format!("not a PE image ({k:?})")),
             };
+        let exception_dispatcher = export_span(&exports, EXCEPTION_DISPATCHER);
         Ok(Image {
             bits,
             sha256: OnceLock::new(),
@@ -471,7 +491,14 @@ impl Image {
             bytes,
             sections,
             exports,
+            exception_dispatcher,
         })
+    }
+
+    /// The RVAs `[start, end)` of `ntdll!KiUserExceptionDispatcher`, if
+    /// this file exports it ([`export_span`]).
+    pub fn exception_dispatcher(&self) -> Option<(u32, u32)> {
+        self.exception_dispatcher
     }
 
     fn identity_mismatch(&self, id: &Identity) -> bool {
@@ -539,6 +566,15 @@ impl Image {
                 }
             }
         }
+    }
+
+    /// RVA ranges (start, length) of the executable sections' file-backed
+    /// bytes: where [`Image::preceded`] and [`Image::gadget`] read.
+    pub fn code_ranges(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        self.sections
+            .iter()
+            .filter(|s| s.executable)
+            .map(|s| (s.rva, s.len))
     }
 
     /// The gadget shape at `rva`, if any.

@@ -86,11 +86,11 @@ pub enum Gadget {
     CallRegister,
     /// `call [reg]` (`FF /2`, memory, not RIP-relative).
     CallMemory,
-    /// `push reg; ret`.
+    /// `push reg; ret` (`50+r` or `FF /6`).
     PushRet,
-    /// `pop reg; ret`.
+    /// `pop reg; ret` (`58+r` or `8F /0`).
     PopRet,
-    /// `add rsp/esp, imm8; ret`.
+    /// `add rsp/esp, imm; ret` (imm8 or imm32).
     AddSpRet,
 }
 
@@ -237,7 +237,12 @@ pub fn gadget_at(code: &[u8], bits: Bits) -> Option<Gadget> {
     let p = prefixes(code, bits);
     let op = *code.get(p.len)?;
     let after = |n: usize| code.get(p.len + n).copied();
-    let is_ret = |b: Option<u8>| matches!(b, Some(0xC3 | 0xC2));
+    // `ret`, `ret imm16`, also as `bnd ret` (F2, MSVC's MPX-era epilogues)
+    // and `repz ret` (F3, older gcc).
+    let ret_at = |n: usize| match after(n) {
+        Some(0xF2 | 0xF3) => matches!(after(n + 1), Some(0xC3 | 0xC2)),
+        b => matches!(b, Some(0xC3 | 0xC2)),
+    };
     match op {
         0xFF => {
             let m = after(1)?;
@@ -245,6 +250,9 @@ pub fn gadget_at(code: &[u8], bits: Bits) -> Option<Gadget> {
             let rip = md == 0 && rm == 5 && bits == Bits::B64;
             modrm_len(code.get(p.len + 1..)?, p.addr16)?;
             match reg {
+                // push reg in its ModR/M form (FF /6, `ff f7` = push rdi):
+                // Wine's x64 DLLs hold 17 such `push reg; ret` byte runs.
+                6 if md == 3 && ret_at(2) => Some(Gadget::PushRet),
                 4 if md == 3 => Some(Gadget::JmpRegister),
                 4 | 5 if md != 3 && !rip => Some(Gadget::JmpMemory),
                 2 if md == 3 => Some(Gadget::CallRegister),
@@ -252,10 +260,15 @@ pub fn gadget_at(code: &[u8], bits: Bits) -> Option<Gadget> {
                 _ => None,
             }
         }
-        0x50..=0x57 if is_ret(after(1)) => Some(Gadget::PushRet),
-        0x58..=0x5F if is_ret(after(1)) => Some(Gadget::PopRet),
-        // add rsp/esp, imm8 (83 /0 ib, ModR/M C4); REX.W is a prefix here.
-        0x83 if after(1) == Some(0xC4) && is_ret(after(3)) => Some(Gadget::AddSpRet),
+        0x50..=0x57 if ret_at(1) => Some(Gadget::PushRet),
+        0x58..=0x5F if ret_at(1) => Some(Gadget::PopRet),
+        // pop reg in its ModR/M form (8F /0, `8f c3` = pop rbx).
+        0x8F if after(1).is_some_and(|m| m & 0xF8 == 0xC0) && ret_at(2) => Some(Gadget::PopRet),
+        // add rsp/esp, imm8 (83 /0 ib) or imm32 (81 /0 id), ModR/M C4;
+        // REX.W is a prefix here. Compilers use imm32 for frames over 127
+        // bytes (Wine's x64 DLLs: 56 of 1,538 `add rsp, imm; ret` epilogues).
+        0x83 if after(1) == Some(0xC4) && ret_at(3) && !p.op16 => Some(Gadget::AddSpRet),
+        0x81 if after(1) == Some(0xC4) && ret_at(6) && !p.op16 => Some(Gadget::AddSpRet),
         _ => None,
     }
 }
@@ -281,6 +294,15 @@ mod tests {
             (&[0xFF, 0x14, 0x25, 1, 2, 3, 4], CallForm::Memory),
             (&[0x41, 0xFF, 0x55, 0x10], CallForm::Memory),
             (&[0xFF, 0x1D, 1, 2, 3, 4], CallForm::Far),
+            // The prefixed forms compilers and linkers emit: `call qword ptr
+            // cs:[rip+X]`, `bnd call` (F2, MPX), `notrack call` (3E, CET),
+            // `data16 call rax` (66: ignored by near branches), REX.W far.
+            (&[0x2E, 0xFF, 0x15, 1, 2, 3, 4], CallForm::RipRelative),
+            (&[0xF2, 0xFF, 0x15, 1, 2, 3, 4], CallForm::RipRelative),
+            (&[0xF2, 0xE8, 1, 2, 3, 4], CallForm::Relative),
+            (&[0x3E, 0xFF, 0x15, 1, 2, 3, 4], CallForm::RipRelative),
+            (&[0x66, 0xFF, 0xD0], CallForm::Register),
+            (&[0x48, 0xFF, 0x1D, 1, 2, 3, 4], CallForm::Far),
         ];
         for (code, form) in cases {
             assert_eq!(
@@ -347,11 +369,45 @@ mod tests {
         assert_eq!(gadget_at(&[0xFF, 0xD3], b), Some(Gadget::CallRegister));
         assert_eq!(gadget_at(&[0xFF, 0x13], b), Some(Gadget::CallMemory));
         assert_eq!(gadget_at(&[0x53, 0xC3], b), Some(Gadget::PushRet));
+        // The ModR/M forms (in Wine's ntdll.dll: ff f7 c3, push rdi; ret).
+        assert_eq!(gadget_at(&[0xFF, 0xF7, 0xC3], b), Some(Gadget::PushRet));
+        assert_eq!(
+            gadget_at(&[0xFF, 0xF6, 0xC2, 4, 0], Bits::B32),
+            Some(Gadget::PushRet)
+        );
+        assert_eq!(gadget_at(&[0xFF, 0xF7, 0x90], b), None); // push rdi; nop
+        assert_eq!(gadget_at(&[0xFF, 0x37, 0xC3], b), None); // push [rdi]; ret
+        assert_eq!(gadget_at(&[0x8F, 0xC3, 0xC3], b), Some(Gadget::PopRet));
+        assert_eq!(gadget_at(&[0x8F, 0x03, 0xC3], b), None); // pop [rbx]
         assert_eq!(gadget_at(&[0x5B, 0xC3], b), Some(Gadget::PopRet));
         assert_eq!(
             gadget_at(&[0x48, 0x83, 0xC4, 0x68, 0xC3], b),
             Some(Gadget::AddSpRet)
         );
+        // add rsp, 0xd8; ret (imm32: a frame over 127 bytes), from Wine's
+        // kernel32.dll; add esp, 0x100; ret in 32-bit code.
+        assert_eq!(
+            gadget_at(&[0x48, 0x81, 0xC4, 0xD8, 0, 0, 0, 0xC3], b),
+            Some(Gadget::AddSpRet)
+        );
+        assert_eq!(
+            gadget_at(&[0x81, 0xC4, 0, 1, 0, 0, 0xC2, 8, 0], Bits::B32),
+            Some(Gadget::AddSpRet)
+        );
+        // add sp, 8 (66): not the stack pointer a return pops from.
+        assert_eq!(gadget_at(&[0x66, 0x83, 0xC4, 0x08, 0xC3], Bits::B32), None);
+        // bnd ret / repz ret (MSVC's wininst-14.0.exe: 51 f2 c3).
+        assert_eq!(
+            gadget_at(&[0x51, 0xF2, 0xC3], Bits::B32),
+            Some(Gadget::PushRet)
+        );
+        assert_eq!(
+            gadget_at(&[0x48, 0x83, 0xC4, 0x10, 0xF3, 0xC3], b),
+            Some(Gadget::AddSpRet)
+        );
+        assert_eq!(gadget_at(&[0x5B, 0xF2, 0x90], b), None);
+        // add rsp, 0x28; nop: no ret.
+        assert_eq!(gadget_at(&[0x48, 0x81, 0xC4, 0x28, 0, 0, 0, 0x90], b), None);
         // Ordinary code after a call: not a gadget.
         assert_eq!(gadget_at(&[0x48, 0x8B, 0xC8], b), None);
         assert_eq!(gadget_at(&[0xFF, 0x15, 1, 2, 3, 4], b), None); // call [rip+X]

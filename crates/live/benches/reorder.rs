@@ -13,47 +13,20 @@
 //! `cargo bench -p sentry-live --bench reorder` (syscalls from
 //! `SENTRY_BENCH_SYSCALLS`, default 200,000).
 
-use std::io::Cursor;
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use std::sync::Arc;
 use std::time::Instant;
 
-use sechost::event::{ReplayEvent, Trace};
-use sechost::flush::{delivery_order, FlushModel};
-use sentry_engine::{Engine, EngineConfig, Learning, NullSink, SystemDll, SystemDlls};
-use sentry_etl::EtlFile;
+use sechost::event::Trace;
+use sentry_engine::{Engine, EngineConfig, Learning, NullSink};
 use sentry_live::reorder::{live_window_ms, Reorder, ReorderConfig, DEFAULT_LAG_MS};
 use sentry_live::ring::{decode_record, ring};
-use sentry_live::view::{ExtItem, RecordView};
-use sentry_synth::{generate, Options, Scenario};
+use sentry_live::view::RecordView;
+use sentry_synth::{Options, Scenario};
 
 const REPEATS: usize = 5;
-
-fn view(e: &ReplayEvent) -> RecordView<'_> {
-    let mut v = RecordView {
-        provider: e.provider,
-        flags: e.flags,
-        pid: e.pid,
-        tid: e.tid,
-        timestamp: e.timestamp,
-        id: e.id,
-        version: e.version,
-        channel: e.channel,
-        level: e.level,
-        opcode: e.opcode,
-        task: e.task,
-        keyword: e.keyword,
-        processor: e.processor,
-        payload: &e.payload,
-        ..Default::default()
-    };
-    for (t, d) in &e.extended {
-        v.extended.push(ExtItem {
-            ext_type: *t,
-            data: d,
-        });
-    }
-    v
-}
 
 fn report(name: &str, n: usize, mut pass: impl FnMut()) {
     let mut rates: Vec<f64> = (0..REPEATS)
@@ -80,28 +53,15 @@ fn main() {
     o.syscalls = syscalls;
     o.seed = 5;
     o.processors = 8;
-    let (cur, summary) = generate(&o, Cursor::new(Vec::new()), None::<Vec<u8>>).unwrap();
-    let dlls = Arc::new(SystemDlls {
-        dlls: sentry_synth::pe::system_dlls(&summary.layout)
-            .into_iter()
-            .map(|(n, b)| SystemDll::parse(n, &b).unwrap())
-            .collect(),
-    });
-    let file = EtlFile::from_bytes(cur.into_inner()).unwrap();
+    let (file, dlls) = support::generated(&o, None);
     let trace = Trace::from_file(&file);
     let tps = trace.ticks_per_second;
-    let order = delivery_order(
-        &trace.events,
-        FlushModel {
-            buffer_bytes: 64 << 10,
-            flush_ticks: tps / 4,
-        },
-    );
+    let order = support::flush_order(&trace);
     let flush_views: Vec<RecordView<'_>> = order
         .iter()
-        .map(|&i| view(&trace.events[i as usize]))
+        .map(|&i| support::view(&trace.events[i as usize]))
         .collect();
-    let time_views: Vec<RecordView<'_>> = trace.events.iter().map(view).collect();
+    let time_views: Vec<RecordView<'_>> = trace.events.iter().map(support::view).collect();
     let n = flush_views.len();
     println!("mixed trace, {syscalls} syscalls, 8 processors: {n} events delivered in flush order");
     let engine = || {

@@ -9,23 +9,23 @@
 //! byte for byte. Without the reordering stage the same delivery gives
 //! different verdicts (the check can fail).
 
+mod support;
+
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::io::{Cursor, Write};
+use std::io::Write;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use sechost::event::{ReplayEvent, Trace};
-use sechost::flush::{delivery_order, FlushModel};
+use sechost::event::Trace;
 use sentry_engine::report::{Report, ReportConfig};
 use sentry_engine::{
-    Engine, EngineConfig, Learning, NullSink, SyscallVerdict, SystemDll, SystemDlls, VerdictSink,
+    Engine, EngineConfig, Learning, NullSink, SyscallVerdict, SystemDlls, VerdictSink,
 };
 use sentry_etl::{EtlFile, Order};
 use sentry_live::reorder::{live_window_ms, Reorder, ReorderConfig, DEFAULT_LAG_MS};
 use sentry_live::ring::ring;
-use sentry_live::view::{ExtItem, RecordView};
-use sentry_synth::{generate, Options, Scenario};
+use sentry_synth::{Options, Scenario};
 use serde_json::Value;
 
 /// A syscall's verdict as compared: processor, pid, tid, verdict/reason.
@@ -139,33 +139,6 @@ fn analyze(file: &EtlFile, dlls: &Arc<SystemDlls>) -> (BTreeMap<u64, Row>, Vec<u
     (s.rows, alerts)
 }
 
-fn view(e: &ReplayEvent) -> RecordView<'_> {
-    let mut v = RecordView {
-        provider: e.provider,
-        flags: e.flags,
-        pid: e.pid,
-        tid: e.tid,
-        timestamp: e.timestamp,
-        id: e.id,
-        version: e.version,
-        channel: e.channel,
-        level: e.level,
-        opcode: e.opcode,
-        task: e.task,
-        keyword: e.keyword,
-        processor: e.processor,
-        payload: &e.payload,
-        ..Default::default()
-    };
-    for (t, d) in &e.extended {
-        v.extended.push(ExtItem {
-            ext_type: *t,
-            data: d,
-        });
-    }
-    v
-}
-
 /// What `live` does with events delivered in `order`: ring, reordering
 /// stage (or none), engine with live's settings, report.
 fn live(
@@ -190,7 +163,7 @@ fn live(
     let (mut p, mut c) = ring(1 << 20);
     let mut stage = Reorder::new(ReorderConfig::new(DEFAULT_LAG_MS, tps, 64 << 20, 0));
     for &i in order {
-        assert!(p.push(&view(&trace.events[i as usize])));
+        assert!(p.push(&support::view(&trace.events[i as usize])));
         let rec = c.pop_record().unwrap();
         if reorder {
             let mut emit = |ev: &sentry_raw::RawEvent<'_>| e.process(ev, &mut s);
@@ -260,23 +233,10 @@ fn check(scenario: Scenario, processors: u16, pointer_size: u8, syscalls: u64) -
     o.pointer_size = pointer_size;
     o.syscalls = syscalls;
     let mut truth_buf = Vec::new();
-    let (cur, summary) = generate(&o, Cursor::new(Vec::new()), Some(&mut truth_buf)).unwrap();
+    let (file, dlls) = support::generated(&o, Some(&mut truth_buf));
     let truth = truth_rows(&serde_json::from_slice(&truth_buf).unwrap());
-    let dlls = Arc::new(SystemDlls {
-        dlls: sentry_synth::pe::system_dlls(&summary.layout)
-            .into_iter()
-            .map(|(n, b)| SystemDll::parse(n, &b).unwrap())
-            .collect(),
-    });
-    let file = EtlFile::from_bytes(cur.into_inner()).unwrap();
     let trace = Trace::from_file(&file);
-    let order = delivery_order(
-        &trace.events,
-        FlushModel {
-            buffer_bytes: 64 << 10,
-            flush_ticks: trace.ticks_per_second / 4,
-        },
-    );
+    let order = support::flush_order(&trace);
     let name = format!(
         "{} {processors} cpus {}",
         scenario.name(),

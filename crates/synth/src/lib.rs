@@ -51,7 +51,9 @@ use std::io::{self, Seek, Write};
 use sentry_etl_writer::payload::{self, ImagePayload, ProcessPayload, ThreadPayload};
 use sentry_etl_writer::{EtlWriter, HeaderClass, Record, TraceConfig, WriteStats};
 
+pub mod chromium_sandbox;
 pub mod evasion;
+pub mod exception_handler;
 pub mod pe;
 mod rng;
 pub mod world;
@@ -76,6 +78,10 @@ pub enum Scenario {
     StackTruncation,
     Wow64Bypass,
     Lookalikes,
+    /// Exception handlers in private memory calling APIs, and their benign
+    /// look-alikes (`exception_handler`).
+    ExceptionHandler,
+    ExceptionLookalikes,
     /// A process-listing tool opening many processes and threads through
     /// kernelbase (`OpenProcess`/`OpenThread`): every audited call `normal`.
     AuditBenign,
@@ -89,6 +95,11 @@ pub enum Scenario {
     AuditSetContext,
     /// All of the above, with WoW64 callers on 64-bit traces.
     AuditMixed,
+    /// Chromium/Edge sandboxed children calling through their interception
+    /// thunks (benign, suppressed by `builtin:chromium-sandbox`), a 32-bit
+    /// Chrome on WoW64, and shellcode and an exploit in the same browsers
+    /// (`chromium_sandbox`); 64-bit traces only.
+    ChromiumSandbox,
 }
 
 /// Which events carry the syscalls of a trace.
@@ -133,12 +144,14 @@ impl Scenario {
 
     /// The call-stack evasion scenarios and their benign look-alikes
     /// (`evasion`); `wow64-bypass` needs a 64-bit trace.
-    pub const EVASION: [Scenario; 5] = [
+    pub const EVASION: [Scenario; 7] = [
         Scenario::ClonedNtdll,
         Scenario::RopFrames,
         Scenario::StackTruncation,
         Scenario::Wow64Bypass,
         Scenario::Lookalikes,
+        Scenario::ExceptionHandler,
+        Scenario::ExceptionLookalikes,
     ];
 
     /// The Audit-API scenarios (written with [`Source::Audit`] by default).
@@ -149,6 +162,9 @@ impl Scenario {
         Scenario::AuditSetContext,
         Scenario::AuditMixed,
     ];
+
+    /// Chromium/Edge sandbox thunks and attacks in browsers (`chromium_sandbox`).
+    pub const CHROMIUM: [Scenario; 1] = [Scenario::ChromiumSandbox];
 
     /// The source a scenario is written with unless told otherwise.
     pub fn default_source(self) -> Source {
@@ -174,11 +190,14 @@ impl Scenario {
             Scenario::StackTruncation => "stack-truncation",
             Scenario::Wow64Bypass => "wow64-bypass",
             Scenario::Lookalikes => "evasion-lookalikes",
+            Scenario::ExceptionHandler => "exception-handler",
+            Scenario::ExceptionLookalikes => "exception-lookalikes",
             Scenario::AuditBenign => "audit-benign",
             Scenario::AuditLsassDirect => "audit-lsass-direct",
             Scenario::AuditIndirect => "audit-indirect",
             Scenario::AuditSetContext => "audit-set-context",
             Scenario::AuditMixed => "audit-mixed",
+            Scenario::ChromiumSandbox => "chromium-sandbox",
         }
     }
 
@@ -187,6 +206,7 @@ impl Scenario {
             .into_iter()
             .chain(Scenario::EVASION)
             .chain(Scenario::AUDIT)
+            .chain(Scenario::CHROMIUM)
             .find(|x| x.name() == s)
     }
 }
@@ -300,6 +320,9 @@ enum Tech {
     StubGadget,
     HeavensGate,
     Evasion(evasion::Ev),
+    /// Exception handlers calling APIs (`exception_handler`).
+    Exception(exception_handler::Xh),
+    Chromium(chromium_sandbox::Cr),
     /// A process lister's OpenProcess/OpenThread through kernelbase.
     ProcList,
     /// The same from a WoW64 process (through wow64cpu and the 64-bit ntdll).
@@ -363,6 +386,10 @@ fn plan(s: Scenario) -> Plan {
         | Scenario::StackTruncation
         | Scenario::Wow64Bypass
         | Scenario::Lookalikes => (evasion::plan(s), vec![]),
+        Scenario::ExceptionHandler | Scenario::ExceptionLookalikes => {
+            (exception_handler::plan(s), vec![])
+        }
+        Scenario::ChromiumSandbox => (chromium_sandbox::plan(), vec![]),
         Scenario::AuditBenign => (vec![(T::ProcList, 150), (T::Wow64ProcList, 50)], vec![]),
         Scenario::AuditLsassDirect => (
             vec![
@@ -530,6 +557,12 @@ pub fn generate<W: Write + Seek, T: Write>(
             "heavens-gate needs a 64-bit trace (WoW64): use --pointer-size 8".into(),
         ));
     }
+    if chromium_sandbox::needs_64_bit(o.scenario) && o.pointer_size == 4 {
+        return Err(SynthError::Unsupported(
+            "chromium-sandbox needs a 64-bit trace (x64 thunks, WoW64): use --pointer-size 8"
+                .into(),
+        ));
+    }
     if o.processors == 0 || o.processors > 64 {
         return Err(SynthError::Unsupported("processors must be 1..=64".into()));
     }
@@ -541,12 +574,16 @@ pub fn generate<W: Write + Seek, T: Write>(
     let (mut attack, delivery) = plan(o.scenario);
     if o.scenario == Scenario::Mixed {
         attack.extend(evasion::mixed());
+        attack.extend(exception_handler::mixed());
+        attack.extend(chromium_sandbox::mixed());
     }
     let wow = o.pointer_size == 8;
     if !wow {
         attack.retain(|(t, _)| {
             !matches!(t, Tech::HeavensGate | Tech::Wow64ProcList)
                 && !matches!(t, Tech::Evasion(e) if e.needs_wow64())
+                && !matches!(t, Tech::Exception(x) if x.needs_wow64())
+                && !matches!(t, Tech::Chromium(_))
         });
     }
     let benign_w = BENIGN
@@ -1057,7 +1094,9 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
         {
             self.launch(5960, "svcupdate.exe", ProcKind::Implant, 3)?;
         }
-        self.start_evasion()
+        self.start_evasion()?;
+        self.start_exception()?;
+        self.start_chromium()
     }
 
     /// Background life: short-lived processes come and go, threads start.
@@ -1185,6 +1224,8 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
                 user.truncate(MAX_FRAMES - kernel.len());
                 return r;
             }
+            Tech::Exception(x) => return self.build_exception(x, user),
+            Tech::Chromium(c) => return self.build_chromium(c, user),
             Tech::Ntdll | Tech::Jit => {
                 let pi = if tech == Tech::Jit {
                     self.pick_proc(&[ProcKind::JitHost], None)?
@@ -1541,7 +1582,9 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
         // (missing, split, early) do not change its verdict.
         let intrinsic = (call.verdict, call.technique);
         let mut delivery = Delivery::Single;
-        if call.verdict == "normal" {
+        // A thunk call whose stack is cut to `U` alone would be rule 3's
+        // alert (no caller to recognise): its delivery is kept whole.
+        if call.verdict == "normal" && call.technique != chromium_sandbox::THUNK_TECHNIQUE {
             let roll = self.rng.range(0, 1000) as u32;
             let mut acc = 0;
             for &(d, w) in &self.delivery {
@@ -1942,6 +1985,13 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
         }
         if !call.flags.is_empty() {
             write!(t, ", \"flags\": [\"{}\"]", call.flags.join("\", \""))?;
+        }
+        if call.technique == chromium_sandbox::THUNK_TECHNIQUE {
+            write!(
+                t,
+                ", \"suppressed\": \"{}\"",
+                chromium_sandbox::SUPPRESSED_BY
+            )?;
         }
         if let Some((v, r)) = call.alt {
             let r = r.map_or("null".to_string(), |r| format!("\"{r}\""));

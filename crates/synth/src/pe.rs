@@ -121,6 +121,12 @@ pub fn images(l: &Layout, code: &CodeMap) -> Vec<(String, Vec<u8>)> {
     ] {
         nt_exports.push((name.to_string(), rva as u32, 0));
     }
+    // The 32-bit ntdll of WoW64 exports its dispatchers at the same RVAs.
+    let nt32_exports: Vec<(String, u32, u16)> = nt_exports
+        .iter()
+        .filter(|e| e.0.starts_with("KiUser"))
+        .cloned()
+        .collect();
     let k32_exports = vec![(
         "BaseThreadInitThunk".to_string(),
         (Layout::BASE_THREAD_INIT_THUNK - 0x14) as u32,
@@ -136,6 +142,7 @@ pub fn images(l: &Layout, code: &CodeMap) -> Vec<(String, Vec<u8>)> {
             ModKind::Ntdll => (&nt_exports, true),
             ModKind::Win32u => (&w32_exports, true),
             ModKind::Kernel32 => (&k32_exports, false),
+            ModKind::Ntdll32 => (&nt32_exports, false),
             _ => (&[], false),
         };
         let name = m.file_name().to_string();

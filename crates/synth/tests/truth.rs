@@ -295,6 +295,20 @@ fn derive(etl: Vec<u8>) -> (BTreeMap<u64, Derived>, u32) {
                         d.verdict = "indirect";
                         d.reason = Some("wow64_bypass");
                     }
+                    // builtin:chromium-sandbox: `U` unbacked at a thunk
+                    // return site, `C` in the browser's executable.
+                    let browser = p
+                        .user
+                        .get(1)
+                        .and_then(|&c| name_of(c))
+                        .is_some_and(|n| n == "chrome.exe" || n == "msedge.exe");
+                    if d.reason == Some("unbacked")
+                        && browser
+                        && matches!(u % 64, 0x34 | 0x3e | 0x2a)
+                    {
+                        d.verdict = "normal";
+                        d.reason = None;
+                    }
                 }
             }
         }
@@ -396,6 +410,28 @@ fn check(o: &Options) {
                 assert!(t_count(t) > 0, "{t}");
             }
         }
+        Scenario::ExceptionHandler => {
+            assert!(r("exception_handler") > 0);
+            // Only ntdll's exports show the dispatcher frame.
+            assert!(entries
+                .iter()
+                .filter(|e| e["reason"] == "exception_handler")
+                .all(|e| e["without_images"]["verdict"] == "normal"));
+        }
+        Scenario::ExceptionLookalikes => {
+            assert_eq!(n("direct") + n("indirect"), 0);
+            let mut want = vec![
+                "benign-exception-handler",
+                "benign-dotnet-catch-funclet",
+                "benign-jit-fault",
+            ];
+            if o.pointer_size == 8 {
+                want.push("benign-exception-handler-wow64");
+            }
+            for t in want {
+                assert!(t_count(t) > 0, "{t}");
+            }
+        }
         Scenario::Mixed => {
             for reason in [
                 "image",
@@ -408,6 +444,16 @@ fn check(o: &Options) {
             }
             assert!(o.pointer_size == 4 || r("heavens_gate") > 0);
             assert!(n("no_stack") > 0 && n("truncated") > 0 && n("kernel_origin") > 0);
+        }
+        Scenario::ChromiumSandbox => {
+            let sup = entries
+                .iter()
+                .filter(|e| e["suppressed"] == "builtin:chromium-sandbox")
+                .count();
+            assert!(sup > 0 && sup == t_count("chromium-sandbox-thunk"));
+            assert!(t_count("chromium-sandbox-thunk-wow64") > 0);
+            assert!(t_count("shellcode-in-browser") > 0 && t_count("browser-exploit-syscall") > 0);
+            assert_eq!(n("indirect"), 0);
         }
         // Checked by tests/audit.rs.
         Scenario::AuditBenign
@@ -469,6 +515,14 @@ fn compressed_with_stack_cache() {
 #[test]
 fn heavens_gate_needs_64bit() {
     let o = opts(Scenario::HeavensGate, 4, false, false, 1);
+    assert!(generate(&o, Cursor::new(Vec::new()), None::<Vec<u8>>).is_err());
+}
+
+#[test]
+fn chromium_sandbox_is_64bit_only() {
+    check(&opts(Scenario::ChromiumSandbox, 8, false, false, 6));
+    check(&opts(Scenario::ChromiumSandbox, 8, true, true, 7));
+    let o = opts(Scenario::ChromiumSandbox, 4, false, false, 1);
     assert!(generate(&o, Cursor::new(Vec::new()), None::<Vec<u8>>).is_err());
 }
 

@@ -406,6 +406,7 @@ fn analyze_file(
         max_pending: args.report.max_pending,
         system_dlls,
         images,
+        builtin: args.report.builtin(),
         ..EngineConfig::default()
     };
 
@@ -878,6 +879,7 @@ mod tests {
             stats_json: None,
             report: ReportArgs {
                 allowlist: None,
+                no_builtin_allowlist: false,
                 format: "json".into(),
                 per_syscall: true,
                 out: Some(out),

@@ -611,6 +611,7 @@ mod windows_impl {
             system_dlls,
             allowlist,
             images: images.clone(),
+            builtin: args.report.builtin(),
             ..EngineConfig::default()
         });
         let clock = win::clock_now();

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use sentry_engine::report::Format;
-use sentry_engine::{Allowlist, DEFAULT_ALLOWLIST};
+use sentry_engine::{Allowlist, BuiltinAllowlist, DEFAULT_ALLOWLIST};
 
 #[derive(clap::Args)]
 pub struct ReportArgs {
@@ -15,6 +15,11 @@ pub struct ReportArgs {
     /// which has no active entry).
     #[arg(long, value_name = "FILE")]
     pub allowlist: Option<PathBuf>,
+    /// Turn off the built-in allowlist (`builtin:chromium-sandbox`: Chrome's
+    /// and Edge's sandbox interception thunks, docs/verdicts.md), so that
+    /// those syscalls are alerted as `direct`/`unbacked`.
+    #[arg(long)]
+    pub no_builtin_allowlist: bool,
     /// Alert line layout: json or ecs (Elastic Common Schema).
     #[arg(long, default_value = "json")]
     pub format: String,
@@ -94,6 +99,15 @@ impl ReportArgs {
                 Allowlist::parse(&t).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
             }
             None => Allowlist::parse(DEFAULT_ALLOWLIST).map_err(|e| anyhow::anyhow!("{e}")),
+        }
+    }
+
+    /// The built-in recognisers, unless `--no-builtin-allowlist`.
+    pub fn builtin(&self) -> BuiltinAllowlist {
+        if self.no_builtin_allowlist {
+            BuiltinAllowlist::disabled()
+        } else {
+            BuiltinAllowlist::default()
         }
     }
 

@@ -111,6 +111,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             .iter()
             .chain(&Scenario::EVASION)
             .chain(Scenario::AUDIT.iter())
+            .chain(Scenario::CHROMIUM.iter())
             .map(|s| s.name())
             .collect();
         format!(

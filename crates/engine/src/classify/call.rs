@@ -168,6 +168,7 @@ impl Engine {
         let outcome = classify::classify(&ctx, stack, address);
         self.stats.frames_checked += u64::from(outcome.bytes.checked);
         self.stats.frames_not_done += u64::from(outcome.bytes.not_done);
+        classify::exception::count(&mut self.stats, &outcome);
         let u = outcome.user_index.map_or(0, |i| stack_all[i]);
         // Deferred learning: every return-site observation is counted (as
         // `learn_from` does), and a rule-5 decision that needs the learned
@@ -189,14 +190,31 @@ impl Engine {
         }
         let mut verdict = outcome.verdict;
         let mut reason = outcome.reason;
+        let mut suppressed = None;
         if verdict.is_alert() {
             if let Some(r) = self.completeness.unresolved(&outcome, process, ts) {
                 verdict = Verdict::Unresolved;
                 reason = Some(r);
                 self.stats.unresolved.add(r);
+            } else if reason == Some(Reason::Unbacked) {
+                // Built-in allowlist (docs/verdicts.md), before user entries.
+                if let Some(i) = crate::builtin_allowlist::chromium_sandbox(
+                    &self.builtin,
+                    &mut self.stats.builtin.chromium_sandbox,
+                    process,
+                    &outcome,
+                    self.state.kernel_modules(),
+                    self.system_dlls.as_deref(),
+                    self.kernel_boundary,
+                    u,
+                    address,
+                ) {
+                    suppressed = Some((verdict, reason, i));
+                    verdict = Verdict::Normal;
+                    reason = None;
+                }
             }
         }
-        let mut suppressed = None;
         if !self.allowlist.is_empty() {
             let mut facts = allowlist::AlertFacts {
                 process: process.map_or("", |p| p.image_file_name.as_str()),

@@ -41,6 +41,9 @@ pub struct CallStackFacts {
     /// Rule 9's frame, with the bytes around its return address.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub return_check: Option<ReturnEvidence>,
+    /// Rule 8b's handler frame (`exception_handler`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exception_handler: Option<HandlerEvidence>,
     /// The `truncated_stack` flag (docs/verdicts.md, "Flags").
     #[serde(skip)]
     pub truncated: bool,
@@ -81,6 +84,18 @@ pub struct ReturnEvidence {
     pub gadget: Option<&'static str>,
 }
 
+/// The handler an exception dispatch called (rule 8b), in private memory.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct HandlerEvidence {
+    /// Index in `stack` of the handler's frame.
+    pub frame: usize,
+    /// Its return address (in no module).
+    pub address: String,
+    /// Index in `stack` of the `KiUserExceptionDispatcher` frame, and it.
+    pub dispatcher_frame: usize,
+    pub dispatcher: String,
+}
+
 fn system_module(m: &Module) -> bool {
     let p = m.path.to_ascii_lowercase();
     p.contains("\\windows\\system32\\") || p.contains("\\windows\\syswow64\\")
@@ -113,6 +128,7 @@ pub struct Pending {
     user_index: usize,
     truncated: bool,
     return_check: Option<ReturnEvidence>,
+    exception_handler: Option<HandlerEvidence>,
     module_identity: Option<(u32, u64)>,
 }
 
@@ -133,7 +149,18 @@ pub fn pending(v: &SyscallVerdict<'_>) -> Option<Pending> {
             gadget: f.gadget.map(|g| g.as_str()),
         })
     });
+    let exception_handler = v.outcome.handler.filter(|h| h.unbacked).and_then(|h| {
+        let (f, df) = (h.handler as usize, h.dispatcher as usize);
+        let (a, d) = (*v.stack.get(f)?, *v.stack.get(df)?);
+        Some(HandlerEvidence {
+            frame: f,
+            address: format!("{a:#x}"),
+            dispatcher_frame: df,
+            dispatcher: r.describe(d),
+        })
+    });
     Some(Pending {
+        exception_handler,
         user_index: ui,
         truncated: crate::classify::stack_truncated(r.modules, v.stack, r.kernel_boundary),
         return_check,
@@ -202,6 +229,7 @@ pub fn facts(
             sha256: None,
         }),
         return_check: p.return_check.clone(),
+        exception_handler: p.exception_handler.clone(),
     }
 }
 
