@@ -253,6 +253,8 @@ type Chunk = Box<[OnceLock<Slot>]>;
 pub struct DiskFiles {
     map: DeviceMap,
     by_key: Mutex<HashMap<SlotKey, usize>>,
+    /// Lower-case NT path -> its latest slot.
+    by_path: Mutex<HashMap<Box<str>, usize>>,
     next: Mutex<usize>,
     /// Append-only slots in chunks allocated on first use, so a slot's
     /// hash and signature can be lent out while others are added.
@@ -283,6 +285,7 @@ impl DiskFiles {
         DiskFiles {
             map,
             by_key: Mutex::new(HashMap::new()),
+            by_path: Mutex::new(HashMap::new()),
             next: Mutex::new(0),
             chunks: (0..CHUNKS).map(|_| OnceLock::new()).collect(),
             cache: Mutex::new(Cache::default()),
@@ -351,6 +354,9 @@ impl DiskFiles {
             signature: OnceLock::new(),
         });
         *next += 1;
+        if let Ok(mut p) = self.by_path.lock() {
+            p.insert(key.0.clone(), i);
+        }
         by_key.insert(key, i);
         self.stats.slots.fetch_add(1, Ordering::Relaxed);
         Some(i)
@@ -509,6 +515,29 @@ impl DiskFiles {
             return None;
         }
         Some(s.signature.get_or_init(|| sig))
+    }
+
+    /// The signer of the module last loaded from `nt_path`, for the
+    /// built-in Chromium allowlist's lookup: the subject of a trusted
+    /// signature; for a file whose signature was checked but is not
+    /// trusted (or absent), a text naming that, which matches no signer;
+    /// `None` when nothing is known (no checker, file unreadable or of
+    /// another build).
+    pub fn signer_of_path(&self, nt_path: &str) -> Option<String> {
+        let i = *self
+            .by_path
+            .lock()
+            .ok()?
+            .get(nt_path.to_ascii_lowercase().as_str())?;
+        let sig = self.signature(i)?;
+        Some(match sig.trusted_subject() {
+            Some(s) => s.to_string(),
+            None => format!(
+                "(not a trusted signature: {}, {})",
+                sig.subject.as_deref().unwrap_or("no signer"),
+                sig.status
+            ),
+        })
     }
 
     /// Signatures checked so far: (NT path, signature), in slot order.

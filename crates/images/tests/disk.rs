@@ -270,6 +270,18 @@ fn a_signer_is_only_the_trusted_signer_of_the_file_read() {
     assert_eq!(images.trusted_signer(k), None);
     let d = images.disk().unwrap();
     assert_eq!(d.signatures().len(), 2);
+    // The built-in allowlist's lookup by path: a trusted subject, or a text
+    // that matches no signer; nothing for a path never loaded.
+    assert_eq!(
+        d.signer_of_path(&nt("NTDLL.DLL")).as_deref(),
+        Some("Microsoft Corporation")
+    );
+    let k32 = d.signer_of_path(&nt("kernel32.dll")).unwrap();
+    assert!(
+        k32.starts_with("(not a trusted signature: Microsoft Corporation"),
+        "{k32}"
+    );
+    assert_eq!(d.signer_of_path(&nt("user32.dll")), None);
     // A module whose file is another build is never checked.
     let x = images
         .find_module(&nt("kernel32.dll"), "kernel32.dll", l.kernel32.size, 1)

@@ -530,6 +530,21 @@ mod windows_impl {
         }
     }
 
+    /// The built-in allowlist, given the module files' signer lookup (a
+    /// `chrome.exe`/`msedge.exe` whose file is not signed by its vendor, as
+    /// this host verifies it, gets no built-in suppression).
+    fn builtin_with_signer(
+        args: &Args,
+        images: Option<&Arc<Images>>,
+    ) -> sentry_engine::BuiltinAllowlist {
+        let mut b = args.report.builtin();
+        if let Some(i) = images.filter(|_| b.enabled) {
+            let i = Arc::clone(i);
+            b.signer = Some(Arc::new(move |p: &str| i.disk()?.signer_of_path(p)));
+        }
+        b
+    }
+
     /// This host's module files as rule 9's bytes and the hashes/signers
     /// of allowlists (none with --no-module-bytes).
     fn module_files(args: &Args) -> Option<Arc<Images>> {
@@ -611,7 +626,7 @@ mod windows_impl {
             system_dlls,
             allowlist,
             images: images.clone(),
-            builtin: args.report.builtin(),
+            builtin: builtin_with_signer(&args, images.as_ref()),
             ..EngineConfig::default()
         });
         let clock = win::clock_now();
