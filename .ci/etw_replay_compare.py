@@ -5,6 +5,10 @@
                                 (all fields but the wall-clock "time") and the
                                 truth file (verdict, reason, pid/tid when a
                                 stack exists)
+  verdicts-images LIVE ANALYZE TRUTH
+                                as verdicts, both runs with module bytes
+                                (live from disk, analyze --images): the
+                                truth's answer with them
   alerts LIVE ANALYZE           the final alert of each key equals analyze's
                                 (fields that depend on the clock left out)
   lossy LIVE_ECS ANALYZE        `live --format ecs` after event loss: every
@@ -43,7 +47,7 @@ def per_syscall(path):
     return rows
 
 
-def verdicts(live, analyze, truth):
+def verdicts(live, analyze, truth, with_images=False):
     a, b = per_syscall(live), per_syscall(analyze)
     if not b:
         sys.exit(f"{analyze}: no per-syscall lines")
@@ -58,7 +62,7 @@ def verdicts(live, analyze, truth):
         got = a.get(s["timestamp"])
         # Neither run has --images: where the module bytes decide (rule 9),
         # the truth's answer without them is the expected one.
-        e = s.get("without_images") or s
+        e = s if with_images else (s.get("without_images") or s)
         if got is None or (got["verdict"], got["reason"]) != (e["verdict"], e["reason"]) or (
             s["verdict"] != "no_stack" and (got["pid"], got["tid"]) != (s["pid"], s["tid"])
         ):
@@ -200,4 +204,5 @@ def calls(log, checks):
 
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
-    {"verdicts": verdicts, "alerts": alerts, "lossy": lossy}.get(cmd, lambda *a: calls(a[0], a[1:]))(*args)
+    {"verdicts": verdicts, "alerts": alerts, "lossy": lossy,
+     "verdicts-images": lambda *a: verdicts(*a, with_images=True)}.get(cmd, lambda *a: calls(a[0], a[1:]))(*args)

@@ -33,6 +33,13 @@ pub struct AllowEntry {
     /// nothing otherwise.
     #[serde(default)]
     pub sha256: Option<String>,
+    /// Authenticode signer of `U`'s module file (the signing certificate's
+    /// subject common name, e.g. `Microsoft Corporation`): `live` only,
+    /// and only when the file's signature verifies to a trusted root.
+    /// Offline there is no file to verify: such an entry never matches
+    /// (`analyze` says so).
+    #[serde(default)]
+    pub signer: Option<String>,
     #[serde(default)]
     pub verdict: Option<String>,
     #[serde(default)]
@@ -138,6 +145,8 @@ pub struct AlertFacts<'a> {
     pub caller_identity: Option<Identity<'a>>,
     /// SHA-256 (hex) of `U`'s module file, when known.
     pub sha256: Option<&'a str>,
+    /// The trusted Authenticode signer of `U`'s module file (`live`).
+    pub signer: Option<&'a str>,
     pub verdict: Verdict,
     pub reason: Option<Reason>,
 }
@@ -189,9 +198,10 @@ impl Allowlist {
                 && e.identity.is_none()
                 && e.caller_identity.is_none()
                 && e.sha256.is_none()
+                && !names(&e.signer)
             {
                 return Err(format!(
-                    "entry {n}: give an `identity`, `sha256`, `call_site`, `module`, `caller_identity` or `caller_module` that names something (an entry may not silence a whole process)"
+                    "entry {n}: give an `identity`, `sha256`, `signer`, `call_site`, `module`, `caller_identity` or `caller_module` that names something (an entry may not silence a whole process)"
                 ));
             }
             if let Some(h) = &e.sha256 {
@@ -249,6 +259,45 @@ impl Allowlist {
         self.entries.iter().any(|e| e.sha256.is_some())
     }
 
+    /// Some entry names a signer (worth verifying module signatures for).
+    pub fn uses_signer(&self) -> bool {
+        self.entries.iter().any(|e| e.signer.is_some())
+    }
+
+    /// Entries that can never match in this run, 1-based, with the field
+    /// that needs what is missing: `sha256` needs module files (`--images`
+    /// offline, the files on disk in `live`), `signer` a file whose
+    /// signature the host verifies (`live` with module files only).
+    pub fn never_matching(&self, files: bool, signatures: bool) -> Vec<(usize, &'static str)> {
+        let mut v = Vec::new();
+        for (i, e) in self.entries.iter().enumerate() {
+            if e.signer.is_some() && !signatures {
+                v.push((i + 1, "signer"));
+            } else if e.sha256.is_some() && !files {
+                v.push((i + 1, "sha256"));
+            }
+        }
+        v
+    }
+
+    /// [`Allowlist::never_matching`] as one warning line, if any.
+    pub fn never_matching_warning(
+        &self,
+        files: bool,
+        signatures: bool,
+        why: &str,
+    ) -> Option<String> {
+        let n = self.never_matching(files, signatures);
+        if n.is_empty() {
+            return None;
+        }
+        let list: Vec<String> = n.iter().map(|(i, f)| format!("{i} ({f})")).collect();
+        Some(format!(
+            "allowlist entries that can never match here: {}; {why}",
+            list.join(", ")
+        ))
+    }
+
     /// The first matching entry, counted.
     pub fn check(&mut self, a: &AlertFacts<'_>) -> Option<usize> {
         let i = self.matching(a)?;
@@ -297,6 +346,11 @@ impl Allowlist {
             }
             if let Some(h) = &e.sha256 {
                 if !a.sha256.is_some_and(|x| x.eq_ignore_ascii_case(h)) {
+                    continue;
+                }
+            }
+            if let Some(s) = &e.signer {
+                if a.signer.is_none_or(|x| x != s.trim()) {
                     continue;
                 }
             }
@@ -388,6 +442,7 @@ verdict = "direct"
             identity: None,
             caller_identity: None,
             sha256: None,
+            signer: None,
             verdict: Verdict::Direct,
             reason: Some(Reason::Image),
         };
@@ -433,6 +488,7 @@ sha256 = "d25ff1e6c6460a7f9de39198d182058c1712726008d187e1953b83abe977e4a0"
             identity: Some(good),
             caller_identity: None,
             sha256: None,
+            signer: None,
             verdict: Verdict::Indirect,
             reason: Some(Reason::NotCallPreceded),
         };
@@ -460,6 +516,63 @@ sha256 = "d25ff1e6c6460a7f9de39198d182058c1712726008d187e1953b83abe977e4a0"
             "[[allow]]\nprocess = \"a\"\nidentity = { name = \"x\", time_date_stamp = \"0x1ffffffff\", size_of_image = 1 }\n"
         )
         .is_err());
+    }
+
+    /// A signer entry matches only a trusted signer's name (the engine
+    /// gives one only for a verified signature, `live`); offline it is
+    /// reported as never matching, never silently dropped.
+    #[test]
+    fn signer_entries() {
+        let mut a = Allowlist::parse(
+            r#"
+[[allow]]
+process = "game.exe"
+signer = "Example Anti-Cheat GmbH"
+reason = "not_call_preceded"
+
+[[allow]]
+process = "game.exe"
+sha256 = "d25ff1e6c6460a7f9de39198d182058c1712726008d187e1953b83abe977e4a0"
+
+[[allow]]
+process = "game.exe"
+module = "x.dll"
+"#,
+        )
+        .unwrap();
+        assert!(a.uses_signer());
+        let mut f = AlertFacts {
+            process: "game.exe",
+            module: Some("anticheat.dll"),
+            offset: 0x10,
+            caller_module: None,
+            identity: None,
+            caller_identity: None,
+            sha256: None,
+            signer: None,
+            verdict: Verdict::Indirect,
+            reason: Some(Reason::NotCallPreceded),
+        };
+        assert_eq!(a.check(&f), None);
+        f.signer = Some("Example Anti-Cheat GmbH");
+        assert_eq!(a.check(&f), Some(0));
+        // Exact (a prefix or another case is another subject).
+        f.signer = Some("Example Anti-Cheat");
+        assert_eq!(a.check(&f), None);
+        f.signer = Some("example anti-cheat gmbh");
+        assert_eq!(a.check(&f), None);
+        assert_eq!(a.never_matching(true, true), vec![]);
+        assert_eq!(a.never_matching(true, false), vec![(1, "signer")]);
+        assert_eq!(
+            a.never_matching(false, false),
+            vec![(1, "signer"), (2, "sha256")]
+        );
+        let w = a.never_matching_warning(true, false, "offline").unwrap();
+        assert!(w.contains("1 (signer)"), "{w}");
+        // A signer alone names something; an empty or wildcard one does not.
+        assert!(Allowlist::parse("[[allow]]\nprocess = \"a\"\nsigner = \"B\"\n").is_ok());
+        assert!(Allowlist::parse("[[allow]]\nprocess = \"a\"\nsigner = \"*\"\n").is_err());
+        assert!(Allowlist::parse("[[allow]]\nprocess = \"a\"\nsigner = \"\"\n").is_err());
     }
 
     #[test]

@@ -104,7 +104,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 14] = [
         Reason::Image,
         Reason::Unbacked,
         Reason::HeavensGate,

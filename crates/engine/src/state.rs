@@ -496,10 +496,15 @@ impl State {
                 if !kernel && self.cloned(kind, name_str, i) {
                     kind = ModuleKind::ClonedStub;
                 }
+                // In `live` (files on disk) kernel images get none: their
+                // frames are never checked and ntoskrnl.exe is 11 MB.
                 let image = self
                     .images
                     .as_ref()
-                    .and_then(|s| s.find(name_str, i.image_size, i.time_date_stamp));
+                    .filter(|s| !(kernel && s.disk().is_some()))
+                    .and_then(|s| {
+                        s.find_module(&i.file_name, name_str, i.image_size, i.time_date_stamp)
+                    });
                 let system_dll = self
                     .system_dlls
                     .as_ref()

@@ -16,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod disk;
 pub mod pdata;
 pub mod x86;
 
@@ -100,6 +101,9 @@ pub struct Images {
     /// Answers of [`Images::frame`] by (file, RVA): stacks repeat, so most
     /// frames are looked up, not decoded again. Cleared when full.
     memo: Mutex<HashMap<(u32, u32), FrameFacts, BuildHasherDefault<MulHasher>>>,
+    /// `live`: the host's own module files ([`disk`]) instead of a
+    /// directory; indices are its slots.
+    disk: Option<disk::DiskFiles>,
 }
 
 /// A multiply-rotate hasher for the memo's integer keys, as the engine's
@@ -196,6 +200,43 @@ impl Images {
         Ok(images)
     }
 
+    /// The running host's module files (`live`): modules are matched by
+    /// the path their Image event names, read from disk when first needed.
+    pub fn from_disk(d: disk::DiskFiles) -> Images {
+        Images {
+            disk: Some(d),
+            ..Images::default()
+        }
+    }
+
+    /// The host's module files, in `live`.
+    pub fn disk(&self) -> Option<&disk::DiskFiles> {
+        self.disk.as_ref()
+    }
+
+    /// The file of a module as its Image event gives it: in `live` the
+    /// file at `nt_path` (checked against the size and timestamp when
+    /// read), else [`Images::find`] by its file name.
+    pub fn find_module(
+        &self,
+        nt_path: &str,
+        file_name: &str,
+        size_of_image: u64,
+        time_date_stamp: u32,
+    ) -> Option<usize> {
+        match &self.disk {
+            Some(d) => d.register(nt_path, size_of_image, time_date_stamp),
+            None => self.find(file_name, size_of_image, time_date_stamp),
+        }
+    }
+
+    /// The trusted Authenticode signer (subject CN) of module `i`'s file:
+    /// `live` only (offline there is no file whose signature could be
+    /// verified).
+    pub fn trusted_signer(&self, i: usize) -> Option<&str> {
+        self.disk.as_ref()?.signature(i)?.trusted_subject()
+    }
+
     fn add(&mut self, f: ImageFile) {
         let i = self.files.len();
         self.by_identity.entry(f.identity.clone()).or_insert(i);
@@ -250,6 +291,9 @@ impl Images {
 
     /// The SHA-256 (hex) of file `i`, if it can be read (kept once made).
     pub fn sha256_hex(&self, i: usize) -> Option<&str> {
+        if let Some(d) = &self.disk {
+            return d.sha256_hex(i);
+        }
         let f = self.files.get(i)?;
         self.image(i).ok()?;
         let img = f.loaded.get()?.as_ref().ok()?;
@@ -265,6 +309,11 @@ impl Images {
             if let Some(&f) = m.get(&key) {
                 return Some(f);
             }
+        }
+        // A module file that cannot serve answers at once (per frame, no
+        // error text made).
+        if self.disk.as_ref().is_some_and(|d| d.failure(i).is_some()) {
+            return None;
         }
         let img = self.image(i).ok()?;
         let f = FrameFacts {
@@ -284,6 +333,9 @@ impl Images {
 
     /// The parsed file `i` (read on first use).
     pub fn image(&self, i: usize) -> Result<Arc<Image>, String> {
+        if let Some(d) = &self.disk {
+            return d.image(i);
+        }
         let f = self.files.get(i).ok_or("no such image")?;
         f.loaded
             .get_or_init(|| {

@@ -124,6 +124,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let allowlist = args.report.allowlist()?;
+    // Shown even with -q: an entry the user relies on that cannot match.
+    if let Some(w) = allowlist.never_matching_warning(
+        images.is_some(),
+        false,
+        "`signer` entries match only in `live` (the module file's signature is verified on the host; a trace has no file to verify), `sha256` entries need --images",
+    ) {
+        eprintln!("warning: {w}");
+    }
     let mut out = args.report.alert_writer()?;
     let mut summary_out: Option<Box<dyn Write>> = if args.report.quiet {
         None

@@ -121,8 +121,29 @@ pub struct Args {
     /// ECS `host.name` of the alerts (default: this machine's DNS host name).
     #[arg(long, value_name = "NAME")]
     pub host: Option<String>,
+    /// Do not read the loaded modules' files from disk. By default live
+    /// reads a module's file (the path its Image event names) when rule 9
+    /// needs its bytes or an alert or allowlist its SHA-256 or signer, and
+    /// uses it only if its SizeOfImage and TimeDateStamp are the loaded
+    /// module's (as `analyze --images` matches a copied directory).
+    #[arg(long)]
+    pub no_module_bytes: bool,
+    /// Memory for module files kept parsed, in MiB; past it the least
+    /// recently used is dropped (and read again when needed).
+    #[arg(long, value_name = "MIB", default_value_t = 128)]
+    pub module_cache_mb: usize,
     #[command(flatten)]
     pub report: ReportArgs,
+}
+
+/// The warning for allowlist entries live can never match.
+#[cfg_attr(not(windows), allow(dead_code))]
+pub fn live_allowlist_warning(a: &sentry_engine::Allowlist, module_bytes: bool) -> Option<String> {
+    a.never_matching_warning(
+        module_bytes,
+        module_bytes,
+        "`sha256` and `signer` entries need the module files (leave out --no-module-bytes)",
+    )
 }
 
 #[derive(clap::Args)]
@@ -262,7 +283,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .spec(sentry_live::Destination::RealTime, 1, OS_OFF_WINDOWS)?;
     reorder_lag(&args, &spec)?;
     host_name(args.host.as_deref(), || None)?;
-    let _ = (args.session.stacks(), args.ring_mb);
+    let _ = (args.session.stacks(), args.ring_mb, args.module_cache_mb);
+    let _ = live_allowlist_warning(&args.report.allowlist()?, !args.no_module_bytes);
     anyhow::bail!(NEEDS_WINDOWS)
 }
 
@@ -381,6 +403,8 @@ mod windows_impl {
     use sentry_engine::{
         Engine, EngineConfig, Learning, SyscallVerdict, SystemDlls, Verdict, VerdictSink,
     };
+    use sentry_images::disk::{DeviceMap, DiskFiles, Signature, SignatureCheck};
+    use sentry_images::Images;
     use sentry_live::evidence::{CallSiteEvidence, CALL_SITE_WINDOW};
     use sentry_live::supervisor::SessionAlert;
     use sentry_live::win::{self, LiveOptions, LiveSink, RecordOptions};
@@ -492,6 +516,52 @@ mod windows_impl {
         Ok((!all.dlls.is_empty()).then(|| Arc::new(all)))
     }
 
+    /// `WinVerifyTrust` for `sentry_images::disk`.
+    struct WinSignatures;
+
+    impl SignatureCheck for WinSignatures {
+        fn check(&self, file: &std::fs::File, path: &std::path::Path) -> Signature {
+            let a = win::authenticode(file, path);
+            Signature {
+                subject: a.subject,
+                trusted: a.trusted,
+                status: a.status,
+            }
+        }
+    }
+
+    /// The built-in allowlist, given the module files' signer lookup (a
+    /// `chrome.exe`/`msedge.exe` whose file is not signed by its vendor, as
+    /// this host verifies it, gets no built-in suppression).
+    fn builtin_with_signer(
+        args: &Args,
+        images: Option<&Arc<Images>>,
+    ) -> sentry_engine::BuiltinAllowlist {
+        let mut b = args.report.builtin();
+        if let Some(i) = images.filter(|_| b.enabled) {
+            let i = Arc::clone(i);
+            b.signer = Some(Arc::new(move |p: &str| i.disk()?.signer_of_path(p)));
+        }
+        b
+    }
+
+    /// This host's module files as rule 9's bytes and the hashes/signers
+    /// of allowlists (none with --no-module-bytes).
+    fn module_files(args: &Args) -> Option<Arc<Images>> {
+        if args.no_module_bytes {
+            return None;
+        }
+        let root =
+            win::system_directory().and_then(|s| s.parent().map(|p| p.display().to_string()));
+        let map = DeviceMap::new(win::dos_devices(), root);
+        let signer: Arc<dyn SignatureCheck> = Arc::new(WinSignatures);
+        Some(Arc::new(Images::from_disk(DiskFiles::new(
+            map,
+            args.module_cache_mb.max(1) << 20,
+            Some(signer),
+        ))))
+    }
+
     fn explain(e: LiveError) -> anyhow::Error {
         anyhow::anyhow!("{e}")
     }
@@ -507,6 +577,24 @@ mod windows_impl {
         let lag_ms = super::reorder_lag(&args, &spec)?;
         let host = super::host_name(args.host.as_deref(), win::computer_name)?;
         let system_dlls = system_dlls(&args)?;
+        let images = module_files(&args);
+        if let Some(w) = super::live_allowlist_warning(&allowlist, images.is_some()) {
+            eprintln!("syscall-sentry: warning: {w}");
+        }
+        if let (Some(i), false) = (&images, args.report.quiet) {
+            if let Some(d) = i.disk() {
+                let drives: Vec<String> = d
+                    .device_map()
+                    .drives()
+                    .iter()
+                    .map(|(l, dev)| format!("{l} = {dev}"))
+                    .collect();
+                eprintln!(
+                    "syscall-sentry: module files read from disk (drives: {})",
+                    drives.join(", ")
+                );
+            }
+        }
         // An elevated token holds SeDebugPrivilege disabled; reading other
         // processes' memory and the kernel's module bases need it enabled.
         if let Err(code) = win::enable_debug_privilege() {
@@ -537,7 +625,8 @@ mod windows_impl {
             learning: Learning::Online,
             system_dlls,
             allowlist,
-            builtin: args.report.builtin(),
+            images: images.clone(),
+            builtin: builtin_with_signer(&args, images.as_ref()),
             ..EngineConfig::default()
         });
         let clock = win::clock_now();
@@ -638,6 +727,17 @@ mod windows_impl {
                     l.restarts,
                     o.stop_reason
                 ));
+            }
+            if let Some(d) = images.as_ref().and_then(|i| i.disk()) {
+                t.push_str(&d.summary());
+                t.push('\n');
+                for (path, sig) in d.signatures() {
+                    t.push_str(&format!(
+                        "signature: {path}: {} ({})\n",
+                        sig.subject.as_deref().unwrap_or("no signer"),
+                        sig.status
+                    ));
+                }
             }
             match &args.report.summary {
                 Some(p) => std::fs::write(p, t).with_context(|| format!("{}", p.display()))?,

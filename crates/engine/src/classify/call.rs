@@ -236,9 +236,20 @@ impl Engine {
                     (true, Some(m), Some(imgs)) => m.image.and_then(|i| imgs.sha256_hex(i)),
                     _ => None,
                 },
+                // Filled in for alerts only (a signature check is costly).
+                signer: None,
                 verdict,
                 reason,
             };
+            if verdict.is_alert() || service_check.is_some() {
+                if let (true, Some(m), Some(imgs)) = (
+                    self.allowlist.uses_signer(),
+                    outcome.user_module,
+                    &self.images,
+                ) {
+                    facts.signer = m.image.and_then(|i| imgs.trusted_signer(i));
+                }
+            }
             if verdict.is_alert() {
                 // An open rule-5 decision counts its suppression when it
                 // settles (the other alternative may be the one reported).

@@ -5,6 +5,10 @@
 
 #[allow(unsafe_code)]
 mod ffi;
+#[allow(unsafe_code)]
+mod modfiles;
+
+pub use modfiles::{authenticode, dos_devices, Authenticode};
 
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
