@@ -10,6 +10,7 @@ use sentry_images::{Gadget, Images, Preceded};
 
 mod call;
 pub mod exception;
+pub mod nested;
 
 pub(crate) use call::SiteTallies;
 
@@ -341,9 +342,14 @@ pub fn learn_from(
     service_address: u64,
     table: &mut ServiceTable,
 ) {
-    let Some(u) = stack.iter().copied().find(|&a| a < kernel_boundary) else {
+    let Some(ui) = stack.iter().position(|&a| a < kernel_boundary) else {
         return;
     };
+    // A nested kernel-mode call's `U` is the outer call's stub.
+    if nested::is_nested(&stack[..ui]) {
+        return;
+    }
+    let u = stack[ui];
     let Some(m) = process.and_then(|p| p.modules.find(u)) else {
         return;
     };
@@ -367,6 +373,11 @@ pub fn classify<'a>(ctx: &Context<'a>, stack: Option<&[u64]>, service_address: u
     let Some(ui) = stack.iter().position(|&a| a < ctx.kernel_boundary) else {
         return Outcome::new(Verdict::KernelOrigin);
     };
+    // Rule 2, nested: a kernel-mode call made in a user thread inside its
+    // own system call (`nested`).
+    if nested::is_nested(&stack[..ui]) {
+        return Outcome::new(Verdict::KernelOrigin);
+    }
     let u = stack[ui];
     let modules = ctx.process.map(|p| &p.modules);
     let um = modules.and_then(|m| m.find(u));

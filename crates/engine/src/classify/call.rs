@@ -110,6 +110,22 @@ impl Engine {
         sink: &mut dyn VerdictSink,
         audit: Option<&AuditFacts>,
     ) {
+        self.emit_call_split(pair, stack_all, finish, sink, audit, None)
+    }
+
+    /// [`Engine::emit_call`] with what the verdict says of a split stack
+    /// of a SysCallEnter (`stack_split`: the user part never came; the
+    /// pid and tid of its kernel part are kept).
+    #[inline(always)]
+    pub(crate) fn emit_call_split(
+        &mut self,
+        pair: StackedCall,
+        stack_all: &[u64],
+        finish: Finish,
+        sink: &mut dyn VerdictSink,
+        audit: Option<&AuditFacts>,
+        stack_split: Option<source::split::StackSplit>,
+    ) {
         let StackedCall {
             ts,
             parent_processor,
@@ -166,6 +182,11 @@ impl Engine {
             images: self.images.as_deref(),
         };
         let outcome = classify::classify(&ctx, stack, address);
+        if outcome.verdict == Verdict::KernelOrigin
+            && stack.is_some_and(|s| s.iter().any(|&a| a < self.kernel_boundary))
+        {
+            self.stats.nested_kernel_calls += 1;
+        }
         self.stats.frames_checked += u64::from(outcome.bytes.checked);
         self.stats.frames_not_done += u64::from(outcome.bytes.not_done);
         classify::exception::count(&mut self.stats, &outcome);
@@ -285,7 +306,7 @@ impl Engine {
                 self.stats.verdicts.add(verdict);
             }
         }
-        let known = has_stack || audit.is_some();
+        let known = has_stack || audit.is_some() || stack_split.is_some();
         let target = audit
             .and_then(|a| a.target_pid)
             .and_then(|p| self.state.process(p));
@@ -307,6 +328,7 @@ impl Engine {
             service_check,
             audit,
             target,
+            stack_split,
         };
         sink.verdict(&v);
     }
