@@ -87,7 +87,7 @@ impl Engine {
     /// Classifies one syscall (its stack: kernel part then user part,
     /// innermost first; ignored without `has_stack`) and hands the verdict
     /// to `sink`.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn emit_syscall(
         &mut self,
         pair: StackedCall,
