@@ -375,8 +375,12 @@ pub fn classify<'a>(ctx: &Context<'a>, stack: Option<&[u64]>, service_address: u
     };
     // Rule 2, nested: a kernel-mode call made in a user thread inside its
     // own system call (`nested`).
+    // `U` is then the outer call's stub: kept for the report.
     if nested::is_nested(&stack[..ui]) {
-        return Outcome::new(Verdict::KernelOrigin);
+        let mut out = Outcome::new(Verdict::KernelOrigin);
+        out.user_index = Some(ui);
+        out.service_name = service_name(ctx, service_address);
+        return out;
     }
     let u = stack[ui];
     let modules = ctx.process.map(|p| &p.modules);

@@ -182,9 +182,7 @@ impl Engine {
             images: self.images.as_deref(),
         };
         let outcome = classify::classify(&ctx, stack, address);
-        if outcome.verdict == Verdict::KernelOrigin
-            && stack.is_some_and(|s| s.iter().any(|&a| a < self.kernel_boundary))
-        {
+        if outcome.verdict == Verdict::KernelOrigin && outcome.user_index.is_some() {
             self.stats.nested_kernel_calls += 1;
         }
         self.stats.frames_checked += u64::from(outcome.bytes.checked);
