@@ -194,7 +194,7 @@ fn derive(etl: Vec<u8>) -> (BTreeMap<u64, Derived>, u32) {
     // holding it with more kernel frames after it is a kernel-mode call
     // nested in the thread's own system call (rule 2).
     let mut last_kernel: BTreeMap<u64, u64> = BTreeMap::new();
-    for (ts, _) in &enters {
+    for ts in enters.keys() {
         if let Some(p) = parts.get(ts) {
             if let (Some(&k), false) = (p.kernel.last(), p.user.is_empty()) {
                 *last_kernel.entry(k).or_default() += 1;
