@@ -9,25 +9,14 @@
 //!   alert, because real walks end early: 19 of the Windows 7 trace's
 //!   multi-frame user stacks end in .NET's mscoree.dll).
 
-use std::path::PathBuf;
+mod support;
 
 use sentry_engine::{
     stack_truncated, wow64_bypassed, Engine, EngineConfig, ModuleKind, Pairing, StackPair,
     SyscallVerdict, VerdictSink,
 };
 use sentry_etl::{EtlFile, Order};
-
-fn corpus(name: &str) -> Option<PathBuf> {
-    [
-        std::env::var("SENTRY_CORPUS").ok().map(PathBuf::from),
-        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus")),
-        Some(PathBuf::from("/work/shared/corpus")),
-    ]
-    .into_iter()
-    .flatten()
-    .map(|d| d.join(name))
-    .find(|p| p.exists())
-}
+use support::corpus;
 
 #[derive(Default)]
 struct Seen {

@@ -13,23 +13,12 @@
 //! of the 1,274 with both parts, in 3 processes (one through win32k); the
 //! engine pairs 1,271 of those with a parent event, 5 of them nested.
 
-use std::path::PathBuf;
+mod support;
 
 use sentry_engine::classify::nested::is_nested;
 use sentry_engine::{Engine, EngineConfig, Pairing, StackPair, SyscallVerdict, VerdictSink};
 use sentry_etl::{EtlFile, Order};
-
-fn corpus(name: &str) -> Option<PathBuf> {
-    let dirs = [
-        std::env::var("SENTRY_CORPUS").ok().map(PathBuf::from),
-        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus")),
-        Some(PathBuf::from("/work/shared/corpus")),
-    ];
-    dirs.into_iter()
-        .flatten()
-        .map(|d| d.join(name))
-        .find(|p| p.exists())
-}
+use support::corpus;
 
 #[derive(Default)]
 struct Stacks {
