@@ -11,6 +11,7 @@ use sentry_images::{Gadget, Images, Preceded};
 mod call;
 pub mod exception;
 pub mod proxy;
+pub mod nested;
 
 pub(crate) use call::SiteTallies;
 
@@ -351,9 +352,14 @@ pub fn learn_from(
     service_address: u64,
     table: &mut ServiceTable,
 ) {
-    let Some(u) = stack.iter().copied().find(|&a| a < kernel_boundary) else {
+    let Some(ui) = stack.iter().position(|&a| a < kernel_boundary) else {
         return;
     };
+    // A nested kernel-mode call's `U` is the outer call's stub.
+    if nested::is_nested(&stack[..ui]) {
+        return;
+    }
+    let u = stack[ui];
     let Some(m) = process.and_then(|p| p.modules.find(u)) else {
         return;
     };
@@ -377,6 +383,15 @@ pub fn classify<'a>(ctx: &Context<'a>, stack: Option<&[u64]>, service_address: u
     let Some(ui) = stack.iter().position(|&a| a < ctx.kernel_boundary) else {
         return Outcome::new(Verdict::KernelOrigin);
     };
+    // Rule 2, nested: a kernel-mode call made in a user thread inside its
+    // own system call (`nested`).
+    // `U` is then the outer call's stub: kept for the report.
+    if nested::is_nested(&stack[..ui]) {
+        let mut out = Outcome::new(Verdict::KernelOrigin);
+        out.user_index = Some(ui);
+        out.service_name = service_name(ctx, service_address);
+        return out;
+    }
     let u = stack[ui];
     let modules = ctx.process.map(|p| &p.modules);
     let um = modules.and_then(|m| m.find(u));

@@ -665,6 +665,9 @@ impl Report {
                 o["severity"] = json!(severity(v.verdict, a, target));
             }
         }
+        if let Some(sp) = v.stack_split {
+            o["stack_split"] = json!(sp.as_str());
+        }
         if let Some(f) = &self.cfg.file {
             o["file"] = json!(f);
         }
@@ -1855,6 +1858,8 @@ fn ecs_syscall(o: &Value, cx: &EcsContext<'_>) -> Value {
         if alert {
             v["event"]["severity"] = o["severity"].clone();
         }
+    } else if !o["stack_split"].is_null() {
+        v["syscall_sentry"]["stack_split"] = o["stack_split"].clone();
     }
     if alert {
         v["rule"] = json!({
@@ -1929,6 +1934,12 @@ pub fn stats_text(s: &EngineStats, wall_seconds: f64, alerts: usize) -> String {
                 s.audit_user_parts_unused
             ));
         }
+    }
+    if s.nested_kernel_calls > 0 || s.syscall_user_parts_missing > 0 {
+        t.push_str(&format!(
+            "kernel-mode calls nested in a user thread's system call: {} (kernel_origin); user parts never seen: {} (no_stack)\n",
+            s.nested_kernel_calls, s.syscall_user_parts_missing
+        ));
     }
     if v.unresolved > 0 {
         let u = &s.unresolved;

@@ -103,4 +103,11 @@ pub struct EngineStats {
     /// `--images`.
     pub proxy_checked: u64,
     pub proxy_not_done: u64,
+    /// `kernel_origin` calls with user frames: nested kernel-mode calls
+    /// (`classify::nested`), made in a user thread inside its own call.
+    pub nested_kernel_calls: u64,
+    /// SysCallEnter of a user process (pid not 0 or 4) whose StackWalk gave
+    /// the kernel part only (the user part never came: window, cap, end of
+    /// input): `no_stack` with `stack_split: "user_part_missing"`.
+    pub syscall_user_parts_missing: u64,
 }

@@ -379,7 +379,7 @@ fn split_stack_on_two_processors_is_one_syscall() {
 }
 
 #[test]
-fn kernel_part_alone_waits_for_window_then_is_kernel_origin() {
+fn kernel_part_alone_waits_for_window_then_is_no_stack() {
     let mut h = Harness::new(EngineConfig {
         window_ms: 1,
         ..EngineConfig::default()
@@ -406,8 +406,12 @@ fn kernel_part_alone_waits_for_window_then_is_kernel_origin() {
         })
     }));
     // Emitted through the NullSink during process(): check the counters.
+    // A user process's thread: the user part was lost, not absent
+    // (docs/verdicts.md rule 2): no_stack, counted, never kernel_origin.
     let s = h.finish();
-    assert_eq!(s.verdicts.kernel_origin, 1);
+    assert_eq!(s.verdicts.kernel_origin, 0);
+    assert_eq!(s.verdicts.no_stack, 1);
+    assert_eq!(s.syscall_user_parts_missing, 1);
     assert_eq!(s.correlator.expired, 1);
 }
 
@@ -908,4 +912,51 @@ fn syscall_and_audit_sources_learn_apart_in_one_stream() {
         assert_eq!(s.verdicts.normal, 15, "{learning:?}: {:?}", s.verdicts);
         assert_eq!(s.verdicts.indirect, 0);
     }
+}
+
+/// docs/verdicts.md rule 2: a driver's `Zw` call in a user thread inside
+/// that thread's own system call. Its kernel part is [logger, D (after
+/// `call PerfInfoLogSysCallEntry`), KiServiceLinkage, the driver, the outer
+/// routine, D' (the outer call's dispatcher frame)], then the outer call's
+/// user part: `kernel_origin`, never a stub mismatch, and not learned.
+#[test]
+fn nested_kernel_call_in_a_user_thread_is_kernel_origin_and_not_learned() {
+    let mut h = Harness::new(EngineConfig {
+        learning: Learning::Online,
+        ..EngineConfig::default()
+    });
+    let nested = |user: &[u64]| {
+        let mut v = vec![
+            NTOS + 0x20_f9a0,
+            NTOS + 0x16_5adf,
+            NTOS + 0x16_6c10,
+            0xFFFF_F800_2345_1234,
+            NTOS + 0x5d_0c31,
+            NTOS + 0x16_5aff,
+        ];
+        v.extend_from_slice(user);
+        v
+    };
+    let outer = stack_of(&[NTDLL + 0x1014, K32 + 0x40]);
+    for i in 0..3 {
+        assert_eq!(h.one(100 + i * 10, SVC_A, &outer), (Verdict::Normal, None));
+    }
+    // More nested calls than outer ones: learned, they would make SVC_B
+    // the stub's service and the outer calls mismatches.
+    for i in 0..5 {
+        assert_eq!(
+            h.one(1000 + i * 10, SVC_B, &nested(&[NTDLL + 0x1014, K32 + 0x40])),
+            (Verdict::KernelOrigin, None)
+        );
+        assert_eq!(h.got.last().and_then(|g| g.pid), Some(PID));
+    }
+    assert_eq!(h.one(2000, SVC_A, &outer), (Verdict::Normal, None));
+    // A user call of SVC_B through SVC_A's stub is still a mismatch.
+    assert_eq!(
+        h.one(3000, SVC_B, &outer),
+        (Verdict::Indirect, Some(Reason::StubMismatch))
+    );
+    let s = h.finish();
+    assert_eq!(s.nested_kernel_calls, 5);
+    assert_eq!(s.verdicts.kernel_origin, 5);
 }

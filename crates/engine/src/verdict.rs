@@ -104,6 +104,10 @@ pub struct SyscallVerdict<'a> {
     pub audit: Option<&'a AuditFacts>,
     /// The audit event's target process, from the state.
     pub target: Option<&'a ProcessInfo>,
+    /// A SysCallEnter of a user process whose StackWalk gave the kernel
+    /// part only: `no_stack` with `UserPartMissing` (an audit event's is in
+    /// `audit`).
+    pub stack_split: Option<crate::source::split::StackSplit>,
 }
 
 impl SyscallVerdict<'_> {

@@ -2,23 +2,13 @@
 //! /work/shared/corpus (see its README.md), in the generalised pairing mode
 //! (StackWalk with any parent event): the corpus has no SysCallEnter.
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use sentry_engine::{Engine, EngineConfig, Pairing, StackPair, SyscallVerdict, VerdictSink};
 use sentry_etl::{EtlFile, Order};
-
-fn corpus(name: &str) -> Option<PathBuf> {
-    let dirs = [
-        std::env::var("SENTRY_CORPUS").ok().map(PathBuf::from),
-        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus")),
-        Some(PathBuf::from("/work/shared/corpus")),
-    ];
-    dirs.into_iter()
-        .flatten()
-        .map(|d| d.join(name))
-        .find(|p| p.exists())
-}
+use support::corpus;
 
 #[derive(Default)]
 struct Pairs {

@@ -54,6 +54,7 @@ use sentry_etl_writer::{EtlWriter, HeaderClass, Record, TraceConfig, WriteStats}
 pub mod chromium_sandbox;
 pub mod evasion;
 pub mod exception_handler;
+pub mod nested;
 pub mod pe;
 pub mod proxy_call;
 mod rng;
@@ -349,6 +350,9 @@ enum Tech {
     AuditJumper,
     /// `NtSetContextThread` from shellcode's own `syscall`.
     SetContextUnbacked,
+    /// A driver's `Zw` call nested in a user thread's system call
+    /// (`nested`).
+    Nested,
 }
 
 /// How the syscall's stack reaches the trace.
@@ -360,15 +364,18 @@ enum Delivery {
     Missing,
     Truncated,
     Lost,
+    /// The kernel part only: the user part never arrives (`nested`).
+    UserPartLost,
 }
 
-const BENIGN: [(Tech, u32); 6] = [
+const BENIGN: [(Tech, u32); 7] = [
     (Tech::Ntdll, 600),
     (Tech::Win32u, 150),
     (Tech::Jit, 80),
     (Tech::Wow64, 100),
     (Tech::Wow64Win32u, 30),
     (Tech::KernelThread, 40),
+    (Tech::Nested, 20),
 ];
 
 /// Attack techniques and deliveries per scenario, in per-mille of syscalls.
@@ -392,6 +399,7 @@ fn plan(s: Scenario) -> Plan {
                 (D::Split, 60),
                 (D::Truncated, 30),
                 (D::Lost, 10),
+                (D::UserPartLost, 20),
             ],
         ),
         Scenario::ClonedNtdll
@@ -1250,6 +1258,7 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
                 user.truncate(MAX_FRAMES - kernel.len());
                 return r;
             }
+            Tech::Nested => return self.build_nested(kernel, user),
             Tech::Ntdll | Tech::Jit => {
                 let pi = if tech == Tech::Jit {
                     self.pick_proc(&[ProcKind::JitHost], None)?
@@ -1631,6 +1640,11 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
                 call.verdict = "no_stack";
                 call.technique = "missing-stack";
             }
+            Delivery::UserPartLost => {
+                call.flags = &[];
+                call.verdict = "no_stack";
+                call.technique = nested::USER_PART_LOST;
+            }
             Delivery::Split => call.technique = "split-stack",
             Delivery::Before => call.technique = "stack-before-event",
             _ => {}
@@ -1701,7 +1715,12 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
             self.tick(20, 200);
             return Ok(());
         }
-        if delivery != Delivery::Missing {
+        // What the engine learns from: not a lost user part, nor the outer
+        // call's stub under a nested kernel-mode call.
+        if delivery != Delivery::Missing
+            && delivery != Delivery::UserPartLost
+            && call.technique != nested::TECHNIQUE
+        {
             if let Some(&u) = user.first() {
                 if self.site_service.contains_key(&u) {
                     *self.sites.entry(u).or_default().entry(routine).or_default() += 1;
@@ -1719,7 +1738,7 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
                 self.tick(1, 40);
                 self.stacks(cpu, t, pid, tid, kernel, user, false)?;
             }
-            Delivery::Split => {
+            Delivery::Split | Delivery::UserPartLost => {
                 self.tick(1, 40);
                 self.stacks(cpu, t, pid, tid, kernel, user, true)?;
             }
@@ -1753,7 +1772,7 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
                 self.tick(20, 200);
                 return;
             }
-            Delivery::Single | Delivery::Truncated | Delivery::Split => {
+            Delivery::Single | Delivery::Truncated | Delivery::Split | Delivery::UserPartLost => {
                 self.tick(1, 40);
             }
             _ => {}
@@ -2060,7 +2079,7 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
         };
         let sep = if first { "\n" } else { ",\n" };
         let width = if self.o.pointer_size == 8 { 16 } else { 8 };
-        let (p, th) = if call.verdict == "no_stack" {
+        let (p, th) = if call.verdict == "no_stack" && call.technique != nested::USER_PART_LOST {
             ("null".to_string(), "null".to_string())
         } else {
             (pid.to_string(), tid.to_string())

@@ -189,9 +189,32 @@ fn derive(etl: Vec<u8>) -> (BTreeMap<u64, Derived>, u32) {
             || primary.iter().any(|p| p.1 == m.size && p.2 == m.tds);
         like && !wow && !(is_stub_module(&m.path) && first_base(m) == Some(m.base))
     };
+    // The dispatcher's logging frame: the most common outermost kernel
+    // frame of the stacks with a user part (ties: the lowest). A stack
+    // holding it with more kernel frames after it is a kernel-mode call
+    // nested in the thread's own system call (rule 2).
+    let mut last_kernel: BTreeMap<u64, u64> = BTreeMap::new();
+    for ts in enters.keys() {
+        if let Some(p) = parts.get(ts) {
+            if let (Some(&k), false) = (p.kernel.last(), p.user.is_empty()) {
+                *last_kernel.entry(k).or_default() += 1;
+            }
+        }
+    }
+    let dispatcher = last_kernel
+        .iter()
+        .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+        .map(|(a, _)| *a);
+    let nested = |p: &Parts| {
+        !p.user.is_empty()
+            && p.kernel
+                .iter()
+                .position(|&k| Some(k) == dispatcher)
+                .is_some_and(|i| i + 1 < p.kernel.len())
+    };
     let mut seen: HashMap<u64, BTreeMap<u64, u64>> = HashMap::new();
     for (ts, (_, addr)) in &enters {
-        if let Some(p) = parts.get(ts) {
+        if let Some(p) = parts.get(ts).filter(|p| !nested(p)) {
             if let (Some(&u), Some(pid)) = (p.user.first(), p.pid) {
                 if module_at(pid, *ts, u).is_some_and(|m| is_stub_module(&m.path))
                     && u % 0x20 == 0x14
@@ -234,7 +257,10 @@ fn derive(etl: Vec<u8>) -> (BTreeMap<u64, Derived>, u32) {
             });
             d.verdict = "normal";
             match p.user.first() {
+                // A user process's thread: its user part was lost.
+                None if pid != 0 && pid != 4 => d.verdict = "no_stack",
                 None => d.verdict = "kernel_origin",
+                Some(_) if nested(p) => d.verdict = "kernel_origin",
                 Some(&u) => {
                     let um = module_at(pid, ts, u);
                     let name_of = |a: u64| {
@@ -378,7 +404,11 @@ fn check(o: &Options) {
         "benign traffic dominates"
     );
     match o.scenario {
-        Scenario::Benign => assert_eq!(n("normal") + n("kernel_origin"), entries.len() as u64),
+        Scenario::Benign => {
+            assert_eq!(n("normal") + n("kernel_origin"), entries.len() as u64);
+            // Nested kernel-mode calls, whose `U` is another service's stub.
+            assert!(t_count("kernel-nested") > 0);
+        }
         Scenario::DirectImage => assert!(r("image") > 0),
         Scenario::DirectUnbacked => assert!(r("unbacked") > 0),
         Scenario::IndirectJumper => assert!(r("unbacked_caller") > 0),
@@ -387,6 +417,10 @@ fn check(o: &Options) {
         Scenario::Degraded => {
             assert!(n("no_stack") > 0 && n("truncated") > 0 && lost > 0);
             assert_eq!(n("direct") + n("indirect"), 0);
+            // Kernel parts whose user part never came: no_stack, pid kept.
+            assert!(entries
+                .iter()
+                .any(|e| e["technique"] == "user-part-lost" && e["pid"].is_u64()));
         }
         Scenario::ClonedNtdll => assert!(r("cloned_stub_module") > 0),
         Scenario::RopFrames => {

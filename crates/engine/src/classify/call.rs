@@ -87,7 +87,7 @@ impl Engine {
     /// Classifies one syscall (its stack: kernel part then user part,
     /// innermost first; ignored without `has_stack`) and hands the verdict
     /// to `sink`.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn emit_syscall(
         &mut self,
         pair: StackedCall,
@@ -109,6 +109,22 @@ impl Engine {
         finish: Finish,
         sink: &mut dyn VerdictSink,
         audit: Option<&AuditFacts>,
+    ) {
+        self.emit_call_split(pair, stack_all, finish, sink, audit, None)
+    }
+
+    /// [`Engine::emit_call`] with what the verdict says of a split stack
+    /// of a SysCallEnter (`stack_split`: the user part never came; the
+    /// pid and tid of its kernel part are kept).
+    #[inline(always)]
+    pub(crate) fn emit_call_split(
+        &mut self,
+        pair: StackedCall,
+        stack_all: &[u64],
+        finish: Finish,
+        sink: &mut dyn VerdictSink,
+        audit: Option<&AuditFacts>,
+        stack_split: Option<source::split::StackSplit>,
     ) {
         let StackedCall {
             ts,
@@ -166,6 +182,9 @@ impl Engine {
             images: self.images.as_deref(),
         };
         let outcome = classify::classify(&ctx, stack, address);
+        if outcome.verdict == Verdict::KernelOrigin && outcome.user_index.is_some() {
+            self.stats.nested_kernel_calls += 1;
+        }
         self.stats.frames_checked += u64::from(outcome.bytes.checked);
         self.stats.frames_not_done += u64::from(outcome.bytes.not_done);
         classify::exception::count(&mut self.stats, &outcome);
@@ -301,7 +320,7 @@ impl Engine {
                 self.stats.verdicts.add(verdict);
             }
         }
-        let known = has_stack || audit.is_some();
+        let known = has_stack || audit.is_some() || stack_split.is_some();
         let target = audit
             .and_then(|a| a.target_pid)
             .and_then(|p| self.state.process(p));
@@ -323,6 +342,7 @@ impl Engine {
             service_check,
             audit,
             target,
+            stack_split,
         };
         sink.verdict(&v);
     }

@@ -5,6 +5,7 @@
 
 use crate::correlate::{Finish, Parent};
 use crate::resolve::Resolver;
+use crate::source::split::StackSplit;
 use crate::source::StackedCall;
 use crate::verdict::{StackPair, VerdictSink};
 use crate::Engine;
@@ -67,7 +68,11 @@ impl Engine {
                     pid,
                     tid,
                 };
-                self.emit_syscall(pair, &stack, finish, sink);
+                if matches!(from, StackFrom::Kernel) && user_mode_expected(pid, finish) {
+                    self.emit_user_part_missing(pair, finish, sink);
+                } else {
+                    self.emit_syscall(pair, &stack, finish, sink);
+                }
             }
             Parent::Other(hook) if has_stack => {
                 let process = self.state.process(pid);
@@ -100,5 +105,42 @@ impl Engine {
                 self.stack_buf = stack;
             }
         }
+    }
+}
+
+/// Whether a SysCallEnter whose StackWalk gave the kernel part only was
+/// finalised without a user part that should have come: its thread is in a
+/// user process (the System and Idle processes have no user mode; the
+/// correlator completes their kernel parts at once), so the part was lost
+/// (window, pending cap, end of input). Rule 2 would be a claim about user
+/// frames the engine did not see.
+#[inline]
+fn user_mode_expected(pid: u32, finish: Finish) -> bool {
+    pid != 0 && pid != 4 && pid != u32::MAX && finish != Finish::Complete
+}
+
+impl Engine {
+    /// A user-process SysCallEnter whose user part never came: `no_stack`
+    /// with its pid and tid and `stack_split: "user_part_missing"`, as the
+    /// audit source decides the same case (`source::split`), and counted.
+    fn emit_user_part_missing(
+        &mut self,
+        pair: StackedCall,
+        finish: Finish,
+        sink: &mut dyn VerdictSink,
+    ) {
+        self.stats.syscall_user_parts_missing += 1;
+        let call = StackedCall {
+            has_stack: false,
+            ..pair
+        };
+        self.emit_call_split(
+            call,
+            &[],
+            finish,
+            sink,
+            None,
+            Some(StackSplit::UserPartMissing),
+        );
     }
 }

@@ -302,8 +302,15 @@ mod tests {
     const PID: u32 = 1234;
     const TID: u32 = 77;
     /// The kernel part of an audited NtOpenProcess: the stack capture in
-    /// ETW, PsOpenProcess, the routine, KiSystemServiceCopyEnd.
-    const KERNEL: [u64; 4] = [NTOS + 0x10, NTOS + 0x20, NTOS + 0x30, NTOS + 0x40];
+    /// ETW, PsOpenProcess, the routine, KiSystemServiceCopyEnd (apart as
+    /// functions are: frames close together, with frames between, would be
+    /// a nested call's: `classify::nested`).
+    const KERNEL: [u64; 4] = [
+        NTOS + 0x24_3a1e,
+        NTOS + 0x6a_1e94,
+        NTOS + 0x5d_0c31,
+        NTOS + 0x40_b3b5,
+    ];
 
     /// What a test reads of a verdict.
     #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,6 +3,22 @@
 
 pub mod reference;
 
+use std::path::PathBuf;
+
+/// A file of the shared corpus of real traces ($SENTRY_CORPUS, the
+/// checkout's `../shared/corpus`, or /work/shared/corpus), if present.
+pub fn corpus(name: &str) -> Option<PathBuf> {
+    [
+        std::env::var("SENTRY_CORPUS").ok().map(PathBuf::from),
+        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus")),
+        Some(PathBuf::from("/work/shared/corpus")),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|d| d.join(name))
+    .find(|p| p.exists())
+}
+
 /// A deterministic pseudo-random sequence (xorshift64): the same seed gives
 /// the same cases on every run.
 pub struct Xorshift(pub u64);
@@ -19,21 +35,6 @@ impl Xorshift {
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
-}
-
-/// A file of the real-trace corpus (`SENTRY_CORPUS`, or /work/shared/corpus
-/// next to the checkout), if present.
-pub fn corpus(name: &str) -> Option<std::path::PathBuf> {
-    use std::path::PathBuf;
-    [
-        std::env::var("SENTRY_CORPUS").ok().map(PathBuf::from),
-        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus")),
-        Some(PathBuf::from("/work/shared/corpus")),
-    ]
-    .into_iter()
-    .flatten()
-    .map(|d| d.join(name))
-    .find(|p| p.exists())
 }
 
 /// Runs a corpus file through an engine that pairs stacks with any event
