@@ -10,8 +10,8 @@ use sentry_images::{Gadget, Images, Preceded};
 
 mod call;
 pub mod exception;
-pub mod proxy;
 pub mod nested;
+pub mod proxy;
 
 pub(crate) use call::SiteTallies;
 
