@@ -9,38 +9,15 @@
 //! must count them, and `--no-builtin-allowlist` must turn every one back
 //! into its `direct`/`unbacked` alert.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::Command;
 
 use serde_json::Value;
+use support::{label, lines, run_lossy as run};
 
-const BIN: &str = env!("CARGO_BIN_EXE_syscall-sentry");
 const BUILTIN: &str = "builtin:chromium-sandbox";
-
-fn run(args: &[&str]) -> std::process::Output {
-    let out = Command::new(BIN).args(args).output().unwrap();
-    assert!(
-        matches!(out.status.code(), Some(0 | 1 | 3)),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn label(v: &Value) -> String {
-    match v["reason"].as_str() {
-        Some(r) => format!("{}/{r}", v["verdict"].as_str().unwrap()),
-        None => v["verdict"].as_str().unwrap().to_string(),
-    }
-}
-
-fn lines(out: &std::process::Output) -> Vec<Value> {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .collect()
-}
 
 struct Trace {
     etl: String,

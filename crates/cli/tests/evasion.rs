@@ -6,30 +6,13 @@
 //! recall are 1.0 for every reason; the look-alikes raise no alert. The
 //! per-reason table is printed (`--nocapture`).
 
+mod support;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::process::Command;
 
 use serde_json::Value;
-
-const BIN: &str = env!("CARGO_BIN_EXE_syscall-sentry");
-
-fn run(args: &[&str]) -> std::process::Output {
-    let out = Command::new(BIN).args(args).output().unwrap();
-    assert!(
-        matches!(out.status.code(), Some(0 | 1)),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn label(v: &Value) -> String {
-    match v["reason"].as_str() {
-        Some(r) => format!("{}/{r}", v["verdict"].as_str().unwrap()),
-        None => v["verdict"].as_str().unwrap().to_string(),
-    }
-}
+use support::{label, run};
 
 /// The flags of a truth entry or a `--per-syscall` line, as a label.
 fn flags(v: &Value) -> String {

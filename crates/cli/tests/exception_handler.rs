@@ -9,37 +9,13 @@
 //! ntdll, the native technique is found too and the WoW64 one is counted as
 //! not done. The per-label table is printed (`--nocapture`).
 
+mod support;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::process::Command;
 
 use serde_json::Value;
-
-const BIN: &str = env!("CARGO_BIN_EXE_syscall-sentry");
-
-fn run(args: &[&str]) -> std::process::Output {
-    let out = Command::new(BIN).args(args).output().unwrap();
-    assert!(
-        matches!(out.status.code(), Some(0 | 1)),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn label(v: &Value) -> String {
-    match v["reason"].as_str() {
-        Some(r) => format!("{}/{r}", v["verdict"].as_str().unwrap()),
-        None => v["verdict"].as_str().unwrap().to_string(),
-    }
-}
-
-fn lines(out: &std::process::Output) -> Vec<Value> {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
+use support::{label, lines, run};
 
 /// (true positives, false positives, false negatives) per label.
 type Tally = BTreeMap<String, (u64, u64, u64)>;

@@ -14,31 +14,13 @@
 //!   `stack_split: "user_part_missing"` (JSON, and ECS under
 //!   `syscall_sentry`), counted on stderr; never `kernel_origin`.
 
+mod support;
+
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Command;
 
 use serde_json::Value;
-
-const BIN: &str = env!("CARGO_BIN_EXE_syscall-sentry");
-
-fn run(args: &[&str]) -> std::process::Output {
-    let out = Command::new(BIN).args(args).output().unwrap();
-    assert!(
-        // 3: the trace says events were lost (degraded).
-        matches!(out.status.code(), Some(0 | 1 | 3)),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn lines(out: &std::process::Output) -> Vec<Value> {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
+use support::{lines, run_lossy as run};
 
 /// Writes `scenario`'s trace, its truth and its `--system-dlls` files.
 fn generate(dir: &Path, scenario: &str) -> (String, String, Value) {
