@@ -3,9 +3,12 @@
 //! files are reported apart, pipes and standard input work, a closed
 //! output pipe is not an error, and the exit codes are the documented ones.
 
+mod support;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
+use support::SAMPLE_ALERTS;
 
 const BIN: &str = env!("CARGO_BIN_EXE_syscall-sentry");
 
@@ -87,11 +90,11 @@ fn several_files_are_reported_apart_and_an_unreadable_one_does_not_stop_the_rest
     let e = stderr(&o);
     assert!(e.contains("/nonexistent/x.etl"), "{e}");
     let l = lines(&o);
-    assert_eq!(l.len(), 44);
+    assert_eq!(l.len(), SAMPLE_ALERTS);
     assert!(l.iter().all(|a| a["file"] == s));
     // Two files: each alert names its own.
     let o = run(&["analyze", "-q", s, s]);
-    assert_eq!(lines(&o).len(), 88);
+    assert_eq!(lines(&o).len(), 2 * SAMPLE_ALERTS);
     // ECS: log.file.path.
     let o = run(&["analyze", "-q", "--format", "ecs", s]);
     assert!(lines(&o).iter().all(|a| a["log"]["file"]["path"] == s));
@@ -116,7 +119,7 @@ fn standard_input_and_fifos_are_read() {
     let o = child.wait_with_output().unwrap();
     w.join().unwrap().unwrap();
     assert_eq!(code(&o), 1, "{}", stderr(&o));
-    assert_eq!(lines(&o).len(), 44);
+    assert_eq!(lines(&o).len(), SAMPLE_ALERTS);
     assert!(lines(&o).iter().all(|a| a["file"] == "-"));
 
     #[cfg(unix)]
@@ -131,7 +134,7 @@ fn standard_input_and_fifos_are_read() {
         let o = run(&["analyze", "-q", fifo.to_str().unwrap()]);
         w.join().unwrap().unwrap();
         assert_eq!(code(&o), 1, "{}", stderr(&o));
-        assert_eq!(lines(&o).len(), 44);
+        assert_eq!(lines(&o).len(), SAMPLE_ALERTS);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

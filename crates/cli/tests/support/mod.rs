@@ -46,3 +46,7 @@ pub fn lines(out: &Output) -> Vec<Value> {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }
+
+/// Alerts `analyze` prints for the bundled sample, `samples/mixed.etl`
+/// (`tests/sample.rs` checks the sample is what `synth` writes).
+pub const SAMPLE_ALERTS: usize = 59;
