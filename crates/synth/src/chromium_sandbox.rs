@@ -27,8 +27,6 @@
 
 use std::io::{Seek, Write};
 
-use sentry_etl_writer::HeaderClass;
-
 use crate::world::{self, ModKind, Module, ProcKind, SERVICES};
 use crate::{site, tail, Call, Gen, Scenario, SynthError, Tech};
 
@@ -253,25 +251,7 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
         let mut p = self.new_process(pid, parent, b.name, kind, 3);
         p.exe = Some(exe.clone());
         p.command_line = command_line;
-        let cpu = self.rng.below(usize::from(self.o.processors)) as u16;
-        let ptid = self
-            .procs
-            .iter()
-            .find(|x| x.pid == parent)
-            .and_then(|x| x.threads.first())
-            .map_or(0, |t| t.tid);
-        self.process_event(&p, 1, cpu, Some((parent, ptid)))?;
-        let first = p.threads[0].tid;
-        for t in p.threads.clone() {
-            self.thread_event(&p, &t, 1, cpu, (pid, first))?;
-        }
-        let mut mods: Vec<Module> = p.modules(&self.l).into_iter().cloned().collect();
-        mods.extend(b.dlls(wow));
-        for m in &mods {
-            self.image_event(pid, m, 10, cpu, HeaderClass::System, (pid, first))?;
-        }
-        self.procs.push(p);
-        Ok(())
+        self.start_logged(p, b.dlls(wow).into_iter().collect())
     }
 
     /// A sandboxed child (parent is a browser) of the given kind.

@@ -1063,6 +1063,18 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
         let pid = self.next_pid;
         self.next_pid += 4 * self.rng.range(1, 30) as u32;
         let p = self.new_process(pid, parent, name, kind, threads);
+        self.start_logged(p, Vec::new())
+    }
+
+    /// Logs a new process's start as the trace shows it, on one processor:
+    /// Process Start (by its parent's first thread), its Thread Starts, the
+    /// Image Loads of its modules and of `extra`; then tracks it.
+    pub(crate) fn start_logged(
+        &mut self,
+        p: world::Process,
+        extra: Vec<Module>,
+    ) -> Result<(), SynthError> {
+        let (pid, parent) = (p.pid, p.parent);
         let cpu = self.rng.below(usize::from(self.o.processors)) as u16;
         let ptid = self
             .procs
@@ -1075,7 +1087,8 @@ impl<W: Write + Seek, T: Write> Gen<W, T> {
         for t in p.threads.clone() {
             self.thread_event(&p, &t, 1, cpu, (pid, first))?;
         }
-        let mods: Vec<Module> = p.modules(&self.l).into_iter().cloned().collect();
+        let mut mods: Vec<Module> = p.modules(&self.l).into_iter().cloned().collect();
+        mods.extend(extra);
         for m in &mods {
             self.image_event(pid, m, 10, cpu, HeaderClass::System, (pid, first))?;
         }
